@@ -1,0 +1,69 @@
+"""The ``medalign`` command line. Heavy imports live inside each command so ``--help`` is instant.
+
+Each area of the package keeps its commands in its own small ``commands.py`` with a
+``register(app)`` function; this file only lists them.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="medalign",
+    help="Joint image-text/omics representations for medical imaging: synth, preprocess, train, evaluate, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    import importlib
+
+    # Explicit list: one line per area, so nothing is registered by an import you cannot see.
+    for module in (
+        "medalign.data.commands",       # synth, split, preprocess, inspect, label-reports
+        "medalign.train.commands",      # train, embed, search
+        "medalign.eval.commands",       # evaluate, report, attend
+        "medalign.index.commands",      # index build/add, serve
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:  # an area not yet present in this checkout
+            if e.name != module:
+                raise
+            continue
+        mod.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``main([...])`` is callable from tests. Returns the exit code."""
+    from medalign.errors import MedAlignError
+
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except MedAlignError as e:
+        typer.echo(f"error: {e}", err=True)
+        return 2
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The data contract shared by every part of medalign (see DESIGN.md, 'The data contract')."""
+from __future__ import annotations
+
+# The five classes of the brain-CLIP paper, in this order everywhere (label ints index this list).
+CLASSES: tuple[str, ...] = ("infarct", "tumor", "hemorrhage", "normal", "others")
+
+# Sequence names a manifest may carry as `image_<name>` columns.
+# dwi = DWI b1000, adc, t2s = T2* (GRE), flair, t1, t2, t1c = post-contrast T1.
+KNOWN_SEQUENCES: tuple[str, ...] = ("dwi", "adc", "t2s", "flair", "t1", "t2", "t1c")
+
+# The paper's three input channels, in this order.
+PAPER_SEQUENCES: tuple[str, ...] = ("dwi", "t2s", "flair")
+
+# Paper's target grid, (D, H, W) = 16 axial slices of 112 x 112.
+PAPER_SHAPE: tuple[int, int, int] = (16, 112, 112)
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "label", "report", "mask", "omics", "bag")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+IMAGE_PREFIX = "image_"
+
+
+def image_column(sequence: str) -> str:
+    return f"{IMAGE_PREFIX}{sequence}"
+
+
+def label_index(label: str) -> int:
+    """Class name -> int; raises ValueError naming the allowed classes."""
+    try:
+        return CLASSES.index(label)
+    except ValueError:
+        raise ValueError(f"unknown label '{label}'; allowed: {', '.join(CLASSES)}") from None

@@ -1,0 +1,1 @@
+"""Synthetic cohorts with known ground truth: brain MRI + reports, image-omic bags."""

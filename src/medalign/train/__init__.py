@@ -1,0 +1,1 @@
+"""medalign.train"""
