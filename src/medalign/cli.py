@@ -1,7 +1,7 @@
 """The ``medalign`` command line. Heavy imports live inside each command so ``--help`` is instant.
 
 Each area of the package keeps its commands in its own small ``commands.py`` with a
-``register(app)`` function; this file only lists them.
+``register(app, synth)`` function; this file only lists them.
 """
 from __future__ import annotations
 
@@ -18,23 +18,38 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """medalign: learn joint representations of medical images and their reports or omics."""
+
+
+synth = typer.Typer(help="Generate synthetic cohorts with known ground truth.", no_args_is_help=True)
+app.add_typer(synth, name="synth")
+
+# Explicit list, one line per area, so nothing is registered by an import you cannot see.
+COMMAND_MODULES: tuple[str, ...] = (
+    "medalign.data.commands",             # split, preprocess, inspect
+    "medalign.data.synth.commands",       # synth brain, label-reports
+    "medalign.train.commands",            # train, embed, search
+    "medalign.eval.commands",             # evaluate, report
+    "medalign.index.commands",            # index build/add, serve
+    "medalign.recipes.gloria_commands",   # attend, localise
+    "medalign.recipes.ssl_commands",      # ssl ...
+    "medalign.recipes.gimp_commands",     # synth omics, gimp ...
+)
+
+
 def _register_all() -> None:
     import importlib
 
-    # Explicit list: one line per area, so nothing is registered by an import you cannot see.
-    for module in (
-        "medalign.data.commands",       # synth, split, preprocess, inspect, label-reports
-        "medalign.train.commands",      # train, embed, search
-        "medalign.eval.commands",       # evaluate, report, attend
-        "medalign.index.commands",      # index build/add, serve
-    ):
+    for module in COMMAND_MODULES:
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # an area not yet present in this checkout
+        except ModuleNotFoundError as e:  # an area not present in this checkout
             if e.name != module:
                 raise
             continue
-        mod.register(app)
+        mod.register(app, synth)
 
 
 _register_all()

@@ -6,12 +6,33 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads '1e-3' as a float, as YAML 1.2 does (1.1 keeps it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with medalign's loader (safe; YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
 
 
 class ConfigError(ValueError):
@@ -25,7 +46,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         base = raw.pop("_base_", None)
@@ -59,7 +80,12 @@ def apply_override(cfg: dict[str, Any], override: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{override}': '{p}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = _parse_value(value)
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar or flow value: '1e-3' -> 0.001, '[8,32,32]' -> list, 'abc' -> 'abc'."""
+    return yaml_load(text)
 
 
 def from_dict(cls: type[T], d: dict[str, Any] | None, where: str = "") -> T:
