@@ -70,15 +70,15 @@ def rank_summary(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS, pool_size: i
     return out
 
 
-def class_precision_at_k(
+def class_precision_per_query(
     sim: np.ndarray,
     query_labels: Sequence,
     cand_labels: Sequence,
-    ks: Sequence[int] = DEFAULT_KS,
+    k: int,
     *,
     self_mask: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Mean fraction of the top-K candidates that share the query's class.
+) -> np.ndarray:
+    """(Q,) fraction of each query's top-K candidates sharing its class.
 
     ``self_mask`` (Q, N) bool marks candidates to drop from each query's pool (self).
     Ties are broken by candidate order (stable sort).
@@ -90,11 +90,21 @@ def class_precision_at_k(
     n_pool = sim.shape[1] - (0 if self_mask is None else int(self_mask.sum(axis=1).max()))
     order = np.argsort(-sim, axis=1, kind="stable")  # (Q, N)
     same = cl[order] == ql[:, None]  # (Q, N) class agreement in rank order
-    out = {}
-    for k in ks:
-        kk = max(1, min(k, n_pool))
-        out[f"P@{k}"] = float(same[:, :kk].mean())
-    return out
+    kk = max(1, min(k, n_pool))
+    return same[:, :kk].mean(axis=1)
+
+
+def class_precision_at_k(
+    sim: np.ndarray,
+    query_labels: Sequence,
+    cand_labels: Sequence,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    self_mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Mean over queries of the fraction of the top-K candidates that share the query's class."""
+    return {f"P@{k}": float(class_precision_per_query(sim, query_labels, cand_labels, k, self_mask=self_mask).mean())
+            for k in ks}
 
 
 def top_k(sim: np.ndarray, k: int = 5, *, self_mask: np.ndarray | None = None) -> np.ndarray:
@@ -167,5 +177,7 @@ def case_retrieval(
     counts = {c: int((labels == c).sum()) for c in np.unique(labels)}
     res["chance_P@1"] = float(np.mean([(counts[c] - 1) / (n - 1) for c in labels[keep]]))
     res["ranks"] = ranks[keep].tolist()
+    res["precision"] = {f"P@{k}": class_precision_per_query(sim[keep], labels[keep], labels, k,
+                                                            self_mask=self_mask[keep]).tolist() for k in ks}
     res["n_skipped"] = int((~keep).sum())
     return res

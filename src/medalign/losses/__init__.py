@@ -1,1 +1,4 @@
-"""medalign.losses"""
+"""Losses: nn.Modules that take features and return a dict of named ``*_loss`` tensors."""
+from medalign.losses.clip import ClipLoss
+
+__all__ = ["ClipLoss"]

@@ -1,0 +1,207 @@
+"""Using a trained run from Python: ``m = medalign.load(run_dir)``.
+
+>>> m = medalign.load("runs/brain_clip_cpu")
+>>> img = m.encode_image("synth-0007")                       # a study in the run's cache
+>>> img = m.encode_image({"flair": "flair.nii.gz"})           # raw NIfTI, preprocessed on the fly
+>>> txt = m.encode_text(["acute infarct in the left MCA territory"])
+>>> m.similarity(txt, img)                                    # (1, 1) cosine similarity
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from medalign.errors import CohortError, MedAlignError
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    import yaml
+
+    p = run_dir / "config.yaml"
+    if not p.is_file():
+        raise MedAlignError(f"{run_dir} is not a run directory (no config.yaml)")
+    return yaml.safe_load(p.read_text())
+
+
+class MedAlignModel:
+    """A trained (or untrained baseline) recipe with numpy-in/numpy-out encoders.
+
+    Attributes: ``recipe`` (the nn.Module, eval mode), ``config`` (resolved config dict),
+    ``model_id`` (hash of weights + config), ``preprocess_config`` (PreprocessConfig or None),
+    ``sequences`` (input channel order), ``run_dir``, ``device``.
+    """
+
+    def __init__(self, recipe: torch.nn.Module, config: dict[str, Any], run_dir: Path, model_id: str,
+                 device: torch.device, cache_dir: str | Path | None = None) -> None:
+        self.recipe = recipe.eval()
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.model_id = model_id
+        self.device = device
+        data = config.get("data") or {}
+        self.sequences: tuple[str, ...] = tuple(getattr(recipe, "sequences", None) or data.get("sequences") or ())
+        self.cache_dir = Path(cache_dir) if cache_dir else (Path(data["cache_dir"]) if data.get("cache_dir") else None)
+        self._cache = None
+        self.preprocess_config = self._preprocess_config()
+
+    def __repr__(self) -> str:
+        return f"MedAlignModel({self.config['recipe']['name']!r}, id={self.model_id}, run_dir='{self.run_dir}')"
+
+    # ------------------------------------------------------------------ preprocessing
+    def _preprocess_config(self):
+        import json
+
+        p = self.run_dir / "preprocess.json"
+        d = json.loads(p.read_text()) if p.is_file() else None
+        if d is None:
+            from medalign.train.loop import preprocess_dict
+
+            d = preprocess_dict(self.config.get("data") or {})
+        if d is None:
+            return None
+        from medalign.data.imaging import PreprocessConfig
+
+        return PreprocessConfig.from_dict(d)
+
+    def _cohort_cache(self):
+        if self._cache is None:
+            if self.cache_dir is None:
+                raise MedAlignError("this run has no data.cache_dir; pass cache_dir= to medalign.load or give images/paths")
+            from medalign.data.cache import CohortCache
+
+            self._cache = CohortCache(self.cache_dir)
+        return self._cache
+
+    def _one(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One study -> (image (C, D, H, W), sequence_mask (C,))."""
+        if isinstance(x, str):
+            cache = self._cohort_cache()
+            try:
+                s = cache.load(x)
+            except KeyError:
+                raise CohortError(f"not in the cohort cache {self.cache_dir}", study_id=x) from None
+            return torch.as_tensor(np.asarray(s["image"], dtype=np.float32)), torch.as_tensor(np.asarray(s["sequence_mask"], dtype=bool))
+        if isinstance(x, Mapping):
+            if self.preprocess_config is None:
+                raise MedAlignError(f"run {self.run_dir} records no preprocessing settings; cannot read raw images")
+            from medalign.data.imaging import preprocess_study
+
+            unknown = [k for k in x if k not in self.preprocess_config.sequences]
+            if unknown:
+                raise CohortError(f"sequence(s) {unknown} are not inputs of this model (it uses {list(self.preprocess_config.sequences)})",
+                                  study_id=str(x.get("study_id", "?")))
+            study = preprocess_study({k: v for k, v in x.items()}, self.preprocess_config,
+                                     study_id=str(x.get("study_id", "upload")))
+            return torch.from_numpy(np.ascontiguousarray(study.image)), torch.from_numpy(np.asarray(study.sequence_mask, dtype=bool))
+        raise TypeError(f"cannot encode {type(x).__name__}: give a study id, a dict sequence->path, or a tensor")
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_image(self, x: Any, sequence_mask: Any = None, *, batch_size: int = 8) -> np.ndarray:
+        """Image embeddings (N, E), L2-normalised.
+
+        ``x``: a study id in the run's cache, a dict ``{sequence: NIfTI path or DICOM folder}``,
+        a list of those, or an array/tensor (C, D, H, W) / (B, C, D, H, W) already preprocessed.
+        ``sequence_mask`` (C,) or (B, C) bool marks present channels for array input.
+        """
+        if isinstance(x, (np.ndarray, torch.Tensor)):
+            img = torch.as_tensor(x, dtype=torch.float32)
+            if img.dim() == 4:
+                img = img[None]  # (1, C, D, H, W)
+            if img.dim() != 5 and getattr(self.recipe, "image_encoder", None) is not None \
+                    and getattr(self.recipe.image_encoder, "spatial_dims", 3) == 3:
+                raise ValueError(f"image tensor must be (C, D, H, W) or (B, C, D, H, W), got {tuple(img.shape)}")
+            if sequence_mask is None:
+                mask = torch.ones(img.shape[:2], dtype=torch.bool)  # (B, C)
+            else:
+                mask = torch.as_tensor(np.asarray(sequence_mask), dtype=torch.bool)
+                if mask.dim() == 1:
+                    mask = mask[None].expand(img.shape[0], -1)  # (B, C)
+            images, masks = list(img), list(mask)
+        else:
+            items = x if isinstance(x, (list, tuple)) else [x]
+            pairs = [self._one(i) for i in items]
+            images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+        out = []
+        for i in range(0, len(images), batch_size):
+            im = torch.stack(images[i : i + batch_size]).to(self.device)  # (b, C, D, H, W)
+            mk = torch.stack(masks[i : i + batch_size]).to(self.device)  # (b, C)
+            out.append(self.recipe.encode_image(im, mk).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, getattr(self.recipe, "embed_dim", 0)), np.float32)
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Report/query embeddings (N, E), L2-normalised."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.recipe.encode_text(list(texts)).float().cpu().numpy()
+
+    @staticmethod
+    def similarity(a: Any, b: Any) -> np.ndarray:
+        """Cosine similarity matrix (N, M) between two sets of embeddings (normalised again to be safe)."""
+        a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+        b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        return a @ b.T  # (N, M)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _checkpoint_path(run_dir: Path, checkpoint: str | Path) -> Path:
+    if str(checkpoint) in ("best", "last"):
+        p = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
+        if not p.is_file() and checkpoint == "best":
+            p = run_dir / "checkpoints" / "last.safetensors"  # a run without validation has no 'best'
+        return p
+    return Path(checkpoint)
+
+
+def load(run_dir: str | Path, *, checkpoint: str | Path = "best", device: str | torch.device | None = None,
+         cache_dir: str | Path | None = None) -> MedAlignModel:
+    """Load a trained run (``checkpoint`` = "best", "last" or a .safetensors path)."""
+    from medalign.recipes import build_recipe
+    from medalign.train.loop import load_weights
+
+    run_dir = Path(run_dir)
+    cfg = _read_config(run_dir)
+    path = _checkpoint_path(run_dir, checkpoint)
+    if not path.is_file():
+        raise MedAlignError(f"no checkpoint '{checkpoint}' in {run_dir / 'checkpoints'}")
+    dev = _device(device)
+    recipe = build_recipe(cfg)
+    load_weights(recipe, path)
+    recipe.to(dev)
+    if hasattr(recipe, "text_encoder_cfg"):
+        recipe.text_encoder_cfg.setdefault("device", str(dev))
+    h = hashlib.sha256()
+    h.update(path.read_bytes())
+    h.update((run_dir / "config.yaml").read_bytes())
+    return MedAlignModel(recipe, cfg, run_dir, h.hexdigest()[:16], dev, cache_dir=cache_dir)
+
+
+def build_untrained(run_dir: str | Path, *, device: str | torch.device | None = None, seed: int | None = None,
+                    cache_dir: str | Path | None = None) -> MedAlignModel:
+    """Same config as ``run_dir``, random initial weights (seeded): the baseline for evaluation."""
+    from medalign.recipes import build_recipe
+
+    run_dir = Path(run_dir)
+    cfg = _read_config(run_dir)
+    torch.manual_seed(int(cfg.get("seed", 0) if seed is None else seed))
+    dev = _device(device)
+    recipe = build_recipe(cfg).to(dev)
+    if hasattr(recipe, "text_encoder_cfg"):
+        recipe.text_encoder_cfg.setdefault("device", str(dev))
+    mid = "untrained-" + hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()[:12]
+    return MedAlignModel(recipe, cfg, run_dir, mid, dev, cache_dir=cache_dir)
+
+
+__all__ = ["MedAlignModel", "load", "build_untrained"]

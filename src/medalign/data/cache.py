@@ -1,0 +1,293 @@
+"""Preprocessed-volume cache: one memory-mappable ``.npy`` per study, content-hashed, atomic.
+
+Layout of ``cache_dir``::
+
+    index.json               {"version", "config": PreprocessConfig, "entries": {study_id: entry}}
+    hashes.json              memo path -> [size, mtime_ns, sha256] (the cheap pre-key)
+    studies/<key>.npy        float32 (C, D, H, W)
+    studies/<key>.mask.npy   uint8 (D, H, W) lesion labels (only when the manifest has a mask)
+    studies/<key>.json       the entry; written last, so its presence means "complete"
+
+``key`` = sha256 of (cache version, the full ``PreprocessConfig``, the sha256 of the bytes of
+every input file — each sequence, the mask; for a DICOM folder every file in it). File hashes
+are memoised by (path, size, mtime_ns): an unchanged file is not read again, a touched one is
+re-hashed, so the key always reflects content. Every file is written to a temporary name and
+renamed (``utils.atomic_path``), so an interrupted run leaves no half-written array; a rerun
+skips studies whose ``<key>.json`` exists (resumable), recomputes the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from medalign.data.imaging import PreprocessConfig, _present
+from medalign.errors import CohortError, MedAlignError
+
+CACHE_VERSION = 1
+INDEX = "index.json"
+HASHES = "hashes.json"
+
+
+# ------------------------------------------------------------------------------------ hashing
+def _file_hash(path: str, memo: dict[str, list]) -> str:
+    from medalign.utils import sha256_file
+
+    st = os.stat(path)
+    hit = memo.get(path)
+    if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        return hit[2]
+    h = sha256_file(path)
+    memo[path] = [st.st_size, st.st_mtime_ns, h]
+    return h
+
+
+def input_hash(path: str, memo: dict[str, list]) -> str:
+    """sha256 of a file's bytes, or of (name, hash) of every file in a DICOM folder."""
+    from medalign.utils import sha256_text
+
+    p = Path(path)
+    if p.is_dir():
+        parts = [f"{f.relative_to(p)}:{_file_hash(str(f), memo)}" for f in sorted(p.rglob("*")) if f.is_file()]
+        return sha256_text("\n".join(parts))
+    return _file_hash(str(p), memo)
+
+
+def study_key(inputs: Mapping[str, str | None], mask: str | None, cfg: PreprocessConfig,
+              memo: dict[str, list]) -> str:
+    from medalign.utils import sha256_text
+
+    doc = {
+        "version": CACHE_VERSION,
+        "config": cfg.to_dict(),
+        "inputs": {s: (input_hash(p, memo) if _present(p) else None) for s, p in sorted(inputs.items())},
+        "mask": input_hash(mask, memo) if _present(mask) else None,
+    }
+    return sha256_text(json.dumps(doc, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------- worker
+def _process_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Hash, skip-or-preprocess and write one study. Never raises: returns a status dict."""
+    from medalign.data.imaging import preprocess_study
+    from medalign.utils import atomic_path, atomic_write_json
+
+    if job.get("single_thread"):
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    sid = job["study_id"]
+    memo: dict[str, list] = dict(job["memo"])
+    t0 = time.perf_counter()
+    try:
+        cfg = PreprocessConfig.from_dict(job["cfg"])
+        for s, p in list(job["paths"].items()) + [("mask", job["mask"])]:
+            if _present(p) and not Path(p).exists():
+                raise CohortError("file not found", study_id=sid, path=str(p))
+        key = study_key(job["paths"], job["mask"], cfg, memo)
+        root = Path(job["cache_dir"])
+        side = root / "studies" / f"{key}.json"
+        if side.is_file():
+            entry = json.loads(side.read_text())
+            return {"study_id": sid, "status": "cached", "entry": entry, "memo": memo}
+        res = preprocess_study(job["paths"], cfg, study_id=sid, mask_path=job["mask"])
+        img_rel, mask_rel = f"studies/{key}.npy", None
+        with atomic_path(root / img_rel, suffix=".npy") as tmp:
+            np.save(tmp, np.ascontiguousarray(res.image, dtype=np.float32))
+        if res.mask is not None:
+            mask_rel = f"studies/{key}.mask.npy"
+            with atomic_path(root / mask_rel, suffix=".npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(res.mask, dtype=np.uint8))
+        entry = {
+            "key": key,
+            "study_id": sid,
+            "image": img_rel,
+            "mask": mask_rel,
+            "sequences": list(cfg.sequences),
+            "sequence_mask": [bool(b) for b in res.sequence_mask],
+            "shape": list(res.image.shape),
+            "inputs": {s: (str(p) if _present(p) else None) for s, p in job["paths"].items()},
+            "info": res.info,
+        }
+        atomic_write_json(side, entry)  # last: marks the study complete
+        return {"study_id": sid, "status": "done", "entry": entry, "memo": memo,
+                "seconds": time.perf_counter() - t0}
+    except MedAlignError as e:
+        return {"study_id": sid, "status": "error", "error": str(e), "memo": memo}
+    except Exception as e:  # unexpected: still one line naming the study
+        return {"study_id": sid, "status": "error", "error": f"study {sid}: {type(e).__name__}: {e}", "memo": memo}
+
+
+# ------------------------------------------------------------------------------------ cohort
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except json.JSONDecodeError as e:
+        raise CohortError(f"corrupt cache file ({e})", path=str(path)) from None
+
+
+def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig | Mapping | None,
+                      cache_dir: str | Path, *, workers: int = 2, keep_going: bool = False,
+                      progress: bool = True) -> dict[str, Any]:
+    """Preprocess every study of ``manifest`` into ``cache_dir`` (skipping cached ones).
+
+    ``workers`` > 1 uses a process pool. Without ``keep_going`` the first failing study stops
+    the run with its :class:`CohortError` (studies finished so far stay cached); with it, all
+    studies are tried and the summary lists the failures. Returns a summary dict.
+    """
+    from medalign.data.manifest import load_manifest, manifest_sequences
+    from medalign.data.schema import image_column
+    from medalign.utils import atomic_write_json
+
+    if cfg is None:
+        cfg = PreprocessConfig()
+    elif not isinstance(cfg, PreprocessConfig):
+        cfg = PreprocessConfig.from_dict(cfg)
+    df = load_manifest(manifest, check_files=not keep_going) if not isinstance(manifest, pd.DataFrame) else manifest
+    root = Path(cache_dir)
+    (root / "studies").mkdir(parents=True, exist_ok=True)
+    index = _read_json(root / INDEX, None)
+    if index is not None and index.get("config") != cfg.to_dict():
+        diff = sorted(k for k in set(index.get("config", {})) | set(cfg.to_dict())
+                      if index.get("config", {}).get(k) != cfg.to_dict().get(k))
+        raise CohortError(f"cache was built with a different preprocess config (differs in {diff}); "
+                          "use another --cache directory", path=str(root / INDEX))
+    index = index or {"version": CACHE_VERSION, "config": cfg.to_dict(), "entries": {}}
+    memo: dict[str, list] = _read_json(root / HASHES, {})
+
+    seqs = manifest_sequences(df)
+    jobs = []
+    for _, row in df.iterrows():
+        paths = {s: (str(row[image_column(s)]) if s in seqs and _present(row[image_column(s)]) else None)
+                 for s in cfg.sequences}
+        mask = str(row["mask"]) if "mask" in df.columns and _present(row["mask"]) else None
+        files = [p for p in list(paths.values()) + [mask] if p]
+        jobs.append({"study_id": str(row["study_id"]), "paths": paths, "mask": mask, "cfg": cfg.to_dict(),
+                     "cache_dir": str(root), "memo": {p: memo[p] for p in files if p in memo},
+                     "single_thread": workers > 1})
+
+    t0 = time.perf_counter()
+    counts = {"done": 0, "cached": 0, "error": 0}
+    errors: list[dict[str, str]] = []
+    last_write = [time.perf_counter()]
+
+    def flush() -> None:
+        index["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(root / INDEX, index)
+        atomic_write_json(root / HASHES, memo)
+        last_write[0] = time.perf_counter()
+
+    def handle(res: dict[str, Any]) -> None:
+        memo.update(res.get("memo", {}))
+        counts[res["status"]] += 1
+        if res["status"] == "error":
+            errors.append({"study_id": res["study_id"], "error": res["error"]})
+            if not keep_going:
+                flush()
+                raise CohortError(res["error"])
+            return
+        index["entries"][res["study_id"]] = {k: v for k, v in res["entry"].items() if k != "study_id"}
+        if time.perf_counter() - last_write[0] > 5.0:
+            flush()
+
+    bar = _progress(len(jobs), progress)
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                handle(_process_one(job))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
+                futs = [ex.submit(_process_one, job) for job in jobs]
+                try:
+                    for f in as_completed(futs):
+                        handle(f.result())
+                        bar.update(1)
+                except BaseException:
+                    for f in futs:
+                        f.cancel()
+                    raise
+    finally:
+        bar.close()
+        flush()
+    secs = time.perf_counter() - t0
+    summary = {
+        "cache_dir": str(root),
+        "studies": len(jobs),
+        "processed": counts["done"],
+        "cached": counts["cached"],
+        "failed": counts["error"],
+        "errors": errors,
+        "seconds": round(secs, 2),
+        "studies_per_s": round(counts["done"] / secs, 3) if secs > 0 and counts["done"] else None,
+    }
+    return summary
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, on: bool):
+    if not on:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="preprocess", unit="study", dynamic_ncols=True)
+
+
+# ------------------------------------------------------------------------------------- reading
+class CohortCache:
+    """Read side of the cache: ``load(study_id)`` gives memory-mapped arrays."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        self.root = Path(cache_dir)
+        index = _read_json(self.root / INDEX, None)
+        if index is None:
+            raise CohortError("no cache index here; run `medalign preprocess MANIFEST --cache DIR` first",
+                              path=str(self.root / INDEX))
+        self.index = index
+        self.entries: dict[str, dict[str, Any]] = index.get("entries", {})
+        self.config = PreprocessConfig.from_dict(index.get("config"))
+
+    def study_ids(self) -> list[str]:
+        return sorted(self.entries)
+
+    def __contains__(self, study_id: object) -> bool:
+        return study_id in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def entry(self, study_id: str) -> dict[str, Any]:
+        try:
+            return self.entries[study_id]
+        except KeyError:
+            raise CohortError("not in the cache; run `medalign preprocess` on its manifest",
+                              study_id=study_id, path=str(self.root)) from None
+
+    def load(self, study_id: str) -> dict[str, Any]:
+        """dict(image=memmap float32 (C, D, H, W), sequence_mask=bool (C,), mask=memmap uint8 (D, H, W) | None)."""
+        e = self.entry(study_id)
+        img_path = self.root / e["image"]
+        try:
+            image = np.load(img_path, mmap_mode="r")
+            mask = np.load(self.root / e["mask"], mmap_mode="r") if e.get("mask") else None
+        except (OSError, ValueError) as err:
+            raise CohortError(f"cached array unreadable ({err}); delete it and rerun preprocess",
+                              study_id=study_id, path=str(img_path)) from None
+        return {"image": image, "sequence_mask": np.asarray(e["sequence_mask"], bool), "mask": mask}

@@ -1,0 +1,102 @@
+"""CLI commands of the data layer: split, preprocess, inspect (heavy imports inside)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _ints(text: str, n: int, what: str) -> tuple[int, ...]:
+    from medalign.errors import MedAlignError
+
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise MedAlignError(f"{what} must be {n} comma-separated integers, got '{text}'") from None
+    if len(vals) != n:
+        raise MedAlignError(f"{what} must be {n} comma-separated integers, got '{text}'")
+    return vals
+
+
+def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - synth belongs to helper B
+    @app.command("split")
+    def split_cmd(
+        manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output manifest (default: overwrite MANIFEST)."),
+        seed: int = typer.Option(0, "--seed"),
+        fractions: str = typer.Option("0.8,0.1,0.1", "--fractions", help="train,val,test fractions."),
+        counts: Optional[str] = typer.Option(None, "--counts", help="train,val,test study counts, e.g. 211,24,27."),
+        stratify: str = typer.Option("label", "--stratify", help="Column to stratify by ('' = none)."),
+    ) -> None:
+        """Assign patient-grouped, stratified, seeded train/val/test splits."""
+        from medalign.data.manifest import load_manifest, make_splits, save_manifest, split_summary
+        from medalign.errors import MedAlignError
+
+        df = load_manifest(manifest, check_files=False, absolute_paths=False)
+        if "split" in df.columns:
+            df = df.drop(columns=["split"])
+        try:
+            fr = tuple(float(v) for v in fractions.split(","))
+        except ValueError:
+            raise MedAlignError(f"--fractions must be 3 comma-separated numbers, got '{fractions}'") from None
+        cnt = _ints(counts, 3, "--counts") if counts else None
+        new = make_splits(df, counts=cnt, fractions=fr, seed=seed, stratify=stratify or None)
+        dest = save_manifest(new, out or manifest)
+        typer.echo(split_summary(new).to_string())
+        typer.echo(f"wrote {dest}")
+
+    @app.command("preprocess")
+    def preprocess_cmd(
+        manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
+        cache: Path = typer.Option(..., "--cache", help="Cache directory."),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML; keys of PreprocessConfig "
+                                              "(top level or under 'preprocess:')."),
+        workers: int = typer.Option(2, "--workers"),
+        keep_going: bool = typer.Option(False, "--keep-going", help="Process the other studies when one fails."),
+        shape: Optional[str] = typer.Option(None, "--shape", help="D,H,W e.g. 16,112,112."),
+        sequences: Optional[str] = typer.Option(None, "--sequences", help="e.g. dwi,t2s,flair."),
+        no_register: bool = typer.Option(False, "--no-register", help="Skip co-registration."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Orient, co-register, resample, crop/pad and normalise every study into the cache."""
+        from medalign.config import load_config
+        from medalign.data.cache import preprocess_cohort
+        from medalign.data.imaging import PreprocessConfig
+
+        raw = load_config(config) if config else {}
+        d = dict(raw.get("preprocess", raw) if isinstance(raw.get("preprocess", raw), dict) else {})
+        if shape:
+            d["shape"] = _ints(shape, 3, "--shape")
+        if sequences:
+            d["sequences"] = tuple(s.strip() for s in sequences.split(",") if s.strip())
+        if no_register:
+            d["register"] = False
+        cfg = PreprocessConfig.from_dict(d)
+        summary = preprocess_cohort(manifest, cfg, cache, workers=workers, keep_going=keep_going, progress=progress)
+        typer.echo(f"{summary['studies']} studies: {summary['processed']} processed, {summary['cached']} already "
+                   f"cached, {summary['failed']} failed in {summary['seconds']} s -> {summary['cache_dir']}")
+        for e in summary["errors"]:
+            typer.echo(f"  failed: {e['error']}", err=True)
+        if summary["failed"]:
+            # SystemExit, not typer.Exit: with standalone_mode=False click returns Exit codes
+            # instead of raising them, and cli.main would report 0.
+            raise SystemExit(1)
+
+    @app.command("inspect")
+    def inspect_cmd(
+        manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
+        out: Path = typer.Option(..., "--out", help="PNG to write."),
+        cache: Optional[Path] = typer.Option(None, "--cache", help="Show preprocessed arrays from this cache."),
+        max_studies: int = typer.Option(12, "--max-studies"),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """Write a PNG sheet: mid-axial slices per sequence with report and label, plus cohort stats."""
+        from medalign.data.inspect import inspect_summary, inspection_sheet
+        from medalign.data.manifest import load_manifest
+
+        df = load_manifest(manifest, check_files=cache is None)
+        path = inspection_sheet(df, out, cache_dir=cache, max_studies=max_studies, seed=seed)
+        s = inspect_summary(df)
+        typer.echo(f"{s['studies']} studies, {s['patients']} patients, images per sequence {s['sequences']}")
+        typer.echo(f"wrote {path}")

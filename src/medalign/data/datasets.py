@@ -1,0 +1,111 @@
+"""Torch datasets yielding the sample dict of DESIGN.md from the preprocessed cache."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from medalign.data.cache import CohortCache
+from medalign.data.schema import CLASSES
+from medalign.errors import CohortError
+
+
+def _label_int(v: Any) -> int:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+        return -1
+    return CLASSES.index(str(v).strip())
+
+
+class CohortDataset(Dataset):
+    """One item per manifest row (optionally one split) whose arrays are in the cache.
+
+    Sample: ``image`` float32 (C, D, H, W), ``sequence_mask`` bool (C,), ``text`` str (report,
+    "" if none), ``label`` int (-1 if none), ``study_id``, ``patient_id``, and ``mask`` uint8
+    (D, H, W) when the cache holds one. ``augment`` (e.g. ``build_augment("paper")``) is applied
+    last; pass it for the train split only.
+    """
+
+    def __init__(self, manifest: pd.DataFrame | str | Path, cache_dir: str | Path, *, split: str | None = None,
+                 augment: Callable[[dict], dict] | None = None) -> None:
+        from medalign.data.manifest import load_manifest
+
+        df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
+        if split is not None:
+            if "split" not in df.columns:
+                raise CohortError(f"manifest has no 'split' column (asked for split '{split}'); "
+                                  "run `medalign split` first", column="split")
+            df = df[df["split"].astype(str) == split]
+        self.df = df.reset_index(drop=True)
+        self.cache = CohortCache(cache_dir)
+        missing = [s for s in self.df["study_id"].astype(str) if s not in self.cache]
+        if missing:
+            raise CohortError(f"{len(missing)} studies not in the cache (first: {missing[0]}); "
+                              "run `medalign preprocess` on this manifest", path=str(cache_dir))
+        self.augment = augment
+        self.sequences: tuple[str, ...] = self.cache.config.sequences
+        self.study_ids = self.df["study_id"].astype(str).tolist()
+        self.labels = [_label_int(v) for v in (self.df["label"] if "label" in self.df.columns else [None] * len(self.df))]
+        self.texts = [str(v) if isinstance(v, str) else "" for v in
+                      (self.df["report"] if "report" in self.df.columns else [""] * len(self.df))]
+        self.patient_ids = self.df["patient_id"].astype(str).tolist()
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sid = self.study_ids[i]
+        arr = self.cache.load(sid)
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(np.array(arr["image"], dtype=np.float32)),  # copy out of the memmap
+            "sequence_mask": torch.from_numpy(arr["sequence_mask"].copy()),
+            "text": self.texts[i],
+            "label": self.labels[i],
+            "study_id": sid,
+            "patient_id": self.patient_ids[i],
+        }
+        if arr["mask"] is not None:
+            sample["mask"] = torch.from_numpy(np.array(arr["mask"], dtype=np.uint8))
+        if self.augment is not None:
+            sample = self.augment(sample)
+        return sample
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings as lists, ints -> long tensor.
+
+    ``mask`` is stacked when any sample has one (zeros for the others) and ``has_mask`` (B,)
+    says which are real. Keys absent from some samples are dropped, except ``mask``.
+    """
+    if not samples:
+        raise ValueError("collate: empty batch")
+    batch: dict[str, Any] = {}
+    keys = set(samples[0])
+    for s in samples[1:]:
+        keys &= set(s)
+    for k in samples[0]:
+        if k not in keys or k == "mask":
+            continue
+        vals = [s[k] for s in samples]
+        v0 = vals[0]
+        if isinstance(v0, torch.Tensor):
+            batch[k] = torch.stack(vals)  # (B, ...)
+        elif isinstance(v0, np.ndarray):
+            batch[k] = torch.from_numpy(np.stack(vals))
+        elif isinstance(v0, (bool, np.bool_)):
+            batch[k] = torch.tensor(vals, dtype=torch.bool)
+        elif isinstance(v0, (int, np.integer)):
+            batch[k] = torch.tensor(vals, dtype=torch.long)
+        elif isinstance(v0, (float, np.floating)):
+            batch[k] = torch.tensor(vals, dtype=torch.float32)
+        else:
+            batch[k] = list(vals)
+    if any(s.get("mask") is not None for s in samples):
+        ref = next(s["mask"] for s in samples if s.get("mask") is not None)
+        batch["mask"] = torch.stack([s["mask"] if s.get("mask") is not None else torch.zeros_like(ref)
+                                     for s in samples])  # (B, D, H, W)
+        batch["has_mask"] = torch.tensor([s.get("mask") is not None for s in samples])
+    return batch

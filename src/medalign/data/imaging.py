@@ -1,0 +1,552 @@
+"""Read NIfTI / DICOM volumes and preprocess one study into a fixed (C, D, H, W) grid.
+
+NIfTI is read with nibabel (which, unlike ITK, refuses a truncated .nii.gz) and converted to a
+``SimpleITK.Image`` (RAS affine -> ITK's LPS direction/origin/spacing); DICOM series folders are
+read with SimpleITK's ``ImageSeriesReader``. From there on everything is SimpleITK, so both
+formats share one code path in physical space.
+
+Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
+
+1. **Read** each requested sequence (``read_volume``): 3D only (4D needs ``volume_index``),
+   finite voxels only; every failure is a :class:`CohortError` naming the study and the file.
+2. **Reference**: ``cfg.reference`` if the study has it, else the first available sequence of
+   ``cfg.sequences``. A coarse copy (``cfg.reg_spacing`` mm, isotropic, canonical axes) gives
+   the head mask and the head bounding box.
+3. **Co-register** (``cfg.register``): each other sequence is rigidly aligned to the reference
+   (``Euler3DTransform``, Mattes mutual information, 2-level pyramid on the coarse copies,
+   ``cfg.reg_iterations`` steps, random 20 % sampling with a fixed seed, metric restricted to the
+   head). Start is the identity (images of one session share world space); if the optimiser
+   makes the metric worse, or moves more than ``cfg.reg_max_shift_mm``, the identity is kept.
+   The metric before/after is recorded in ``info["sequences"][seq]["registration"]``.
+4. **Resample + crop/pad in one step** onto the output grid: axes in the canonical orientation
+   ``cfg.canonical`` (DICOM-style code, default ``"RAS"``: array axis W runs to the patient's
+   Right, H to Anterior, D to Superior; third letter must be S or I so that D is the
+   superior-inferior axis and the axial plane stays in-plane). The grid is centred on the head
+   bounding box; unless ``cfg.spacing`` is given, the in-plane spacing is chosen so the head
+   fits into H x W (isotropic in-plane, ``cfg.margin`` extra) and the slice spacing so it fits
+   into D slices. Before a large down-sampling the image is box-averaged (``BinShrink``) so
+   thin structures are not aliased away. Linear interpolation for images, nearest neighbour for
+   the lesion mask (assumed to be in the reference's world space).
+5. **Normalise** each channel inside the reference's head mask (``cfg.normalise``):
+   ``"robust"`` maps the 1st..99th percentile to [0, 1] (clipped), ``"zscore"`` clips to those
+   percentiles then z-scores; outside the head is 0 in both; ``"none"`` leaves values as read.
+6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
+
+Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
+voxel different from it; otherwise an Otsu threshold; holes filled.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from medalign.errors import CohortError
+
+NORMALISERS = ("robust", "zscore", "none")
+
+
+@dataclass
+class PreprocessConfig:
+    """Parameters of :func:`preprocess_study`; all of them enter the cache key."""
+
+    sequences: tuple[str, ...] = ("dwi", "t2s", "flair")
+    shape: tuple[int, int, int] = (16, 112, 112)          # (D, H, W)
+    reference: str = "flair"
+    register: bool = True
+    spacing: tuple[float, float, float] | None = None     # (D, H, W) mm; None = fit the head
+    canonical: str = "RAS"
+    normalise: str = "robust"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    margin: float = 1.05                                   # head box x margin when fitting
+    reg_spacing: float = 4.0                               # mm, coarse grid for mask + registration
+    reg_iterations: int = 40
+    reg_sampling: float = 0.2
+    reg_max_shift_mm: float = 30.0
+    volume_index: int | None = None                        # which volume of a 4D file
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        from medalign.data.schema import KNOWN_SEQUENCES
+
+        self.sequences = tuple(str(s) for s in self.sequences)
+        self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
+        if self.spacing is not None:
+            self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.percentiles = tuple(float(p) for p in self.percentiles)  # type: ignore[assignment]
+        if not self.sequences:
+            raise CohortError("preprocess config: 'sequences' is empty")
+        bad = [s for s in self.sequences if s not in KNOWN_SEQUENCES]
+        if bad:
+            raise CohortError(f"preprocess config: unknown sequence(s) {bad}; known: {', '.join(KNOWN_SEQUENCES)}")
+        if len(set(self.sequences)) != len(self.sequences):
+            raise CohortError(f"preprocess config: repeated sequence in {list(self.sequences)}")
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise CohortError(f"preprocess config: shape must be 3 positive ints (D, H, W), got {self.shape}")
+        if self.spacing is not None and (len(self.spacing) != 3 or min(self.spacing) <= 0):
+            raise CohortError(f"preprocess config: spacing must be 3 positive mm values, got {self.spacing}")
+        if self.normalise not in NORMALISERS:
+            raise CohortError(f"preprocess config: normalise must be one of {NORMALISERS}, got '{self.normalise}'")
+        self.canonical = str(self.canonical).upper()
+        canonical_direction(self.canonical)  # validates
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+        from medalign.config import from_dict
+
+        return from_dict(cls, dict(d or {}), where="preprocess")
+
+    def key(self) -> str:
+        """Stable text of the parameters (for content hashes)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass
+class PreprocessedStudy:
+    image: np.ndarray                  # float32 (C, D, H, W)
+    sequence_mask: np.ndarray          # bool (C,)
+    mask: np.ndarray | None            # uint8 (D, H, W) lesion labels, or None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------- reading
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def read_volume(path: str | Path, *, volume_index: int | None = None, study_id: str | None = None,
+                allow_nonfinite: bool = False) -> "SimpleITK.Image":  # noqa: F821
+    """Read a 3D volume (NIfTI file or DICOM series folder) as a float32 ``SimpleITK.Image``.
+
+    4D inputs are refused unless ``volume_index`` picks one volume (a trailing axis of length 1
+    is dropped silently); 2D inputs (or a 3D file with a single voxel along an axis) and NaN/inf
+    voxels are refused. Errors are :class:`CohortError` naming ``study_id`` and the file.
+    """
+    sitk = _sitk()
+    p = Path(path)
+    where = dict(study_id=study_id, path=str(p))
+    if not p.exists():
+        raise CohortError("file not found", **where)
+    try:
+        if p.is_dir():
+            img = _read_dicom_series(p, study_id)
+        elif p.name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
+            img = _read_nifti(p)
+        else:  # anything else ITK can read (.nrrd, .mha, a single DICOM file, ...)
+            img = sitk.ReadImage(str(p))
+    except CohortError:
+        raise
+    except Exception as e:  # ITK raises RuntimeError with a multi-line message
+        raise CohortError(f"cannot read image ({_first_line(e)})", **where) from None
+    dim = img.GetDimension()
+    if dim == 4:
+        n = img.GetSize()[3]
+        if volume_index is None and n == 1:
+            volume_index = 0
+        if volume_index is None:
+            raise CohortError(f"4D image with {n} volumes; pick one with volume_index (0..{n - 1})", **where)
+        if not 0 <= volume_index < n:
+            raise CohortError(f"volume_index {volume_index} out of range for a 4D image with {n} volumes", **where)
+        size = list(img.GetSize())
+        size[3] = 0
+        img = sitk.Extract(img, size=size, index=[0, 0, 0, volume_index])
+    elif dim != 3:
+        raise CohortError(f"{dim}D image where a 3D volume is expected", **where)
+    if min(img.GetSize()) < 2:
+        raise CohortError(f"2D image (size {img.GetSize()}) where a 3D volume is expected", **where)
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise CohortError(f"vector image with {img.GetNumberOfComponentsPerPixel()} components per voxel", **where)
+    try:
+        img = sitk.Cast(img, sitk.sitkFloat32)
+    except Exception as e:
+        raise CohortError(f"cannot convert voxels to float ({_first_line(e)})", **where) from None
+    if not allow_nonfinite:
+        arr = sitk.GetArrayViewFromImage(img)
+        if not np.isfinite(arr).all():
+            n_bad = int(arr.size - np.isfinite(arr).sum())
+            raise CohortError(f"{n_bad} NaN/inf voxel(s)", **where)
+    return img
+
+
+def _read_nifti(path: Path):
+    """NIfTI via nibabel (it refuses truncated .gz streams that ITK would silently zero-fill),
+    converted to a SimpleITK image in ITK's LPS world space."""
+    import nibabel as nib
+
+    sitk = _sitk()
+    nii = nib.load(str(path))
+    data = np.asarray(nii.dataobj, dtype=np.float32)  # (i, j, k[, t]); applies scl_slope/inter
+    if data.ndim > 4:
+        data = np.squeeze(data, axis=tuple(range(4, data.ndim))) if all(s == 1 for s in data.shape[4:]) else data
+    aff = np.asarray(nii.affine, float)
+    m = aff[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    if not (spacing > 0).all() or not np.isfinite(aff).all():
+        raise ValueError(f"degenerate affine (voxel sizes {spacing.tolist()})")
+    flip = np.diag([-1.0, -1.0, 1.0])  # NIfTI RAS+ world -> ITK LPS world
+    u, _, vt = np.linalg.svd(flip @ (m / spacing))
+    direction = u @ vt  # nearest orthonormal matrix (ITK refuses sheared directions)
+    if data.ndim == 4:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(3, 2, 1, 0)))  # (t, k, j, i)
+        img.SetSpacing(tuple(spacing.tolist()) + (1.0,))
+        d4 = np.eye(4)
+        d4[:3, :3] = direction
+        img.SetDirection(tuple(d4.ravel().tolist()))
+        img.SetOrigin(tuple((flip @ aff[:3, 3]).tolist()) + (0.0,))
+        return img
+    if data.ndim != 3:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
+        return img
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # (k, j, i)
+    img.SetSpacing(tuple(spacing.tolist()))
+    img.SetDirection(tuple(direction.ravel().tolist()))
+    img.SetOrigin(tuple((flip @ aff[:3, 3]).tolist()))
+    return img
+
+
+def _read_dicom_series(folder: Path, study_id: str | None):
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    ids = reader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise CohortError("folder holds no DICOM series", study_id=study_id, path=str(folder))
+    # Several series in one folder: take the one with most slices (say so in the docs).
+    best = max(ids, key=lambda sid: len(reader.GetGDCMSeriesFileNames(str(folder), sid)))
+    files = reader.GetGDCMSeriesFileNames(str(folder), best)
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # ITK messages start with the source location; the useful part is the last line.
+    return (lines[-1] if lines else type(e).__name__)[:300]
+
+
+# ------------------------------------------------------------------------------- geometry
+def canonical_direction(code: str) -> tuple[float, ...]:
+    """Direction cosines (row-major 3x3) of a DICOM-style orientation code such as "RAS"/"LPS".
+
+    Letter i says where array axis i (x, y, z = W, H, D) points: L/R, P/A, S/I. The third
+    letter must be S or I so that D is the superior-inferior axis.
+    """
+    axes = {"L": (0, 1.0), "R": (0, -1.0), "P": (1, 1.0), "A": (1, -1.0), "S": (2, 1.0), "I": (2, -1.0)}
+    code = code.upper()
+    if len(code) != 3 or any(c not in axes for c in code) or len({axes[c][0] for c in code}) != 3:
+        raise CohortError(f"orientation code '{code}' is not a 3-letter code like RAS or LPS")
+    if code[2] not in "SI":
+        raise CohortError(f"orientation code '{code}': third letter must be S or I (axial slices)")
+    m = np.zeros((3, 3))
+    for col, c in enumerate(code):
+        row, sign = axes[c]
+        m[row, col] = sign
+    return tuple(m.ravel().tolist())
+
+
+def _grid(size_xyz, spacing_xyz, direction, center):
+    """A reference image (geometry only) of ``size`` voxels centred on physical ``center``."""
+    sitk = _sitk()
+    d = np.asarray(direction).reshape(3, 3)
+    sp = np.asarray(spacing_xyz, float)
+    half = (np.asarray(size_xyz, float) - 1) / 2 * sp
+    origin = np.asarray(center, float) - d @ half
+    ref = sitk.Image([int(s) for s in size_xyz], sitk.sitkUInt8)
+    ref.SetSpacing(tuple(float(s) for s in sp))
+    ref.SetDirection(tuple(float(v) for v in direction))
+    ref.SetOrigin(tuple(float(v) for v in origin))
+    return ref
+
+
+def _physical_corners(img) -> np.ndarray:
+    size = img.GetSize()
+    pts = []
+    for i in (0, size[0] - 1):
+        for j in (0, size[1] - 1):
+            for k in (0, size[2] - 1):
+                pts.append(img.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k))))
+    return np.asarray(pts)
+
+
+def _coarse(img, spacing: float, direction, background: float):
+    """Box-average then resample ``img`` onto a canonical-axes grid covering its own FOV."""
+    sitk = _sitk()
+    sp = np.asarray(img.GetSpacing())
+    factors = [max(1, min(int(spacing / s), img.GetSize()[i] // 2)) for i, s in enumerate(sp)]
+    src = sitk.BinShrink(img, factors) if max(factors) > 1 else img
+    d = np.asarray(direction).reshape(3, 3)
+    corners = _physical_corners(img) @ d  # coordinates along the canonical axes
+    lo, hi = corners.min(0), corners.max(0)
+    size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 2)
+    center = d @ ((lo + hi) / 2)
+    ref = _grid(size, [spacing] * 3, direction, center)
+    return sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(background), sitk.sitkFloat32)
+
+
+def _background(arr: np.ndarray) -> float:
+    """Background value: median of the volume's outer faces."""
+    faces = np.concatenate([arr[0].ravel(), arr[-1].ravel(), arr[:, 0].ravel(), arr[:, -1].ravel(),
+                            arr[:, :, 0].ravel(), arr[:, :, -1].ravel()])
+    return float(np.median(faces))
+
+
+def _otsu(values: np.ndarray, bins: int = 128) -> float:
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centers[int(np.argmax(between[:-1]))])
+
+
+def head_mask(arr: np.ndarray) -> np.ndarray:
+    """Boolean head mask of a 3D array (see module docstring)."""
+    from scipy import ndimage
+
+    bg = _background(arr)
+    rng = float(np.percentile(arr, 99.5) - np.percentile(arr, 0.5)) or 1.0
+    flat = np.abs(arr - bg) <= 1e-4 * rng
+    if flat.mean() > 0.05:  # constant background (skull-stripped / masked data)
+        m = ~flat
+    else:
+        m = arr > _otsu(arr.ravel())
+    if m.sum() < 0.005 * m.size:  # degenerate: fall back to everything above the minimum
+        m = arr > arr.min()
+    return ndimage.binary_fill_holes(m)
+
+
+def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(center, extent along the canonical x,y,z axes in mm, head mask (z,y,x)) of a coarse image."""
+    sitk = _sitk()
+    arr = sitk.GetArrayFromImage(coarse)  # (z, y, x)
+    m = head_mask(arr)
+    idx = np.argwhere(m)
+    if len(idx) == 0:
+        idx = np.argwhere(np.ones_like(m))
+    lo, hi = idx.min(0)[::-1], idx.max(0)[::-1]  # -> (x, y, z)
+    sp = np.asarray(coarse.GetSpacing())
+    center = np.asarray(coarse.TransformContinuousIndexToPhysicalPoint(tuple(((lo + hi) / 2).tolist())))
+    extent = (hi - lo + 1) * sp
+    return center, extent, m
+
+
+# ----------------------------------------------------------------------------- registration
+def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, sampling: float = 0.2,
+                   max_shift_mm: float = 30.0, seed: int = 0):
+    """Rigid (Euler3D) Mattes-MI registration, moving -> fixed; returns (transform, info dict)."""
+    sitk = _sitk()
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(tuple(float(c) for c in center))
+    R = sitk.ImageRegistrationMethod()
+    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    R.SetMetricSamplingStrategy(R.RANDOM)
+    R.SetMetricSamplingPercentage(float(sampling), int(seed))
+    if fixed_mask is not None:
+        R.SetMetricFixedMask(fixed_mask)
+    R.SetInterpolator(sitk.sitkLinear)
+    R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=int(iterations),
+                                               relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+    R.SetOptimizerScalesFromPhysicalShift()
+    R.SetShrinkFactorsPerLevel([2, 1])
+    R.SetSmoothingSigmasPerLevel([1.0, 0.5])
+    R.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    R.SetInitialTransform(tx, inPlace=False)
+    before = float(R.MetricEvaluate(fixed, moving))
+    out = R.Execute(fixed, moving)
+    after = float(R.GetMetricValue())
+    # Re-evaluate on the full coarse grid at the solution, comparable with `before`.
+    R2 = sitk.ImageRegistrationMethod()
+    R2.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    R2.SetMetricSamplingStrategy(R2.RANDOM)
+    R2.SetMetricSamplingPercentage(float(sampling), int(seed))
+    if fixed_mask is not None:
+        R2.SetMetricFixedMask(fixed_mask)
+    R2.SetInterpolator(sitk.sitkLinear)
+    final_tx = sitk.CompositeTransform(out).GetNthTransform(0) if out.GetName() == "CompositeTransform" else out
+    euler = sitk.Euler3DTransform(final_tx) if final_tx.GetName() == "Euler3DTransform" else None
+    R2.SetInitialTransform(final_tx)
+    final = float(R2.MetricEvaluate(fixed, moving))
+    params = list(euler.GetParameters()) if euler is not None else [0.0] * 6
+    shift = float(np.linalg.norm(params[3:]))
+    info = {
+        "metric": "mattes_mi",
+        "metric_before": before,
+        "metric_after": final,
+        "metric_last_level": after,
+        "iterations": int(R.GetOptimizerIteration()),
+        "rotation_deg": [math.degrees(a) for a in params[:3]],
+        "translation_mm": params[3:],
+        "reverted": False,
+    }
+    if not np.isfinite(final) or final > before or shift > max_shift_mm:
+        # Worse than where we started (or an implausible jump): keep the scanner's alignment.
+        info["reverted"] = True
+        info["metric_final"] = before
+        return sitk.Transform(), info
+    info["metric_final"] = final
+    return final_tx, info
+
+
+# ------------------------------------------------------------------------------ preprocessing
+def _normalise(arr: np.ndarray, head: np.ndarray, how: str, pct: tuple[float, float]) -> tuple[np.ndarray, dict]:
+    if how == "none":
+        return arr.astype(np.float32), {}
+    vals = arr[head] if head.any() else arr.ravel()
+    lo, hi = np.percentile(vals, pct)
+    if not hi > lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        return np.zeros_like(arr, dtype=np.float32), {"p_lo": float(lo), "p_hi": float(hi), "constant": True}
+    if how == "robust":
+        out = np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    else:  # zscore
+        c = np.clip(arr, lo, hi)
+        mu, sd = float(c[head].mean()), float(c[head].std()) or 1.0
+        out = (c - mu) / sd
+    out[~head] = 0.0
+    return out.astype(np.float32), {"p_lo": float(lo), "p_hi": float(hi)}
+
+
+def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConfig | None = None, *,
+                     study_id: str = "?", mask_path: str | Path | None = None) -> PreprocessedStudy:
+    """Turn one study's raw files into a (C, D, H, W) float32 array on the common grid.
+
+    ``paths`` maps sequence name -> file/folder (None or "" = missing); only ``cfg.sequences``
+    are used, in that order. See the module docstring for the steps.
+    """
+    sitk = _sitk()
+    cfg = cfg or PreprocessConfig()
+    t0 = time.perf_counter()
+    direction = canonical_direction(cfg.canonical)
+    D, H, W = cfg.shape
+    avail = {s: str(paths[s]) for s in cfg.sequences if _present(paths.get(s))}
+    if not avail:
+        raise CohortError(f"none of the sequences {list(cfg.sequences)} is present "
+                          f"(study has: {[s for s, p in paths.items() if _present(p)]})", study_id=study_id)
+    images = {s: read_volume(p, volume_index=cfg.volume_index, study_id=study_id) for s, p in avail.items()}
+    ref_seq = cfg.reference if cfg.reference in images else next(iter(images))
+
+    # Coarse canonical copies: head box of the reference + registration inputs.
+    backgrounds = {s: _background(sitk.GetArrayViewFromImage(im)) for s, im in images.items()}
+    coarse = {s: _coarse(im, cfg.reg_spacing, direction, backgrounds[s]) for s, im in images.items()}
+    center, extent, ref_head = _head_box(coarse[ref_seq])
+
+    # Output grid (x, y, z) = (W, H, D).
+    size_xyz = (W, H, D)
+    if cfg.spacing is not None:
+        sd, sh, sw = cfg.spacing
+        spacing_xyz = (sw, sh, sd)
+    else:
+        inplane = max(extent[0] / W, extent[1] / H) * cfg.margin
+        spacing_xyz = (inplane, inplane, extent[2] * cfg.margin / D)
+    out_ref = _grid(size_xyz, spacing_xyz, direction, center)
+
+    seq_info: dict[str, Any] = {}
+    transforms: dict[str, Any] = {ref_seq: sitk.Transform()}
+    if cfg.register and len(images) > 1:
+        fmask = sitk.GetImageFromArray(_dilate(ref_head).astype(np.uint8))
+        fmask.CopyInformation(coarse[ref_seq])
+        for s in images:
+            if s == ref_seq:
+                continue
+            try:
+                transforms[s], reg = register_rigid(coarse[ref_seq], coarse[s], fmask, center=center,
+                                                    iterations=cfg.reg_iterations, sampling=cfg.reg_sampling,
+                                                    max_shift_mm=cfg.reg_max_shift_mm)
+            except Exception as e:  # ITK: e.g. too few samples in the overlap
+                raise CohortError(f"registration of '{s}' to '{ref_seq}' failed ({_first_line(e)})",
+                                  study_id=study_id, path=avail[s]) from None
+            seq_info.setdefault(s, {})["registration"] = reg
+    else:
+        for s in images:
+            transforms.setdefault(s, sitk.Transform())
+
+    image = np.zeros((len(cfg.sequences), D, H, W), np.float32)  # (C, D, H, W)
+    seq_mask = np.zeros(len(cfg.sequences), bool)
+    resampled: dict[str, np.ndarray] = {}
+    for s, im in images.items():
+        src = _antialias(im, spacing_xyz, direction) if cfg.antialias else im
+        out = sitk.Resample(src, out_ref, transforms[s], sitk.sitkLinear, backgrounds[s], sitk.sitkFloat32)
+        resampled[s] = sitk.GetArrayFromImage(out)  # (D, H, W)
+    head = head_mask(resampled[ref_seq])
+    for c, s in enumerate(cfg.sequences):
+        if s not in resampled:
+            continue
+        arr, norm = _normalise(resampled[s], head, cfg.normalise, cfg.percentiles)
+        if norm.get("constant"):
+            raise CohortError("image is constant inside the head (nothing to normalise)",
+                              study_id=study_id, path=avail[s])
+        image[c] = arr
+        seq_mask[c] = True
+        im = images[s]
+        seq_info.setdefault(s, {}).update({
+            "path": avail[s],
+            "native_size": list(im.GetSize()),
+            "native_spacing": [round(v, 4) for v in im.GetSpacing()],
+            "native_orientation": sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(im.GetDirection()),
+            **norm,
+        })
+
+    mask = None
+    if _present(mask_path):
+        mimg = read_volume(mask_path, study_id=study_id)
+        m = sitk.Resample(mimg, out_ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+        mask = np.clip(np.rint(sitk.GetArrayFromImage(m)), 0, 255).astype(np.uint8)  # (D, H, W)
+
+    info = {
+        "study_id": study_id,
+        "reference": ref_seq,
+        "sequences": list(cfg.sequences),
+        "available": [s for s in cfg.sequences if s in images],
+        "shape": [D, H, W],
+        "spacing_dhw_mm": [float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0])],
+        "canonical": cfg.canonical,
+        "origin": list(out_ref.GetOrigin()),
+        "direction": list(out_ref.GetDirection()),
+        "head_extent_mm": [float(v) for v in extent],
+        "head_fraction": float(head.mean()),
+        "per_sequence": seq_info,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return PreprocessedStudy(image=image, sequence_mask=seq_mask, mask=mask, info=info)
+
+
+def _present(p: Any) -> bool:
+    if p is None:
+        return False
+    if isinstance(p, float) and math.isnan(p):
+        return False
+    return str(p).strip() != ""
+
+
+def _dilate(m: np.ndarray, it: int = 2) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(m, iterations=it)
+
+
+def _antialias(img, out_spacing_xyz, direction):
+    """Box-average along native axes that the output samples much more coarsely."""
+    sitk = _sitk()
+    d_img = np.asarray(img.GetDirection()).reshape(3, 3)
+    d_out = np.asarray(direction).reshape(3, 3)
+    factors = []
+    for i, s in enumerate(img.GetSpacing()):
+        j = int(np.argmax(np.abs(d_out.T @ d_img[:, i])))  # output axis closest to native axis i
+        f = int(out_spacing_xyz[j] / s / 1.5) if out_spacing_xyz[j] / s >= 2 else 1
+        factors.append(max(1, min(f, img.GetSize()[i] // 2)))
+    return sitk.BinShrink(img, factors) if max(factors) > 1 else img

@@ -1,0 +1,162 @@
+"""Patient-grouped batch sampler: every patient in a batch brings >= 2 of its instances.
+
+MICLe needs positive pairs made of two *different* images of one patient, and HLSS needs two
+studies/slides per patient in a batch for its patient-level positives. A plain shuffled
+sampler rarely puts two studies of one patient together; this sampler builds each batch as
+``batch_size // instances_per_patient`` patients x ``instances_per_patient`` instances.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class PatientBatchSampler(Sampler[list[int]]):
+    """Yield lists of dataset indices, grouped by patient.
+
+    Args:
+        patient_ids: patient id of every dataset index (e.g. ``manifest["patient_id"]``).
+        batch_size: indices per batch; must be a multiple of ``instances_per_patient`` and hold
+            at least two patients (negatives come from other patients).
+        instances_per_patient: distinct indices drawn per patient per batch (>= 2).
+        min_instances: patients with fewer instances are left out (with a warning).
+        shuffle, seed: reshuffle patients (and their instances) every epoch; call
+            ``set_epoch`` as with ``DistributedSampler``.
+        drop_last: drop the last, smaller batch.
+        num_replicas, rank: DDP sharding of whole batches (default: torch.distributed if running).
+
+    A patient with more instances than ``instances_per_patient`` appears in
+    ``ceil(n / instances_per_patient)`` groups per epoch, so every instance is seen.
+    """
+
+    def __init__(self, patient_ids: Sequence, *, batch_size: int, instances_per_patient: int = 2,
+                 min_instances: int = 2, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        if instances_per_patient < 2:
+            raise ValueError(f"instances_per_patient must be >= 2, got {instances_per_patient}")
+        if min_instances < 2:
+            raise ValueError(f"min_instances must be >= 2, got {min_instances}")
+        if batch_size % instances_per_patient or batch_size < 2 * instances_per_patient:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of instances_per_patient "
+                             f"{instances_per_patient} and hold >= 2 patients")
+        groups: "OrderedDict[str, list[int]]" = OrderedDict()
+        for i, pid in enumerate(patient_ids):
+            groups.setdefault(str(pid), []).append(i)
+        self.groups = {p: ix for p, ix in groups.items() if len(ix) >= min_instances}
+        dropped = len(groups) - len(self.groups)
+        if dropped:
+            warnings.warn(f"PatientBatchSampler: {dropped} of {len(groups)} patients have fewer than "
+                          f"{min_instances} instances and are left out", stacklevel=2)
+        self.batch_size = batch_size
+        self.k = instances_per_patient
+        self.per_batch = batch_size // instances_per_patient
+        if len(self.groups) < 2:
+            raise ValueError(f"need >= 2 patients with >= {min_instances} instances, found {len(self.groups)}")
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        if num_replicas is None or rank is None:
+            import torch.distributed as dist
+
+            running = dist.is_available() and dist.is_initialized()
+            num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if running else 1)
+            rank = rank if rank is not None else (dist.get_rank() if running else 0)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle for ``epoch``; ``start_batch`` skips batches already seen (resume mid-epoch,
+        the interface of medalign.train.loop.ResumableBatchSampler)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batches_per_epoch(self) -> int:
+        return len(self._batches())
+
+    def _units(self, rng: np.random.Generator) -> list[list[int]]:
+        """Split each patient's (shuffled) instances into groups of k; a short tail is filled
+        with other instances of the same patient (all distinct within the group)."""
+        units = []
+        for ix in self.groups.values():
+            ix = list(rng.permutation(ix)) if self.shuffle else list(ix)
+            for s in range(0, len(ix), self.k):
+                unit = ix[s:s + self.k]
+                if len(unit) < self.k:
+                    rest = [i for i in ix if i not in unit]
+                    unit += rest[: self.k - len(unit)]
+                units.append([int(i) for i in unit])
+        return units
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        units = self._units(rng)
+        order = rng.permutation(len(units)) if self.shuffle else np.arange(len(units))
+        # Greedy fill that never puts two units of one patient in the same batch.
+        batches: list[list[list[int]]] = []
+        open_batches: list[tuple[set[int], list[list[int]]]] = []
+        unit_owner = {}
+        for pid_idx, ix in enumerate(self.groups.values()):
+            for i in ix:
+                unit_owner[i] = pid_idx
+        for u in order:
+            unit = units[u]
+            owner = unit_owner[unit[0]]
+            for owners, b in open_batches:
+                if owner not in owners:
+                    owners.add(owner)
+                    b.append(unit)
+                    break
+            else:
+                open_batches.append(({owner}, [unit]))
+            full = [ob for ob in open_batches if len(ob[1]) == self.per_batch]
+            for ob in full:
+                batches.append(ob[1])
+                open_batches.remove(ob)
+        if not self.drop_last:
+            for owners, b in open_batches:
+                if len(b) >= 2:
+                    batches.append(b)
+                    continue
+                # A lone patient has no negatives: ride along with a batch lacking that patient.
+                host = next((hb for hb in batches if not owners & {unit_owner[u[0]] for u in hb}), None)
+                if host is not None:
+                    host.extend(b)
+        flat = [[i for unit in b for i in unit] for b in batches]
+        # DDP: every rank gets the same number of whole batches.
+        n = len(flat) // self.num_replicas
+        return flat[self.rank: n * self.num_replicas: self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()[self.start_batch:]
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)
+
+
+def pair_within_patient(patient_ids: Sequence, *, seed: int | None = None) -> tuple[list[int], list[int]]:
+    """Pair each batch index with a *different* index of the same patient (MICLe positives).
+
+    Returns ``(anchors, partners)``. Instances of a patient are paired consecutively after a
+    shuffle; an odd one out is paired with another instance of its patient; a patient with a
+    single instance in the batch is paired with itself (the caller then uses two augmented
+    views of one image, i.e. SimCLR, as the MICLe paper does when only one image exists).
+    """
+    rng = np.random.default_rng(seed)
+    groups: "OrderedDict[str, list[int]]" = OrderedDict()
+    for i, pid in enumerate(patient_ids):
+        groups.setdefault(str(pid), []).append(i)
+    anchors, partners = [], []
+    for ix in groups.values():
+        ix = [int(i) for i in rng.permutation(ix)]
+        if len(ix) == 1:
+            anchors.append(ix[0]); partners.append(ix[0])
+            continue
+        for s in range(0, len(ix) - 1, 2):
+            anchors.append(ix[s]); partners.append(ix[s + 1])
+        if len(ix) % 2:
+            anchors.append(ix[-1]); partners.append(ix[0])
+    return anchors, partners
+

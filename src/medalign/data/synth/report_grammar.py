@@ -1,0 +1,322 @@
+"""Radiology-style reports from a small grammar, driven by a study's ground truth.
+
+A report = optional header noise, optional technique line, the class-defining finding
+(several phrasings per concept, with location words, size and sequence descriptors),
+supporting findings, negations of the other classes, optional incidental finding and
+hedging, an optional IMPRESSION line, and optional trailing noise ("Page 1 of 1").
+Each report is written in British or American spelling and may use abbreviations.
+
+``heldout=True`` draws the class-defining sentences from a separate phrasing family
+(different nouns and sentence frames: "space-occupying lesion", "intracerebral bleed",
+"cytotoxic oedema ... recent stroke", "unremarkable study", "leukoaraiosis") that the
+standard family never uses, to measure generalisation beyond templates.
+
+Templates are written in British spelling; ``_americanise`` converts.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+_US = [("haemorrhagic", "hemorrhagic"), ("haemorrhage", "hemorrhage"), ("haematoma", "hematoma"),
+       ("haemosiderin", "hemosiderin"), ("oedema", "edema"), ("ischaemic", "ischemic"),
+       ("ischaemia", "ischemia"), ("tumour", "tumor"), ("centre", "center"), ("grey", "gray"),
+       ("generalised", "generalized"), ("dilatation", "dilation"), ("oriented", "oriented"),
+       ("paediatric", "pediatric"), ("localised", "localized"), ("characterised", "characterized")]
+
+
+def _americanise(text: str) -> str:
+    for gb, us in _US:
+        text = re.sub(gb, us, text)
+        text = re.sub(gb.capitalize(), us.capitalize(), text)
+    return text
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return str(options[int(rng.integers(len(options)))])
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:] if s else s
+
+
+def _size(rng: np.random.Generator, mm: float | None) -> str:
+    if not mm:
+        return ""
+    a = mm * float(rng.uniform(0.75, 0.95))
+    return _pick(rng, [f", measuring {mm / 10:.1f} x {a / 10:.1f} cm", f" ({mm:.0f} mm)",
+                       f", approximately {mm / 10:.0f} cm in diameter" if mm >= 15 else f" ({mm:.0f} mm)",
+                       f" measuring up to {mm:.0f} mm", ""])
+
+
+def _side(rng: np.random.Generator, side: str, abbrev: bool) -> str:
+    if side not in ("left", "right"):
+        return side
+    if abbrev and rng.random() < 0.5:
+        return {"left": "L", "right": "R"}[side]
+    return side
+
+
+_LOBE_DESC = {"frontal": "frontal lobe", "temporal": "temporal lobe", "parietal": "parietal lobe",
+              "occipital": "occipital lobe"}
+_TERR = {"MCA": ["MCA", "middle cerebral artery"], "ACA": ["ACA", "anterior cerebral artery"],
+         "PCA": ["PCA", "posterior cerebral artery"]}
+
+STRONG_HEDGES = ["in keeping with", "consistent with", "compatible with", "most likely representing",
+                 "suggestive of", "typical of"]
+WEAK_HEDGES = ["possibly representing", "? ", "cannot exclude", "differential includes"]
+
+_NEG_OTHERS = {
+    "infarct": ["No haemorrhagic transformation.", "No intracranial haemorrhage.", "No mass lesion.",
+                "No haemorrhagic transformation or significant mass effect."],
+    "tumor": ["No acute infarct.", "No restricted diffusion to suggest acute ischaemia.",
+              "No evidence of acute infarction."],
+    "hemorrhage": ["No underlying mass lesion is identified.", "No acute infarct.",
+                   "No evidence of an underlying tumour, although follow-up imaging is advised."],
+    "others": ["No acute infarct or haemorrhage.", "No mass lesion.", "No acute intracranial abnormality.",
+               "No restricted diffusion. No intracranial haemorrhage."],
+    "normal": ["No acute infarct, haemorrhage or mass lesion.", "No evidence of acute infarction.",
+               "No intracranial haemorrhage.", "No mass, mass effect or midline shift.",
+               "No restricted diffusion.", "No abnormal susceptibility on T2*.",
+               "No space-occupying lesion and no evidence of haemorrhage.",
+               "Negative for acute infarct or haemorrhage."],
+}
+
+_INCIDENTAL = {
+    "cavum septum pellucidum": ["Incidental cavum septum pellucidum.", "Note is made of a cavum septum pellucidum, a normal variant."],
+    "pineal cyst": ["Incidental small pineal cyst.", "A small simple pineal cyst is noted incidentally."],
+    "prominent perivascular spaces": ["Prominent perivascular spaces in the basal ganglia.", "Incidental prominent Virchow-Robin spaces."],
+    "developmental venous anomaly": ["Incidental developmental venous anomaly in the cerebellum.", "Small DVA in the right frontal lobe, incidental."],
+    "partially empty sella": ["Partially empty sella, likely incidental.", "Incidental partially empty sella."],
+    "mega cisterna magna": ["Mega cisterna magna, a normal variant.", "Incidental mega cisterna magna."],
+}
+
+_HEADERS = ["MRI BRAIN WITHOUT CONTRAST.", "MR HEAD:", "EXAM: MRI brain.", "Clinical details: ? stroke.",
+            "Indication: headache.", "MRI head (non-contrast).", "Indication: confusion, query cause."]
+_TECHNIQUE = ["Technique: DWI, ADC, T2*, FLAIR, T1 and T2 sequences.",
+              "Sequences: axial DWI/ADC, GRE, FLAIR, T1, T2.", "Multiplanar multisequence MRI of the brain."]
+_TRAILERS = ["Page 1 of 1", "Electronically signed.", "Dictated, not read.", "Report verified by consultant radiologist.",
+             "-- end of report --", "Page 1 of 1. Report approved."]
+
+
+def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
+    side = _side(rng, f["side"], ab)
+    sz = _size(rng, f["size_mm"])
+    if f["variant"] == "territorial":
+        terr = _pick(rng, _TERR[f["region"]] if not ab else [f["region"]])
+        where = f"{side} {terr} territory"
+    else:
+        where = f"{side} {f['region']}"
+    if heldout:
+        if f["age"] == "acute":
+            main = [f"Cytotoxic oedema in the {where} distribution, compatible with a recent stroke.",
+                    f"Recent ischaemic stroke involving the {where}{sz}.",
+                    f"Bright on b1000 with corresponding low ADC values in the {where}: acute ischaemic insult."]
+            imp = "recent stroke"
+        else:
+            main = [f"Old stroke in the {where} with encephalomalacia{sz}.",
+                    f"Remote ischaemic insult of the {where}, with tissue loss and gliotic change."]
+            imp = "old stroke"
+        return [_pick(rng, main)], imp
+    if f["age"] == "acute":
+        if f["variant"] == "lacunar":
+            main = [f"Acute lacunar infarct in the {where}{sz}.",
+                    f"Small focus of restricted diffusion in the {where}, {_pick(rng, STRONG_HEDGES)} an acute lacunar infarct.",
+                    f"There is an acute lacune in the {where} showing diffusion restriction."]
+            imp = "acute lacunar infarct"
+        else:
+            main = [f"Acute infarct in the {where} with restricted diffusion (high DWI signal, low ADC){sz}.",
+                    f"There is an area of restricted diffusion in the {where}{sz}, {_pick(rng, STRONG_HEDGES)} an acute infarct.",
+                    f"{_cap(where)} acute ischaemic infarct{sz}, with diffusion restriction and early FLAIR change.",
+                    f"DWI hyperintensity with low ADC in the {where}: acute infarction."]
+            imp = "acute infarct"
+    else:
+        main = [f"Chronic infarct in the {where}{sz} with encephalomalacia and surrounding gliosis.",
+                f"Established old infarct in the {where}: CSF-signal cavity with FLAIR-bright gliotic rim, no restricted diffusion.",
+                f"Mature infarct involving the {where}{sz}."]
+        imp = "chronic infarct"
+    return [_pick(rng, main)], imp
+
+
+def _tumor(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
+    side = _side(rng, f["side"], ab)
+    sz = _size(rng, f["size_mm"])
+    lobe = _LOBE_DESC[f["region"]]
+    if f["variant"] == "meningioma":
+        if heldout:
+            main = [f"Dural-based extra-axial neoplasm over the {side} {f['region']} convexity{sz}, with a broad dural attachment.",
+                    f"Extra-axial space-occupying lesion abutting the {side} {f['region']} dura{sz}."]
+            return [_pick(rng, main)], "extra-axial neoplasm"
+        h = _pick(rng, STRONG_HEDGES + ["likely"]) if rng.random() < 0.8 else _pick(rng, ["possibly", "? "])
+        main = [f"Extra-axial dural-based mass over the {side} {f['region']} convexity{sz}, {h} meningioma.",
+                f"Well-defined extra-axial mass{sz} at the {side} {f['region']} convexity, {h} a meningioma, with mild mass effect.",
+                f"{_cap(side)} {f['region']} convexity meningioma{sz}."]
+        return [_pick(rng, main)], "meningioma"
+    if heldout:
+        main = [f"Space-occupying lesion in the {side} {lobe}{sz}, suspicious for a primary glial neoplasm, with surrounding vasogenic oedema.",
+                f"Infiltrative neoplasm centred on the {side} {lobe} with central necrosis and perilesional oedema{sz}.",
+                f"Necrotic intra-axial neoplasm of the {side} {lobe} causing midline shift."]
+        return [_pick(rng, main)], "intra-axial neoplasm"
+    nec = "a necrotic centre" if f.get("necrosis") else "heterogeneous signal"
+    strong = rng.random() < 0.8
+    h = _pick(rng, STRONG_HEDGES) if strong else _pick(rng, ["possibly representing", "? "])
+    main = [f"Heterogeneous intra-axial mass in the {side} {lobe} with {nec} and surrounding vasogenic oedema{sz}, {h} a high-grade glioma.",
+            f"Large {side} {lobe} tumour{sz} with {nec}, FLAIR hyperintense oedema and mass effect.",
+            f"There is a {side} {f['region']} mass lesion{sz} with extensive surrounding oedema, {h} a glioma.",
+            f"{_cap(side)} {lobe} glioma with {nec} and effacement of the adjacent sulci."]
+    extra = []
+    if rng.random() < 0.4:
+        extra.append(_pick(rng, [f"Midline shift of {rng.integers(2, 9)} mm.", "Effacement of the ipsilateral lateral ventricle.",
+                                 "Foci of susceptibility within the lesion may represent intratumoural haemorrhage."]))
+    return [_pick(rng, main)] + extra, "glioma" if rng.random() < 0.5 else "tumour"
+
+
+def _hemorrhage(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
+    side = _side(rng, f["side"], ab)
+    sz = _size(rng, f["size_mm"])
+    region = _LOBE_DESC.get(f["region"], f["region"])
+    if f["variant"] == "microbleeds":
+        dist = f["region"]
+        if heldout:
+            return [f"{f['count']} punctate foci of susceptibility signal loss in a {dist} pattern, representing old blood products (cerebral amyloid angiopathy vs hypertensive)."], "chronic blood products"
+        main = [f"Multiple ({f['count']}) cerebral microbleeds on T2* in a {dist} distribution.",
+                f"Numerous microhaemorrhages blooming on T2*, {dist} predominant, {_pick(rng, STRONG_HEDGES)} {'amyloid angiopathy' if dist == 'lobar' else 'hypertensive microangiopathy'}."]
+        return [_pick(rng, main)], "multiple microbleeds"
+    if heldout:
+        if f["age"] == "acute":
+            main = [f"Intracerebral bleed (ICH) centred on the {side} {region}{sz}, with a rim of perilesional oedema.",
+                    f"Fresh blood products in the {side} {region}{sz}, consistent with recent bleeding."]
+            return [_pick(rng, main)], "intracerebral bleed"
+        return [f"Old blood products with a haemosiderin rim in the {side} {region}, sequela of a previous bleed."], "old bleed"
+    if f["age"] == "acute":
+        main = [f"Acute intraparenchymal haemorrhage in the {side} {region}{sz}, with surrounding oedema.",
+                f"{_cap(side)} {region} haematoma{sz} showing blooming on T2* and a rim of vasogenic oedema.",
+                f"There is an acute haematoma in the {side} {region}{sz}, {_pick(rng, STRONG_HEDGES)} hypertensive haemorrhage.",
+                f"Intracerebral haemorrhage in the {side} {region}{sz}, dark on T2* (blooming)."]
+        imp = "acute haemorrhage"
+    else:
+        main = [f"Chronic haemorrhage in the {side} {region} with haemosiderin staining (T2* blooming).",
+                f"Old haematoma cavity in the {side} {region}{sz} lined by haemosiderin."]
+        imp = "chronic haemorrhage"
+    return [_pick(rng, main)], imp
+
+
+def _others(f: dict, rng, ab: bool, heldout: bool, atrophy: float) -> tuple[list[str], str]:
+    v = f["variant"]
+    if v == "atrophy":
+        if heldout:
+            main = ["Involutional change out of keeping with the patient's age, with widened sulci and enlarged ventricles.",
+                    "Disproportionate global volume loss for age."]
+            return [_pick(rng, main)], "volume loss beyond age"
+        if f["region"] == "ventriculomegaly":
+            main = ["Ventriculomegaly out of proportion to sulcal enlargement; consider normal pressure hydrocephalus.",
+                    "Marked dilatation of the lateral and third ventricles (ventriculomegaly)."]
+            return [_pick(rng, main)], "ventriculomegaly"
+        main = ["Marked generalised cerebral atrophy with ex vacuo ventricular dilatation.",
+                "Moderate to severe global atrophy, more than expected for age.",
+                "Advanced generalised volume loss with prominent sulci and ventricles."]
+        return [_pick(rng, main)], "marked atrophy"
+    if v == "wmh":
+        if heldout:
+            return [_pick(rng, ["Extensive leukoaraiosis.", "Severe leukoaraiosis of the cerebral hemispheres, chronic microvascular in nature."])], "leukoaraiosis"
+        main = ["Confluent periventricular white matter hyperintensities on FLAIR, in keeping with severe small vessel disease (Fazekas 3).",
+                "Extensive confluent T2/FLAIR white matter hyperintensity, likely chronic small vessel ischaemic disease.",
+                "Confluent deep and periventricular white matter disease (Fazekas grade 3)."]
+        return [_pick(rng, main)], "severe small vessel disease"
+    if v == "demyelination":
+        if heldout:
+            return [f"Several ({f['count']}) ovoid lesions radiating from the ventricular margins (Dawson fingers), characteristic of MS."], "MS"
+        main = [f"Multiple ({f['count']}) ovoid periventricular FLAIR hyperintense plaques oriented perpendicular to the ventricles, in keeping with demyelination.",
+                f"{f['count']} periventricular and juxtacortical demyelinating plaques; no restricted diffusion to suggest active disease."]
+        return [_pick(rng, main)], "demyelinating disease"
+    side = f["side"] if f["side"] != "bilateral" else "bilateral"
+    if heldout:
+        return [f"Opacified {side} {f['region']} sinus with fluid and thickened mucosa (sinus disease)."], "sinus disease"
+    main = [f"Extensive mucosal thickening of the {side} {f['region']} sinus.",
+            f"Marked {side} {f['region']} sinus mucosal thickening, in keeping with sinusitis."]
+    return [_pick(rng, main)], "sinus mucosal thickening"
+
+
+def _normal(t: dict, rng, heldout: bool) -> tuple[list[str], str]:
+    s: list[str] = []
+    if heldout:
+        s.append(_pick(rng, ["Unremarkable MRI of the brain.", "Study within normal limits.",
+                             "The brain appears entirely unremarkable for age."]))
+        imp = "unremarkable study"
+    else:
+        s.append(_pick(rng, ["No acute intracranial abnormality.", "Normal MRI brain.",
+                             "The brain parenchyma is of normal signal.", "Normal appearances of the brain.",
+                             "Ventricles and sulci are normal in size for age."]))
+        imp = _pick(rng, ["normal study", "no acute intracranial abnormality", "normal MRI brain"])
+    mild = t.get("mild_changes")
+    if mild == "involutional":
+        s.append(_pick(rng, ["Mild age-related involutional changes.", "Mild age-appropriate volume loss."]))
+    elif mild == "punctate_wmh":
+        s.append(_pick(rng, ["A few scattered punctate white matter hyperintensities, within normal limits for age.",
+                             "Minimal punctate white matter change, normal for age."]))
+    return s, imp
+
+
+def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False) -> str:
+    """A free-text report for ``truth`` (from ``brain.sample_truth``/``plan_cohort``).
+
+    Deterministic given ``rng``'s state. ``heldout`` switches the class-defining phrasing
+    to the held-out family.
+    """
+    label = truth["label"]
+    american = rng.random() < 0.5
+    ab = rng.random() < 0.35
+    parts: list[str] = []
+    if rng.random() < 0.35:
+        parts.append(_pick(rng, _HEADERS))
+    if rng.random() < 0.2:
+        parts.append(_pick(rng, _TECHNIQUE))
+    imp_bits: list[str] = []
+    findings = truth.get("findings", [])
+    if label == "normal":
+        s, imp = _normal(truth, rng, heldout)
+        parts += s
+        imp_bits.append(imp)
+    else:
+        seen = set()
+        for f in findings:
+            if f["class"] != label:
+                continue
+            key = (f["variant"], f["region"], f.get("side"))
+            if key in seen:  # one sentence for a group (e.g. several lacunes)
+                continue
+            seen.add(key)
+            if label == "infarct":
+                s, imp = _infarct(f, rng, ab, heldout)
+            elif label == "tumor":
+                s, imp = _tumor(f, rng, ab, heldout)
+            elif label == "hemorrhage":
+                s, imp = _hemorrhage(f, rng, ab, heldout)
+            else:
+                s, imp = _others(f, rng, ab, heldout, truth.get("atrophy", 0.0))
+            parts += s
+            imp_bits.append(imp)
+        if label != "others" and truth.get("atrophy", 0) > 0.25 and rng.random() < 0.4:
+            parts.append("Background mild age-related volume loss.")
+    negs = _NEG_OTHERS[label]
+    k = 1 if label != "normal" else int(rng.integers(1, 3))
+    if rng.random() < (0.9 if label == "normal" else 0.6):
+        for i in rng.choice(len(negs), size=min(k, len(negs)), replace=False):
+            parts.append(negs[int(i)])
+    for inc in truth.get("incidental", []):
+        parts.append(_pick(rng, _INCIDENTAL[inc]))
+    if rng.random() < 0.5:
+        imp = "; ".join(imp_bits)
+        side = next((f.get("side") for f in findings if f.get("side") in ("left", "right")), None)
+        if side and label != "normal" and rng.random() < 0.5:
+            imp = f"{side} {imp}"
+        parts.append(_pick(rng, ["IMPRESSION: ", "Conclusion: ", "Impression: ", "Summary: "]) + _cap(imp) + ".")
+    if rng.random() < 0.3:
+        parts.append(_pick(rng, _TRAILERS))
+    text = " ".join(parts)
+    if rng.random() < 0.15:
+        text = text.replace(". ", ".\n", 2)
+    text = text.replace("?  ", "? ")
+    return _americanise(text) if american else text

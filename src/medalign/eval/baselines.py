@@ -1,0 +1,183 @@
+"""The paper's sanity-check baselines, evaluated by the same code as the run itself.
+
+- ``untrained``: the run's own architecture with random weights (``api.build_untrained``).
+- ``supervised_3d_cnn``: the run's image encoder trained from scratch on the labels with the
+  ``supervised`` recipe through the same training loop (short budget), then probed like the run;
+  its own linear head's test predictions are reported as ``classifier``.
+- ``text_only``: the frozen text encoder on the *reports* + logistic regression. Labels come
+  from reports, so this is an upper bound that shows what the text carries.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medalign.eval.bootstrap import bootstrap_ci
+
+
+def text_only_classifier(train_reports: Sequence[str], train_y: Sequence[int], test_reports: Sequence[str],
+                         test_y: Sequence[int], *, encode: Callable[[list[str]], np.ndarray], n_classes: int,
+                         class_names: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Frozen text features + logistic regression; classification metrics with CIs on test."""
+    from medalign.eval.evaluate import _cls_cis
+    from medalign.eval.probe import fit_predict_scores
+    from medalign.eval.zeroshot import classification_metrics
+
+    tr_y, te_y = np.asarray(train_y, int), np.asarray(test_y, int)
+    tr, te = tr_y >= 0, te_y >= 0
+    if tr.sum() < 2 or te.sum() < 1:
+        return {"skipped": "too few labelled reports"}
+    Xtr = np.asarray(encode([str(t) for t in np.asarray(train_reports)[tr]]), np.float64)
+    Xte = np.asarray(encode([str(t) for t in np.asarray(test_reports)[te]]), np.float64)
+    s = fit_predict_scores("logreg", Xtr, tr_y[tr], Xte, n_classes, seed=seed)
+    m = classification_metrics(te_y[te], s, n_classes=n_classes, class_names=class_names)
+    m["ci"] = _cls_cis(te_y[te], s, n_boot, seed)
+    return {"description": "frozen text encoder on reports + logistic regression", "classifier": m}
+
+
+def _untrained(run_dir: Path, manifest: Path, cache: Path, split: str, prompt_bank_fn, pool, n_boot, seed) -> dict:
+    from medalign import api
+    from medalign.eval.evaluate import _embed, evaluate_embeddings
+
+    model = api.build_untrained(run_dir, cache_dir=cache)
+    test = _embed(model, manifest, cache, split)
+    train = _embed(model, manifest, cache, "train", required=False)
+    bank = prompt_bank_fn(model) if prompt_bank_fn else None
+    res = evaluate_embeddings(test, train=train, prompt_bank=bank, pool=pool, n_boot=n_boot, seed=seed,
+                              probes=("logreg", "knn"))
+    res.pop("tables", None)
+    res["description"] = "same architecture, random weights"
+    return res
+
+
+def supervised_config(run_cfg: dict, *, epochs: int | None = None) -> dict:
+    """The run's config with the recipe swapped for ``supervised`` (same image encoder and data)."""
+    cfg = copy.deepcopy(run_cfg)
+    rc = cfg.get("recipe") or {}
+    new = {"name": "supervised"}
+    for k in ("image_encoder", "sequences", "input_shape"):
+        if k in rc:
+            new[k] = rc[k]
+    cfg["recipe"] = new
+    tr = cfg.setdefault("train", {})
+    if epochs is not None:
+        tr["epochs"] = int(epochs)
+    for k in ("resume", "init_from", "checkpoint"):
+        tr.pop(k, None)
+    tr["progress"] = False
+    tr["monitor"], tr["monitor_mode"] = "loss", "min"  # the clip run may monitor a retrieval metric
+    cfg.setdefault("data", {})
+    cfg["data"]["augment"] = None  # short budget: no augmentation
+    return cfg
+
+
+class _ImageOnly:
+    """embed_manifest adapter for an image-only recipe: zero text embeddings, head logits kept."""
+
+    def __init__(self, model) -> None:
+        self.model, self.cache_dir, self.logits = model, model.cache_dir, []
+
+    def encode_image(self, x, sequence_mask=None):
+        import torch
+
+        emb = self.model.encode_image(x, sequence_mask)
+        if hasattr(self.model.recipe, "logits"):
+            with torch.no_grad():
+                im = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(self.model.device)  # (B, C, D, H, W)
+                mk = torch.as_tensor(np.asarray(sequence_mask), dtype=torch.bool).to(self.model.device)  # (B, C)
+                self.logits.append(self.model.recipe.logits(im, mk).float().cpu().numpy())
+        return emb
+
+    def encode_text(self, texts):
+        return np.zeros((len(texts), 1), np.float32)
+
+
+def _embed_image_only(model, manifest, cache, split, *, required=True):
+    from medalign.eval.evaluate import _embed
+
+    proxy = _ImageOnly(model)
+    emb = _embed(proxy, manifest, cache, split, required=required)
+    if emb is not None:
+        emb["has_report"] = np.zeros(len(emb["study_id"]), bool)
+        emb["text_embed"] = emb["image_embed"]
+        if proxy.logits:
+            emb["logits"] = np.concatenate(proxy.logits)
+    return emb
+
+
+def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: int, seed: int,
+                epochs: int | None, say) -> dict:
+    import medalign.recipes.supervised  # noqa: F401  (registers "supervised")
+    from medalign import api
+    from medalign.data.schema import CLASSES
+    from medalign.eval.evaluate import _cls_cis, label_ints, label_names
+    from medalign.eval.probe import label_efficiency
+    from medalign.eval.zeroshot import classification_metrics
+    from medalign.train.loop import fit
+
+    out_dir = run_dir / "eval" / "baselines" / "supervised_3d_cnn"
+    import yaml
+
+    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = supervised_config(run_cfg, epochs=epochs)
+    cfg["data"]["manifest"], cfg["data"]["cache_dir"] = str(manifest), str(cache)
+    say(f"training the supervised 3D CNN baseline into {out_dir} ({cfg['train'].get('epochs', '?')} epochs)")
+    fit(cfg, out_dir)
+    sup = api.load(out_dir, cache_dir=cache)
+    test = _embed_image_only(sup, manifest, cache, split)
+    train = _embed_image_only(sup, manifest, cache, "train", required=False)
+    y = label_ints(label_names(test["label"], CLASSES), CLASSES)
+    res: dict = {"description": f"{(cfg['recipe'].get('image_encoder') or {}).get('name', 'unet3d')} trained from "
+                                f"scratch on labels ({cfg['train'].get('epochs')} epochs)", "run_dir": str(out_dir)}
+    if "logits" in test and (y >= 0).any():  # the model's own head on the test images
+        s = test["logits"][y >= 0]
+        m = classification_metrics(y[y >= 0], s, n_classes=len(CLASSES), class_names=CLASSES)
+        m["ci"] = _cls_cis(y[y >= 0], s, n_boot, seed)
+        res["classifier"] = m
+    if train is not None:
+        ty = label_ints(label_names(train["label"], CLASSES), CLASSES)
+        res["probe"] = label_efficiency(train["image_embed"], ty, test["image_embed"], y, probes=("logreg", "knn"),
+                                        seed=seed, n_boot=min(n_boot, 500), n_classes=len(CLASSES), class_names=CLASSES)
+    return res
+
+
+def run_baselines(run_dir: str | Path, manifest: Path, cache: Path, *, test: dict, train: dict | None,
+                  split: str = "test", prompt_bank_fn=None, pool: str = "mean", n_boot: int = 1000, seed: int = 0,
+                  supervised_epochs: int | None = None, which: Sequence[str] = ("untrained", "supervised_3d_cnn", "text_only"),
+                  say=print) -> dict:
+    """Every baseline; one that fails is recorded as {"skipped": reason} and the rest still run."""
+    from medalign.data.schema import CLASSES
+    from medalign.eval.evaluate import label_ints, label_names
+
+    run_dir = Path(run_dir)
+    out: dict = {}
+    for name in which:
+        try:
+            say(f"baseline: {name}")
+            if name == "untrained":
+                out[name] = _untrained(run_dir, manifest, cache, split, prompt_bank_fn, pool, n_boot, seed)
+            elif name == "supervised_3d_cnn":
+                out[name] = _supervised(run_dir, manifest, cache, split, n_boot, seed, supervised_epochs, say)
+            elif name == "text_only":
+                if train is None:
+                    out[name] = {"skipped": "no training split"}
+                    continue
+                from medalign import api
+                from medalign.models.text import TextEncoder
+
+                tcfg = ((api.load(run_dir).config.get("recipe") or {}).get("text_encoder")) or {}
+                enc = TextEncoder(**tcfg)
+                out[name] = text_only_classifier(
+                    train["report"], label_ints(label_names(train["label"], CLASSES), CLASSES),
+                    test["report"], label_ints(label_names(test["label"], CLASSES), CLASSES),
+                    encode=lambda ts: enc.sentence(ts).cpu().numpy(), n_classes=len(CLASSES),
+                    class_names=CLASSES, n_boot=n_boot, seed=seed)
+            else:
+                out[name] = {"skipped": f"unknown baseline '{name}'"}
+        except Exception as e:  # a baseline must not sink the evaluation; say why in the report
+            out[name] = {"skipped": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+            say(f"baseline {name} skipped: {out[name]['skipped']}")
+    return out

@@ -1,0 +1,64 @@
+"""Percentile bootstrap confidence intervals, resampling studies (rows) with replacement."""
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import numpy as np
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float],
+    *arrays: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict:
+    """``metric_fn(*arrays)`` with a (1 - alpha) percentile CI over ``n`` study resamples.
+
+    Every array is indexed by the same resampled rows (axis 0), so paired arrays (labels and
+    scores of one study) stay paired. Resamples on which the metric is undefined (raises
+    ValueError or returns NaN/None, e.g. AUROC with one class) are dropped and counted.
+    Returns {"value", "lo", "hi", "n_boot", "n_failed", "alpha"}.
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array")
+    arrays = tuple(np.asarray(a) for a in arrays)
+    m = len(arrays[0])
+    if any(len(a) != m for a in arrays):
+        raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
+    if m == 0:
+        raise ValueError("bootstrap_ci got empty arrays")
+    value = metric_fn(*arrays)
+    value = None if value is None else float(value)
+    rng = np.random.default_rng(seed)
+    stats = []
+    failed = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n):
+            idx = rng.integers(0, m, size=m)
+            try:
+                v = metric_fn(*(a[idx] for a in arrays))
+            except ValueError:
+                v = None
+            if v is None or not np.isfinite(v):
+                failed += 1
+                continue
+            stats.append(float(v))
+    if stats:
+        lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+        lo, hi = float(lo), float(hi)
+    else:
+        lo = hi = None
+    return {"value": value, "lo": lo, "hi": hi, "n_boot": n, "n_failed": failed, "alpha": alpha}
+
+
+def format_ci(ci: dict | None, digits: int = 3) -> str:
+    """'0.512 [0.401, 0.633]' (or '—')."""
+    if not ci or ci.get("value") is None:
+        return "—"
+    v = f"{ci['value']:.{digits}f}"
+    if ci.get("lo") is None:
+        return v
+    return f"{v} [{ci['lo']:.{digits}f}, {ci['hi']:.{digits}f}]"

@@ -1,0 +1,144 @@
+"""Zero-shot classification with class prompt sets, and the classification metrics.
+
+Score of class c for image i = pool_p cos(image_i, prompt_{c,p}) over the class's presence
+prompts, pool = mean or max. With ``absence="subtract"`` the pooled similarity to the
+class's absence prompts is subtracted (CheXzero-style positive-minus-negative).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from medalign.eval.retrieval import cosine_similarity
+
+PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
+POOLS = ("mean", "max")
+
+
+def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | None = None,
+                 one_per_class: bool = False) -> dict[str, dict[str, list[str]]]:
+    """Read a prompts YAML -> {class: {"presence": [...], "absence": [...]}} in ``classes`` order.
+
+    ``one_per_class`` keeps only the first presence prompt and no absence prompts.
+    """
+    import yaml
+
+    from medalign.data.schema import CLASSES
+    from medalign.errors import MedAlignError
+
+    path = Path(path) if path is not None else PROMPTS_FILE
+    raw = yaml.safe_load(path.read_text()) or {}
+    classes = list(classes or CLASSES)
+    out = {}
+    for c in classes:
+        entry = raw.get(c)
+        if entry is None:
+            raise MedAlignError(f"{path}: no prompts for class '{c}'")
+        if isinstance(entry, list):  # bare list = presence prompts only
+            entry = {"presence": entry}
+        pres = [str(p) for p in entry.get("presence") or []]
+        if not pres:
+            raise MedAlignError(f"{path}: class '{c}' has no presence prompts")
+        absn = [str(p) for p in entry.get("absence") or []]
+        out[c] = {"presence": pres[:1], "absence": []} if one_per_class else {"presence": pres, "absence": absn}
+    return out
+
+
+def _pool(sim: np.ndarray, pool: str) -> np.ndarray:
+    if pool == "mean":
+        return sim.mean(axis=1)
+    if pool == "max":
+        return sim.max(axis=1)
+    raise ValueError(f"unknown pool '{pool}'; allowed: {', '.join(POOLS)}")
+
+
+def zero_shot_scores(
+    image_embed: np.ndarray,
+    presence: Sequence[np.ndarray],
+    *,
+    absence: Sequence[np.ndarray | None] | None = None,
+    pool: str = "mean",
+) -> np.ndarray:
+    """(N, E) images x per-class prompt embeddings [(P_c, E)] -> (N, C) class scores."""
+    cols = []
+    for c, pe in enumerate(presence):
+        s = _pool(cosine_similarity(image_embed, pe), pool)  # (N,)
+        if absence is not None and absence[c] is not None and len(absence[c]):
+            s = s - _pool(cosine_similarity(image_embed, absence[c]), pool)
+        cols.append(s)
+    return np.stack(cols, axis=1)  # (N, C)
+
+
+def embed_prompts(prompts: Mapping[str, Mapping[str, list[str]]],
+                  encode_text: Callable[[list[str]], np.ndarray]) -> dict:
+    """Encode every prompt once -> {"classes", "texts", "class_index", "kind", "embed"} (flat arrays)."""
+    texts, cls, kind = [], [], []
+    for ci, (c, entry) in enumerate(prompts.items()):
+        for k in ("presence", "absence"):
+            for t in entry.get(k, []):
+                texts.append(t), cls.append(ci), kind.append(k)
+    emb = np.asarray(encode_text(texts), dtype=np.float32)
+    return {"classes": np.asarray(list(prompts)), "texts": np.asarray(texts),
+            "class_index": np.asarray(cls), "kind": np.asarray(kind), "embed": emb}
+
+
+def scores_from_prompt_bank(image_embed: np.ndarray, bank: Mapping, *, pool: str = "mean",
+                            absence: str = "ignore", one_per_class: bool = False) -> np.ndarray:
+    """Class scores from a flat prompt bank (as made by :func:`embed_prompts`)."""
+    if absence not in ("ignore", "subtract"):
+        raise ValueError(f"absence must be 'ignore' or 'subtract', got '{absence}'")
+    ci, kind, emb = np.asarray(bank["class_index"]), np.asarray(bank["kind"]), np.asarray(bank["embed"])
+    pres, absn = [], []
+    for c in range(len(bank["classes"])):
+        p = emb[(ci == c) & (kind == "presence")]
+        pres.append(p[:1] if one_per_class else p)
+        a = emb[(ci == c) & (kind == "absence")]
+        absn.append(a if (absence == "subtract" and not one_per_class) else None)
+    return zero_shot_scores(image_embed, pres, absence=absn, pool=pool)
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def classification_metrics(y_true: Sequence[int], scores: np.ndarray, *, n_classes: int | None = None,
+                           class_names: Sequence[str] | None = None) -> dict:
+    """Accuracy, balanced accuracy, macro-F1 and one-vs-rest AUROC from (N, C) scores.
+
+    Balanced accuracy and macro-F1 average over the classes present in ``y_true``; AUROC
+    per class is None where the class is absent (or the only one) in ``y_true``.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_classes = n_classes or scores.shape[1]
+    pred = scores.argmax(axis=1)
+    cm = confusion_matrix(y, pred, n_classes)
+    present = np.flatnonzero(cm.sum(axis=1) > 0)
+    recall = np.diag(cm)[present] / cm.sum(axis=1)[present]
+    f1s = []
+    for c in present:
+        tp, fp, fn = cm[c, c], cm[:, c].sum() - cm[c, c], cm[c, :].sum() - cm[c, c]
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    auroc = []
+    for c in range(n_classes):
+        pos = y == c
+        auroc.append(float(roc_auc_score(pos, scores[:, c])) if 0 < pos.sum() < len(y) else None)
+    valid = [a for a in auroc if a is not None]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "balanced_accuracy": float(recall.mean()),
+        "macro_f1": float(np.mean(f1s)),
+        "auroc_macro": float(np.mean(valid)) if valid else None,
+        "auroc": dict(zip(names, auroc)),
+        "confusion": cm.tolist(),
+        "classes": names,
+        "n": int(len(y)),
+    }

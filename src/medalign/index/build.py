@@ -1,0 +1,246 @@
+"""Build and extend a case index from a model and a manifest.
+
+The model is any object with the :class:`medalign.index.store.EmbeddingModel` protocol
+(``medalign.api.load(run)`` in practice, a small fake in tests). Images come from a
+preprocessed cache (``cache.load(study_id)['image']``, (C, D, H, W)) when one is given, else the
+manifest's NIfTI paths are handed to the model (which preprocesses them on the fly).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medalign.data.schema import IMAGE_PREFIX
+from medalign.errors import CohortError, MedAlignError
+from medalign.index.faiss_index import EXACT_MAX
+from medalign.index.store import IndexStore, preprocess_dict, thumb_relpath, valid_study_id, write_version
+
+log = logging.getLogger(__name__)
+
+
+# ---- manifest ------------------------------------------------------------------------------
+def read_manifest(manifest: Any):
+    """DataFrame or path -> DataFrame with absolute image paths (uses medalign.data when present)."""
+    import pandas as pd
+
+    if isinstance(manifest, pd.DataFrame):
+        return manifest.reset_index(drop=True)
+    path = Path(manifest)
+    try:
+        from medalign.data.manifest import load_manifest
+    except ImportError:
+        load_manifest = None
+    if load_manifest is not None:
+        return load_manifest(path).reset_index(drop=True)
+    if not path.is_file():
+        raise CohortError("manifest not found", path=str(path))
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in [c for c in df.columns if c.startswith(IMAGE_PREFIX)]:
+        df[col] = [str((path.parent / v).resolve()) if isinstance(v, str) and v and not Path(v).is_absolute()
+                   else v for v in df[col]]
+    return df.reset_index(drop=True)
+
+
+def _text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return ""
+    return str(v)
+
+
+def _image_paths(row: Any, sequences: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for s in sequences:
+        v = _text(row.get(IMAGE_PREFIX + s, ""))
+        if v:
+            out[s] = v
+    return out
+
+
+# ---- thumbnails ----------------------------------------------------------------------------
+def _to_png(slice2d: np.ndarray, path: Path, size: int = 128) -> None:
+    from PIL import Image
+
+    from medalign.utils import atomic_path
+
+    a = np.asarray(slice2d, dtype=np.float32)
+    finite = a[np.isfinite(a)]
+    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    a = np.clip((np.nan_to_num(a) - lo) / max(hi - lo, 1e-6), 0, 1)
+    img = Image.fromarray((a * 255).astype(np.uint8), mode="L")
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp, format="PNG")
+
+
+def _mid_axial_from_nifti(path: str, study_id: str) -> np.ndarray:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel raises many types for broken files
+        raise CohortError(f"cannot read image for thumbnail: {e}", study_id=study_id, path=path) from None
+    while data.ndim > 3:
+        data = data[..., 0]  # first volume of a 4-D series
+    if data.ndim != 3:
+        raise CohortError(f"expected a 3-D volume, got shape {data.shape}", study_id=study_id, path=path)
+    # voxel axes are (x, y, z) in NIfTI: take the middle z slice, rotate so anterior is up
+    return np.rot90(data[:, :, data.shape[2] // 2])  # (y, x)
+
+
+def make_thumbnails(root: Path, study_id: str, *, cached: dict | None, paths: dict[str, str],
+                    sequences: Sequence[str]) -> dict[str, str]:
+    """Write mid-axial PNGs per sequence; returns {sequence: path relative to root}."""
+    out = {}
+    if cached is not None:
+        image = np.asarray(cached["image"])  # (C, D, H, W)
+        mask = np.asarray(cached.get("sequence_mask", np.ones(image.shape[0], bool)))
+        for c, seq in enumerate(sequences[: image.shape[0]]):
+            if not bool(mask[c]):
+                continue
+            rel = thumb_relpath(study_id, seq)
+            _to_png(image[c, image.shape[1] // 2], root / rel)  # (H, W) middle axial slice
+            out[seq] = rel
+        return out
+    for seq, p in paths.items():
+        rel = thumb_relpath(study_id, seq)
+        _to_png(_mid_axial_from_nifti(p, study_id), root / rel)
+        out[seq] = rel
+    return out
+
+
+# ---- encoding ------------------------------------------------------------------------------
+def _encode_image(model: Any, study_id: str, *, cached: dict | None, paths: dict[str, str]) -> np.ndarray:
+    try:
+        if cached is not None:
+            import torch
+
+            image = torch.from_numpy(np.array(cached["image"], dtype=np.float32))  # (C, D, H, W)
+            smask = cached.get("sequence_mask")
+            smask = None if smask is None else torch.as_tensor(np.asarray(smask, bool))  # (C,)
+            emb = model.encode_image(image, sequence_mask=smask)
+        else:
+            if not paths:
+                raise CohortError("no image paths for the model's sequences "
+                                  f"({', '.join(model.sequences)})", study_id=study_id)
+            emb = model.encode_image(paths)
+    except MedAlignError:
+        raise
+    except Exception as e:
+        raise CohortError(f"encoding the image failed: {type(e).__name__}: {e}", study_id=study_id) from None
+    emb = np.asarray(emb, dtype=np.float32).reshape(1, -1)  # (1, E)
+    if not np.all(np.isfinite(emb)):
+        raise CohortError("image embedding is not finite", study_id=study_id)
+    return emb[0]
+
+
+def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbnails: bool = True,
+                   batch_text: int = 64, skip: set[str] | None = None) -> dict:
+    """Encode every manifest row: records, image/text embeddings and thumbnails."""
+    if "study_id" not in df.columns:
+        raise CohortError("manifest has no 'study_id' column")
+    sequences = list(getattr(model, "sequences", None) or
+                     [c[len(IMAGE_PREFIX):] for c in df.columns if c.startswith(IMAGE_PREFIX)])
+    seen: set[str] = set(skip or ())
+    rows = df.to_dict(orient="records")
+    for i, row in enumerate(rows, start=1):  # check every id before any (slow) encoding
+        sid = _text(row.get("study_id"))
+        if not valid_study_id(sid):
+            raise CohortError("study id must match [A-Za-z0-9][A-Za-z0-9_.-]* (max 128, no '..')",
+                              study_id=sid, row=i, column="study_id")
+        if sid in seen:
+            raise CohortError("duplicate study id (already in the index or the manifest)", study_id=sid, row=i)
+        seen.add(sid)
+    records, image_vecs, texts = [], [], []
+    for row in rows:
+        sid = _text(row.get("study_id"))
+        cached = cache.load(sid) if cache is not None else None
+        paths = _image_paths(row, sequences)
+        emb = _encode_image(model, sid, cached=cached, paths=paths)
+        thumbs = (make_thumbnails(root, sid, cached=cached, paths=paths, sequences=sequences)
+                  if thumbnails else {})
+        records.append({"study_id": sid, "report": _text(row.get("report")), "label": _text(row.get("label")),
+                        "split": _text(row.get("split")), "thumbs": thumbs})
+        image_vecs.append(emb)
+        texts.append(_text(row.get("report")))
+    text_idx = [j for j, t in enumerate(texts) if t.strip()]
+    text_vecs = []
+    for s in range(0, len(text_idx), batch_text):
+        chunk = [texts[j] for j in text_idx[s: s + batch_text]]
+        text_vecs.append(np.asarray(model.encode_text(chunk), dtype=np.float32).reshape(len(chunk), -1))  # (B, E)
+    dim = image_vecs[0].shape[0] if image_vecs else 0
+    return {"records": records,
+            "image_embed": np.stack(image_vecs) if image_vecs else np.zeros((0, dim), np.float32),  # (N, E)
+            "image_rows": np.arange(len(records), dtype=np.int64),
+            "text_embed": np.concatenate(text_vecs) if text_vecs else np.zeros((0, dim), np.float32),  # (T, E)
+            "text_rows": np.asarray(text_idx, dtype=np.int64)}
+
+
+def _open_cache(cache: Any) -> Any:
+    if cache is None or hasattr(cache, "load"):
+        return cache
+    from medalign.data.cache import CohortCache
+
+    return CohortCache(cache)
+
+
+def build_index(model: Any, manifest: Any, out_dir: str | Path, *, cache: Any = None, run_dir: str | None = None,
+                thumbnails: bool = True, exact_max: int = EXACT_MAX, kind: str | None = None) -> dict:
+    """Embed a manifest's studies and reports and write a new index at ``out_dir``.
+
+    ``cache`` is a cache folder or an object with ``.load(study_id)``; ``run_dir`` is recorded so
+    ``medalign serve`` can load the same model. Refuses to overwrite an index built by another model.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    df = read_manifest(manifest)
+    if (out / "CURRENT").is_file():
+        old = IndexStore.open(out)
+        old.check_model(model)
+    enc = encode_studies(model, df, out, cache=_open_cache(cache), thumbnails=thumbnails)
+    if not enc["records"]:
+        raise CohortError("manifest has no studies", path=str(manifest) if not hasattr(manifest, "columns") else None)
+    meta = _meta(model, enc["image_embed"].shape[1], run_dir)
+    vdir = write_version(out, meta=meta, exact_max=exact_max, kind=kind, **enc)
+    summary = {"index": str(out), "version": vdir.name, "n_studies": len(enc["records"]),
+               "n_reports": int(len(enc["text_rows"])), "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("built index: %d studies, %d reports", summary["n_studies"], summary["n_reports"])
+    return summary
+
+
+def add_to_index(index_dir: str | Path, model: Any, manifest: Any, *, cache: Any = None,
+                 thumbnails: bool = True, exact_max: int = EXACT_MAX) -> dict:
+    """Append a manifest's studies to an existing index (same model required; new version, atomic)."""
+    t0 = time.perf_counter()
+    store = IndexStore.open(index_dir)
+    store.check_model(model)
+    df = read_manifest(manifest)
+    enc = encode_studies(model, df, Path(index_dir), cache=_open_cache(cache), thumbnails=thumbnails,
+                         skip=set(store.study_ids))
+    n0 = len(store.records)
+    if enc["image_embed"].shape[0] and enc["image_embed"].shape[1] != store.image_embed.shape[1]:
+        raise MedAlignError(f"embedding dim {enc['image_embed'].shape[1]} != index dim {store.image_embed.shape[1]}")
+    vdir = write_version(
+        index_dir, meta=store.meta, records=store.records + enc["records"],
+        image_embed=np.concatenate([store.image_embed, enc["image_embed"]]),  # (N0+N, E)
+        image_rows=np.concatenate([store.image_rows, enc["image_rows"] + n0]),
+        text_embed=np.concatenate([store.text_embed, enc["text_embed"]]),  # (T0+T, E)
+        text_rows=np.concatenate([store.text_rows, enc["text_rows"] + n0]),
+        exact_max=exact_max, prev=store)
+    return {"index": str(index_dir), "version": vdir.name, "added": len(enc["records"]),
+            "n_studies": n0 + len(enc["records"]), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _meta(model: Any, dim: int, run_dir: str | None) -> dict:
+    import datetime
+
+    return {"model_id": str(model.model_id), "preprocess_config": preprocess_dict(getattr(model, "preprocess_config", None)),
+            "sequences": list(getattr(model, "sequences", []) or []), "dim": int(dim),
+            "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

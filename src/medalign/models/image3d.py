@@ -1,0 +1,192 @@
+"""Contracting path of a 3D (or 2D) U-Net as an image encoder: global + local features.
+
+Written here rather than imported from ``pytorch3dunet`` (Wolny et al.): that package pulls
+torchvision and a CUDA build of torch, which the pinned CPU install cannot take. The blocks are
+the same short ones: DoubleConv = (GroupNorm -> Conv -> ReLU) x 2, MaxPool between levels.
+
+``spatial_dims`` picks Conv2d/Conv3d through a small factory (as MONAI does), so MICLe/HLSS
+reuse the same network on 2D slices.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from medalign.registry import Registry
+
+IMAGE_ENCODERS: Registry[nn.Module] = Registry("image encoder")
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return {2: nn.Conv2d, 3: nn.Conv3d}[_check_dims(spatial_dims)]
+
+
+def _pool(spatial_dims: int) -> type[nn.Module]:
+    return {2: nn.MaxPool2d, 3: nn.MaxPool3d}[_check_dims(spatial_dims)]
+
+
+def _check_dims(spatial_dims: int) -> int:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return spatial_dims
+
+
+def _groups(channels: int, num_groups: int = 8) -> int:
+    """Wolny's rule: 8 groups, or 1 when there are fewer channels than groups."""
+    return num_groups if channels >= num_groups and channels % num_groups == 0 else 1
+
+
+class DoubleConv(nn.Module):
+    """(GroupNorm -> Conv(k=3, pad=1) -> ReLU) twice; Wolny's 'gcr' order."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int = 3) -> None:
+        super().__init__()
+        conv = _conv(spatial_dims)
+        layers: list[nn.Module] = []
+        for c_in in (in_channels, out_channels):
+            layers += [
+                nn.GroupNorm(_groups(c_in), c_in),
+                conv(c_in, out_channels, kernel_size=3, padding=1, bias=False),
+                nn.ReLU(inplace=True),
+            ]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+def _as_tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * n
+    v = tuple(int(i) for i in v)
+    if len(v) != n:
+        raise ValueError(f"expected {n} values, got {v}")
+    return v
+
+
+class UNetEncoder(nn.Module):
+    """Contracting path of a U-Net returning ``{"global": (B, F), "local": (B, C_l, *spatial)}``.
+
+    Args:
+        in_channels: input channels (= number of MRI sequences).
+        channels: feature maps per level (Wolny/paper: 32-64-128-256).
+        spatial_dims: 3 for volumes (B, C, D, H, W), 2 for slices (B, C, H, W).
+        input_shape: spatial input size; needed to size the FC layer when ``global_pool="flatten"``.
+        global_pool: ``"flatten"`` (paper: flatten the last map, then a fully connected layer)
+            or ``"avg"`` (global average pooling; works on any input size).
+        out_dim: size of the global embedding. ``None`` -> 256 for flatten, ``channels[-1]`` for
+            avg (then no FC layer).
+        local_level: which level's feature map is returned as ``local`` (0-based; GLoRIA's
+            sub-region features).
+        stem_stride: >1 adds a strided patchify conv before the first level (CPU preset);
+            int or one value per spatial dim, e.g. ``(1, 2, 2)`` to keep the 16 slices.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        spatial_dims: int = 3,
+        input_shape: Sequence[int] | None = (16, 112, 112),
+        global_pool: str = "flatten",
+        out_dim: int | None = None,
+        local_level: int = 2,
+        stem_stride: int | Sequence[int] = 1,
+    ) -> None:
+        super().__init__()
+        _check_dims(spatial_dims)
+        channels = tuple(int(c) for c in channels)
+        if not channels:
+            raise ValueError("channels must name at least one level")
+        if not 0 <= local_level < len(channels):
+            raise ValueError(f"local_level {local_level} out of range for {len(channels)} levels")
+        if global_pool not in ("flatten", "avg"):
+            raise ValueError(f"global_pool must be 'flatten' or 'avg', got '{global_pool}'")
+        self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
+        self.channels = channels
+        self.local_level = local_level
+        self.global_pool = global_pool
+        self.local_dim = channels[local_level]
+        stride = _as_tuple(stem_stride, spatial_dims)
+
+        conv = _conv(spatial_dims)
+        # Strided "patchify" stem: one cheap conv with kernel = stride cuts the voxel count
+        # before the first (most expensive) DoubleConv.
+        if any(s > 1 for s in stride):
+            self.stem: nn.Module = conv(in_channels, channels[0], kernel_size=stride, stride=stride)
+            first_in = channels[0]
+        else:
+            self.stem = nn.Identity()
+            first_in = in_channels
+        self.levels = nn.ModuleList()
+        c_prev = first_in
+        for i, c in enumerate(channels):
+            # Wolny's encoder: no pooling before the first level, MaxPool(2) before the others.
+            pool = nn.Identity() if i == 0 else _pool(spatial_dims)(kernel_size=2)
+            self.levels.append(nn.Sequential(pool, DoubleConv(c_prev, c, spatial_dims=spatial_dims)))
+            c_prev = c
+
+        if global_pool == "flatten":
+            if input_shape is None:
+                raise ValueError("global_pool='flatten' needs input_shape to size the FC layer")
+            self.input_shape: tuple[int, ...] | None = _as_tuple(input_shape, spatial_dims)
+            self.final_shape = self._final_shape(self.input_shape, stride, len(channels))
+            self.out_dim = int(out_dim or 256)
+            self.fc: nn.Module = nn.Linear(channels[-1] * math.prod(self.final_shape), self.out_dim)
+        else:
+            self.input_shape = _as_tuple(input_shape, spatial_dims) if input_shape is not None else None
+            self.final_shape = None
+            self.out_dim = int(out_dim or channels[-1])
+            self.fc = nn.Identity() if out_dim is None else nn.Linear(channels[-1], self.out_dim)
+
+    @staticmethod
+    def _final_shape(shape: tuple[int, ...], stride: tuple[int, ...], n_levels: int) -> tuple[int, ...]:
+        out = []
+        for s, st in zip(shape, stride):
+            s = s // st
+            for _ in range(n_levels - 1):
+                s //= 2
+            if s < 1:
+                raise ValueError(f"input_shape {shape} is too small for {n_levels} levels with stem stride {stride}")
+            out.append(s)
+        return tuple(out)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"UNetEncoder expects (B, {self.in_channels}, *{self.spatial_dims} spatial dims), got {tuple(x.shape)}"
+            )
+        if self.global_pool == "flatten" and tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(f"UNetEncoder(global_pool='flatten') was built for input {self.input_shape}, got {tuple(x.shape[2:])}")
+        h = self.stem(x)
+        local = h
+        for i, level in enumerate(self.levels):
+            h = level(h)  # (B, C_i, *spatial_i)
+            if i == self.local_level:
+                local = h
+        if self.global_pool == "flatten":
+            g = h.flatten(1)  # (B, C_last * prod(final_shape))
+        else:
+            g = h.flatten(2).mean(-1)  # (B, C_last)
+        return {"global": self.fc(g), "local": local}
+
+
+@IMAGE_ENCODERS.register("unet3d")
+def unet3d(in_channels: int = 3, *, spatial_dims: int = 3, input_shape: Sequence[int] | None = (16, 112, 112),
+           **kwargs) -> UNetEncoder:
+    """Paper preset: 32-64-128-256, no stem stride, flatten + FC (to 256)."""
+    kwargs = {"channels": (32, 64, 128, 256), "global_pool": "flatten", **kwargs}
+    return UNetEncoder(in_channels, spatial_dims=spatial_dims, input_shape=input_shape, **kwargs)
+
+
+@IMAGE_ENCODERS.register("unet3d_cpu")
+def unet3d_cpu(in_channels: int = 3, *, spatial_dims: int = 3, input_shape: Sequence[int] | None = (16, 112, 112),
+               **kwargs) -> UNetEncoder:
+    """Light preset for CPUs: strided stem (1, 2, 2) (in 2D: 2), 8-16-32-64, same interface."""
+    stem = (1, 2, 2) if spatial_dims == 3 else 2
+    kwargs = {"channels": (8, 16, 32, 64), "stem_stride": stem, "global_pool": "flatten", "out_dim": 256, **kwargs}
+    return UNetEncoder(in_channels, spatial_dims=spatial_dims, input_shape=input_shape, **kwargs)

@@ -1,0 +1,144 @@
+"""brain-CLIP: 3D U-Net image encoder + frozen (cached) text encoder + symmetric contrastive loss."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medalign.data.schema import PAPER_SEQUENCES
+from medalign.losses.clip import ClipLoss
+from medalign.models.heads import ProjectionHead
+from medalign.models.image3d import IMAGE_ENCODERS
+from medalign.models.text import TextEncoder
+from medalign.recipes import RECIPES, Recipe
+
+
+def apply_sequence_mask(image: torch.Tensor, sequence_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the channels of missing sequences. image (B, C, *spatial), mask (B, C) bool."""
+    if sequence_mask is None:
+        return image
+    m = sequence_mask.to(image.dtype).reshape(*sequence_mask.shape, *([1] * (image.dim() - 2)))  # (B, C, 1, ...)
+    return image * m
+
+
+def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Drop each present sequence with probability ``p``, keeping at least one per sample."""
+    if p <= 0:
+        return sequence_mask
+    drop = torch.rand(sequence_mask.shape, generator=generator, device=sequence_mask.device) < p  # (B, C)
+    new = sequence_mask & ~drop
+    empty = ~new.any(dim=1)  # (B,) samples that would lose every channel keep their original mask
+    return torch.where(empty[:, None], sequence_mask, new)
+
+
+@RECIPES.register("clip")
+class ClipRecipe(Recipe):
+    """Image-report contrastive learning (brain-CLIP, METHODS.md section 1).
+
+    Args:
+        sequences: input channels, in order (paper: dwi, t2s, flair).
+        input_shape: (D, H, W) of the preprocessed volumes (sizes the flatten+FC layer).
+        image_encoder: ``{"name": <IMAGE_ENCODERS key>, **kwargs}``.
+        text_encoder: keyword arguments of :class:`TextEncoder` (frozen, cached).
+        embed_dim: shared embedding size (paper: 256).
+        projection: ``"linear"`` (paper) or ``"mlp"``.
+        logit_scale_init: initial ``exp(t)``. We use CLIP's 1/0.07 = 14.3 (the reference
+            code's initial value is not given in the paper); the scale is clamped at
+            ``logit_scale_max`` = 100 as open_clip does (the reference left it unclamped).
+        sequence_dropout: probability of hiding each present sequence during training, so
+            that a study with fewer sequences still embeds sensibly.
+        gather: all-gather embeddings across DDP ranks (negatives span the global batch).
+    """
+
+    def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
+                 image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
+                 projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
+                 learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True) -> None:
+        super().__init__()
+        self.sequences = tuple(sequences)
+        enc_cfg = dict(image_encoder or {"name": "unet3d"})
+        enc_name = enc_cfg.pop("name", "unet3d")
+        enc_cfg.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
+        self.image_encoder = IMAGE_ENCODERS.build(enc_name, in_channels=len(self.sequences), **enc_cfg)
+        self.text_encoder_cfg = dict(text_encoder or {})
+        self._text: list[TextEncoder] = []  # a list, so the frozen encoder is not a submodule
+        self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)
+        self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
+        log_init = torch.tensor(math.log(logit_scale_init), dtype=torch.float32)
+        self.log_logit_scale = nn.Parameter(log_init, requires_grad=learn_logit_scale)
+        self.log_scale_max = math.log(logit_scale_max)
+        self.sequence_dropout = float(sequence_dropout)
+        self.loss = ClipLoss(gather=gather)
+        self.embed_dim = embed_dim
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def text_encoder(self) -> TextEncoder:
+        """The frozen, cached text encoder (built on first use)."""
+        if not self._text:
+            self._text.append(TextEncoder(**self.text_encoder_cfg))
+        return self._text[0]
+
+    def logit_scale(self) -> torch.Tensor:
+        # Clamp in log space (open_clip clamps the parameter to ln(100) after each step).
+        return self.log_logit_scale.clamp(max=self.log_scale_max).exp()
+
+    def _device(self) -> torch.device:
+        return self.log_logit_scale.device
+
+    def encode_image(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, E), L2-normalised; missing sequences are zeroed first."""
+        x = apply_sequence_mask(image, sequence_mask)
+        g = self.image_encoder(x)["global"]  # (B, F)
+        return F.normalize(self.image_proj(g), dim=-1)  # (B, E)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Frozen sentence features (B, Dt) from the cache (no grad)."""
+        return self.text_encoder.sentence(list(texts)).to(self._device())
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """list of B texts -> (B, E), L2-normalised."""
+        return F.normalize(self.text_proj(self.text_features(texts)), dim=-1)  # (B, E)
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image = batch["image"]
+        mask = batch.get("sequence_mask")
+        if mask is None:
+            mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
+        if self.training and self.sequence_dropout > 0:
+            mask = sequence_dropout(mask, self.sequence_dropout)
+        return {
+            "image_embed": self.encode_image(image, mask),
+            "text_embed": self.encode_text(batch["text"]),
+            "logit_scale": self.logit_scale(),
+        }
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        f = self(batch)
+        out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"]))
+        out["logit_scale"] = f["logit_scale"].detach()
+        return out
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> dict[str, Any]:
+        f = self(batch)
+        # Plain (un-gathered) loss per batch; validation runs the full split on every rank.
+        loss = ClipLoss(gather=False)(f["image_embed"], f["text_embed"], f["logit_scale"])
+        return {**loss, "image_embed": f["image_embed"].float().cpu(), "text_embed": f["text_embed"].float().cpu()}
+
+    def validation_end(self, outputs: list[dict[str, Any]]) -> dict[str, float]:
+        """Report -> image retrieval over the whole split: R@1, R@5 (matched by position = study)."""
+        if not outputs:
+            return {}
+        img = torch.cat([o["image_embed"] for o in outputs])  # (N, E)
+        txt = torch.cat([o["text_embed"] for o in outputs])  # (N, E)
+        sim = txt @ img.T  # (N, N) report x image
+        target = sim.diagonal()[:, None]  # (N, 1)
+        rank = (sim > target).sum(1)  # (N,) images scoring above the true one
+        n = img.shape[0]
+        return {"recall@1": float((rank < 1).float().mean()), "recall@5": float((rank < 5).float().mean()),
+                "mean_rank": float(rank.float().mean() + 1), "n": float(n)}

@@ -1,0 +1,177 @@
+"""GLoRIA: global + local (word <-> sub-region) image-report alignment (METHODS.md section 2).
+
+The brain-CLIP recipe plus a local branch:
+
+- image: the encoder's ``local`` map (an intermediate U-Net level, one vector per voxel of that
+  map) -> 1x1x1 projection -> ``image_local`` (B, R, E), R = d*h*w;
+- text: the frozen encoder's word vectors (sub-word pieces already merged into words by
+  :class:`~medalign.models.text.TextEncoder`; [CLS]/[SEP]/[PAD] are never words there) ->
+  projection -> ``word_embed`` (B, W, E). As GLoRIA's ``\\w+`` tokenizer does, words without
+  a letter or digit (punctuation) are masked out; stop words are kept, as in the paper
+  (``drop_stopwords=True`` masks a small English list too);
+- loss = ``global_weight`` * ClipLoss(global) + ``local_weight`` * GloriaLocalLoss(local).
+  GLoRIA's global loss uses a fixed scale temp3 = 10, so ``logit_scale_init=10`` and
+  ``learn_logit_scale=False`` are this recipe's defaults.
+
+Similarities for retrieval/zero-shot (:meth:`GloriaRecipe.pair_similarity`): global cosine,
+local pair score, and their aggregate = mean of the two after z-scoring each matrix.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from medalign.data.schema import PAPER_SEQUENCES
+from medalign.losses.clip import ClipLoss
+from medalign.losses.gloria import GloriaLocalLoss
+from medalign.models.heads import ProjectionHead
+from medalign.recipes import RECIPES
+from medalign.recipes.clip import ClipRecipe, apply_sequence_mask, sequence_dropout
+
+_WORDLIKE = re.compile(r"\w")
+STOPWORDS: frozenset[str] = frozenset(
+    "a an the of in on at to for with and or but is are was were be been by as from this that these those "
+    "there it its which who into than then also".split()
+)
+
+
+def zscore(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(S - mean) / std over all entries of a similarity matrix."""
+    return (s - s.mean()) / s.std(unbiased=False).clamp_min(eps)
+
+
+@RECIPES.register("gloria")
+class GloriaRecipe(ClipRecipe):
+    """GLoRIA on 3D MRI. Arguments of :class:`ClipRecipe`, plus:
+
+    Args:
+        temp1, temp2, temp3: attention sharpness, word aggregation and pair-score scale [4, 5, 10].
+        agg: ``"sum"`` (log-sum-exp over words, paper) or ``"mean"``.
+        local_weight, global_weight: loss weights (GLoRIA: 1, 1).
+        local_projection: ``"linear"`` (= GLoRIA's 1x1 conv) or ``"mlp"`` for both local heads.
+        normalise_regions: L2-normalise region vectors before the attention (reference: no).
+        drop_stopwords: mask stop words out of the local loss (reference: keep them).
+    """
+
+    def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
+                 image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
+                 projection: str = "linear", logit_scale_init: float = 10.0, logit_scale_max: float = 100.0,
+                 learn_logit_scale: bool = False, sequence_dropout: float = 0.0, gather: bool = True,
+                 temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
+                 local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
+                 normalise_regions: bool = False, drop_stopwords: bool = False) -> None:
+        super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
+                         text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
+                         logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
+                         learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout, gather=gather)
+        local_dim = getattr(self.image_encoder, "local_dim", None)
+        if local_dim is None:
+            raise ValueError(f"image encoder {type(self.image_encoder).__name__} has no local features (local_dim)")
+        self.image_local_proj = ProjectionHead(int(local_dim), embed_dim, local_projection)
+        self.word_proj = ProjectionHead(self.text_encoder.dim, embed_dim, local_projection)
+        self.local_loss = GloriaLocalLoss(temp1=temp1, temp2=temp2, temp3=temp3, agg=agg,
+                                          normalise_regions=normalise_regions)
+        self.local_weight, self.global_weight = float(local_weight), float(global_weight)
+        self.drop_stopwords = bool(drop_stopwords)
+
+    # ------------------------------------------------------------------ features
+    def image_features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> dict[str, Any]:
+        """-> image_embed (B, E) normalised, image_local (B, R, E), local_grid (d, h, w)."""
+        x = apply_sequence_mask(image, sequence_mask)
+        out = self.image_encoder(x)
+        g = F.normalize(self.image_proj(out["global"]), dim=-1)  # (B, E)
+        loc = out["local"]  # (B, C_l, d, h, w)
+        grid = tuple(loc.shape[2:])
+        loc = loc.flatten(2).transpose(1, 2)  # (B, R, C_l)
+        return {"image_embed": g, "image_local": self.image_local_proj(loc), "local_grid": grid}  # (B, R, E)
+
+    def keep_word(self, word: str) -> bool:
+        """Words that take part in the local loss: not punctuation (and not stop words if asked)."""
+        if not _WORDLIKE.search(word):
+            return False
+        return not (self.drop_stopwords and word.lower() in STOPWORDS)
+
+    def text_word_features(self, texts: list[str]) -> dict[str, Any]:
+        """-> text_embed (B, E) normalised, word_embed (B, W, E), word_mask (B, W), word_lists."""
+        enc = self.text_encoder.encode(list(texts))
+        dev = self._device()
+        sent = F.normalize(self.text_proj(enc["sentence"].to(dev)), dim=-1)  # (B, E)
+        words = self.word_proj(enc["words"].to(dev))  # (B, W, E)
+        mask = enc["word_mask"].clone()  # (B, W)
+        for b, wl in enumerate(enc["word_lists"]):
+            for w, word in enumerate(wl):
+                if not self.keep_word(word):
+                    mask[b, w] = False
+        return {"text_embed": sent, "word_embed": words, "word_mask": mask.to(dev), "word_lists": enc["word_lists"]}
+
+    def forward(self, batch: dict) -> dict[str, Any]:
+        image = batch["image"]
+        mask = batch.get("sequence_mask")
+        if mask is None:
+            mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
+        if self.training and self.sequence_dropout > 0:
+            mask = sequence_dropout(mask, self.sequence_dropout)
+        return {**self.image_features(image, mask), **self.text_word_features(batch["text"]),
+                "logit_scale": self.logit_scale()}
+
+    # ------------------------------------------------------------------ steps
+    def _losses(self, f: dict, gather: bool) -> dict[str, torch.Tensor]:
+        g = (self.loss if gather else ClipLoss(gather=False))(f["image_embed"], f["text_embed"], f["logit_scale"])
+        loc = self.local_loss(f["image_local"], f["word_embed"], f["word_mask"])
+        return {"global_loss": self.global_weight * g["contrastive_loss"],
+                "local_loss": self.local_weight * loc["local_loss"]}
+
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        f = self(batch)
+        out = self._losses(f, gather=True)
+        out["logit_scale"] = f["logit_scale"].detach()
+        return out
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> dict[str, Any]:
+        f = self(batch)
+        out: dict[str, Any] = dict(self._losses(f, gather=False))
+        out["image_embed"] = f["image_embed"].float().cpu()
+        out["text_embed"] = f["text_embed"].float().cpu()
+        return out
+
+    # ------------------------------------------------------------------ similarities
+    @torch.no_grad()
+    def pair_similarity(self, image: dict, text: dict, *, chunk: int = 8) -> dict[str, torch.Tensor]:
+        """(I, T) similarity matrices from :meth:`image_features` / :meth:`text_word_features` dicts.
+
+        ``global`` = cosine of the global embeddings; ``local`` = the local pair score
+        (log-sum-exp over words of word/context cosine x temp2); ``combined`` = mean of the two
+        after z-scoring each over the whole matrix. Images are processed ``chunk`` at a time
+        (the local score costs O(I * T * W * R) memory).
+        """
+        glob = image["image_embed"] @ text["text_embed"].T  # (I, T)
+        parts = []
+        for i in range(0, image["image_local"].shape[0], chunk):
+            s, _ = self.local_loss.scores(image["image_local"][i:i + chunk], text["word_embed"], text["word_mask"])
+            parts.append(s)  # (chunk, T)
+        loc = torch.cat(parts)  # (I, T)
+        return {"global": glob, "local": loc, "combined": 0.5 * (zscore(glob) + zscore(loc))}
+
+    @torch.no_grad()
+    def word_attention(self, image: torch.Tensor, sequence_mask: torch.Tensor | None, text: str) -> dict[str, Any]:
+        """Attention of each word of ``text`` over the local grid of one image.
+
+        image (C, D, H, W) or (1, C, D, H, W) -> dict(attention (W, d, h, w) numpy, words list,
+        word_mask (W,) numpy bool, grid (d, h, w)).
+        """
+        from medalign.losses.gloria import word_region_attention
+
+        x = image[None] if image.dim() == 4 else image  # (1, C, D, H, W)
+        sm = None if sequence_mask is None else sequence_mask.reshape(1, -1)
+        im = self.image_features(x.to(self._device()), None if sm is None else sm.to(self._device()))
+        tx = self.text_word_features([text])
+        attn = word_region_attention(im["image_local"], tx["word_embed"], temp1=self.local_loss.temp1,
+                                     normalise_regions=self.local_loss.normalise_regions)  # (1, 1, W, R)
+        grid = im["local_grid"]
+        a = attn[0, 0].reshape(attn.shape[2], *grid)  # (W, d, h, w)
+        return {"attention": a.float().cpu().numpy(), "words": tx["word_lists"][0],
+                "word_mask": tx["word_mask"][0].cpu().numpy(), "grid": grid}

@@ -1,0 +1,193 @@
+"""Readers (NIfTI, DICOM series), geometry and preprocess_study on tiny hand-made volumes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medalign.data.imaging import PreprocessConfig, canonical_direction, head_mask, preprocess_study, read_volume
+from medalign.errors import CohortError
+
+
+def ellipsoid(shape=(20, 24, 12), center=None, radii=None, value=100.0, noise=2.0, seed=0) -> np.ndarray:
+    """Array (i, j, k) with a bright ellipsoid 'head' and a brighter blob 'lesion'."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape).astype(float)
+    c = np.asarray(center if center is not None else [(s - 1) / 2 for s in shape], float)
+    r = np.asarray(radii if radii is not None else [s * 0.35 for s in shape], float)
+    d = sum(((idx[i] - c[i]) / r[i]) ** 2 for i in range(3))
+    vol = np.where(d <= 1, value, 0.0)
+    blob = sum(((idx[i] - (c[i] + r[i] * 0.3)) / (r[i] * 0.3)) ** 2 for i in range(3)) <= 1
+    vol[blob] = value * 2
+    return (vol + rng.normal(0, noise, shape) * (d <= 1.2)).astype(np.float32)
+
+
+def write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_read_nifti_keeps_spacing_and_world_orientation(tmp_path):
+    arr = ellipsoid()
+    aff = np.diag([2.0, 3.0, 4.0, 1.0])
+    img = read_volume(write_nifti(tmp_path / "a.nii.gz", arr, aff))
+    assert img.GetSize() == arr.shape  # sitk size is (x, y, z) = nibabel (i, j, k)
+    assert img.GetSpacing() == pytest.approx((2.0, 3.0, 4.0))
+    # NIfTI RAS affine -> ITK LPS: x and y flip sign.
+    assert np.reshape(img.GetDirection(), (3, 3)) == pytest.approx(np.diag([-1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(img), arr.transpose(2, 1, 0))
+
+
+def test_read_4d_needs_volume_index(tmp_path):
+    arr = np.stack([ellipsoid(), ellipsoid() * 2], axis=-1)  # (i, j, k, t)
+    p = write_nifti(tmp_path / "dwi4d.nii.gz", arr)
+    with pytest.raises(CohortError, match="4D image with 2 volumes"):
+        read_volume(p, study_id="s1")
+    img = read_volume(p, volume_index=1)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(img), arr[..., 1].transpose(2, 1, 0))
+    with pytest.raises(CohortError, match="out of range"):
+        read_volume(p, volume_index=5)
+
+
+def test_read_dicom_series_folder(tmp_path):
+    arr = (ellipsoid(shape=(16, 16, 6)) * 10).astype(np.int16)  # (x, y, z)
+    img = sitk.GetImageFromArray(arr.transpose(2, 1, 0))  # sitk wants (z, y, x)
+    img.SetSpacing((0.9, 0.9, 5.0))
+    img.SetOrigin((-10.0, 20.0, 30.0))
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.1"
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k]
+        for tag, val in {"0008|0060": "MR", "0020|000e": series_uid, "0020|000d": series_uid + ".0",
+                         "0020|0013": str(k + 1), "0020|0037": "1\\0\\0\\0\\1\\0",
+                         "0020|0032": "\\".join(map(str, img.TransformIndexToPhysicalPoint((0, 0, k)))),
+                         "0028|0030": "0.9\\0.9", "0018|0050": "5.0"}.items():
+            sl.SetMetaData(tag, val)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    vol = read_volume(folder, study_id="d1")
+    assert vol.GetSize() == (16, 16, 6)
+    assert vol.GetSpacing() == pytest.approx((0.9, 0.9, 5.0), abs=1e-3)
+    assert vol.GetOrigin() == pytest.approx((-10.0, 20.0, 30.0), abs=1e-3)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(vol), arr.transpose(2, 1, 0))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CohortError, match="no DICOM series"):
+        read_volume(empty, study_id="d2")
+
+
+def test_canonical_direction_codes():
+    assert canonical_direction("LPS") == (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    assert np.reshape(canonical_direction("RAS"), (3, 3)).tolist() == np.diag([-1.0, -1.0, 1.0]).tolist()
+    with pytest.raises(CohortError, match="third letter"):
+        canonical_direction("RSA")
+    with pytest.raises(CohortError, match="3-letter"):
+        canonical_direction("RRS")
+
+
+def test_head_mask_constant_background_and_otsu():
+    arr = np.full((8, 10, 10), -3.0, np.float32)
+    arr[2:6, 3:7, 3:7] = np.linspace(-5, 5, 64).reshape(4, 4, 4)  # tissue darker AND brighter than bg
+    m = head_mask(arr)
+    assert m[2:6, 3:7, 3:7].all() and m.sum() == 64
+    noisy = np.random.default_rng(0).normal(0, 1, (8, 10, 10)).astype(np.float32)
+    noisy[2:6, 3:7, 3:7] += 50
+    assert head_mask(noisy)[2:6, 3:7, 3:7].all()
+
+
+def _cfg(**kw):
+    base = dict(sequences=("dwi", "t2s", "flair"), shape=(8, 16, 16), reference="flair", register=False,
+                reg_spacing=2.0)
+    base.update(kw)
+    return PreprocessConfig(**base)
+
+
+def test_preprocess_is_orientation_invariant(tmp_path):
+    """The same anatomy stored with flipped/permuted voxel axes gives the same output grid."""
+    arr = ellipsoid(shape=(20, 24, 12))
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    aff[:3, 3] = [-19.0, -23.0, -16.5]
+    a = write_nifti(tmp_path / "ras.nii.gz", arr, aff)
+    # Flip i (x -> left) and swap j/k: new voxel (i', j', k') = old (19 - i, k, j) with a matching affine.
+    arr2 = np.ascontiguousarray(arr[::-1].transpose(0, 2, 1))
+    aff2 = np.zeros((4, 4))
+    aff2[0, 0] = -2.0
+    aff2[1, 2] = 2.0
+    aff2[2, 1] = 3.0
+    aff2[:3, 3] = aff[:3, 3] + [19 * 2.0, 0, 0]
+    aff2[3, 3] = 1
+    b = write_nifti(tmp_path / "las.nii.gz", arr2, aff2)
+    assert nib.aff2axcodes(aff2) != nib.aff2axcodes(aff)
+    ra = preprocess_study({"flair": a}, _cfg(), study_id="a")
+    rb = preprocess_study({"flair": b}, _cfg(), study_id="b")
+    np.testing.assert_allclose(ra.image, rb.image, atol=1e-4)
+    assert ra.info["spacing_dhw_mm"] == pytest.approx(rb.info["spacing_dhw_mm"])
+
+
+def test_preprocess_output_contract_and_missing_channel(tmp_path):
+    arr = ellipsoid()
+    f = write_nifti(tmp_path / "flair.nii.gz", arr, np.diag([2.0, 2.0, 3.0, 1.0]))
+    d = write_nifti(tmp_path / "dwi.nii.gz", arr * 0.5 + 10, np.diag([2.0, 2.0, 3.0, 1.0]))
+    lesion = (arr > 150).astype(np.uint8) * 2
+    m = write_nifti(tmp_path / "mask.nii.gz", lesion, np.diag([2.0, 2.0, 3.0, 1.0]))
+    r = preprocess_study({"dwi": d, "t2s": None, "flair": f}, _cfg(), study_id="s", mask_path=m)
+    assert r.image.shape == (3, 8, 16, 16) and r.image.dtype == np.float32
+    assert r.sequence_mask.tolist() == [True, False, True]
+    assert not r.image[1].any()  # missing sequence -> zero channel
+    assert 0.0 <= r.image.min() and r.image.max() <= 1.0  # robust normalisation to [0, 1]
+    assert r.image[2].max() == pytest.approx(1.0)
+    # Background (corners) is 0 after normalisation inside the head mask.
+    assert r.image[2, :, 0, 0].max() == 0.0
+    assert r.mask is not None and r.mask.shape == (8, 16, 16) and r.mask.dtype == np.uint8
+    assert set(np.unique(r.mask)) <= {0, 2} and (r.mask == 2).any()  # nearest neighbour keeps labels
+    # The lesion sits where the bright blob is.
+    assert r.image[2][r.mask == 2].mean() > r.image[2][(r.mask == 0) & (r.image[2] > 0)].mean()
+    z = preprocess_study({"flair": f}, _cfg(normalise="zscore"), study_id="s")
+    head = z.image[2] != 0
+    assert abs(float(z.image[2][head].mean())) < 0.2
+
+
+def test_preprocess_fixed_spacing_and_reference_fallback(tmp_path):
+    arr = ellipsoid()
+    d = write_nifti(tmp_path / "dwi.nii.gz", arr, np.diag([2.0, 2.0, 3.0, 1.0]))
+    r = preprocess_study({"dwi": d}, _cfg(spacing=(4.0, 3.0, 3.0)), study_id="s")
+    assert r.info["reference"] == "dwi"  # flair absent -> first available sequence
+    assert r.info["spacing_dhw_mm"] == pytest.approx([4.0, 3.0, 3.0])
+    assert r.sequence_mask.tolist() == [True, False, False]
+    with pytest.raises(CohortError, match="none of the sequences"):
+        preprocess_study({"t1": d}, _cfg(), study_id="s9")
+
+
+def test_registration_recovers_a_known_shift(tmp_path):
+    shape = (40, 40, 24)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    ref = ellipsoid(shape=shape, radii=(13, 11, 8), seed=1)
+    # Same anatomy moved by 3 voxels (6 mm) along i and 2 voxels along k, different contrast.
+    mov = 300.0 - ellipsoid(shape=shape, center=(22.5, 19.5, 13.5), radii=(13, 11, 8), seed=2)
+    mov[ellipsoid(shape=shape, center=(22.5, 19.5, 13.5), radii=(13, 11, 8), noise=0) == 0] = 0
+    f = write_nifti(tmp_path / "flair.nii.gz", ref, aff)
+    t = write_nifti(tmp_path / "t2s.nii.gz", mov.astype(np.float32), aff)
+    cfg = _cfg(sequences=("t2s", "flair"), shape=(12, 20, 20), register=True, reg_iterations=60)
+    r = preprocess_study({"t2s": t, "flair": f}, cfg, study_id="reg")
+    reg = r.info["per_sequence"]["t2s"]["registration"]
+    assert not reg["reverted"]
+    assert reg["metric_after"] < reg["metric_before"]  # Mattes MI is negative: lower is better
+    # NIfTI i axis -> ITK x with flipped sign; k -> z. Moving content sits at +6 mm (i), +4 mm (k) in RAS.
+    tx = reg["translation_mm"]
+    assert abs(abs(tx[0]) - 6.0) < 1.5 and abs(abs(tx[2]) - 4.0) < 1.5 and abs(tx[1]) < 1.5
+    # Aligned: the two heads (un-normalised, background 0) overlap better than without registration.
+    kw = dict(sequences=("t2s", "flair"), shape=(12, 20, 20), normalise="none")
+    yes = preprocess_study({"t2s": t, "flair": f}, _cfg(register=True, reg_iterations=60, **kw), study_id="r")
+    no = preprocess_study({"t2s": t, "flair": f}, _cfg(**kw), study_id="n")
+
+    def dice(img):
+        a, b = img[0] > 50, img[1] > 50
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(yes.image) > dice(no.image) + 0.05

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+from medalign.eval.bootstrap import bootstrap_ci, format_ci
+
+
+def test_constant_metric_has_zero_width():
+    ci = bootstrap_ci(lambda x: 0.7, np.arange(10), n=50)
+    assert ci["value"] == ci["lo"] == ci["hi"] == 0.7
+
+
+def test_mean_ci_covers_value_and_is_seeded():
+    x = np.random.default_rng(0).normal(size=200)
+    a = bootstrap_ci(np.mean, x, n=500, seed=3)
+    b = bootstrap_ci(np.mean, x, n=500, seed=3)
+    assert a == b
+    assert a["lo"] < a["value"] < a["hi"]
+    # standard error of the mean ~ 1/sqrt(200) -> 95% half-width ~ 0.139
+    assert 0.09 < (a["hi"] - a["lo"]) / 2 < 0.19
+
+
+def test_paired_arrays_and_failed_resamples():
+    y = np.array([0, 0, 0, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.9])
+
+    def auc_like(y, s):
+        if len(np.unique(y)) < 2:
+            raise ValueError("one class")
+        return float(s[y == 1].min() > s[y == 0].max())
+
+    ci = bootstrap_ci(auc_like, y, s, n=200, seed=0)
+    assert ci["value"] == 1.0 and ci["lo"] == ci["hi"] == 1.0
+    assert ci["n_failed"] > 0  # resamples without the positive are dropped
+
+
+def test_length_mismatch_and_format():
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap_ci(np.mean, np.zeros(3), np.zeros(4))
+    assert format_ci({"value": 0.5, "lo": 0.25, "hi": 0.75}, 2) == "0.50 [0.25, 0.75]"
+    assert format_ci(None) == "—"

@@ -1,0 +1,138 @@
+"""The report on fake run directories (fake embeddings, metrics.jsonl, config): no trained model."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medalign.data.schema import CLASSES
+from medalign.eval.evaluate import evaluate_saved, get_path, save_embeddings
+from medalign.eval.report import COMPARISON, SECTIONS, build_report, md_to_html
+
+
+def _fake_split(n, rng, noise, centres, dim=16, prefix="s"):
+    labels = np.array([CLASSES[i % len(CLASSES)] for i in range(n)])
+    li = np.array([CLASSES.index(c) for c in labels])
+    img = centres[li] + rng.normal(size=(n, dim))
+    txt = img + noise * rng.normal(size=(n, dim))
+    return {
+        "study_id": np.array([f"{prefix}{i:03d}" for i in range(n)]),
+        "patient_id": np.array([f"p{i:03d}" for i in range(n)]),
+        "label": labels,
+        "report": np.array([f"report of {prefix}{i:03d}: {c} findings" for i, c in enumerate(labels)]),
+        "image_embed": img.astype(np.float32),
+        "text_embed": txt.astype(np.float32),
+    }
+
+
+def make_fake_run(root: Path, name: str, *, noise: float, seed: int = 0, extras: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    (run / "config.yaml").write_text("recipe:\n  name: clip\ntrain:\n  epochs: 3\n")
+    rows = []
+    for ep in range(3):
+        for st in range(2):
+            rows.append({"epoch": ep, "step": ep * 2 + st, "split": "train", "loss": 2.0 - 0.3 * ep - 0.1 * st, "lr": 0.01})
+        rows.append({"epoch": ep, "step": ep * 2 + 1, "split": "val", "loss": 2.1 - 0.25 * ep})
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    centres = rng.normal(size=(len(CLASSES), 16)) * 2
+    save_embeddings(run / "eval" / "embeddings_test.npz", _fake_split(15, rng, noise, centres, prefix="t"))
+    save_embeddings(run / "eval" / "embeddings_train.npz", _fake_split(40, rng, noise, centres, prefix="r"))
+    # prompt bank: one "prompt" per class at the class centre direction is unknown here -> random prompts
+    texts = [f"{c} prompt {k}" for c in CLASSES for k in range(2)]
+    save_embeddings(run / "eval" / "prompts.npz", {
+        "classes": np.array(CLASSES), "texts": np.array(texts),
+        "class_index": np.repeat(np.arange(len(CLASSES)), 2), "kind": np.array(["presence"] * len(texts)),
+        "embed": rng.normal(size=(len(texts), 16)).astype(np.float32)})
+    if extras:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1])
+        (run / "extra_fig").mkdir()
+        fig.savefig(run / "extra_fig" / "attn.png")
+        plt.close(fig)
+        (run / "report_extras").mkdir()
+        (run / "report_extras" / "gloria.json").write_text(json.dumps({
+            "title": "Attention maps (GLoRIA)", "markdown": "Word **attention** on sub-regions.\n\n- one\n- two",
+            "images": ["extra_fig/attn.png"],
+            "tables": [{"caption": "localisation", "columns": ["word", "IoU"], "rows": [["infarct", 0.5]]}]}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    good = make_fake_run(root, "run_good", noise=0.05, seed=0, extras=True)
+    bad = make_fake_run(root, "run_noisy", noise=5.0, seed=1)
+    for r in (good, bad):
+        evaluate_saved(r, n_boot=50)
+    return root, good, bad
+
+
+def test_evaluate_saved_metrics(two_runs):
+    _, good, bad = two_runs
+    mg = json.loads((good / "eval" / "metrics.json").read_text())
+    mb = json.loads((bad / "eval" / "metrics.json").read_text())
+    assert mg["retrieval"]["text_to_image"]["R@1"] == 1.0  # near-identical pairs
+    assert mg["retrieval"]["text_to_image"]["pool_size"] == 15
+    assert mb["retrieval"]["text_to_image"]["R@1"] < 1.0
+    assert set(mg["plots"]) >= {"training_curves", "similarity_matrix", "rank_vs_similarity", "embedding_map",
+                                "confusion_zero_shot", "label_efficiency", "confusion_probe"}
+    for p in mg["plots"].values():
+        assert (good / "eval" / p).stat().st_size > 1000
+    assert mg["zero_shot"]["pool"] == "mean" and "one_prompt_per_class" in mg["zero_shot"]
+    assert mg["probe"]["logreg"]["1.0"]["n_train"] == 40
+    assert mg["probe"]["logreg"]["0.01"]["n_train"] == 5  # one per class
+    assert mg["probe"]["logreg"]["1.0"]["balanced_accuracy"] > 0.9  # separable class clusters
+    assert mg["retrieval"]["case_to_case"]["ci"]["P@5"]["value"] == mg["retrieval"]["case_to_case"]["P@5"]
+    ci = mg["headline"]["report→image R@1"]
+    assert ci["lo"] <= ci["value"] <= ci["hi"]
+    assert get_path(mg, "probe.logreg.1.0.balanced_accuracy") == mg["probe"]["logreg"]["1.0"]["balanced_accuracy"]
+    assert len(mg["tables"]["top5"]) == 5 and len(mg["tables"]["rank1"]) == 15
+
+
+def test_report_has_every_section_and_comparison(two_runs):
+    root, good, bad = two_runs
+    out = root / "out" / "report.html"
+    html_p, md_p = build_report([good, bad], out)
+    html = html_p.read_text()
+    md = md_p.read_text()
+    for s in SECTIONS + (COMPARISON, "Attention maps (GLoRIA)"):
+        assert f">{s}</h" in html, s
+        assert f" {s}\n" in md, s
+    # self-contained: every image inline, no external src
+    srcs = re.findall(r'<img[^>]*src="([^"]+)"', html)
+    assert len(srcs) >= 14 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    # comparison table: one row per run with CI brackets
+    comp = html.split(f">{COMPARISON}</h2>")[1].split("</table>")[0]
+    assert "run_good" in comp and "run_noisy" in comp and "[" in comp
+    assert "localisation" in html and "<b>attention</b>" in html
+    assert "| run |" in md
+
+
+def test_report_single_run_and_missing_run(two_runs, tmp_path):
+    from medalign.cli import main
+
+    root, good, _ = two_runs
+    assert main(["report", str(good), "--out", str(tmp_path / "r.html"), "--no-thumbnails"]) == 0
+    assert (tmp_path / "r.md").is_file()
+    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "x.html")]) == 2
+
+
+def test_report_needs_evaluation(tmp_path):
+    from medalign.errors import MedAlignError
+
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(MedAlignError, match="medalign evaluate"):
+        build_report([tmp_path / "empty_run"], tmp_path / "r.html")
+
+
+def test_md_to_html_escapes():
+    h = md_to_html("# T\n<script>x</script> **b**\n\n- a\n- `c`")
+    assert "<script>" not in h and "&lt;script&gt;" in h and "<b>b</b>" in h and "<li><code>c</code></li>" in h

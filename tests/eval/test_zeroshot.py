@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from medalign.data.schema import CLASSES
+from medalign.eval.zeroshot import (
+    classification_metrics,
+    confusion_matrix,
+    embed_prompts,
+    load_prompts,
+    scores_from_prompt_bank,
+    zero_shot_scores,
+)
+
+
+def test_prompts_file_covers_every_class():
+    p = load_prompts()
+    assert list(p) == list(CLASSES)
+    assert all(len(v["presence"]) >= 2 for v in p.values())
+    assert p["normal"]["presence"][0] == "no acute intracranial abnormality"
+    one = load_prompts(one_per_class=True)
+    assert all(len(v["presence"]) == 1 and not v["absence"] for v in one.values())
+
+
+def test_pooling_mean_vs_max_hand_computed():
+    img = np.array([[1.0, 0.0]])
+    # class 0 prompts: cos 1 and cos 0 -> mean .5 max 1; class 1: cos .6 (0.6,0.8)
+    pres = [np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.6, 0.8]])]
+    assert zero_shot_scores(img, pres, pool="mean") == pytest.approx(np.array([[0.5, 0.6]]))
+    assert zero_shot_scores(img, pres, pool="max") == pytest.approx(np.array([[1.0, 0.6]]))
+    absn = [np.array([[0.0, 1.0]]), np.array([[1.0, 0.0]])]
+    assert zero_shot_scores(img, pres, absence=absn, pool="max") == pytest.approx(np.array([[1.0, -0.4]]))
+    with pytest.raises(ValueError, match="unknown pool"):
+        zero_shot_scores(img, pres, pool="median")
+
+
+def test_prompt_bank_round_trip():
+    prompts = {"a": {"presence": ["pa1", "pa2"], "absence": ["na"]}, "b": {"presence": ["pb"], "absence": []}}
+    table = {"pa1": [1, 0], "pa2": [0, 1], "na": [1, 0], "pb": [1, 1]}
+    bank = embed_prompts(prompts, lambda ts: np.array([table[t] for t in ts], float))
+    assert bank["texts"].tolist() == ["pa1", "pa2", "na", "pb"]
+    img = np.array([[1.0, 0.0]])
+    s = scores_from_prompt_bank(img, bank, pool="mean")
+    assert s == pytest.approx(np.array([[0.5, np.sqrt(0.5)]]))
+    s1 = scores_from_prompt_bank(img, bank, one_per_class=True)
+    assert s1 == pytest.approx(np.array([[1.0, np.sqrt(0.5)]]))
+    s2 = scores_from_prompt_bank(img, bank, absence="subtract")
+    assert s2 == pytest.approx(np.array([[-0.5, np.sqrt(0.5)]]))
+
+
+def test_classification_metrics_hand_computed():
+    y = [0, 0, 1, 1, 2]
+    scores = np.array([
+        [0.9, 0.1, 0.0],  # -> 0 correct
+        [0.2, 0.7, 0.1],  # -> 1 wrong
+        [0.1, 0.8, 0.1],  # -> 1 correct
+        [0.1, 0.6, 0.3],  # -> 1 correct
+        [0.3, 0.2, 0.5],  # -> 2 correct
+    ])
+    m = classification_metrics(y, scores, class_names=["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(0.8)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
+    # F1: a: tp1 fp0 fn1 -> 2/3; b: tp2 fp1 fn0 -> 4/5; c: 1
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 1) / 3)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    # AUROC class a: positives scores .9,.2 vs negatives .1,.1,.3 -> pairs won 3 + 2 = 5/6
+    assert m["auroc"]["a"] == pytest.approx(5 / 6)
+    assert m["auroc"]["c"] == pytest.approx(1.0)
+
+
+def test_absent_class_auroc_is_none():
+    m = classification_metrics([0, 1], np.array([[1, 0, 0], [0, 1, 0]]), n_classes=3)
+    assert m["auroc"]["2"] is None and m["auroc_macro"] == 1.0
+    assert confusion_matrix([0, 1], [1, 1], 2).tolist() == [[0, 1], [0, 1]]

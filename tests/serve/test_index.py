@@ -1,0 +1,212 @@
+"""Case index: FAISS wrapper, build/add, atomic versions, model check, CLI."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from serve_fakes import FakeModel, make_cohort
+
+from medalign.errors import CohortError, MedAlignError
+from medalign.index.build import add_to_index, build_index
+from medalign.index.faiss_index import VectorIndex, brute_force_search, choose_kind, ivf_params, l2_normalise
+from medalign.index.store import IndexStore, valid_study_id
+
+
+# ---- FAISS wrapper ----------------------------------------------------------------------------
+def test_l2_normalise_known_values_and_zero_row():
+    x = l2_normalise(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(x, [[0.6, 0.8], [0.0, 0.0]], atol=1e-7)
+    assert x.dtype == np.float32
+
+
+def test_flat_index_matches_hand_computed_cosines():
+    db = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+    idx = VectorIndex.build(db)
+    assert idx.kind == "flat"
+    scores, ids = idx.search(np.array([[2.0, 0.0, 0.0]]), 3)  # query is scaled: cosine ignores norm
+    assert ids[0].tolist() == [0, 2, 1]
+    np.testing.assert_allclose(scores[0], [1.0, 1 / np.sqrt(2), 0.0], atol=1e-6)
+
+
+def test_k_larger_than_index_is_clamped():
+    idx = VectorIndex.build(np.eye(4, dtype=np.float32))
+    scores, ids = idx.search(np.eye(4, dtype=np.float32)[:1], 50)
+    assert ids.shape == (1, 4) and ids[0, 0] == 0
+
+
+def test_flat_agrees_with_numpy_brute_force():
+    rng = np.random.default_rng(0)
+    db, q = l2_normalise(rng.standard_normal((500, 32))), l2_normalise(rng.standard_normal((5, 32)))
+    s1, i1 = VectorIndex.build(db).search(q, 10)
+    s2, i2 = brute_force_search(db, q, 10)
+    assert (i1 == i2).all()
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+
+
+def test_size_threshold_and_ivf_parameters():
+    assert choose_kind(10, exact_max=100) == "flat" and choose_kind(101, exact_max=100) == "ivf"
+    p = ivf_params(1_000_000)
+    assert p == {"nlist": 1000, "nprobe": 62, "train_size": 64000, "niter": 10}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_finds_exact_duplicates_and_extends(kind, tmp_path):
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((20, 16))
+    db = (centres[rng.integers(0, 20, 2000)] + 0.05 * rng.standard_normal((2000, 16))).astype(np.float32)
+    idx = VectorIndex.build(db, kind=kind)
+    assert idx.kind == kind
+    _, ids = idx.search(db[:20], 1)
+    assert (ids[:, 0] == np.arange(20)).mean() >= 0.9  # near-duplicates in clusters: the point itself first
+    idx.add(db[:3] * -1)
+    assert idx.ntotal == 2003
+    idx.save(tmp_path / "x.faiss")
+    back = VectorIndex.load(tmp_path / "x.faiss", kind=kind, params=idx.params)
+    assert back.ntotal == 2003
+
+
+def test_study_id_pattern():
+    assert valid_study_id("S001") and valid_study_id("sub-01_ses.2")
+    for bad in ("../etc", "a/b", "..", ".hidden", "", "a..b", "x" * 200, "a b", "a%2Fb"):
+        assert not valid_study_id(bad), bad
+
+
+# ---- build ----------------------------------------------------------------------------------
+def test_build_writes_store_thumbnails_and_model_record(built_index, fake_model):
+    store = IndexStore.open(built_index)
+    assert len(store) == 12 and store.meta["n_text"] == 12
+    assert store.model_id == fake_model.model_id
+    assert store.meta["preprocess_config"] == fake_model.preprocess_config
+    assert store.meta["sequences"] == ["dwi", "flair"]
+    rec = store.record(store.row("S004"))
+    assert rec["label"] == "others" and "Case S004" in rec["report"] and "patient_id" not in rec
+    png = store.thumb_file("S004", "flair")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert store.thumb_file("S004", "t1") is None and store.thumb_file("../S004", "dwi") is None
+    js = json.loads((built_index / store.version / "records.json").read_text())
+    assert [r["study_id"] for r in js] == store.study_ids
+    assert not list(built_index.glob(".v*"))  # no temp folders left
+
+
+def test_search_by_own_vector_and_exact_report(built_index, fake_model):
+    store = IndexStore.open(built_index)
+    row = store.row("S005")
+    hits = store.search(store.image_vector(row), 3)
+    assert hits[0][0] == row and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert row not in [r for r, _ in store.search(store.image_vector(row), 3, exclude_row=row)]
+    q = fake_model.encode_text([store.record(row)["report"]])[0]
+    assert store.search(q, 1, target="report")[0] == (row, pytest.approx(1.0, abs=1e-5))
+
+
+def test_studies_without_report_are_not_in_report_index(tmp_path, fake_model, cohort):
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    for c in ("image_dwi", "image_flair"):
+        df[c] = [str(cohort.parent / v) for v in df[c]]
+    df.loc[2, "report"] = ""
+    build_index(fake_model, df, tmp_path / "idx", thumbnails=False)
+    store = IndexStore.open(tmp_path / "idx")
+    assert store.meta["n_text"] == 11 and 2 not in store.text_rows.tolist()
+    assert all(r != 2 for r, _ in store.search(fake_model.encode_text(["anything"])[0], 20, target="report"))
+
+
+def test_build_from_cache_uses_cached_volumes(tmp_path, fake_model, cohort):
+    class Cache:
+        def __init__(self):
+            self.loaded = []
+
+        def load(self, sid):
+            self.loaded.append(sid)
+            img = np.random.default_rng(int(sid[1:])).random((2, 8, 32, 32)).astype(np.float32)  # (C, D, H, W)
+            return {"image": img, "sequence_mask": np.array([True, False]), "mask": None}
+
+    cache = Cache()
+    build_index(fake_model, cohort, tmp_path / "idx", cache=cache)
+    store = IndexStore.open(tmp_path / "idx")
+    assert cache.loaded == store.study_ids
+    assert sorted(store.record(0)["thumbs"]) == ["dwi"]  # masked-out channel gets no thumbnail
+
+
+def test_bad_study_id_error_names_study_and_row(tmp_path, fake_model, cohort):
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    df.loc[3, "study_id"] = "../evil"
+    with pytest.raises(CohortError, match=r"study \.\./evil, row 4"):
+        build_index(fake_model, df, tmp_path / "idx")
+
+
+def test_unreadable_image_error_names_study_and_file(tmp_path, fake_model):
+    m = make_cohort(tmp_path / "c", n=3)
+    bad = tmp_path / "c" / "S001" / "dwi.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    with pytest.raises(CohortError, match="S001"):
+        build_index(fake_model, m, tmp_path / "idx")
+    assert not (tmp_path / "idx" / "CURRENT").exists()
+
+
+# ---- add, atomicity, model check --------------------------------------------------------------
+def test_add_appends_new_version_and_refuses_duplicates(tmp_path, fake_model, built_index):
+    idx = tmp_path / "idx"
+    shutil.copytree(built_index, idx)
+    s = add_to_index(idx, fake_model, make_cohort(tmp_path / "more", n=3, start=40))
+    assert s["added"] == 3 and s["n_studies"] == 15
+    store = IndexStore.open(idx)
+    assert store.version == "v0002" and not (idx / "v0001").exists()
+    row = store.row("S041")
+    assert store.search(store.image_vector(row), 1)[0][0] == row
+    assert store.search(store.image_vector(store.row("S003")), 1)[0][0] == store.row("S003")  # old rows intact
+    with pytest.raises(CohortError, match="S040.*duplicate"):
+        add_to_index(idx, fake_model, make_cohort(tmp_path / "dup", n=1, start=40))
+    assert IndexStore.open(idx).version == "v0002"
+
+
+def test_failed_add_leaves_index_unchanged(tmp_path, built_index, monkeypatch):
+    idx = tmp_path / "idx"
+    shutil.copytree(built_index, idx)
+    model = FakeModel()
+    more = make_cohort(tmp_path / "more", n=3, start=60)
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("medalign.index.store.VectorIndex.save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        add_to_index(idx, model, more)
+    store = IndexStore.open(idx)
+    assert store.version == "v0001" and len(store) == 12
+    assert not list(idx.glob(".v*")) and not (idx / "v0002").exists()
+
+
+def test_other_model_is_refused(tmp_path, built_index, cohort):
+    other = FakeModel(seed=7)
+    with pytest.raises(MedAlignError, match="built by model fake-model-0.*query model is fake-model-7"):
+        IndexStore.open(built_index).check_model(other)
+    with pytest.raises(MedAlignError, match="built by model"):
+        add_to_index(built_index, other, cohort)
+    from medalign.serve.app import create_app
+
+    with pytest.raises(MedAlignError, match="built by model"):
+        create_app(built_index, other)
+
+
+def test_open_non_index_is_clear_error(tmp_path):
+    with pytest.raises(MedAlignError, match="not a medalign index"):
+        IndexStore.open(tmp_path)
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def test_cli_build_add_and_serve_guard(tmp_path, cohort, monkeypatch, capsys):
+    from medalign.cli import main
+
+    model = FakeModel()
+    monkeypatch.setattr("medalign.index.commands._load_model", lambda run: model)
+    out = tmp_path / "idx"
+    assert main(["index", "build", str(tmp_path), "--manifest", str(cohort), "--out", str(out)]) == 0
+    assert "12 studies" in capsys.readouterr().out
+    more = make_cohort(tmp_path / "more", n=2, start=80)
+    assert main(["index", "add", str(out), "--run", str(tmp_path), "--manifest", str(more)]) == 0
+    assert len(IndexStore.open(out)) == 14
+    assert main(["serve", str(out), "--host", "0.0.0.0"]) == 2
+    assert "refusing to serve on 0.0.0.0 without a bearer token" in capsys.readouterr().err
+    assert main(["serve", str(out), "--host", "0.0.0.0", "--token", "short"]) == 2

@@ -1,0 +1,252 @@
+"""Hierarchy builder, torch augmentations, SimCLR / MICLe / HLSS recipes, kNN levels, CLI."""
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medalign.data.hierarchy import (batch_hierarchy_labels, bag_hierarchy, manifest_hierarchy, mri_hierarchy,
+                                     split_slabs)
+from medalign.errors import CohortError, MedAlignError
+from medalign.recipes import RECIPES, build_recipe
+from medalign.recipes.hlss import HLSSRecipe, load_descriptions
+from medalign.recipes.micle import MICLeRecipe, one_sequence_views, two_slabs
+from medalign.recipes.simclr import SimCLRRecipe, TensorAugment
+
+ENC3 = {"name": "unet3d_cpu", "channels": [4, 8], "global_pool": "avg", "out_dim": 16, "local_level": 1, "stem_stride": 1}
+ENC2 = {**ENC3, "spatial_dims": 2}
+
+
+class FakeText:
+    """Deterministic 12-d 'sentence' vectors from a text hash: no transformer in unit tests."""
+
+    def sentence(self, texts):
+        rows = []
+        for t in texts:
+            g = torch.Generator().manual_seed(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16))
+            rows.append(torch.randn(12, generator=g))
+        return torch.stack(rows)
+
+
+# ------------------------------------------------------------------ hierarchy
+def test_mri_hierarchy_known_labels():
+    h = mri_hierarchy(["p1", "p1", "p2"], ["s1", "s2", "s3"], n_slabs=2)
+    assert h.levels == ("patient", "study", "slab") and len(h) == 6
+    assert h.labels("patient").tolist() == [0, 0, 0, 0, 1, 1]
+    assert h.labels("study").tolist() == [0, 0, 1, 1, 2, 2]
+    assert h.labels("slab").tolist() == [0, 1, 2, 3, 4, 5]
+    assert h.position.tolist() == [0, 1, 0, 1, 0, 1]
+    assert h.parent_of("study").tolist() == [0, 0, 1]
+    assert h.names["slab"][3] == "s2#1"
+
+
+def test_bag_hierarchy_variable_patches_and_errors():
+    h = bag_hierarchy(["a", "b"], ["slide1", "slide2"], [3, 1])
+    assert h.levels == ("patient", "slide", "patch") and h.labels("slide").tolist() == [0, 0, 0, 1]
+    with pytest.raises(CohortError, match="study s1.*two patients"):
+        mri_hierarchy(["p1", "p2"], ["s1", "s1"], n_slabs=1)
+    with pytest.raises(KeyError, match="unknown level"):
+        h.labels("study")
+
+
+def test_manifest_hierarchy_sequence_units():
+    df = pd.DataFrame({"study_id": ["s1", "s2"], "patient_id": ["p", "p"],
+                       "image_dwi": ["a.nii.gz", ""], "image_flair": ["b.nii.gz", "c.nii.gz"]})
+    h = manifest_hierarchy(df, n_slabs=2, middle="sequence")
+    assert h.names["sequence"] == ["s1/dwi", "s1/flair", "s2/flair"] and len(h) == 6
+    with pytest.raises(CohortError, match="patient_id"):
+        manifest_hierarchy(df.drop(columns=["patient_id"]), n_slabs=2)
+
+
+def test_split_slabs_order_matches_labels():
+    x = torch.arange(2 * 1 * 4).float().reshape(2, 1, 4, 1, 1).expand(2, 1, 4, 2, 2)  # value = b*4 + d
+    s = split_slabs(x, 2)  # (4, 1, 2, 2, 2)
+    assert s.shape == (4, 1, 2, 2, 2)
+    assert s[:, 0, :, 0, 0].tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    lab = batch_hierarchy_labels(["p", "q"], ["s", "t"], 2)
+    assert lab["study"].tolist() == [0, 0, 1, 1] and lab["position"].tolist() == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="not divisible"):
+        split_slabs(x, 3)
+
+
+# ------------------------------------------------------------------ augmentation
+def test_augment_identity_and_flip_known_values():
+    aug = TensorAugment(spatial_dims=2, noise=0.0)
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    ident = {"scale": torch.ones(1, 2), "offset": torch.zeros(1, 2), "flip": torch.tensor([False]),
+             "a": torch.ones(1, 1), "b": torch.zeros(1, 1), "noise_seed": 0}
+    assert torch.allclose(aug.apply(x, ident), x, atol=1e-5)
+    flipped = aug.apply(x, {**ident, "flip": torch.tensor([True])})
+    assert torch.allclose(flipped, x.flip(-1), atol=1e-5)
+    scaled = aug.apply(x, {**ident, "a": torch.full((1, 1), 2.0)})
+    assert torch.allclose(scaled, 2 * x, atol=1e-4)
+
+
+def test_augment_shapes_mask_and_errors():
+    aug = TensorAugment(spatial_dims=3)
+    x = torch.rand(2, 3, 4, 8, 8)
+    m = torch.tensor([[True, False, True], [True, True, True]])
+    y = aug(x, m, generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y[0, 1].abs().sum() == 0 and not torch.allclose(y, x)
+    with pytest.raises(ValueError, match="spatial_dims=3"):
+        aug(torch.rand(2, 1, 8, 8))
+
+
+# ------------------------------------------------------------------ SimCLR / MICLe
+def _study_batch():
+    # Study k's image is constant k+1 in its channels: views reveal which study they came from.
+    x = torch.stack([torch.full((3, 4, 8, 8), float(k + 1)) for k in range(6)])
+    m = torch.ones(6, 3, dtype=torch.bool)
+    m[5, 1:] = False  # study 5: only its first sequence
+    return {"image": x, "sequence_mask": m, "patient_id": ["a", "a", "b", "b", "b", "c"],
+            "study_id": [f"s{k}" for k in range(6)]}
+
+
+def test_registry_names():
+    assert {"simclr", "micle", "hlss"} <= set(RECIPES.names())
+
+
+def test_micle_study_pairs_are_different_studies_of_one_patient():
+    r = MICLeRecipe(input_shape=(4, 8, 8), image_encoder=ENC3, proj_dim=8, instance="study", fallback="views")
+    b = _study_batch()
+    x1, m1, x2, m2, groups = r.make_pairs(b)
+    s1, s2 = x1[:, 0, 0, 0, 0].long() - 1, x2[:, 0, 0, 0, 0].long() - 1  # study index of each side
+    pid = b["patient_id"]
+    for a, p in zip(s1.tolist(), s2.tolist()):
+        assert pid[a] == pid[p]
+        assert a != p or pid.count(pid[a]) == 1  # only the singleton "c" pairs with itself
+    assert sorted(set(s1.tolist()) | set(s2.tolist())) == list(range(6))
+    assert groups.tolist() == [{"a": 0, "b": 1, "c": 2}[pid[a]] for a in s1.tolist()]
+
+
+def test_micle_sequence_views_keep_one_different_sequence():
+    x = torch.rand(3, 3, 2, 4, 4)
+    m = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    x1, m1, x2, m2 = one_sequence_views(x, m, generator=torch.Generator().manual_seed(0))
+    assert (m1.sum(1) == 1).all() and (m2.sum(1) == 1).all()
+    assert not (m1 & ~m).any() and not (m2 & ~m).any()
+    assert (m1 != m2).any(1).tolist() == [True, False, True]
+    assert torch.equal(x1[m1.logical_not()], torch.zeros_like(x1[m1.logical_not()]))
+
+
+def test_micle_slabs_are_different():
+    x = torch.arange(4.0).reshape(1, 1, 4, 1, 1).expand(1, 1, 4, 2, 2).contiguous()
+    a, b = two_slabs(x, 2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("cls,kw", [(SimCLRRecipe, {}), (MICLeRecipe, {"instance": "study", "fallback": "sequence"}),
+                                    (MICLeRecipe, {"instance": "slab"}), (MICLeRecipe, {"instance": "sequence"})])
+def test_ssl_recipes_backward_every_parameter(cls, kw):
+    torch.manual_seed(0)
+    r = cls(input_shape=(4, 8, 8), image_encoder=ENC3, proj_dim=8, **kw)
+    out = r.training_step(_study_batch())
+    assert set(out) == {"contrastive_loss"} and torch.isfinite(out["contrastive_loss"])
+    out["contrastive_loss"].backward()
+    for name, p in r.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    e = r.encode_image(torch.rand(2, 3, 4, 8, 8))
+    assert e.shape == (2, 16) and torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(MedAlignError, match="image-only"):
+        r.encode_text(["x"])
+
+
+def test_micle_2d_pseudo_instances():
+    r = MICLeRecipe(sequences=("xray",), input_shape=(16, 16), image_encoder=ENC2, proj_dim=8, instance="pseudo")
+    out = r.training_step({"image": torch.rand(4, 1, 16, 16)})
+    assert torch.isfinite(out["contrastive_loss"])
+    with pytest.raises(ValueError, match="instance"):
+        MICLeRecipe(input_shape=(4, 8, 8), image_encoder=ENC3, instance="nope")
+
+
+def test_batch_sampler_groups_patients():
+    r = build_recipe({"recipe": {"name": "micle", "image_encoder": ENC3}, "data": {"sequences": ["a", "b"], "shape": [4, 8, 8]}})
+    ds = r.build_dataset({"kind": "synthetic", "synthetic": {"n": 8, "channels": 2, "shape": [4, 8, 8]},
+                          "studies_per_patient": 2}, "train", train=True)
+    s = r.batch_sampler(ds, batch_size=4, train=True)
+    batch = r.collate([ds[i] for i in next(iter(s))])
+    assert batch["image"].shape == (4, 2, 4, 8, 8)
+    assert all(batch["patient_id"].count(p) == 2 for p in batch["patient_id"])
+    assert r.batch_sampler(ds, batch_size=4, train=False) is None
+
+
+# ------------------------------------------------------------------ HLSS
+def _hlss(**kw):
+    args = dict(input_shape=(4, 8, 8), image_encoder=ENC3, n_slabs=2, proj_dim=8, text_encoder=FakeText())
+    args.update(kw)
+    return HLSSRecipe(**args)
+
+
+def test_packaged_descriptions_and_bad_yaml(tmp_path):
+    d = load_descriptions()
+    assert {"patient", "study", "slab", "slice", "sequence", "patch", "slide"} <= set(d)
+    assert d["slab"]["attribute"] == "position" and len(d["slab"]["texts"]) > len(d["slab"]["keys"])
+    bad = tmp_path / "d.yaml"
+    bad.write_text("slab:\n  attribute: colour\n  descriptions: {a: b}\n")
+    with pytest.raises(MedAlignError, match="d.yaml.*unknown attribute 'colour'"):
+        load_descriptions(bad)
+    bad.write_text("slab: {extra: [x]}\n")
+    with pytest.raises(MedAlignError, match="needs a 'descriptions'"):
+        load_descriptions(bad)
+
+
+def test_hlss_losses_and_gradients():
+    torch.manual_seed(0)
+    r = _hlss()
+    out = r.training_step(_study_batch())
+    expected = {f"{lvl}_{k}_loss" for lvl in ("patient", "study", "slab") for k in ("supcon", "language")}
+    assert expected | {"slab_attribute_loss"} == set(out)
+    total = sum(out.values())
+    assert torch.isfinite(total)
+    total.backward()
+    for name, p in r.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert r.desc_slab.shape == (len(r.desc["slab"]["texts"]), 12)
+    f = r.slab_features(torch.rand(3, 3, 4, 8, 8))
+    assert f.shape == (3, 2, 16)
+    assert torch.allclose(r.encode_image(torch.rand(3, 3, 4, 8, 8)).norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_hlss_position_attribute_targets():
+    r = _hlss(n_slabs=4, input_shape=(8, 8, 8))
+    lab = batch_hierarchy_labels(["p", "p"], ["s", "t"], 4)
+    # 4 slabs onto 4 position descriptions: slab index = description index.
+    assert r._attribute_targets("slab", lab, None, 4).tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+
+
+def test_hlss_sequence_middle_and_2d_slices():
+    r = _hlss(middle="sequence")
+    out = r.training_step(_study_batch())
+    assert {"sequence_supcon_loss", "sequence_attribute_loss", "patient_language_loss"} <= set(out)
+    assert all(torch.isfinite(v) for v in out.values())
+    r2 = _hlss(image_encoder=ENC2)
+    assert r2.fine_level == "slice" and r2.n_slabs == 4
+    out2 = r2.training_step(_study_batch())
+    assert "slice_supcon_loss" in out2 and torch.isfinite(sum(out2.values()))
+
+
+def test_hlss_bad_arguments():
+    with pytest.raises(ValueError, match="not divisible"):
+        _hlss(n_slabs=3)
+    with pytest.raises(ValueError, match="not in the hierarchy"):
+        _hlss(levels=("patient", "slide"))
+    with pytest.raises(ValueError, match="B, C, D, H, W"):
+        _hlss().slab_features(torch.rand(2, 3, 8, 8))
+
+
+def test_knn_levels_known_accuracy():
+    from medalign.recipes.ssl_commands import knn_levels
+
+    # Class-c studies have slab features near e_c: kNN is perfect at every level.
+    def make(n, seed):
+        rng = np.random.default_rng(seed)
+        y = np.arange(n) % 2
+        slab = np.eye(4)[y][:, None, :].repeat(3, 1) + 0.01 * rng.standard_normal((n, 3, 4))
+        return {"slab": slab, "y": y, "pid": [f"p{i // 2}{seed}" if False else f"p{i}" for i in range(n)]}
+
+    res = knn_levels(make(10, 0), make(6, 1), k=3, n_boot=20)
+    assert set(res["levels"]) == {"slab", "study", "patient"}
+    assert res["levels"]["slab"]["n_test"] == 18
+    for r in res["levels"].values():
+        assert r["accuracy"]["value"] == 1.0

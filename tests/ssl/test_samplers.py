@@ -1,0 +1,67 @@
+"""PatientBatchSampler and within-patient pairing."""
+from collections import Counter
+
+import pytest
+
+from medalign.data.samplers import PatientBatchSampler, pair_within_patient
+
+
+def _pids():
+    # 6 patients with 2..4 studies, one singleton patient "z".
+    return ["a"] * 2 + ["b"] * 3 + ["c"] * 4 + ["d"] * 2 + ["e"] * 2 + ["f"] * 3 + ["z"]
+
+
+def test_every_patient_in_batch_has_two_distinct_instances():
+    pids = _pids()
+    with pytest.warns(UserWarning, match="fewer than 2"):
+        s = PatientBatchSampler(pids, batch_size=6, instances_per_patient=2, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) > 0
+    for b in batches:
+        assert len(b) == 6 and len(set(b)) == 6
+        counts = Counter(pids[i] for i in b)
+        assert all(c >= 2 for c in counts.values()) and len(counts) == 3
+        assert "z" not in counts
+
+
+def test_all_instances_covered_without_drop_last():
+    pids = _pids()[:-1]
+    s = PatientBatchSampler(pids, batch_size=4, shuffle=False, drop_last=False)
+    seen = {i for b in s for i in b}
+    assert seen == set(range(len(pids)))
+
+
+def test_epoch_changes_order_and_is_reproducible():
+    pids = _pids()[:-1]
+    s = PatientBatchSampler(pids, batch_size=4, seed=0)
+    e0 = list(s)
+    assert list(s) == e0
+    s.set_epoch(1)
+    assert list(s) != e0
+
+
+def test_ddp_shards_are_disjoint_and_equal():
+    pids = [f"p{i // 2}" for i in range(40)]
+    r0 = list(PatientBatchSampler(pids, batch_size=4, num_replicas=2, rank=0))
+    r1 = list(PatientBatchSampler(pids, batch_size=4, num_replicas=2, rank=1))
+    assert len(r0) == len(r1) == 5
+    assert not ({i for b in r0 for i in b} & {i for b in r1 for i in b})
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="multiple"):
+        PatientBatchSampler(["a", "a", "b", "b"], batch_size=3)
+    with pytest.raises(ValueError, match=">= 2 patients"):
+        PatientBatchSampler(["a", "a", "b"], batch_size=4, min_instances=2)
+    with pytest.raises(ValueError, match="instances_per_patient"):
+        PatientBatchSampler(["a", "a"], batch_size=4, instances_per_patient=1)
+
+
+def test_pair_within_patient():
+    pids = ["a", "b", "a", "c", "b", "a"]
+    anchors, partners = pair_within_patient(pids, seed=0)
+    for a, p in zip(anchors, partners):
+        assert pids[a] == pids[p]
+        assert a != p or pids.count(pids[a]) == 1
+    assert set(anchors) | set(partners) == set(range(6))
+    assert (3, 3) in set(zip(anchors, partners))  # the singleton "c" falls back to itself

@@ -1,0 +1,70 @@
+"""ClipLoss: known values on hand-made inputs, symmetry, bad shapes; recipe step + sequence mask."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medalign.losses.clip import ClipLoss
+from medalign.recipes.clip import apply_sequence_mask, sequence_dropout
+
+
+def _ce(row: list[float], target: int) -> float:
+    return -row[target] + math.log(sum(math.exp(v) for v in row))
+
+
+def test_known_value_2x2() -> None:
+    e = torch.eye(2)
+    out = ClipLoss()(e, e, torch.tensor(1.0))
+    # logits = I: each row CE = log(1 + e^-1), both directions equal
+    assert set(out) == {"contrastive_loss"}
+    assert out["contrastive_loss"].item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+
+
+def test_known_value_3x3_asymmetric() -> None:
+    img = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    txt = [[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]]
+    s = 2.0
+    sim = [[s * sum(a * b for a, b in zip(i, t)) for t in txt] for i in img]  # image x text
+    simT = [[sim[r][c] for r in range(3)] for c in range(3)]
+    expect = (sum(_ce(sim[i], i) for i in range(3)) / 3 + sum(_ce(simT[i], i) for i in range(3)) / 3) / 2
+    got = ClipLoss()(torch.tensor(img), torch.tensor(txt), torch.tensor(s))["contrastive_loss"]
+    assert got.item() == pytest.approx(expect, abs=1e-6)
+    # swapping the modalities gives the same symmetric loss
+    got2 = ClipLoss()(torch.tensor(txt), torch.tensor(img), s)["contrastive_loss"]
+    assert got2.item() == pytest.approx(expect, abs=1e-6)
+
+
+def test_perfect_alignment_large_scale_goes_to_zero() -> None:
+    e = torch.eye(4, 8)
+    assert ClipLoss()(e, e, 100.0)["contrastive_loss"].item() < 1e-6
+
+
+def test_gradients_flow_to_both_and_scale() -> None:
+    img = torch.randn(3, 5, requires_grad=True)
+    txt = torch.randn(3, 5, requires_grad=True)
+    scale = torch.tensor(3.0, requires_grad=True)
+    ClipLoss()(img, txt, scale)["contrastive_loss"].backward()
+    assert img.grad.abs().sum() > 0 and txt.grad.abs().sum() > 0 and scale.grad is not None
+
+
+def test_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\(3, 4\) and \(2, 4\)"):
+        ClipLoss()(torch.randn(3, 4), torch.randn(2, 4), 1.0)
+    with pytest.raises(ValueError, match="same shape"):
+        ClipLoss()(torch.randn(3, 4, 1), torch.randn(3, 4, 1), 1.0)
+
+
+def test_sequence_mask_and_dropout() -> None:
+    x = torch.ones(2, 3, 2, 2, 2)
+    m = torch.tensor([[True, False, True], [False, False, True]])
+    y = apply_sequence_mask(x, m)
+    assert y[0, 1].abs().sum() == 0 and y[0, 0].sum() == 8 and y[1, :2].abs().sum() == 0
+    g = torch.Generator().manual_seed(0)
+    full = torch.ones(64, 3, dtype=torch.bool)
+    d = sequence_dropout(full, 0.9, generator=g)
+    assert d.any(dim=1).all(), "every sample keeps at least one sequence"
+    assert (d.sum(1) < 3).any()
+    assert not (sequence_dropout(m, 0.9, generator=g) & ~m).any(), "dropout never adds a missing sequence"
+    assert torch.equal(sequence_dropout(m, 0.0), m)
