@@ -84,7 +84,7 @@ class MedAlignModel:
                 s = cache.load(x)
             except KeyError:
                 raise CohortError(f"not in the cohort cache {self.cache_dir}", study_id=x) from None
-            return torch.as_tensor(np.asarray(s["image"], dtype=np.float32)), torch.as_tensor(np.asarray(s["sequence_mask"], dtype=bool))
+            return torch.from_numpy(np.array(s["image"], dtype=np.float32)), torch.from_numpy(np.array(s["sequence_mask"], dtype=bool))
         if isinstance(x, Mapping):
             if self.preprocess_config is None:
                 raise MedAlignError(f"run {self.run_dir} records no preprocessing settings; cannot read raw images")

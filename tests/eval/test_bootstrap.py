@@ -38,3 +38,13 @@ def test_length_mismatch_and_format():
         bootstrap_ci(np.mean, np.zeros(3), np.zeros(4))
     assert format_ci({"value": 0.5, "lo": 0.25, "hi": 0.75}, 2) == "0.50 [0.25, 0.75]"
     assert format_ci(None) == "—"
+
+
+def test_bootstrap_cis_matches_single_metric_version():
+    from medalign.eval.bootstrap import bootstrap_cis
+
+    x = np.random.default_rng(0).normal(size=50)
+    many = bootstrap_cis(lambda a: {"mean": np.mean(a), "max": np.max(a)}, x, n=100, seed=1)
+    one = bootstrap_ci(np.mean, x, n=100, seed=1)
+    assert many["mean"]["lo"] == one["lo"] and many["mean"]["hi"] == one["hi"]
+    assert many["max"]["value"] == x.max()

@@ -136,3 +136,87 @@ def test_report_needs_evaluation(tmp_path):
 def test_md_to_html_escapes():
     h = md_to_html("# T\n<script>x</script> **b**\n\n- a\n- `c`")
     assert "<script>" not in h and "&lt;script&gt;" in h and "<b>b</b>" in h and "<li><code>c</code></li>" in h
+
+
+class _FakeModel:
+    """Stands in for api.load(): deterministic text embeddings from the text's hash."""
+
+    def __init__(self, run_dir):
+        self.config = {"recipe": {"name": "clip"}, "data": {"manifest": "m.csv", "cache_dir": "no_cache"}}
+        self.model_id = "fake123"
+        self.cache_dir = None
+
+    def encode_text(self, texts):
+        import hashlib
+
+        out = []
+        for t in texts:
+            seed = int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)
+            out.append(np.random.default_rng(seed).normal(size=16))
+        return np.asarray(out, np.float32)
+
+
+def test_evaluate_run_and_cli_with_fake_model(tmp_path, monkeypatch):
+    """Orchestration: api.load + embed_manifest replaced by fakes; CLI writes metrics + plots."""
+    import medalign.api as api
+    import medalign.eval.evaluate as ev
+    from medalign.cli import main
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(CLASSES), 16)) * 2
+    splits = {"test": _fake_split(12, rng, 0.1, centres, prefix="t"), "train": _fake_split(30, rng, 0.1, centres, prefix="r")}
+    splits["test"]["has_report"] = np.array([True] * 11 + [False])  # one study without a report
+    monkeypatch.setattr(api, "load", lambda run_dir, **k: _FakeModel(run_dir))
+    monkeypatch.setattr(ev, "_embed", lambda model, manifest, cache, split, required=True: splits[split])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("recipe: {name: clip}\n")
+    assert main(["evaluate", str(run), "--no-baselines", "--n-boot", "20", "--pool", "max"]) == 0
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["zero_shot"]["pool"] == "max" and m["model_id"] == "fake123" and m["recipe"] == "clip"
+    assert m["retrieval"]["text_to_image"]["pool_size"] == 11 and m["n_without_report"] == 1
+    assert (run / "eval" / "embeddings_test.npz").is_file() and (run / "eval" / "prompts.npz").is_file()
+    assert "training_curves" not in m["plots"]  # no metrics.jsonl in this run
+    assert main(["evaluate", str(run), "--pool", "median"]) == 2
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+
+
+def test_text_only_classifier_on_fake_encoder():
+    from medalign.eval.baselines import supervised_config, text_only_classifier
+
+    vocab = {c: np.eye(len(CLASSES))[i] for i, c in enumerate(CLASSES)}
+    enc = lambda ts: np.array([vocab[t.split()[-1]] for t in ts])  # noqa: E731
+    tr = [f"finding {CLASSES[i % 5]}" for i in range(20)]
+    te = [f"finding {CLASSES[i % 5]}" for i in range(10)]
+    res = text_only_classifier(tr, [i % 5 for i in range(20)], te, [i % 5 for i in range(10)], encode=enc,
+                               n_classes=5, n_boot=20)
+    assert res["classifier"]["accuracy"] == 1.0 and res["classifier"]["ci"]["accuracy"]["lo"] == 1.0
+    cfg = supervised_config({"recipe": {"name": "clip", "image_encoder": {"name": "unet3d_cpu"}, "embed_dim": 16},
+                             "train": {"epochs": 300}, "data": {"augment": "paper"}}, epochs=2)
+    assert cfg["recipe"] == {"name": "supervised", "image_encoder": {"name": "unet3d_cpu"}}
+    assert cfg["train"]["epochs"] == 2 and cfg["data"]["augment"] is None
+    assert supervised_config({"recipe": {"name": "clip"}, "train": {"epochs": 300}})["train"]["epochs"] == 30
+
+
+def test_supervised_recipe_step_and_gradients():
+    import torch
+
+    from medalign.recipes import build_recipe
+    import medalign.recipes.supervised  # noqa: F401
+
+    torch.manual_seed(0)
+    r = build_recipe({"recipe": {"name": "supervised", "image_encoder": {"name": "unet3d_cpu", "channels": [4, 8],
+                                                                         "local_level": 1, "out_dim": 8}},
+                      "data": {"sequences": ["dwi", "flair"], "shape": [8, 16, 16]}})
+    batch = {"image": torch.randn(3, 2, 8, 16, 16), "sequence_mask": torch.ones(3, 2, dtype=torch.bool),
+             "label": torch.tensor([0, 4, -1])}
+    out = r.training_step(batch)
+    logits = r.logits(batch["image"], batch["sequence_mask"])
+    expect = torch.nn.functional.cross_entropy(logits[:2], batch["label"][:2])
+    assert torch.allclose(out["classification_loss"], expect, atol=1e-6)  # label -1 ignored
+    out["classification_loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in r.parameters() if p.requires_grad)
+    emb = r.encode_image(batch["image"], batch["sequence_mask"])
+    assert emb.shape == (3, 8) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    v = r.validation_end([r.validation_step(batch)])
+    assert 0.0 <= v["accuracy"] <= 1.0

@@ -71,3 +71,15 @@ def test_absent_class_auroc_is_none():
     m = classification_metrics([0, 1], np.array([[1, 0, 0], [0, 1, 0]]), n_classes=3)
     assert m["auroc"]["2"] is None and m["auroc_macro"] == 1.0
     assert confusion_matrix([0, 1], [1, 1], 2).tolist() == [[0, 1], [0, 1]]
+
+
+def test_binary_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from medalign.eval.zeroshot import binary_auroc
+
+    rng = np.random.default_rng(0)
+    pos = rng.random(40) < 0.3
+    score = np.round(rng.random(40), 1)  # many ties
+    assert binary_auroc(pos, score) == pytest.approx(roc_auc_score(pos, score))
+    assert binary_auroc(np.ones(3, bool), np.arange(3)) is None

@@ -118,6 +118,7 @@ def test_prompts_are_combinations_and_seeded():
     p = class_prompts("infarct")
     assert "acute lacunar infarct in the basal ganglia" in p
     assert len(p) == len(set(p)) == 4 * 5 * 12
+    assert len(class_prompts("tumor")) == 5 * 6 * 12
     a = generate_prompts(n_per_class=7, seed=1)
     b = generate_prompts(n_per_class=7, seed=1)
     assert a == b and set(a) == {"infarct", "tumor", "hemorrhage", "normal", "others"}

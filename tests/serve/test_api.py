@@ -155,6 +155,7 @@ def test_bearer_token_required_when_configured(built_index, fake_model):
     ok = c.post("/search/text", json={"text": "x"}, headers={"Authorization": f"Bearer {tok}"})
     assert ok.status_code == 200
     assert c.get("/").status_code == 200  # the page itself is public; it asks for the token
+    assert "HTTPBearer" in c.get("/openapi.json").json()["components"]["securitySchemes"]
 
 
 def test_bind_rules():

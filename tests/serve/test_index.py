@@ -129,6 +129,20 @@ def test_build_from_cache_uses_cached_volumes(tmp_path, fake_model, cohort):
     assert sorted(store.record(0)["thumbs"]) == ["dwi"]  # masked-out channel gets no thumbnail
 
 
+def test_cache_with_other_settings_is_refused_and_missing_studies_fall_back(tmp_path, fake_model, cohort):
+    class Cache:
+        config = {"sequences": ["flair", "dwi"], "shape": [8, 32, 32]}
+
+        def load(self, sid):
+            raise CohortError("not in the cache", study_id=sid)
+
+    with pytest.raises(MedAlignError, match=r"sequences=\['flair', 'dwi'\] but the model expects \['dwi', 'flair'\]"):
+        build_index(fake_model, cohort, tmp_path / "a", cache=Cache())
+    Cache.config = {"sequences": ["dwi", "flair"], "shape": [8, 32, 32]}
+    build_index(fake_model, cohort, tmp_path / "b", cache=Cache())  # every study falls back to its NIfTI
+    assert len(IndexStore.open(tmp_path / "b")) == 12
+
+
 def test_bad_study_id_error_names_study_and_row(tmp_path, fake_model, cohort):
     df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
     df.loc[3, "study_id"] = "../evil"
@@ -210,3 +224,49 @@ def test_cli_build_add_and_serve_guard(tmp_path, cohort, monkeypatch, capsys):
     assert main(["serve", str(out), "--host", "0.0.0.0"]) == 2
     assert "refusing to serve on 0.0.0.0 without a bearer token" in capsys.readouterr().err
     assert main(["serve", str(out), "--host", "0.0.0.0", "--token", "short"]) == 2
+    # a good call reaches uvicorn with the access log off, the model loaded from the recorded run
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(kw, app=app))
+    monkeypatch.setattr("medalign.api.load", lambda run_dir, **kw: seen.setdefault("run", run_dir) and model)
+    assert main(["serve", str(out), "--port", "8123"]) == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123 and seen["access_log"] is False
+    assert seen["run"] == str(tmp_path.resolve())
+    assert main(["serve", str(out), "--host", "0.0.0.0", "--token", "t" * 20]) == 0 and seen["host"] == "0.0.0.0"
+
+
+# ---- with the real model API (tiny CLIP run trained here) -------------------------------------------
+@pytest.mark.slow
+def test_real_model_index_and_service(tmp_path, monkeypatch):
+    """medalign.api.load -> index build -> app loads the model from the recorded run -> queries."""
+    pytest.importorskip("medalign.api")
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from medalign.config import load_config
+    from medalign.serve.app import create_app
+    from medalign.train.loop import fit
+
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny" / "clip_tiny.yaml"
+    if not tiny.is_file():
+        pytest.skip("configs/tiny/clip_tiny.yaml not present")
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "text_cache"))
+    cfg = load_config(tiny, ["train.epochs=1"])
+    cfg["data"]["preprocess"] = {"sequences": ["dwi", "flair"], "shape": [8, 32, 32], "register": False}
+    fit(cfg, tmp_path / "run")
+    from medalign.api import load
+
+    model = load(tmp_path / "run")
+    manifest = make_cohort(tmp_path / "c", n=5)
+    build_index(model, manifest, tmp_path / "idx", run_dir=str(tmp_path / "run"))
+    store = IndexStore.open(tmp_path / "idx")
+    assert store.model_id == model.model_id and store.meta["preprocess_config"]["shape"] == [8, 32, 32]
+    client = TestClient(create_app(tmp_path / "idx"))  # model loaded from the run the index records
+    assert client.get("/health").json()["model_id"] == model.model_id
+    r = client.post("/search/text", json={"text": "acute infarct", "k": 3})
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    files = {s: (f"{s}.nii.gz", (tmp_path / "c" / "S002" / f"{s}.nii.gz").read_bytes()) for s in ("dwi", "flair")}
+    r = client.post("/search/upload", files=files, params={"k": 2})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["study_id"] == "S002"  # same files, same preprocessing -> same embedding
+    assert sum(r.json()["zero_shot"]["probs"]) == pytest.approx(1.0, abs=1e-4)

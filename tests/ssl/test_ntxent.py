@@ -69,3 +69,53 @@ def test_ntxent_bad_groups_and_temperature():
         NTXentLoss()(torch.randn(3, 2), torch.randn(3, 2), groups=torch.zeros(4))
     with pytest.raises(ValueError, match="temperature"):
         NTXentLoss(temperature=0.0)
+
+
+_DDP_WORKER = '''
+import json, os, sys
+import torch
+import torch.distributed as dist
+from medalign.losses.ntxent import NTXentLoss
+from medalign.losses.supcon import SupConLoss
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+z1, z2 = torch.randn(6, 4), torch.randn(6, 4)          # the global batch, same on both ranks
+rows = slice(3 * rank, 3 * rank + 3)
+local = torch.tensor([0, 0, 1])                         # batch-local patient ids on every rank
+nt = NTXentLoss(0.1, gather=True)(z1[rows], z2[rows], groups=local)["contrastive_loss"].item()
+sc_local = SupConLoss(gather=True, local_labels=True)(torch.stack([z1, z2], 1)[rows], local)["supcon_loss"].item()
+sc_global = SupConLoss(gather=True)(z1[rows], local)["supcon_loss"].item()
+if rank == 0:
+    json.dump({"nt": nt, "sc_local": sc_local, "sc_global": sc_global}, open(os.path.join(sys.argv[1], "out.json"), "w"))
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_gather_across_two_ranks_matches_single_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from medalign.losses.supcon import SupConLoss
+
+    (tmp_path / "w.py").write_text(_DDP_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "w.py"), str(tmp_path)]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
+    # Local ids of the two ranks must stay apart: global groups 0,0,1 | 2,2,3.
+    glob = torch.tensor([0, 0, 1, 2, 2, 3])
+    assert got["nt"] == pytest.approx(NTXentLoss(0.1, gather=False)(z1, z2, groups=glob)["contrastive_loss"].item(), rel=1e-5)
+    ref_local = SupConLoss(gather=False)(torch.stack([z1, z2], 1), glob)["supcon_loss"].item()
+    assert got["sc_local"] == pytest.approx(ref_local, rel=1e-5)
+    # Global class labels are shared across ranks: 0,0,1 | 0,0,1.
+    ref_global = SupConLoss(gather=False)(z1, torch.tensor([0, 0, 1, 0, 0, 1]))["supcon_loss"].item()
+    assert got["sc_global"] == pytest.approx(ref_global, rel=1e-5)

@@ -46,3 +46,22 @@ def test_pseudo_instances_are_different_crops():
     out = pseudo_instances(x, n=2, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, 2, 1, 16, 16)
     assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+@real
+def test_cli_label_efficiency_smoke(tmp_path):
+    import json
+
+    from medalign.cli import main
+
+    out = tmp_path / "le"
+    assert main(["ssl", "label-efficiency", "--out", str(out), "--data", str(NPZ), "--limit", "40", "--size", "16",
+                 "--channels", "4,8", "--methods", "scratch,micle,clip", "--pretrain-epochs", "1",
+                 "--batch-size", "16", "--finetune-steps", "2", "--n-boot", "5", "--fractions", "0.1,1.0"]) == 0
+    res = json.loads((out / "label_efficiency.json").read_text())
+    assert set(res["results"]) == {"scratch", "micle (pseudo-instances)"}
+    assert set(res["results"]["scratch"]["probe"]) == {"0.1", "1.0"}
+    assert any("No patient ids" in n for n in res["notes"])
+    extra = json.loads((out / "report_extras" / "label_efficiency.json").read_text())
+    assert extra["images"] == ["report_extras/label_efficiency.png"] and len(extra["tables"]) == 2
+    assert (out / extra["images"][0]).is_file()

@@ -51,7 +51,7 @@ def test_ddp_shards_are_disjoint_and_equal():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="multiple"):
         PatientBatchSampler(["a", "a", "b", "b"], batch_size=3)
-    with pytest.raises(ValueError, match=">= 2 patients"):
+    with pytest.raises(ValueError, match=">= 2 patients"), pytest.warns(UserWarning, match="left out"):
         PatientBatchSampler(["a", "a", "b"], batch_size=4, min_instances=2)
     with pytest.raises(ValueError, match="instances_per_patient"):
         PatientBatchSampler(["a", "a"], batch_size=4, instances_per_patient=1)

@@ -14,7 +14,7 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    the head mask and the head bounding box.
 3. **Co-register** (``cfg.register``): each other sequence is rigidly aligned to the reference
    (``Euler3DTransform``, Mattes mutual information, 2-level pyramid on the coarse copies,
-   ``cfg.reg_iterations`` steps, random 20 % sampling with a fixed seed, metric restricted to the
+   ``cfg.reg_iterations`` steps, random ``cfg.reg_sampling`` sampling with a fixed seed, metric restricted to the
    head). Start is the identity (images of one session share world space); if the optimiser
    makes the metric worse, or moves more than ``cfg.reg_max_shift_mm``, the identity is kept.
    The metric before/after is recorded in ``info["sequences"][seq]["registration"]``.
@@ -65,9 +65,9 @@ class PreprocessConfig:
     normalise: str = "robust"
     percentiles: tuple[float, float] = (1.0, 99.0)
     margin: float = 1.05                                   # head box x margin when fitting
-    reg_spacing: float = 4.0                               # mm, coarse grid for mask + registration
-    reg_iterations: int = 40
-    reg_sampling: float = 0.2
+    reg_spacing: float = 5.0                               # mm, coarse grid for mask + registration
+    reg_iterations: int = 30
+    reg_sampling: float = 0.15
     reg_max_shift_mm: float = 30.0
     volume_index: int | None = None                        # which volume of a 4D file
     antialias: bool = True
@@ -143,7 +143,7 @@ def read_volume(path: str | Path, *, volume_index: int | None = None, study_id: 
         if p.is_dir():
             img = _read_dicom_series(p, study_id)
         elif p.name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
-            img = _read_nifti(p)
+            img = _read_nifti(p, volume_index, study_id)
         else:  # anything else ITK can read (.nrrd, .mha, a single DICOM file, ...)
             img = sitk.ReadImage(str(p))
     except CohortError:
@@ -151,17 +151,12 @@ def read_volume(path: str | Path, *, volume_index: int | None = None, study_id: 
     except Exception as e:  # ITK raises RuntimeError with a multi-line message
         raise CohortError(f"cannot read image ({_first_line(e)})", **where) from None
     dim = img.GetDimension()
-    if dim == 4:
+    if dim == 4:  # DICOM / other ITK formats
         n = img.GetSize()[3]
-        if volume_index is None and n == 1:
-            volume_index = 0
-        if volume_index is None:
-            raise CohortError(f"4D image with {n} volumes; pick one with volume_index (0..{n - 1})", **where)
-        if not 0 <= volume_index < n:
-            raise CohortError(f"volume_index {volume_index} out of range for a 4D image with {n} volumes", **where)
+        _pick_volume(np.empty((1, n)), n, volume_index, study_id, p)  # validates the index
         size = list(img.GetSize())
         size[3] = 0
-        img = sitk.Extract(img, size=size, index=[0, 0, 0, volume_index])
+        img = sitk.Extract(img, size=size, index=[0, 0, 0, volume_index or 0])
     elif dim != 3:
         raise CohortError(f"{dim}D image where a 3D volume is expected", **where)
     if min(img.GetSize()) < 2:
@@ -180,7 +175,19 @@ def read_volume(path: str | Path, *, volume_index: int | None = None, study_id: 
     return img
 
 
-def _read_nifti(path: Path):
+def _pick_volume(data: np.ndarray, n: int, volume_index: int | None, study_id: str | None, path: Path) -> np.ndarray:
+    """Volume ``volume_index`` of a 4D array (last axis); a single volume needs no index."""
+    where = dict(study_id=study_id, path=str(path))
+    if volume_index is None and n == 1:
+        volume_index = 0
+    if volume_index is None:
+        raise CohortError(f"4D image with {n} volumes; pick one with volume_index (0..{n - 1})", **where)
+    if not 0 <= volume_index < n:
+        raise CohortError(f"volume_index {volume_index} out of range for a 4D image with {n} volumes", **where)
+    return data[..., volume_index]
+
+
+def _read_nifti(path: Path, volume_index: int | None = None, study_id: str | None = None):
     """NIfTI via nibabel (it refuses truncated .gz streams that ITK would silently zero-fill),
     converted to a SimpleITK image in ITK's LPS world space."""
     import nibabel as nib
@@ -199,16 +206,9 @@ def _read_nifti(path: Path):
     u, _, vt = np.linalg.svd(flip @ (m / spacing))
     direction = u @ vt  # nearest orthonormal matrix (ITK refuses sheared directions)
     if data.ndim == 4:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(3, 2, 1, 0)))  # (t, k, j, i)
-        img.SetSpacing(tuple(spacing.tolist()) + (1.0,))
-        d4 = np.eye(4)
-        d4[:3, :3] = direction
-        img.SetDirection(tuple(d4.ravel().tolist()))
-        img.SetOrigin(tuple((flip @ aff[:3, 3]).tolist()) + (0.0,))
-        return img
+        data = _pick_volume(data, data.shape[3], volume_index, study_id, path)
     if data.ndim != 3:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
-        return img
+        raise CohortError(f"{data.ndim}D image where a 3D volume is expected", study_id=study_id, path=str(path))
     img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # (k, j, i)
     img.SetSpacing(tuple(spacing.tolist()))
     img.SetDirection(tuple(direction.ravel().tolist()))
@@ -280,7 +280,10 @@ def _physical_corners(img) -> np.ndarray:
 
 
 def _coarse(img, spacing: float, direction, background: float):
-    """Box-average then resample ``img`` onto a canonical-axes grid covering its own FOV."""
+    """Box-average then resample ``img`` onto a canonical-axes grid covering its own FOV.
+
+    Voxels outside the field of view are NaN (``_head_box`` needs to tell them apart) until
+    ``_fill`` replaces them with ``background`` for registration."""
     sitk = _sitk()
     sp = np.asarray(img.GetSpacing())
     factors = [max(1, min(int(spacing / s), img.GetSize()[i] // 2)) for i, s in enumerate(sp)]
@@ -291,14 +294,25 @@ def _coarse(img, spacing: float, direction, background: float):
     size = np.maximum(np.ceil((hi - lo) / spacing).astype(int) + 1, 2)
     center = d @ ((lo + hi) / 2)
     ref = _grid(size, [spacing] * 3, direction, center)
-    return sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float(background), sitk.sitkFloat32)
+    return sitk.Resample(src, ref, sitk.Transform(), sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+
+
+def _fill(img, value: float):
+    """Copy of ``img`` with NaN voxels set to ``value``."""
+    sitk = _sitk()
+    arr = sitk.GetArrayFromImage(img)
+    arr[~np.isfinite(arr)] = value
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    return out
 
 
 def _background(arr: np.ndarray) -> float:
     """Background value: median of the volume's outer faces."""
     faces = np.concatenate([arr[0].ravel(), arr[-1].ravel(), arr[:, 0].ravel(), arr[:, -1].ravel(),
                             arr[:, :, 0].ravel(), arr[:, :, -1].ravel()])
-    return float(np.median(faces))
+    faces = faces[np.isfinite(faces)]
+    return float(np.median(faces)) if faces.size else float("nan")
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -313,19 +327,31 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(centers[int(np.argmax(between[:-1]))])
 
 
-def head_mask(arr: np.ndarray) -> np.ndarray:
-    """Boolean head mask of a 3D array (see module docstring)."""
+def head_mask(arr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Boolean head mask of a 3D array (see module docstring); ``valid`` marks voxels inside
+    the scanner's field of view (voxels outside it are never head)."""
     from scipy import ndimage
 
-    bg = _background(arr)
-    rng = float(np.percentile(arr, 99.5) - np.percentile(arr, 0.5)) or 1.0
+    vals = arr[valid] if valid is not None else arr.ravel()
+    if vals.size == 0:
+        return np.zeros(arr.shape, bool)
+    bg = _background(np.where(valid, arr, np.nan)) if valid is not None else _background(arr)
+    if not np.isfinite(bg):
+        bg = float(np.median(vals))
+    rng = float(np.percentile(vals, 99.5) - np.percentile(vals, 0.5)) or 1.0
     flat = np.abs(arr - bg) <= 1e-4 * rng
-    if flat.mean() > 0.05:  # constant background (skull-stripped / masked data)
+    if valid is not None:
+        flat &= valid
+    if flat.sum() > 0.05 * vals.size:  # constant background (skull-stripped / masked data)
         m = ~flat
     else:
-        m = arr > _otsu(arr.ravel())
-    if m.sum() < 0.005 * m.size:  # degenerate: fall back to everything above the minimum
-        m = arr > arr.min()
+        m = arr > _otsu(vals)
+    if valid is not None:
+        m &= valid
+    if m.sum() < 0.005 * vals.size:  # degenerate: fall back to everything above the minimum
+        m = arr > vals.min()
+        if valid is not None:
+            m &= valid
     return ndimage.binary_fill_holes(m)
 
 
@@ -333,7 +359,7 @@ def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(center, extent along the canonical x,y,z axes in mm, head mask (z,y,x)) of a coarse image."""
     sitk = _sitk()
     arr = sitk.GetArrayFromImage(coarse)  # (z, y, x)
-    m = head_mask(arr)
+    m = head_mask(arr, np.isfinite(arr))
     idx = np.argwhere(m)
     if len(idx) == 0:
         idx = np.argwhere(np.ones_like(m))
@@ -444,6 +470,7 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
     backgrounds = {s: _background(sitk.GetArrayViewFromImage(im)) for s, im in images.items()}
     coarse = {s: _coarse(im, cfg.reg_spacing, direction, backgrounds[s]) for s, im in images.items()}
     center, extent, ref_head = _head_box(coarse[ref_seq])
+    coarse = {s: _fill(c, backgrounds[s]) for s, c in coarse.items()}
 
     # Output grid (x, y, z) = (W, H, D).
     size_xyz = (W, H, D)
@@ -480,9 +507,13 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
     resampled: dict[str, np.ndarray] = {}
     for s, im in images.items():
         src = _antialias(im, spacing_xyz, direction) if cfg.antialias else im
-        out = sitk.Resample(src, out_ref, transforms[s], sitk.sitkLinear, backgrounds[s], sitk.sitkFloat32)
-        resampled[s] = sitk.GetArrayFromImage(out)  # (D, H, W)
-    head = head_mask(resampled[ref_seq])
+        out = sitk.Resample(src, out_ref, transforms[s], sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+        arr = sitk.GetArrayFromImage(out)  # (D, H, W); NaN = outside this sequence's field of view
+        if s == ref_seq:
+            ref_valid = np.isfinite(arr)
+        arr[~np.isfinite(arr)] = backgrounds[s]
+        resampled[s] = arr
+    head = head_mask(resampled[ref_seq], ref_valid)
     for c, s in enumerate(cfg.sequences):
         if s not in resampled:
             continue

@@ -20,7 +20,7 @@ def _mid_axial_raw(path: str) -> np.ndarray:
     from medalign.data.imaging import read_volume
 
     img = sitk.DICOMOrient(read_volume(path), "LPS")  # x -> Left, y -> Posterior, z -> Superior
-    arr = sitk.GetArrayViewFromImage(img)  # (z, y, x)
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x); a copy: a view would dangle once img is freed
     return np.asarray(arr[arr.shape[0] // 2])  # (y, x): rows anterior->posterior, cols right->left
 
 

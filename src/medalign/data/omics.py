@@ -31,14 +31,19 @@ def read_table(path: str | Path, *, member: str | None = None, index_col: int | 
     try:
         if path.suffix == ".zip":
             with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith(".csv")]
+                # the MCAT archives hold one CSV whose member name is '../dataset_csv/<x>.csv.zip'
+                names = [n for n in zf.namelist() if not n.endswith("/") and ".csv" in Path(n).name]
                 if member is not None:
                     names = [n for n in names if n == member or Path(n).name == member]
                 if len(names) != 1:
                     raise CohortError(f"expected exactly one CSV member{f' named {member}' if member else ''}, "
                                       f"found {names or zf.namelist()}", path=str(path))
                 with zf.open(names[0]) as fh:  # reading a member never touches the file system
-                    return pd.read_csv(io.BytesIO(fh.read()), index_col=index_col)
+                    data = fh.read()
+                if data[:2] == b"PK":  # a zipped CSV inside the zip
+                    with zipfile.ZipFile(io.BytesIO(data)) as inner:
+                        data = inner.read(inner.namelist()[0])
+                return pd.read_csv(io.BytesIO(data), index_col=index_col)
         return pd.read_csv(path, index_col=index_col)
     except (zipfile.BadZipFile, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise CohortError(f"cannot read table: {e}", path=str(path)) from e

@@ -124,6 +124,7 @@ def analyse_report(text: str) -> ReportLabel:
                             continue  # overlapping matches of one class count once
                         spans.append((m.start(), m.end()))
                 for s, e in spans:
+                    e += len(re.match(r"[\w-]*", clause[e:]).group())  # to the end of the word
                     before, after = clause[:s], clause[e:]
                     neg = any(p.search(before) for p in _pre_neg) or any(p.search(after[:40]) for p in _post_neg)
                     unc = any(p.search(before) for p in _pre_unc) or after.strip().startswith("?")

@@ -44,7 +44,7 @@ def load_pneumoniamnist(path: str | Path | None = None) -> dict[str, tuple[np.nd
         ik, lk = f"{split}_images", f"{split}_labels"
         if ik not in data or lk not in data:
             raise CohortError(f"missing key '{ik}' or '{lk}'", path=str(path))
-        x, y = data[ik], data[lk].reshape(-1).astype(np.int64)
+        x, y = data[ik], data[lk].reshape(-1).astype(np.int64)  # labels (N, 1) -> (N,)
         if x.ndim != 3 or x.shape[0] != y.shape[0]:
             raise CohortError(f"'{ik}' must be (N, H, W) with N = len('{lk}'), got {x.shape} and {y.shape}",
                               path=str(path))

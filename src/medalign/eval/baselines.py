@@ -54,7 +54,10 @@ def _untrained(run_dir: Path, manifest: Path, cache: Path, split: str, prompt_ba
 
 
 def supervised_config(run_cfg: dict, *, epochs: int | None = None) -> dict:
-    """The run's config with the recipe swapped for ``supervised`` (same image encoder and data)."""
+    """The run's config with the recipe swapped for ``supervised`` (same image encoder and data).
+
+    ``epochs`` None -> the run's epochs when <= 10, else a tenth of them (at least 10).
+    """
     cfg = copy.deepcopy(run_cfg)
     rc = cfg.get("recipe") or {}
     new = {"name": "supervised"}
@@ -63,8 +66,10 @@ def supervised_config(run_cfg: dict, *, epochs: int | None = None) -> dict:
             new[k] = rc[k]
     cfg["recipe"] = new
     tr = cfg.setdefault("train", {})
-    if epochs is not None:
-        tr["epochs"] = int(epochs)
+    if epochs is None:  # a short budget by default: the run's epochs up to 10, else a tenth (>= 10)
+        run_epochs = int(tr.get("epochs") or 300)
+        epochs = run_epochs if run_epochs <= 10 else max(10, run_epochs // 10)
+    tr["epochs"] = int(epochs)
     for k in ("resume", "init_from", "checkpoint"):
         tr.pop(k, None)
     tr["progress"] = False

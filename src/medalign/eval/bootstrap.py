@@ -54,6 +54,46 @@ def bootstrap_ci(
     return {"value": value, "lo": lo, "hi": hi, "n_boot": n, "n_failed": failed, "alpha": alpha}
 
 
+def bootstrap_cis(
+    metrics_fn: Callable[..., dict],
+    *arrays: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, dict]:
+    """Like :func:`bootstrap_ci` for a function returning several named numbers at once.
+
+    One resampling pass serves every key (same resamples for all, so it is also cheaper).
+    A key whose value is None/NaN on a resample skips that resample for that key only.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    m = len(arrays[0])
+    if any(len(a) != m for a in arrays):
+        raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
+    base = metrics_fn(*arrays)
+    rng = np.random.default_rng(seed)
+    stats: dict[str, list[float]] = {k: [] for k in base}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(n):
+            idx = rng.integers(0, m, size=m)
+            try:
+                vals = metrics_fn(*(a[idx] for a in arrays))
+            except ValueError:
+                continue
+            for k in stats:
+                v = vals.get(k)
+                if v is not None and np.isfinite(v):
+                    stats[k].append(float(v))
+    out = {}
+    for k, v in base.items():
+        st = stats[k]
+        lo, hi = (float(x) for x in np.quantile(st, [alpha / 2, 1 - alpha / 2])) if st else (None, None)
+        out[k] = {"value": None if v is None else float(v), "lo": lo, "hi": hi, "n_boot": n,
+                  "n_failed": n - len(st), "alpha": alpha}
+    return out
+
+
 def format_ci(ci: dict | None, digits: int = 3) -> str:
     """'0.512 [0.401, 0.633]' (or '—')."""
     if not ci or ci.get("value") is None:

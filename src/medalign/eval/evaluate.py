@@ -39,6 +39,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("zero_shot.auroc_macro", "zero-shot AUROC"),
     ("probe.logreg.1.0.balanced_accuracy", "logreg probe bal. acc (100%)"),
     ("probe.logreg.0.1.balanced_accuracy", "logreg probe bal. acc (10%)"),
+    ("classifier.balanced_accuracy", "own head / text-only bal. acc"),
 )
 
 
@@ -98,6 +99,15 @@ def get_path(d: dict, dotted: str) -> Any:
     return node
 
 
+def with_reports(emb: dict) -> dict:
+    """Rows of an embeddings dict whose study has a report (``has_report``; all rows when absent)."""
+    if "has_report" not in emb:
+        return emb
+    keep = np.asarray(emb["has_report"], bool)
+    n = len(keep)
+    return {k: (np.asarray(v)[keep] if np.ndim(v) and len(v) == n else v) for k, v in emb.items()}
+
+
 def _mean_le(k):
     return lambda r: float(np.mean(r <= k))
 
@@ -136,6 +146,8 @@ def evaluate_embeddings(
     out: dict = {"n_test": int(len(ids)), "classes": classes, "seed": seed, "n_boot": n_boot}
 
     # --- retrieval (both ways) + CIs over query studies; only studies that have a report take part
+    # image-only parts (case->case, zero-shot, probes) use every study of the split
+    img_all, names_all, y_all = img, names, y
     has_rep = np.asarray(test["has_report"], bool) if "has_report" in test else np.ones(len(ids), bool)
     if has_rep.sum() < 2:
         from medalign.errors import MedAlignError
@@ -143,7 +155,7 @@ def evaluate_embeddings(
         raise MedAlignError(f"retrieval needs at least 2 studies with reports; the split has {int(has_rep.sum())}")
     if not has_rep.all():
         keep = np.flatnonzero(has_rep)
-        test = {k: (np.asarray(v)[keep] if np.ndim(v) and len(v) == len(ids) else v) for k, v in test.items()}
+        test = with_reports(test)
         out["n_without_report"] = int((~has_rep).sum())
         ids, img, txt, names, y = ids[keep], img[keep], txt[keep], names[keep], y[keep]
     ret = cross_modal_retrieval(img, txt, ids, names if has_labels else None, ks=ks)
@@ -155,9 +167,9 @@ def evaluate_embeddings(
             d["by_class"] = {c: {"n": int((names == c).sum()), "median_rank": float(np.median(r[names == c])),
                                  "R@1": float(np.mean(r[names == c] <= 1))}
                              for c in classes if (names == c).any()}
-    if has_labels and (y >= 0).sum() >= 2:
-        lab = y >= 0
-        cc = case_retrieval(img[lab], names[lab], ks=ks)
+    if has_labels and (y_all >= 0).sum() >= 2:
+        lab = y_all >= 0
+        cc = case_retrieval(img_all[lab], names_all[lab], ks=ks)
         r = np.asarray(cc["ranks"])
         cc["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
         cc["ci"].update({pk: bootstrap_ci(np.mean, np.asarray(v), n=n_boot, seed=seed)
@@ -180,12 +192,12 @@ def evaluate_embeddings(
 
     # --- zero-shot
     if prompt_bank is not None and has_labels:
-        lab = y >= 0
+        lab = y_all >= 0
         zs = {}
         for mode, one in (("pooled", False), ("one_prompt", True)):
-            s = scores_from_prompt_bank(img[lab], prompt_bank, pool=pool, absence=absence, one_per_class=one)
-            m = classification_metrics(y[lab], s, n_classes=len(classes), class_names=classes)
-            m["ci"] = _cls_cis(y[lab], s, n_boot, seed)
+            s = scores_from_prompt_bank(img_all[lab], prompt_bank, pool=pool, absence=absence, one_per_class=one)
+            m = classification_metrics(y_all[lab], s, n_classes=len(classes), class_names=classes)
+            m["ci"] = _cls_cis(y_all[lab], s, n_boot, seed)
             zs[mode] = m
         out["zero_shot"] = {**zs["pooled"], "pool": pool, "absence": absence,
                             "n_prompts": int(len(prompt_bank["texts"])), "one_prompt_per_class": zs["one_prompt"]}
@@ -194,7 +206,7 @@ def evaluate_embeddings(
     if train is not None and has_labels:
         tr_y = label_ints(label_names(train.get("label", []), classes), classes)
         if (tr_y >= 0).sum() >= 2:
-            out["probe"] = label_efficiency(np.asarray(train["image_embed"]), tr_y, img, y, fractions=fractions,
+            out["probe"] = label_efficiency(np.asarray(train["image_embed"]), tr_y, img_all, y_all, fractions=fractions,
                                             probes=probes, seed=seed, n_boot=min(n_boot, 500),
                                             n_classes=len(classes), class_names=classes)
             out["n_train"] = int((tr_y >= 0).sum())
@@ -217,18 +229,17 @@ def _table_queries(names: np.ndarray, classes: Sequence[str], n: int) -> list[in
 
 
 def _cls_cis(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int) -> dict:
+    """CIs of accuracy, balanced accuracy, macro-F1 and macro AUROC in one bootstrap pass."""
+    from medalign.eval.bootstrap import bootstrap_cis
     from medalign.eval.zeroshot import classification_metrics
 
-    def metric(key):
-        def f(yy, ss):
-            v = classification_metrics(yy, ss, n_classes=s.shape[1])[key]
-            if v is None:
-                raise ValueError("undefined")
-            return v
-        return f
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
 
-    return {k: bootstrap_ci(metric(k), y, s, n=n_boot, seed=seed)
-            for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")}
+    def f(yy, ss):
+        m = classification_metrics(yy, ss, n_classes=s.shape[1])
+        return {k: m[k] for k in keys}
+
+    return bootstrap_cis(f, y, s, n=n_boot, seed=seed)
 
 
 def headline_cis(metrics: dict) -> dict[str, dict | None]:
@@ -254,6 +265,9 @@ def write_plots(eval_dir: str | Path, test: dict, metrics: dict, *, run_dir: str
     eval_dir = Path(eval_dir)
     pdir = eval_dir / "plots"
     classes = metrics["classes"]
+    all_names = label_names(test.get("label", [""] * len(test["study_id"])), classes)
+    all_img = np.asarray(test["image_embed"])
+    test = with_reports(test)  # the retrieval figures cover the studies that have a report
     names = label_names(test.get("label", [""] * len(test["study_id"])), classes)
     ids = np.asarray(test["study_id"]).astype(str)
     made: dict[str, Path | None] = {}
@@ -267,7 +281,7 @@ def write_plots(eval_dir: str | Path, test: dict, metrics: dict, *, run_dir: str
     t2i = metrics["retrieval"]["text_to_image"]
     made["rank_vs_similarity"] = P.plot_rank_vs_similarity(t2i["ranks"], t2i["true_sim"], names, classes,
                                                            pdir / "rank_vs_similarity.png", pool_size=t2i["pool_size"])
-    made["embedding_map"] = P.plot_embedding_map(np.asarray(test["image_embed"]), names, classes,
+    made["embedding_map"] = P.plot_embedding_map(all_img, all_names, classes,
                                                  pdir / "embedding_map.png", method=embedding_map, seed=seed)
     zs = metrics.get("zero_shot")
     if zs:
@@ -315,6 +329,18 @@ def _embed(model, manifest, cache, split, *, required: bool = True):
         return None
 
 
+def _saved_or_embed(run_dir: Path, model, manifest, cache, split, *, required: bool = True,
+                    manifest_given: bool = False):
+    """Reuse RUN/embeddings/<split>.npz from `medalign embed` when it was made by this very model."""
+    p = run_dir / "embeddings" / f"{split}.npz"
+    if p.is_file() and not manifest_given:
+        saved = load_embeddings(p)
+        if str(saved.get("model_id", "")) == str(getattr(model, "model_id", None)):
+            saved.pop("model_id", None)
+            return saved
+    return _embed(model, manifest, cache, split, required=required)
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -345,10 +371,11 @@ def evaluate_run(
     manifest_p, cache_p = resolve_data(run_dir, model.config, manifest, cache)
     eval_dir = run_dir / "eval"
     say(f"embedding split '{split}' and 'train' of {manifest_p}")
-    test = _embed(model, manifest_p, cache_p, split)
+    test = _saved_or_embed(run_dir, model, manifest_p, cache_p, split, manifest_given=manifest is not None)
     if len(test["study_id"]) == 0:
         raise MedAlignError(f"{manifest_p}: split '{split}' has no studies")
-    train = _embed(model, manifest_p, cache_p, "train", required=False) if split != "train" else None
+    train = (_saved_or_embed(run_dir, model, manifest_p, cache_p, "train", required=False,
+                             manifest_given=manifest is not None) if split != "train" else None)
     save_embeddings(eval_dir / f"embeddings_{split}.npz", test)
     if train is not None:
         save_embeddings(eval_dir / "embeddings_train.npz", train)

@@ -33,12 +33,12 @@ VOCAB: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     ),
     "tumor": (
         ("", "large", "small", "enhancing", "infiltrative"),
-        ("tumor", "mass", "glioma", "metastasis", "tumor with surrounding edema"),
+        ("tumor", "mass", "glioma", "meningioma", "metastasis", "tumor with surrounding edema"),
         LOCATIONS,
     ),
     "hemorrhage": (
         ("acute", "subacute", "chronic", "large", "small"),
-        ("hemorrhage", "intraparenchymal hemorrhage", "hematoma", "hemorrhage with blooming on T2*"),
+        ("hemorrhage", "intraparenchymal hemorrhage", "haemorrhage", "hematoma", "hemorrhage with blooming on T2*"),
         LOCATIONS,
     ),
     "normal": (
@@ -56,8 +56,9 @@ VOCAB: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
 }
 
 CLASS_WORDS: dict[str, tuple[str, ...]] = {
-    "infarct": ("infarct", "infarction", "infarcts", "stroke", "ischemic", "ischaemic", "ischemia"),
-    "tumor": ("tumor", "tumour", "mass", "glioma", "neoplasm", "metastasis", "glioblastoma", "lesion"),
+    "infarct": ("infarct", "infarction", "infarcts", "ischemic", "ischaemic", "ischemia", "ischaemia"),
+    "tumor": ("tumor", "tumour", "mass", "glioma", "meningioma", "neoplasm", "metastasis", "metastases",
+              "glioblastoma"),
     "hemorrhage": ("hemorrhage", "haemorrhage", "hematoma", "haematoma", "bleed", "bleeding", "blood"),
 }
 LESION_CLASSES: tuple[str, ...] = ("infarct", "tumor", "hemorrhage")

@@ -53,26 +53,43 @@ def read_metrics_jsonl(path: str | Path) -> list[dict]:
 
 
 def plot_training_curves(rows: list[dict], path: str | Path, *, title: str = "") -> Path | None:
-    """Fig. 5: train/val loss per epoch (train averaged over steps), and the learning rate."""
+    """Fig. 5: loss per step and per epoch (train, val), validation metrics, learning rate."""
     if not rows:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for split, style in (("train", "-"), ("val", "--")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    train = [r for r in rows if r.get("split") == "train" and r.get("loss") is not None]
+    if train:  # raw per-step loss, faint, on the epoch axis
+        spe = max(1, max(int(r.get("step", 0)) for r in train) / max(1, max(int(r.get("epoch", 1)) for r in train)))
+        axes[0].plot([r.get("step", i) / spe for i, r in enumerate(train)], [r["loss"] for r in train],
+                     color="C0", alpha=0.25, lw=0.8)
+    for split, style, colour in (("train", "-", "C0"), ("val", "--", "C1")):
         by_epoch: dict[int, list[float]] = {}
         for r in rows:
             if r.get("split") == split and r.get("loss") is not None and r.get("epoch") is not None:
                 by_epoch.setdefault(int(r["epoch"]), []).append(float(r["loss"]))
         if by_epoch:
             ep = sorted(by_epoch)
-            axes[0].plot(ep, [np.mean(by_epoch[e]) for e in ep], style, marker="o", ms=3, label=split)
+            axes[0].plot(ep, [np.mean(by_epoch[e]) for e in ep], style, color=colour, marker="o", ms=3, label=split)
     axes[0].set_xlabel("epoch"), axes[0].set_ylabel("loss"), axes[0].legend()
-    axes[0].set_title(title or "training curves")
-    lr = [(r.get("step", i), r["lr"]) for i, r in enumerate(rows) if r.get("split") == "train" and r.get("lr") is not None]
+    axes[0].set_title(title or "loss", fontsize=9)
+    skip = {"epoch", "step", "split", "loss", "lr", "n"}
+    val = [r for r in rows if r.get("split") == "val"]
+    keys = sorted({k for r in val for k, v in r.items() if k not in skip and not k.endswith("_loss")
+                   and isinstance(v, (int, float)) and k != "mean_rank"})
+    for k in keys:
+        pts = [(r["epoch"], r[k]) for r in val if k in r and r.get("epoch") is not None]
+        if pts:
+            axes[1].plot([a for a, _ in pts], [b for _, b in pts], marker="o", ms=3, label=k)
+    if keys:
+        axes[1].legend(fontsize=7)
+    axes[1].set_xlabel("epoch"), axes[1].set_title("validation metrics", fontsize=9)
+    lr = [(r.get("step", i), r["lr"]) for i, r in enumerate(rows) if r.get("split") == "train" and r.get("lr")]
     if lr:
-        axes[1].plot([a for a, _ in lr], [b for _, b in lr])
-        axes[1].set_yscale("log")
-    axes[1].set_xlabel("step"), axes[1].set_ylabel("learning rate")
+        axes[2].plot([a for a, _ in lr], [b for _, b in lr])
+        axes[2].set_yscale("log")
+    axes[2].set_xlabel("step"), axes[2].set_ylabel("learning rate")
+    fig.tight_layout()
     return _save(fig, path)
 
 

@@ -110,6 +110,7 @@ class Doc:
         self.md: list[str] = []
         self.md_dir, self.files_dir = md_dir, files_dir
         self._n = 0
+        self._thumbs: dict[str, str] = {}
 
     def heading(self, level: int, text: str, anchor: str | None = None) -> None:
         a = f' id="{_e(anchor)}"' if anchor else ""
@@ -138,9 +139,12 @@ class Doc:
         """(html, md) cells for a thumbnail; the Markdown copy is written beside the .md file."""
         if not png:
             return '<span class="muted">no image</span>', ""
-        self._n += 1
-        p = self.files_dir / f"thumb_{self._n}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
-        atomic_write_bytes(p, png)
+        if name not in self._thumbs:  # one file per study, however often it appears
+            self._n += 1
+            p = self.files_dir / f"thumb_{self._n}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
+            atomic_write_bytes(p, png)
+            self._thumbs[name] = str(p)
+        p = Path(self._thumbs[name])
         return f'<img class="thumb" src="{_data_uri(png)}" alt="{_e(name)}">', f"![{name}]({os.path.relpath(p, self.md_dir)})"
 
     def table(self, columns: Sequence[str], rows: Sequence[Sequence], *, caption: str = "",
@@ -379,19 +383,27 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
             if not isinstance(b, dict):
                 continue
             if b.get("skipped"):
-                rows.append([bname, "skipped: " + str(b["skipped"]), None, None, None])
+                rows.append([bname, "skipped: " + str(b["skipped"])] + [None] * 5)
                 continue
             cls = b.get("classifier") or {}
-            cci = cls.get("ci") or {}
             t2i = (b.get("retrieval") or {}).get("text_to_image") or {}
+            zs = b.get("zero_shot") or {}
             pl = ((b.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
             rows.append([bname, b.get("description", ""),
                          (t2i.get("ci") or {}).get("R@1") or t2i.get("R@1"),
-                         cci.get("balanced_accuracy") or cls.get("balanced_accuracy")
-                         or pl.get("balanced_accuracy_ci") or pl.get("balanced_accuracy"),
-                         cci.get("accuracy") or cls.get("accuracy") or pl.get("accuracy_ci") or pl.get("accuracy")])
-        doc.table(["baseline", "what", "report→image R@1", "balanced acc", "accuracy"], rows,
-                  caption="same evaluation code; classifier rows: probe (logreg, all labels) or the model's own head")
+                         (zs.get("ci") or {}).get("balanced_accuracy") or zs.get("balanced_accuracy"),
+                         pl.get("balanced_accuracy_ci") or pl.get("balanced_accuracy"),
+                         (cls.get("ci") or {}).get("balanced_accuracy") or cls.get("balanced_accuracy"),
+                         (cls.get("ci") or {}).get("auroc_macro") or cls.get("auroc_macro")])
+        zs = m.get("zero_shot") or {}
+        pl = ((m.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
+        t2i = ret.get("text_to_image") or {}
+        rows.insert(0, [f"{name} (this run)", m.get("recipe") or "", (t2i.get("ci") or {}).get("R@1"),
+                        (zs.get("ci") or {}).get("balanced_accuracy"), pl.get("balanced_accuracy_ci"), None, None])
+        doc.table(["model", "what", "report→image R@1", "zero-shot bal. acc", "logreg probe bal. acc (100%)",
+                   "own head / text-only bal. acc", "own head / text-only AUROC"], rows,
+                  caption="same evaluation code and test studies; own head = the supervised CNN's classifier; "
+                          "text-only reads the reports (an upper bound: labels come from reports)")
     else:
         doc.para("baselines not computed (run `medalign evaluate RUN --baselines`)", muted=True)
 

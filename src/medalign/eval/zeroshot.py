@@ -106,6 +106,19 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     return cm
 
 
+def binary_auroc(positive: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC by the Mann-Whitney statistic (ties count one half); None if one class only."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, bool)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    r = rankdata(np.asarray(score, np.float64))  # average ranks for ties
+    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def classification_metrics(y_true: Sequence[int], scores: np.ndarray, *, n_classes: int | None = None,
                            class_names: Sequence[str] | None = None) -> dict:
     """Accuracy, balanced accuracy, macro-F1 and one-vs-rest AUROC from (N, C) scores.
@@ -113,8 +126,6 @@ def classification_metrics(y_true: Sequence[int], scores: np.ndarray, *, n_class
     Balanced accuracy and macro-F1 average over the classes present in ``y_true``; AUROC
     per class is None where the class is absent (or the only one) in ``y_true``.
     """
-    from sklearn.metrics import roc_auc_score
-
     y = np.asarray(y_true, dtype=int)
     scores = np.asarray(scores, dtype=np.float64)
     n_classes = n_classes or scores.shape[1]
@@ -126,10 +137,7 @@ def classification_metrics(y_true: Sequence[int], scores: np.ndarray, *, n_class
     for c in present:
         tp, fp, fn = cm[c, c], cm[:, c].sum() - cm[c, c], cm[c, :].sum() - cm[c, c]
         f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    auroc = []
-    for c in range(n_classes):
-        pos = y == c
-        auroc.append(float(roc_auc_score(pos, scores[:, c])) if 0 < pos.sum() < len(y) else None)
+    auroc = [binary_auroc(y == c, scores[:, c]) for c in range(n_classes)]
     valid = [a for a in auroc if a is not None]
     names = list(class_names) if class_names is not None else [str(c) for c in range(n_classes)]
     return {

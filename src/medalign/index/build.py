@@ -147,6 +147,14 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
         raise CohortError("manifest has no 'study_id' column")
     sequences = list(getattr(model, "sequences", None) or
                      [c[len(IMAGE_PREFIX):] for c in df.columns if c.startswith(IMAGE_PREFIX)])
+    cache_cfg = getattr(cache, "config", None)
+    if cache_cfg is not None:  # a cache made for other inputs would silently feed the wrong channels
+        model_cfg = preprocess_dict(getattr(model, "preprocess_config", None))
+        got = preprocess_dict(cache_cfg)
+        for key in ("sequences", "shape"):
+            if model_cfg.get(key) is not None and got.get(key) is not None and list(model_cfg[key]) != list(got[key]):
+                raise MedAlignError(f"cache {getattr(cache, 'cache_dir', '')} has {key}={got[key]} but the model "
+                                    f"expects {model_cfg[key]}; preprocess the cohort with the run's settings")
     seen: set[str] = set(skip or ())
     rows = df.to_dict(orient="records")
     for i, row in enumerate(rows, start=1):  # check every id before any (slow) encoding
@@ -160,8 +168,15 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
     records, image_vecs, texts = [], [], []
     for row in rows:
         sid = _text(row.get("study_id"))
-        cached = cache.load(sid) if cache is not None else None
         paths = _image_paths(row, sequences)
+        cached = None
+        if cache is not None:
+            try:
+                cached = cache.load(sid)
+            except (CohortError, KeyError):
+                if not paths:  # not cached and no NIfTI to fall back on
+                    raise
+                log.warning("a study is not in the cache; encoding its NIfTI files instead")
         emb = _encode_image(model, sid, cached=cached, paths=paths)
         thumbs = (make_thumbnails(root, sid, cached=cached, paths=paths, sequences=sequences)
                   if thumbnails else {})

@@ -24,12 +24,28 @@ def _gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def _gather_ids(ids: torch.Tensor, *, local: bool) -> torch.Tensor:
+    """All-gather integer ids (no gradient). ``local``: the ids only mean something within one
+    rank's batch (dense patient / study indices), so they are offset by ``rank << 32`` first and
+    equal ids of different ranks stay apart; otherwise (class labels) they are gathered as is."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    ids = ids.long() + ((int(dist.get_rank()) << 32) if local else 0)
+    out = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, ids)
+    return torch.cat(out, dim=0)
+
+
 class NTXentLoss(nn.Module):
     """``forward(z1, z2, groups=None) -> {"contrastive_loss": scalar}``.
 
     Args:
         temperature: softmax temperature tau (SimCLR uses ~0.1).
         gather: all-gather embeddings across DDP ranks so negatives come from the global batch.
+
+    ``groups`` are batch-local ids (e.g. dense patient indices of this rank's batch).
     """
 
     def __init__(self, temperature: float = 0.1, gather: bool = True) -> None:
@@ -49,7 +65,7 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"groups must be (N,) = ({z1.shape[0]},), got {tuple(groups.shape)}")
         if self.gather:
             z1, z2 = _gather(z1), _gather(z2)
-            groups = _gather(groups) if groups is not None else None
+            groups = _gather_ids(groups, local=True) if groups is not None else None
         n = z1.shape[0]
         z = F.normalize(torch.cat([z1, z2], dim=0), dim=-1)  # (2N, D)
         logits = z @ z.t() / self.temperature  # (2N, 2N)

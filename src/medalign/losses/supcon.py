@@ -13,23 +13,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.losses.ntxent import _gather
+from medalign.losses.ntxent import _gather, _gather_ids
 
 
 class SupConLoss(nn.Module):
     """``forward(features, labels) -> {"supcon_loss": scalar}``.
 
     ``features`` is (N, D), or (N, V, D) for V views per sample (views share the label).
-    ``labels`` is an integer tensor (N,). ``gather`` all-gathers across DDP ranks.
+    ``labels`` is an integer tensor (N,). ``gather`` all-gathers across DDP ranks; with
+    ``local_labels`` the labels are ids within one rank's batch (HLSS patient/study/slab
+    indices) and are kept apart across ranks, otherwise they are global (class labels).
     """
 
-    def __init__(self, temperature: float = 0.07, gather: bool = True, name: str = "supcon") -> None:
+    def __init__(self, temperature: float = 0.07, gather: bool = True, name: str = "supcon",
+                 local_labels: bool = False) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.gather = gather
         self.name = name
+        self.local_labels = local_labels
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if features.ndim not in (2, 3):
@@ -43,7 +47,8 @@ class SupConLoss(nn.Module):
             labels = labels.repeat_interleave(v)  # (N*V,) view-major within sample
             features = features.reshape(n * v, d)  # (N*V, D)
         if self.gather:
-            features, labels = _gather(features), _gather(labels)
+            features = _gather(features)
+            labels = _gather_ids(labels, local=self.local_labels)
         z = F.normalize(features, dim=-1)  # (M, D)
         m = z.shape[0]
         logits = z @ z.t() / self.temperature  # (M, M)
@@ -61,3 +66,4 @@ class SupConLoss(nn.Module):
         pos_log_prob = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1)  # (M,)
         loss = -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
         return {key: loss}
+

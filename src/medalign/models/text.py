@@ -101,7 +101,10 @@ class TextEncoder:
         self._tokenizer = AutoTokenizer.from_pretrained(self.name_or_path)
         if not getattr(self._tokenizer, "is_fast", False):
             raise ValueError(f"text model '{self.name_or_path}' has no fast tokenizer; word-level outputs need one")
-        model = AutoModel.from_pretrained(self.name_or_path)
+        # Loading may draw random numbers (init before the weights are read); keep the training
+        # RNG untouched so a run resumed mid-epoch replays exactly the same random stream.
+        with torch.random.fork_rng(devices=[]):
+            model = AutoModel.from_pretrained(self.name_or_path)
         model.eval().requires_grad_(False)  # frozen: eval mode (no dropout), no grads
         self._model = model.to(self.device)
         self._dim = int(model.config.hidden_size)

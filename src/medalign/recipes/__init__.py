@@ -78,6 +78,9 @@ class Recipe(nn.Module):
             augment = build_augment(data_cfg["augment"], seed=data_cfg.get("augment_seed"))
         return CohortDataset(data_cfg["manifest"], data_cfg["cache_dir"], split=split, augment=augment)
 
+    def prepare(self, datasets: list) -> None:
+        """Called once before training with the train/val datasets (e.g. to pre-fill caches)."""
+
     @staticmethod
     def collate(samples: list[dict]) -> dict:
         return default_collate(samples)

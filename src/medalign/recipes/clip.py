@@ -103,6 +103,12 @@ class ClipRecipe(Recipe):
         """list of B texts -> (B, E), L2-normalised."""
         return F.normalize(self.text_proj(self.text_features(texts)), dim=-1)  # (B, E)
 
+    def prepare(self, datasets: list) -> None:
+        """Encode every distinct report once (frozen encoder -> disk cache) before training."""
+        texts = sorted({t for ds in datasets for t in (getattr(ds, "texts", None) or [])})
+        if texts:
+            self.text_encoder.sentence(texts)
+
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image = batch["image"]

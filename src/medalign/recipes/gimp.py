@@ -152,6 +152,9 @@ class GeneClassifier(nn.Module):
 
 
 def build_gene_encoder(name: str, n_genes: int, **kwargs: Any) -> nn.Module:
+    """Build a gene encoder; ``kwargs`` may be flat or keyed by encoder name ({"groupmsa": {...}, "snn": {...}})."""
+    if any(k in GENE_ENCODERS for k in kwargs):
+        kwargs = dict(kwargs.get(name) or {})
     return GENE_ENCODERS.build(name, n_genes=n_genes, **kwargs)
 
 
@@ -348,11 +351,11 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 # Defaults of ``medalign gimp ablation`` (configs/gimp_cpu.yaml holds the same): small enough for
 # ~2 min on one shared CPU core; the paper's L = 6000 / 1024-d / 100+70 epochs need a GPU.
 DEFAULT_ABLATION: dict[str, dict[str, Any]] = {
-    "synth": dict(n=120, n_classes=2, seed=0, feat_dim=64, n_genes=256, n_gene_groups=16, informative_groups=2,
-                  img_signal=1.0, gene_signal=0.6, tumour_fraction=0.05, bag_min=200, bag_max=6000, fmt="h5"),
-    "train": dict(dim=32, aggregator_kwargs={"heads": 2, "num_landmarks": 64}, gene_kwargs=None,
-                  pretrain_epochs=8, finetune_epochs=10, gene_epochs=30, lr=5e-4, pretrain_lr=5e-4, batch_size=8,
-                  mpm_length=1024, mining="batch_hard", margin=0.8, n_boot=1000),
+    "synth": dict(n=120, n_classes=2, seed=0, feat_dim=32, n_genes=256, n_gene_groups=16, informative_groups=2,
+                  img_signal=1.0, gene_signal=1.0, tumour_fraction=0.08, bag_min=100, bag_max=1500, fmt="h5"),
+    "train": dict(dim=32, aggregator_kwargs={"heads": 2, "num_landmarks": 32}, gene_kwargs=None,
+                  pretrain_epochs=6, finetune_epochs=8, gene_epochs=30, lr=1e-3, pretrain_lr=1e-3, batch_size=4,
+                  mpm_length=512, mining="batch_hard", margin=0.8, n_boot=1000),
 }
 
 
@@ -382,7 +385,7 @@ def _train(model: GiMP, cohort: ImageOmicCohort, step: Callable[[dict], dict], *
             opt.step()
             sched.step()
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
         rec = {"stage": tag, "epoch": epoch, **{k: round(v, 5) for k, v in sums.items()}}
         if eval_fn is not None:
             rec["val_acc"] = eval_fn()

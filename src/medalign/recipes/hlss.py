@@ -124,7 +124,7 @@ class HLSSRecipe(SSLRecipe):
         self.level_weights = {lvl: float((level_weights or {}).get(lvl, 1.0)) for lvl in self.levels}
         self.language_weight, self.attribute_weight = float(language_weight), float(attribute_weight)
         self.text_temperature = float(text_temperature)
-        self.supcon = SupConLoss(temperature=temperature, gather=gather)
+        self.supcon = SupConLoss(temperature=temperature, gather=gather, local_labels=True)
         from medalign.models.heads import ProjectionHead
         from medalign.models.text import TextEncoder
 
@@ -230,5 +230,5 @@ class HLSSRecipe(SSLRecipe):
                     k = len(self.desc[lvl]["keys"])
                     att = logits[..., :k] / self.text_temperature  # (N, 2, k)
                     out[f"{lvl}_attribute_loss"] = w * self.attribute_weight * F.cross_entropy(
-                        att.reshape(-1, k), target.to(h.device).repeat_interleave(2), ignore_index=-100)
+                        att.reshape(-1, k), target.to(h.device).repeat_interleave(2), ignore_index=-100)  # (2N, k) vs (2N,)
         return out

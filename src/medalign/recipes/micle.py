@@ -42,7 +42,7 @@ def one_sequence_views(x: torch.Tensor, mask: torch.Tensor, generator: torch.Gen
     m1 = F.one_hot(c1, c).bool() & mask  # (B, C)
     m2 = F.one_hot(c2, c).bool() & mask
     view = (b, c) + (1,) * (x.ndim - 2)
-    return x * m1.to(x).reshape(view), m1, x * m2.to(x).reshape(view), m2
+    return x * m1.to(x).reshape(view), m1, x * m2.to(x).reshape(view), m2  # masks as (B, C, 1...)
 
 
 def two_slabs(x: torch.Tensor, n_slabs: int = 2, generator: torch.Generator | None = None

@@ -67,12 +67,12 @@ class TensorAugment(nn.Module):
         y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         view = (b, c) + (1,) * n
         std = y.flatten(2).std(-1).clamp_min(1e-6).reshape(view)  # (B, C, 1...)
-        y = y * p["a"].to(y).reshape(view) + p["b"].to(y).reshape(view) * std
+        y = y * p["a"].to(y).reshape(view) + p["b"].to(y).reshape(view) * std  # (B, C, ...) per-channel a, b
         if self.noise > 0:
             g = torch.Generator(device="cpu").manual_seed(p["noise_seed"])
             y = y + self.noise * std * torch.randn(y.shape, generator=g).to(y)
         if sequence_mask is not None:
-            y = y * sequence_mask.to(y).reshape(view)  # keep missing sequences at zero
+            y = y * sequence_mask.to(y).reshape(view)  # (B, C, 1...): keep missing sequences at zero
         return y
 
     def forward(self, x: torch.Tensor, sequence_mask: torch.Tensor | None = None, *,

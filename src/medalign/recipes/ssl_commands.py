@@ -182,7 +182,7 @@ def finetune(encoder, feat_dim: int, train: dict, test: dict, *, fraction: float
 
     def forward(xb, mb):
         if mb is not None:
-            xb = xb * mb.to(xb).reshape(tuple(mb.shape) + (1,) * (xb.ndim - 2))
+            xb = xb * mb.to(xb).reshape(tuple(mb.shape) + (1,) * (xb.ndim - 2))  # mask as (B, C, 1...)
         return head(enc(xb)["global"])  # (B, n_classes)
 
     bs = min(batch_size, len(idx))

@@ -71,13 +71,18 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _logit_scale(model: Any) -> float:
-    """The model's learned CLIP temperature if it exposes one, else CLIP's initial 1/0.07."""
-    s = getattr(model, "logit_scale", None)
-    try:
-        s = float(s.exp() if hasattr(s, "exp") and not isinstance(s, float) else s) if s is not None else None
-    except Exception:
-        s = None
-    return float(min(s, 100.0)) if s and np.isfinite(s) else 1 / 0.07
+    """The model's learned CLIP scale (``model.logit_scale`` or ``model.recipe.logit_scale``,
+    a float, tensor or method returning one), else CLIP's initial 1/0.07; capped at 100."""
+    for owner in (model, getattr(model, "recipe", None)):
+        s = getattr(owner, "logit_scale", None) if owner is not None else None
+        try:
+            s = s() if callable(s) else s
+            s = float(s.detach().cpu()) if hasattr(s, "detach") else (float(s) if s is not None else None)
+        except Exception:
+            s = None
+        if s is not None and np.isfinite(s) and s > 0:
+            return float(min(s, 100.0))
+    return 1 / 0.07
 
 
 def _nifti_suffix(head: bytes) -> str | None:
@@ -109,6 +114,7 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
     """
     from fastapi import Depends, FastAPI, File, HTTPException, Path as PathParam, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.security import HTTPBearer
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, Field
 
@@ -199,7 +205,9 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
             raise HTTPException(404, "unknown study id")
         return row
 
-    def require_token(request: Request) -> None:
+    bearer = HTTPBearer(auto_error=False, description="required when the server was started with a token")
+
+    def require_token(request: Request, _cred: Any = Depends(bearer)) -> None:
         if token and not token_ok(request.headers.get("authorization"), token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 

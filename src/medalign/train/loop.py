@@ -362,15 +362,24 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
         val_ds = None
     if len(train_ds) == 0:
         raise MedAlignError(f"no training studies in split '{dc['train_split']}' of {dc.get('manifest')}")
+    seqs = getattr(train_ds, "sequences", None)
+    if seqs is not None and tuple(seqs) != tuple(dc["sequences"]):
+        raise MedAlignError(f"the cache {dc.get('cache_dir')} holds sequences {list(seqs)} but data.sequences is "
+                            f"{list(dc['sequences'])}; set data.sequences={list(seqs)}")
+    # Frozen parts (the text encoder) fill their caches now, so every step costs only the image side.
+    recipe.prepare([d for d in (train_ds, val_ds) if d is not None])
     bs = int(tc["batch_size"])
     sampler = ResumableBatchSampler(len(train_ds), bs, shuffle=True, seed=int(cfg["seed"]), rank=rank,
                                     world=world, drop_last=bool(tc["drop_last"]))
     workers = int(dc.get("num_workers") or 0)
 
-    def loader(ds: Dataset, batch_sampler: Sampler) -> torch.utils.data.DataLoader:
+    def loader(ds: Dataset, batch_sampler: Sampler, epoch: int = 0) -> torch.utils.data.DataLoader:
+        # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
+        # each time it is iterated, which would make a resumed run's random stream diverge.
+        g = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + epoch + 1000003 * rank)
         return torch.utils.data.DataLoader(ds, batch_sampler=batch_sampler, num_workers=workers,
                                            collate_fn=recipe.collate, pin_memory=device.type == "cuda",
-                                           persistent_workers=False)
+                                           persistent_workers=False, generator=g)
 
     # -- 5. optimiser over the trainable parameters only (the text encoder is frozen and outside) --
     params = [p for p in recipe.parameters() if p.requires_grad]
@@ -481,7 +490,7 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
             step_module.train()
             bar = tqdm(total=steps_per_epoch, initial=state["step_in_epoch"], desc=f"epoch {epoch + 1}/{epochs}",
                        leave=False, dynamic_ncols=True) if tqdm else None
-            for batch in loader(train_ds, sampler):
+            for batch in loader(train_ds, sampler, epoch):
                 step = state["global_step"]
                 if step >= total_steps:
                     break

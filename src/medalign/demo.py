@@ -1,0 +1,85 @@
+"""``make demo``: synthetic cohort -> preprocess -> inspect -> train -> embed -> evaluate -> report -> index.
+
+Every stage is the CLI command a user would type (printed before it runs), so the demo is
+also the tour. Re-running resumes: finished stages are skipped, training resumes from its
+last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from medalign.cli import main as cli_main
+from medalign.errors import MedAlignError
+
+EXAMPLE_QUERY = "Acute infarct in the left MCA territory with restricted diffusion."
+
+
+def _stage(title: str, argv: list[str], *, skip_if: Path | None = None) -> None:
+    print(f"\n=== {title}\n$ medalign {shlex.join(argv)}", flush=True)
+    if skip_if is not None and skip_if.exists():
+        print(f"(already done: {skip_if} exists)", flush=True)
+        return
+    t0 = time.perf_counter()
+    rc = cli_main(argv)
+    if rc != 0:
+        raise MedAlignError(f"demo stage '{title}' failed (exit {rc})")
+    print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_clip_cpu.yaml") -> None:
+    out = out.resolve()
+    cohort, cache, run_dir = out / "cohort", out / "cache", out / "runs" / "brain_clip_cpu"
+    manifest = cohort / "manifest.csv"
+    t0 = time.perf_counter()
+    _stage("1/8 synthesise the brain cohort", ["synth", "brain", "--n", str(n), "--out", str(cohort), "--seed", str(seed)],
+           skip_if=manifest)
+    _stage("2/8 preprocess (orient, co-register, resample, normalise -> cache)",
+           ["preprocess", str(manifest), "--cache", str(cache), "--workers", "2", "--keep-going"])
+    _stage("3/8 inspection sheet", ["inspect", str(manifest), "--cache", str(cache), "--out", str(out / "inspect.png")],
+           skip_if=out / "inspect.png")
+    resume = ["--resume"] if (run_dir / "checkpoints").exists() else []
+    _stage("4/8 train brain-CLIP (CPU preset)",
+           ["train", config, f"data.manifest={manifest}", f"data.cache_dir={cache}", "--run-dir", str(run_dir), *resume],
+           skip_if=run_dir / "DONE")
+    (run_dir / "DONE").touch()
+    _stage("5/8 embed the test split", ["embed", str(run_dir), "--split", "test"])
+    _stage("6/8 evaluate (retrieval, zero-shot, probes, baselines, CIs)", ["evaluate", str(run_dir), "--split", "test"])
+    _stage("7/8 example text query", ["search", str(run_dir), "--text", EXAMPLE_QUERY, "--k", "5"])
+    _stage("8/8 HTML report", ["report", str(run_dir), "--out", str(out / "report.html")])
+    _stage("index for the retrieval service", ["index", "build", str(run_dir), "--manifest", str(manifest),
+                                                "--out", str(out / "index")])
+    metrics = run_dir / "eval" / "metrics.json"
+    if metrics.exists():
+        m = json.loads(metrics.read_text())
+        print("\nHeadline figures (test split):")
+        for key in ("text_to_image", "zeroshot"):
+            if key in m:
+                print(f"  {key}: {json.dumps(m[key], default=str)[:400]}")
+    print(f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.")
+    print(f"  inspection sheet: {out / 'inspect.png'}")
+    print(f"  report:           {out / 'report.html'}")
+    print(f"  serve the demo index:  .venv/bin/medalign serve {out / 'index'}   then open http://127.0.0.1:8000")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--n", type=int, default=262)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="configs/brain_clip_cpu.yaml")
+    a = p.parse_args(argv)
+    try:
+        run(a.out, n=a.n, seed=a.seed, config=a.config)
+    except MedAlignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
