@@ -180,8 +180,6 @@ def load(run_dir: str | Path, *, checkpoint: str | Path = "best", device: str | 
     recipe = build_recipe(cfg)
     load_weights(recipe, path)
     recipe.to(dev)
-    if hasattr(recipe, "text_encoder_cfg"):
-        recipe.text_encoder_cfg.setdefault("device", str(dev))
     h = hashlib.sha256()
     h.update(path.read_bytes())
     h.update((run_dir / "config.yaml").read_bytes())
@@ -198,8 +196,6 @@ def build_untrained(run_dir: str | Path, *, device: str | torch.device | None = 
     torch.manual_seed(int(cfg.get("seed", 0) if seed is None else seed))
     dev = _device(device)
     recipe = build_recipe(cfg).to(dev)
-    if hasattr(recipe, "text_encoder_cfg"):
-        recipe.text_encoder_cfg.setdefault("device", str(dev))
     mid = "untrained-" + hashlib.sha256((run_dir / "config.yaml").read_bytes()).hexdigest()[:12]
     return MedAlignModel(recipe, cfg, run_dir, mid, dev, cache_dir=cache_dir)
 

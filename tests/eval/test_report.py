@@ -220,3 +220,24 @@ def test_supervised_recipe_step_and_gradients():
     assert emb.shape == (3, 8) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
     v = r.validation_end([r.validation_step(batch)])
     assert 0.0 <= v["accuracy"] <= 1.0
+
+
+def test_image_only_embeddings_skip_cross_modal_parts(tmp_path):
+    """A recipe without a text side (SimCLR/MICLe): case->case and probes only, report still renders."""
+    from medalign.eval.evaluate import evaluate_embeddings, write_plots
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(CLASSES), 16)) * 2
+    test = _fake_split(10, rng, 0.1, centres, prefix="t")
+    train = _fake_split(20, rng, 0.1, centres, prefix="r")
+    for d in (test, train):
+        d["has_report"] = np.zeros(len(d["study_id"]), bool)
+    m = evaluate_embeddings(test, train=train, n_boot=10, probes=("knn",), fractions=(1.0,))
+    assert "text_to_image" not in m["retrieval"] and "case_to_case" in m["retrieval"]
+    assert "tables" not in m and m["probe"]["knn"]["1.0"]["accuracy"] > 0.9
+    run = tmp_path / "img_run"
+    m["plots"] = write_plots(run / "eval", test, m, run_dir=run)
+    assert "similarity_matrix" not in m["plots"] and "embedding_map" in m["plots"]
+    (run / "eval" / "metrics.json").write_text(json.dumps(m))
+    html_p, _ = build_report([run], tmp_path / "r.html", thumbnails=False)
+    assert ">Retrieval</h3>" in html_p.read_text()

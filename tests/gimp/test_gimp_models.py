@@ -112,8 +112,10 @@ def test_aggregators_shapes_gradients(name):
     out = agg(bag)
     assert out["cls"].shape == (2, 16)
     out["cls"].sum().backward()
-    _all_grads(agg) if name == "abmil" else None
-    assert agg.embed.fc[0].weight.grad is not None if name != "abmil" else agg.fc[0].weight.grad is not None
+    for pname, p in agg.named_parameters():
+        if "mask_token" in pname:  # only used by masked patch modelling
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     with pytest.raises(ValueError, match=r"\(B, N, 12\)"):
         agg(torch.randn(2, 50, 11))
 

@@ -180,7 +180,7 @@ def test_cli_attend_and_localise(tmp_path):
     assert main(["attend", str(gl), "--study", "nope", "--word", "infarct"]) == 2
 
     assert main(["localise", str(gl), "--clip", str(cl), "--n-boot", "20", "--n-prompts", "3", "--gallery", "2"]) == 0
-    res = json.loads((gl / "eval" / "localisation.json").read_text())
+    res = json.loads((gl / "eval" / "localisation_test.json").read_text())
     loc = res["localisation"]
     assert loc["n"] == 5  # test split s02 s05 s08 s09 s10 have lesions; s11 is normal
     for k in ("gloria", "uniform", "clip_gradcam"):

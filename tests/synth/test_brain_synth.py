@@ -156,6 +156,7 @@ def test_truth_records_findings():
     ({"n": 20, "label_noise": 1.5}, "--label-noise"),
     ({"n": 20, "studies_per_patient": "3-1"}, "--studies-per-patient"),
     ({"n": 20, "studies_per_patient": "x"}, "--studies-per-patient"),
+    ({"n": 20, "seed": -1}, "--seed"),
 ])
 def test_bad_options(kwargs, msg):
     with pytest.raises(MedAlignError, match=msg):
@@ -183,3 +184,17 @@ def test_cli_round_trip(tmp_path, capsys):
     assert len(got) == 20 and set(got["predicted_label"]) <= set(CLASSES)
     assert (got["predicted_label"] == got["true_label"]).mean() >= 0.95
     assert main(["label-reports", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_label_reports_bad_manifest(tmp_path, capsys):
+    from medalign.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("study_id,patient_id\nS1,P1\n")
+    assert main(["label-reports", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "'report'" in err and "bad.csv" in err
+    plain = tmp_path / "plain.csv"  # no ground truth, manifest labels only
+    plain.write_text('study_id,patient_id,label,report\nS1,P1,normal,"No acute infarct."\nS2,P2,tumor,"Left frontal glioma."\n')
+    assert main(["label-reports", str(plain)]) == 0
+    assert "accuracy vs manifest label (may include label noise): 1.0000" in capsys.readouterr().out

@@ -72,6 +72,17 @@ def study_key(inputs: Mapping[str, str | None], mask: str | None, cfg: Preproces
 
 
 # ------------------------------------------------------------------------------------- worker
+def _job_key(job: dict[str, Any], cfg: PreprocessConfig, memo: dict[str, list]) -> str:
+    sid = job["study_id"]
+    for p in list(job["paths"].values()) + [job["mask"]]:
+        if _present(p) and not Path(p).exists():
+            raise CohortError("file not found", study_id=sid, path=str(p))
+    try:
+        return study_key(job["paths"], job["mask"], cfg, memo)
+    except OSError as e:
+        raise CohortError(f"cannot read file ({e.strerror})", study_id=sid, path=e.filename) from None
+
+
 def _process_one(job: dict[str, Any]) -> dict[str, Any]:
     """Hash, skip-or-preprocess and write one study. Never raises: returns a status dict."""
     from medalign.data.imaging import preprocess_study
@@ -86,10 +97,7 @@ def _process_one(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         cfg = PreprocessConfig.from_dict(job["cfg"])
-        for s, p in list(job["paths"].items()) + [("mask", job["mask"])]:
-            if _present(p) and not Path(p).exists():
-                raise CohortError("file not found", study_id=sid, path=str(p))
-        key = study_key(job["paths"], job["mask"], cfg, memo)
+        key = job.get("key") or _job_key(job, cfg, memo)
         root = Path(job["cache_dir"])
         side = root / "studies" / f"{key}.json"
         if side.is_file():
@@ -199,16 +207,34 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
 
     bar = _progress(len(jobs), progress)
     try:
-        if workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
+        # Cheap pass in this process: hash inputs (memoised), take cached studies from disk,
+        # so a rerun never starts a worker pool.
+        todo = []
+        for job in jobs:
+            try:
+                job["key"] = _job_key(job, cfg, memo)
+            except CohortError as e:
+                handle({"study_id": job["study_id"], "status": "error", "error": str(e)})
+                bar.update(1)
+                continue
+            side = root / "studies" / f"{job['key']}.json"
+            if side.is_file():
+                handle({"study_id": job["study_id"], "status": "cached", "entry": json.loads(side.read_text())})
+                bar.update(1)
+            else:
+                todo.append(job)
+        jobs_run = todo
+        if workers <= 1 or len(jobs_run) <= 1:
+            for job in jobs_run:
                 handle(_process_one(job))
                 bar.update(1)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-                futs = [ex.submit(_process_one, job) for job in jobs]
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs_run)),
+                                     mp_context=mp.get_context("spawn")) as ex:
+                futs = [ex.submit(_process_one, job) for job in jobs_run]
                 try:
                     for f in as_completed(futs):
                         handle(f.result())

@@ -16,7 +16,8 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    (``Euler3DTransform``, Mattes mutual information, 2-level pyramid on the coarse copies,
    ``cfg.reg_iterations`` steps, random ``cfg.reg_sampling`` sampling with a fixed seed, metric restricted to the
    head). Start is the identity (images of one session share world space); if the optimiser
-   makes the metric worse, or moves more than ``cfg.reg_max_shift_mm``, the identity is kept.
+   makes the metric worse, moves more than ``cfg.reg_max_shift_mm`` or fails (ITK error, e.g.
+   too little overlap), the identity is kept (``reverted`` True, ``error`` says why).
    The metric before/after is recorded in ``info["sequences"][seq]["registration"]``.
 4. **Resample + crop/pad in one step** onto the output grid: axes in the canonical orientation
    ``cfg.canonical`` (DICOM-style code, default ``"RAS"``: array axis W runs to the patient's
@@ -33,7 +34,9 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
 Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
-voxel different from it; otherwise an Otsu threshold; holes filled.
+voxel different from it; otherwise an Otsu threshold; holes filled in 3D and then in every
+axial slice (so dark ventricles on FLAIR stay inside). The reference's mask is used for every
+channel.
 """
 from __future__ import annotations
 
@@ -352,7 +355,11 @@ def head_mask(arr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         m = arr > vals.min()
         if valid is not None:
             m &= valid
-    return ndimage.binary_fill_holes(m)
+    m = ndimage.binary_fill_holes(m)
+    # CSF spaces connect the ventricles to the outside in 3D; in an axial slice they are enclosed.
+    for k in range(m.shape[0]):
+        m[k] = ndimage.binary_fill_holes(m[k])
+    return m
 
 
 def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -494,9 +501,10 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
                 transforms[s], reg = register_rigid(coarse[ref_seq], coarse[s], fmask, center=center,
                                                     iterations=cfg.reg_iterations, sampling=cfg.reg_sampling,
                                                     max_shift_mm=cfg.reg_max_shift_mm)
-            except Exception as e:  # ITK: e.g. too few samples in the overlap
-                raise CohortError(f"registration of '{s}' to '{ref_seq}' failed ({_first_line(e)})",
-                                  study_id=study_id, path=avail[s]) from None
+            except Exception as e:  # ITK: e.g. too few samples in the overlap of tiny images
+                # Keep the scanner's alignment and say so, rather than losing the study.
+                transforms[s] = sitk.Transform()
+                reg = {"metric": "mattes_mi", "reverted": True, "error": _first_line(e)}
             seq_info.setdefault(s, {})["registration"] = reg
     else:
         for s in images:

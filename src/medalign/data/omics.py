@@ -114,14 +114,11 @@ def load_xena(root: str | Path, cohorts: tuple[str, ...] = XENA_COHORTS, *, labe
     for f in frames[1:]:
         genes = genes.intersection(f.columns)
     expr = pd.concat([f[genes] for f in frames])
-    if expr.index.has_duplicates:  # a case id in two cohorts cannot be labelled: drop it
-        dup = expr.index.duplicated(keep=False)
-        expr = expr[~dup]
-        keep = ~pd.concat(labels).index.duplicated(keep=False)
-        labels = [pd.concat(labels)[keep]]
-        metas = [pd.concat(metas)[keep]]
+    lab, meta_all = pd.concat(labels), pd.concat(metas)
+    ambiguous = expr.index.duplicated(keep=False)  # a case id in two cohorts cannot be labelled: drop it
+    expr, lab, meta_all = expr[~ambiguous], lab[~ambiguous], meta_all[~ambiguous]
     expr.index.name = "patient_id"
-    return OmicsTable(expr.astype(np.float32), pd.concat(labels).rename("label"), pd.concat(metas))
+    return OmicsTable(expr.astype(np.float32), lab.rename("label"), meta_all)
 
 
 def load_mcat(path: str | Path, *, kind: str = "rnaseq", label: str = "oncotree_code") -> OmicsTable:

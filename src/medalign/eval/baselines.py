@@ -15,8 +15,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medalign.eval.bootstrap import bootstrap_ci
-
 
 def text_only_classifier(train_reports: Sequence[str], train_y: Sequence[int], test_reports: Sequence[str],
                          test_y: Sequence[int], *, encode: Callable[[list[str]], np.ndarray], n_classes: int,
@@ -43,8 +41,12 @@ def _untrained(run_dir: Path, manifest: Path, cache: Path, split: str, prompt_ba
     from medalign.eval.evaluate import _embed, evaluate_embeddings
 
     model = api.build_untrained(run_dir, cache_dir=cache)
-    test = _embed(model, manifest, cache, split)
-    train = _embed(model, manifest, cache, "train", required=False)
+    if prompt_bank_fn is None:  # image-only recipe
+        test = _embed_image_only(model, manifest, cache, split)
+        train = _embed_image_only(model, manifest, cache, "train", required=False)
+    else:
+        test = _embed(model, manifest, cache, split)
+        train = _embed(model, manifest, cache, "train", required=False)
     bank = prompt_bank_fn(model) if prompt_bank_fn else None
     res = evaluate_embeddings(test, train=train, prompt_bank=bank, pool=pool, n_boot=n_boot, seed=seed,
                               probes=("logreg", "knn"))
@@ -167,13 +169,15 @@ def run_baselines(run_dir: str | Path, manifest: Path, cache: Path, *, test: dic
             elif name == "supervised_3d_cnn":
                 out[name] = _supervised(run_dir, manifest, cache, split, n_boot, seed, supervised_epochs, say)
             elif name == "text_only":
-                if train is None:
+                if train is None or not np.asarray(train.get("has_report", [True])).any():
                     out[name] = {"skipped": "no training split"}
                     continue
-                from medalign import api
+                import yaml
+
                 from medalign.models.text import TextEncoder
 
-                tcfg = ((api.load(run_dir).config.get("recipe") or {}).get("text_encoder")) or {}
+                run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+                tcfg = dict((run_cfg.get("recipe") or {}).get("text_encoder") or {})
                 enc = TextEncoder(**tcfg)
                 out[name] = text_only_classifier(
                     train["report"], label_ints(label_names(train["label"], CLASSES), CLASSES),

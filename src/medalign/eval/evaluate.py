@@ -37,6 +37,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("zero_shot.accuracy", "zero-shot acc"),
     ("zero_shot.balanced_accuracy", "zero-shot bal. acc"),
     ("zero_shot.auroc_macro", "zero-shot AUROC"),
+    ("zero_shot.one_prompt_per_class.accuracy", "zero-shot acc (1 prompt/class)"),
     ("probe.logreg.1.0.balanced_accuracy", "logreg probe bal. acc (100%)"),
     ("probe.logreg.0.1.balanced_accuracy", "logreg probe bal. acc (10%)"),
     ("classifier.balanced_accuracy", "own head / text-only bal. acc"),
@@ -149,16 +150,15 @@ def evaluate_embeddings(
     # image-only parts (case->case, zero-shot, probes) use every study of the split
     img_all, names_all, y_all = img, names, y
     has_rep = np.asarray(test["has_report"], bool) if "has_report" in test else np.ones(len(ids), bool)
-    if has_rep.sum() < 2:
-        from medalign.errors import MedAlignError
-
-        raise MedAlignError(f"retrieval needs at least 2 studies with reports; the split has {int(has_rep.sum())}")
-    if not has_rep.all():
+    cross = has_rep.sum() >= 2  # image-only recipes (no text side) skip cross-modal retrieval
+    if cross and not has_rep.all():
         keep = np.flatnonzero(has_rep)
         test = with_reports(test)
         out["n_without_report"] = int((~has_rep).sum())
         ids, img, txt, names, y = ids[keep], img[keep], txt[keep], names[keep], y[keep]
-    ret = cross_modal_retrieval(img, txt, ids, names if has_labels else None, ks=ks)
+    ret = cross_modal_retrieval(img, txt, ids, names if has_labels else None, ks=ks) if cross else {}
+    if not cross:
+        out["retrieval_note"] = "no reports embedded (image-only model): cross-modal retrieval skipped"
     for d in ret.values():
         r = np.asarray(d["ranks"])
         d["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
@@ -178,17 +178,19 @@ def evaluate_embeddings(
     out["retrieval"] = ret
 
     # --- tables 2 and 3: top-5 images for a query report, rank-1 match per query
-    sim_ti = cosine_similarity(txt, img)  # (N_text, N_image)
-    t5 = top_k(sim_ti, 5)
-    order = _table_queries(names, classes, n_queries_table)
-    out["tables"] = {
-        "top5": [{"query": ids[q], "query_class": names[q], "query_report": str(test.get("report", [""] * len(ids))[q]),
-                  "hits": [{"study_id": ids[j], "class": names[j], "similarity": float(sim_ti[q, j]),
-                            "correct": bool(ids[j] == ids[q])} for j in t5[q]]} for q in order],
-        "rank1": [{"query": ids[q], "query_class": names[q], "match": ids[t5[q, 0]], "match_class": names[t5[q, 0]],
-                   "similarity": float(sim_ti[q, t5[q, 0]]), "rank_of_right_image": int(ret["text_to_image"]["ranks"][q])}
-                  for q in range(len(ids))],
-    }
+    if cross:
+        sim_ti = cosine_similarity(txt, img)  # (N_text, N_image)
+        t5 = top_k(sim_ti, 5)
+        order = _table_queries(names, classes, n_queries_table)
+        reports = np.asarray(test.get("report", [""] * len(ids))).astype(str)
+        out["tables"] = {
+            "top5": [{"query": ids[q], "query_class": names[q], "query_report": reports[q],
+                      "hits": [{"study_id": ids[j], "class": names[j], "similarity": float(sim_ti[q, j]),
+                                "correct": bool(ids[j] == ids[q])} for j in t5[q]]} for q in order],
+            "rank1": [{"query": ids[q], "query_class": names[q], "match": ids[t5[q, 0]],
+                       "match_class": names[t5[q, 0]], "similarity": float(sim_ti[q, t5[q, 0]]),
+                       "rank_of_right_image": int(ret["text_to_image"]["ranks"][q])} for q in range(len(ids))],
+        }
 
     # --- zero-shot
     if prompt_bank is not None and has_labels:
@@ -274,13 +276,15 @@ def write_plots(eval_dir: str | Path, test: dict, metrics: dict, *, run_dir: str
     if run_dir is not None:
         made["training_curves"] = P.plot_training_curves(P.read_metrics_jsonl(Path(run_dir) / "metrics.jsonl"),
                                                          pdir / "training_curves.png")
-    b = min(batch, len(ids))
-    sim = cosine_similarity(np.asarray(test["text_embed"])[:b], np.asarray(test["image_embed"])[:b])  # (b, b)
-    lab = [f"{i} ({c})" if c else i for i, c in zip(ids[:b], names[:b])]
-    made["similarity_matrix"] = P.plot_similarity_matrix(sim, lab, lab, pdir / "similarity_matrix.png")
-    t2i = metrics["retrieval"]["text_to_image"]
-    made["rank_vs_similarity"] = P.plot_rank_vs_similarity(t2i["ranks"], t2i["true_sim"], names, classes,
-                                                           pdir / "rank_vs_similarity.png", pool_size=t2i["pool_size"])
+    t2i = (metrics.get("retrieval") or {}).get("text_to_image")
+    if t2i:
+        b = min(batch, len(ids))
+        sim = cosine_similarity(np.asarray(test["text_embed"])[:b], np.asarray(test["image_embed"])[:b])  # (b, b)
+        lab = [f"{i} ({c})" if c else i for i, c in zip(ids[:b], names[:b])]
+        made["similarity_matrix"] = P.plot_similarity_matrix(sim, lab, lab, pdir / "similarity_matrix.png")
+        made["rank_vs_similarity"] = P.plot_rank_vs_similarity(t2i["ranks"], t2i["true_sim"], names, classes,
+                                                               pdir / "rank_vs_similarity.png",
+                                                               pool_size=t2i["pool_size"])
     made["embedding_map"] = P.plot_embedding_map(all_img, all_names, classes,
                                                  pdir / "embedding_map.png", method=embedding_map, seed=seed)
     zs = metrics.get("zero_shot")
@@ -329,6 +333,17 @@ def _embed(model, manifest, cache, split, *, required: bool = True):
         return None
 
 
+def _has_text_side(model) -> bool:
+    """Whether the model can embed text (image-only SSL recipes raise on encode_text)."""
+    from medalign.errors import MedAlignError
+
+    try:
+        model.encode_text(["no acute intracranial abnormality"])
+    except (NotImplementedError, MedAlignError):
+        return False
+    return True
+
+
 def _saved_or_embed(run_dir: Path, model, manifest, cache, split, *, required: bool = True,
                     manifest_given: bool = False):
     """Reuse RUN/embeddings/<split>.npz from `medalign embed` when it was made by this very model."""
@@ -371,16 +386,25 @@ def evaluate_run(
     manifest_p, cache_p = resolve_data(run_dir, model.config, manifest, cache)
     eval_dir = run_dir / "eval"
     say(f"embedding split '{split}' and 'train' of {manifest_p}")
-    test = _saved_or_embed(run_dir, model, manifest_p, cache_p, split, manifest_given=manifest is not None)
+    image_only = not _has_text_side(model)
+    if image_only:
+        from medalign.eval.baselines import _embed_image_only
+
+        say("this recipe has no text encoder: image-only evaluation (case->case, probes)")
+        embed = lambda sp, required=True: _embed_image_only(model, manifest_p, cache_p, sp, required=required)  # noqa: E731
+    else:
+        embed = lambda sp, required=True: _saved_or_embed(run_dir, model, manifest_p, cache_p, sp,  # noqa: E731
+                                                          required=required, manifest_given=manifest is not None)
+    test = embed(split)
     if len(test["study_id"]) == 0:
         raise MedAlignError(f"{manifest_p}: split '{split}' has no studies")
-    train = (_saved_or_embed(run_dir, model, manifest_p, cache_p, "train", required=False,
-                             manifest_given=manifest is not None) if split != "train" else None)
+    train = embed("train", required=False) if split != "train" else None
     save_embeddings(eval_dir / f"embeddings_{split}.npz", test)
     if train is not None:
         save_embeddings(eval_dir / "embeddings_train.npz", train)
-    bank = embed_prompts(load_prompts(prompts), model.encode_text)
-    save_embeddings(eval_dir / "prompts.npz", bank)
+    bank = None if image_only else embed_prompts(load_prompts(prompts), model.encode_text)
+    if bank is not None:
+        save_embeddings(eval_dir / "prompts.npz", bank)
     say(f"evaluating {len(test['study_id'])} {split} studies (bootstrap n={n_boot})")
     metrics = evaluate_embeddings(test, train=train, prompt_bank=bank, pool=pool, absence=absence,
                                   n_boot=n_boot, seed=seed)
@@ -391,7 +415,8 @@ def evaluate_run(
         from medalign.eval.baselines import run_baselines
 
         metrics["baselines"] = run_baselines(run_dir, manifest_p, cache_p, test=test, train=train, split=split,
-                                             prompt_bank_fn=lambda m: embed_prompts(load_prompts(prompts), m.encode_text),
+                                             prompt_bank_fn=None if image_only else
+                                             (lambda m: embed_prompts(load_prompts(prompts), m.encode_text)),
                                              pool=pool, n_boot=n_boot, seed=seed, supervised_epochs=supervised_epochs,
                                              say=say)
     metrics["plots"] = write_plots(eval_dir, test, metrics, run_dir=run_dir, seed=seed)

@@ -305,6 +305,13 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
                        r.get("chance_R@1", r.get("chance_P@1"))])
     doc.table(cols, rows, caption="matched by study id; ranks are pessimistic under ties; case→case R@K = a "
                                   "same-class study in the top K, chance column = expected P@1")
+    t2i = ret.get("text_to_image")
+    if t2i:
+        hits = sum(1 for r in t2i["ranks"] if r == 1)
+        doc.para(f"{hits} of {t2i['n_queries']} test reports ranked their own image first (pool "
+                 f"{t2i['pool_size']}, chance {1 / t2i['pool_size']:.3f}). The brain-CLIP paper reports 0 of 27.")
+    elif m.get("retrieval_note"):
+        doc.para(m["retrieval_note"], muted=True)
 
     tables = m.get("tables") or {}
     doc.heading(3, "Top-5 reports for a query report")

@@ -119,6 +119,13 @@ class TextEncoder:
             self._dim = int(AutoConfig.from_pretrained(self.name_or_path).hidden_size)
         return self._dim
 
+    def to(self, device: str | torch.device) -> "TextEncoder":
+        """Run the transformer on ``device`` from now on (outputs stay on CPU; cache unaffected)."""
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model.to(self.device)
+        return self
+
     @property
     def tokenizer(self):
         self._load()

@@ -97,7 +97,13 @@ class ClipRecipe(Recipe):
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Frozen sentence features (B, Dt) from the cache (no grad)."""
-        return self.text_encoder.sentence(list(texts)).to(self._device())
+        return self._text_on_device().sentence(list(texts)).to(self._device())
+
+    def _text_on_device(self) -> TextEncoder:
+        enc = self.text_encoder
+        if "device" not in self.text_encoder_cfg and enc.device != self._device():
+            enc.to(self._device())  # the frozen transformer follows the recipe (GPU when training on GPU)
+        return enc
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """list of B texts -> (B, E), L2-normalised."""
@@ -107,7 +113,7 @@ class ClipRecipe(Recipe):
         """Encode every distinct report once (frozen encoder -> disk cache) before training."""
         texts = sorted({t for ds in datasets for t in (getattr(ds, "texts", None) or [])})
         if texts:
-            self.text_encoder.sentence(texts)
+            self._text_on_device().sentence(texts)
 
     # ------------------------------------------------------------------ steps
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:

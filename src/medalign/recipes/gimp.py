@@ -306,11 +306,12 @@ class GiMP(Recipe):
         batch = self._as_bag_batch(batch)
         return self.pretrain_step(batch) if self.stage == "pretrain" else self.finetune_step(batch)
 
-    @staticmethod
-    def _as_bag_batch(batch: dict) -> dict:
-        if "bags" in batch:
-            return batch
-        return {"bags": batch["bag"], "expression": batch["expression"], "label": batch["label"]}
+    def _as_bag_batch(self, batch: dict) -> dict:
+        """Accept our collate's ``bags`` or a ``bag`` list; bags are a list, which the loop does not move."""
+        dev = self.head[0].weight.device
+        bags = batch["bags"] if "bags" in batch else batch["bag"]
+        return {**batch, "bags": [b.to(dev) for b in bags], "expression": batch["expression"].to(dev),
+                "label": batch["label"].to(dev)}
 
     # ----------------------------------------------------------------- loop integration
     def build_dataset(self, data_cfg: dict, split: str | None, *, train: bool):
@@ -351,10 +352,12 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 # Defaults of ``medalign gimp ablation`` (configs/gimp_cpu.yaml holds the same): small enough for
 # ~2 min on one shared CPU core; the paper's L = 6000 / 1024-d / 100+70 epochs need a GPU.
 DEFAULT_ABLATION: dict[str, dict[str, Any]] = {
-    "synth": dict(n=120, n_classes=2, seed=0, feat_dim=32, n_genes=256, n_gene_groups=16, informative_groups=2,
-                  img_signal=1.0, gene_signal=1.0, tumour_fraction=0.08, bag_min=100, bag_max=1500, fmt="h5"),
-    "train": dict(dim=32, aggregator_kwargs={"heads": 2, "num_landmarks": 32}, gene_kwargs=None,
-                  pretrain_epochs=6, finetune_epochs=8, gene_epochs=30, lr=1e-3, pretrain_lr=1e-3, batch_size=4,
+    "synth": dict(n=200, n_classes=2, seed=0, feat_dim=32, n_genes=256, n_gene_groups=16, informative_groups=4,
+                  img_signal=1.0, gene_signal=1.5, tumour_fraction=0.04, bag_min=100, bag_max=1500, fmt="h5"),
+    "train": dict(dim=32, aggregator_kwargs={"heads": 2, "num_landmarks": 32},
+                  gene_kwargs={"groupmsa": {"n_fragments": 16, "n_groups": 4, "dim": 32, "heads": 2},
+                               "snn": {"hidden": (128,), "dim": 32}},
+                  pretrain_epochs=6, finetune_epochs=8, gene_epochs=60, lr=1e-3, pretrain_lr=1e-3, batch_size=4,
                   mpm_length=512, mining="batch_hard", margin=0.8, n_boot=1000),
 }
 
@@ -624,12 +627,12 @@ def run_ablation(manifest: str | Path, out_dir: str | Path, *, rows: list[str] |
     if unknown:
         raise CohortError(f"unknown ablation rows {unknown}; known: {list(ABLATIONS)}")
     table, summary, tsne_panels = [], {}, []
+    gene_caches: dict[int, dict[str, nn.Module]] = {}  # each gene encoder is pretrained once per seed
     for name in names:
         cfg = ABLATIONS[name]
         accs, f1s, secs, first = [], [], [], None
         for seed in seeds:
-            caches: dict[str, nn.Module] = summary.setdefault("_gene_cache", {}).setdefault(seed, {})
-            r = run_gimp(cohort, **cfg, seed=seed, gene_encoders=caches, **kwargs)
+            r = run_gimp(cohort, **cfg, seed=seed, gene_encoders=gene_caches.setdefault(seed, {}), **kwargs)
             m = classification_metrics(r["y"], r["pred"], n_boot=n_boot, seed=seed)
             accs.append(m["accuracy"]["value"]), f1s.append(m["macro_f1"]["value"]), secs.append(r["seconds"])
             first = first or (r, m)
@@ -645,7 +648,6 @@ def run_ablation(manifest: str | Path, out_dir: str | Path, *, rows: list[str] |
         summary[name] = {**{k: v for k, v in cfg.items()}, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
                          "accuracy_per_seed": accs, "macro_f1_per_seed": f1s, "seconds": secs,
                          "log_seed0": r["log"]}
-    summary.pop("_gene_cache", None)
     images = []
     if tsne_panels:
         order = {"GiMP (all)": 0, "Aggregator + Triplet": 1, "Aggregator + MPM": 2}

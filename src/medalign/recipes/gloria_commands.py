@@ -4,8 +4,8 @@
 similarity), zero-shot with generated severity x subtype x location prompts (mean-pooled per
 class), and localisation of the lesion word's attention against the lesion masks, with
 bootstrap CIs; ``--clip RUN`` adds a CLIP run (global retrieval, zero-shot with the same
-prompts, Grad-CAM maps) to one comparison table. Outputs: RUN/eval/localisation.json and the
-report section RUN/report_extras/gloria.json (+ attention gallery PNGs).
+prompts, Grad-CAM maps) to one comparison table. Outputs: RUN/eval/localisation_<split>.json and the
+report section RUN/report_extras/gloria.json (gloria_<split>.json for other splits) + gallery PNGs.
 """
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
     # ---- localisation on lesion classes with a mask
     per: dict[str, list] = {"gloria": [], "uniform": [], "clip_gradcam": []}
     rows_meta = []
-    gallery_dir = run / "report_extras" / "gloria_gallery"
+    gallery_dir = run / "report_extras" / f"gloria_gallery_{split}"
     images_rel = []
     for i in range(len(ds)):
         label = CLASSES[y[i]] if y[i] >= 0 else ""
@@ -318,9 +318,9 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
         verdict = "above" if (lg.get("lo") or 0) > (lu.get("hi") or 1) else "not clearly above"
         md.append(f"Pointing game {format_ci(lg)} vs uniform {format_ci(lu)}: {verdict} the uniform baseline.")
     res["markdown"] = "\n\n".join(md)
-    json_p = run / "eval" / "localisation.json"
+    json_p = run / "eval" / f"localisation_{split}.json"
     atomic_write_json(json_p, res)
-    extra_p = run / "report_extras" / "gloria.json"
-    atomic_write_json(extra_p, {"title": "GLoRIA: retrieval, zero-shot and localisation", "markdown": res["markdown"],
+    extra_p = run / "report_extras" / ("gloria.json" if split == "test" else f"gloria_{split}.json")
+    atomic_write_json(extra_p, {"title": f"GLoRIA: retrieval, zero-shot and localisation ({split})", "markdown": res["markdown"],
                                 "images": images_rel, "tables": [res["table"]]})
     return {**res, "table_rows": [cols] + rows, "json": str(json_p), "extra": str(extra_p)}

@@ -89,7 +89,7 @@ class HLSSRecipe(SSLRecipe):
         text_encoder: keyword arguments of :class:`medalign.models.text.TextEncoder` (frozen), or an
             object with ``sentence(texts) -> (K, Dt)``.
         language_weight, attribute_weight: weights of the language-tied SupCon and attribute CE.
-        text_temperature: temperature applied to the description similarities.
+        text_temperature: temperature of the attribute cross-entropy over description similarities.
     """
 
     patient_batches = True
@@ -223,8 +223,9 @@ class HLSSRecipe(SSLRecipe):
             if lvl in self.text_proj:
                 logits = self.language_logits(lvl, h)  # (N, 2, K)
                 if self.language_weight > 0:
-                    out[f"{lvl}_language_loss"] = w * self.language_weight * self.supcon(
-                        logits / self.text_temperature, y)["supcon_loss"]
+                    # SupCon L2-normalises: the language-tied representation is the direction of
+                    # the similarity profile over the level's descriptions.
+                    out[f"{lvl}_language_loss"] = w * self.language_weight * self.supcon(logits, y)["supcon_loss"]
                 target = self._attribute_targets(lvl, labels, seq_chan, s)
                 if target is not None and self.attribute_weight > 0:
                     k = len(self.desc[lvl]["keys"])

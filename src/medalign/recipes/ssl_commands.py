@@ -109,7 +109,7 @@ def pretrain(recipe, train: dict, *, epochs: int, batch_size: int, lr: float, se
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot, k, step = tot + float(loss), k + 1, step + 1
+            tot, k, step = tot + float(loss.detach()), k + 1, step + 1
         losses.append(tot / max(k, 1))
         log(f"  epoch {epoch + 1}/{epochs} loss {losses[-1]:.4f}")
     recipe.eval()
@@ -228,10 +228,10 @@ def _report(results: dict, out: Path, dataset: str, notes: list[str]) -> None:
             r = res[mode]
             accs = [r[str(f)]["accuracy"] for f in fractions if str(f) in r]
             xs = [f * 100 for f in fractions if str(f) in r]
-            ax.errorbar(xs, [a["value"] for a in accs],
-                        yerr=[[a["value"] - (a["lo"] if a["lo"] is not None else a["value"]) for a in accs],
-                              [(a["hi"] if a["hi"] is not None else a["value"]) - a["value"] for a in accs]],
-                        marker="o", capsize=3, label=method)
+            # A percentile CI need not contain the point estimate (few resamples): clip at 0.
+            lo = [max(0.0, a["value"] - (a["lo"] if a["lo"] is not None else a["value"])) for a in accs]
+            hi = [max(0.0, (a["hi"] if a["hi"] is not None else a["value"]) - a["value"]) for a in accs]
+            ax.errorbar(xs, [a["value"] for a in accs], yerr=[lo, hi], marker="o", capsize=3, label=method)
             for f in fractions:
                 if str(f) in r:
                     e = r[str(f)]

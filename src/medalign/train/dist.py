@@ -100,3 +100,12 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     t = torch.tensor([float(value)], device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def broadcast_float(value: float, device: torch.device | str = "cpu", src: int = 0) -> float:
+    """Rank ``src``'s value on every rank (keeps per-rank decisions such as early stopping identical)."""
+    if not is_dist():
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.broadcast(t, src)
+    return float(t.item())

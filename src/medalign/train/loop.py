@@ -354,8 +354,6 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
 
     # -- 4. model, data --
     recipe = build_recipe(cfg).to(device)
-    if hasattr(recipe, "text_encoder_cfg"):  # frozen text encoder runs where the model runs
-        recipe.text_encoder_cfg.setdefault("device", str(device))
     train_ds = recipe.build_dataset(dc, dc["train_split"], train=True)
     val_ds = recipe.build_dataset(dc, dc["val_split"], train=False) if dc.get("val_split") else None
     if val_ds is not None and len(val_ds) == 0:
@@ -568,7 +566,8 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
             monitor_value = val.get(tc["monitor"], train_loss if not val else None)
             if monitor_value is None:
                 raise MedAlignError(f"train.monitor '{tc['monitor']}' is not a validation metric; have {sorted(val)}")
-            score = sign * monitor_value
+            # rank 0 decides (float noise across ranks must not split plateau/early-stop decisions)
+            score = D.broadcast_float(sign * monitor_value, device)
 
             # ReduceLROnPlateau semantics (torch defaults: rel. threshold 1e-4, no cooldown)
             if tc["scheduler"] == "plateau":
