@@ -4,8 +4,8 @@ Prints, per image encoder preset: median seconds per part, samples/s, peak RSS, 
 a step that reads text features from the cache vs. a step that re-encodes the reports with the
 frozen transformer every time (what the reference implementation did).
 
-    python benchmarks/train_step.py                         # both presets, synthetic in-memory data
-    python benchmarks/train_step.py --encoder unet3d_cpu --steps 5
+    python benchmarks/train_step.py                         # CPU config + paper encoder, synthetic data
+    python benchmarks/train_step.py --encoder unet3d --batch 2 --steps 1   # paper encoder is slow on CPU
     python benchmarks/train_step.py --manifest M --cache DIR # real cached cohort (train split)
 """
 from __future__ import annotations
@@ -36,7 +36,15 @@ def bench(encoder: str, args: argparse.Namespace) -> dict:
     else:
         ds = SyntheticPairs(n=args.batch * (args.steps + 1), channels=args.channels, shape=shape)
         seqs = ("dwi", "t2s", "flair")[: args.channels]
-    recipe = ClipRecipe(sequences=seqs, input_shape=shape, image_encoder={"name": encoder},
+    if encoder == "cpu_config":  # the image encoder of configs/brain_clip_cpu.yaml
+        from pathlib import Path
+
+        from medalign.config import load_config
+
+        enc_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "brain_clip_cpu.yaml")["recipe"]["image_encoder"]
+    else:
+        enc_cfg = {"name": encoder}
+    recipe = ClipRecipe(sequences=seqs, input_shape=shape, image_encoder=enc_cfg,
                         text_encoder={"cache_dir": args.text_cache})
     opt = torch.optim.Adam([p for p in recipe.parameters() if p.requires_grad], lr=1e-4)
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch, shuffle=True, collate_fn=default_collate,
@@ -74,7 +82,8 @@ def bench(encoder: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--encoder", default="both", help="unet3d | unet3d_cpu | both")
+    ap.add_argument("--encoder", default="cpu_config,unet3d",
+                    help="comma list of: cpu_config (configs/brain_clip_cpu.yaml), unet3d_cpu, unet3d (paper)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--channels", type=int, default=3)
@@ -90,14 +99,14 @@ def main() -> None:
     if args.text_cache is None:
         tmp = tempfile.TemporaryDirectory()
         args.text_cache = tmp.name
-    encoders = ["unet3d_cpu", "unet3d"] if args.encoder == "both" else [args.encoder]
+    encoders = [e.strip() for e in args.encoder.split(",") if e.strip()]
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"shape {tuple(args.shape)}, {args.steps} timed steps (median)")
     cols = ["data", "text", "image_fwd_bwd", "optimizer", "step_cached", "text_uncached", "step_reencode"]
-    print(f"{'encoder':<11} {'params':>10} " + " ".join(f"{c:>13}" for c in cols) + f" {'samples/s':>9} {'reenc/cached':>12}")
+    print(f"{'encoder':<12} {'params':>10} " + " ".join(f"{c:>13}" for c in cols) + f" {'samples/s':>9} {'reenc/cached':>12}")
     for enc in encoders:
         r = bench(enc, args)
-        print(f"{r['encoder']:<11} {r['params']:>10,} " + " ".join(f"{r[c]:>12.3f}s" for c in cols)
+        print(f"{r['encoder']:<12} {r['params']:>10,} " + " ".join(f"{r[c]:>12.3f}s" for c in cols)
               + f" {r['samples_per_s']:>9.2f} {r['reencode_over_cached']:>11.2f}x")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     if tmp is not None:

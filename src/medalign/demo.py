@@ -55,11 +55,12 @@ def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_
                                                 "--out", str(out / "index")])
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.exists():
+        from medalign.eval.bootstrap import format_ci
+
         m = json.loads(metrics.read_text())
-        print("\nHeadline figures (test split):")
-        for key in ("text_to_image", "zeroshot"):
-            if key in m:
-                print(f"  {key}: {json.dumps(m[key], default=str)[:400]}")
+        print("\nHeadline figures, test split (95% bootstrap CI):")
+        for name, ci in (m.get("headline") or {}).items():
+            print(f"  {name:<40} {format_ci(ci)}")
     print(f"\nDone in {(time.perf_counter() - t0) / 60:.1f} min.")
     print(f"  inspection sheet: {out / 'inspect.png'}")
     print(f"  report:           {out / 'report.html'}")

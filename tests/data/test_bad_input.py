@@ -159,3 +159,11 @@ def test_keep_going_processes_others_and_leaves_nothing_half_written(tmp_path, c
 def test_unknown_sequence_in_config():
     with pytest.raises(CohortError, match="unknown sequence"):
         PreprocessConfig(sequences=("flair", "pd"))
+
+
+def test_bad_preprocess_config_yaml(tmp_path, capsys):
+    m = _manifest(tmp_path, n=1)
+    y = tmp_path / "p.yaml"
+    y.write_text("preprocess:\n  shape: [4, 8, 8]\n  colour: blue\n")
+    assert main(["preprocess", str(m), "--cache", str(tmp_path / "c"), "--config", str(y), "--no-progress"]) == 2
+    assert "unknown key(s) ['colour']" in capsys.readouterr().err

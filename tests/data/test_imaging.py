@@ -181,6 +181,9 @@ def test_registration_recovers_a_known_shift(tmp_path):
     # NIfTI i axis -> ITK x with flipped sign; k -> z. Moving content sits at +6 mm (i), +4 mm (k) in RAS.
     tx = reg["translation_mm"]
     assert abs(abs(tx[0]) - 6.0) < 1.5 and abs(abs(tx[2]) - 4.0) < 1.5 and abs(tx[1]) < 1.5
+    # Deterministic (fixed non-zero sampling seed): the cache must not depend on when it was built.
+    again = preprocess_study({"t2s": t, "flair": f}, cfg, study_id="reg")
+    np.testing.assert_allclose(again.image, r.image, atol=1e-5)
     # Aligned: the two heads (un-normalised, background 0) overlap better than without registration.
     kw = dict(sequences=("t2s", "flair"), shape=(12, 20, 20), normalise="none")
     yes = preprocess_study({"t2s": t, "flair": f}, _cfg(register=True, reg_iterations=60, **kw), study_id="r")

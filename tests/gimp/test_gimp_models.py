@@ -16,9 +16,10 @@ def _all_grads(module: torch.nn.Module) -> None:
             assert torch.isfinite(p.grad).all(), f"{name} has non-finite gradient"
 
 
-def test_groupmsa_shapes_and_gradients():
+@pytest.mark.parametrize("embed", ["per_fragment", "shared"])
+def test_groupmsa_shapes_and_gradients(embed):
     torch.manual_seed(0)
-    enc = GroupMSA(n_genes=50, n_fragments=8, n_groups=4, dim=16, heads=2)
+    enc = GroupMSA(n_genes=50, n_fragments=8, n_groups=4, dim=16, heads=2, embed=embed)
     out = enc(torch.randn(3, 50))
     assert out["cls"].shape == (3, 16) and out["groups"].shape == (3, 4, 16)
     out["cls"].pow(2).sum().backward()

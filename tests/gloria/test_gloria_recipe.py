@@ -183,7 +183,7 @@ def test_cli_attend_and_localise(tmp_path):
     res = json.loads((gl / "eval" / "localisation_test.json").read_text())
     loc = res["localisation"]
     assert loc["n"] == 5  # test split s02 s05 s08 s09 s10 have lesions; s11 is normal
-    for k in ("gloria", "uniform", "clip_gradcam"):
+    for k in ("gloria", "uniform", "uniform_head", "clip_gradcam"):
         assert set(loc[k]) == {"pointing", "mass", "auroc"}
     assert loc["uniform"]["auroc"]["value"] == 0.5
     assert {"global", "local", "combined"} == set(res["gloria"]["retrieval"])

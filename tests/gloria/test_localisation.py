@@ -68,6 +68,19 @@ def test_uniform_baseline_matches_metrics_on_constant_map():
     assert u["pointing"] == pytest.approx(1 / 8)
 
 
+def test_head_uniform_baseline():
+    from medalign.eval.localisation import head_uniform_scores
+
+    m = _mask()
+    img = np.zeros((2, *m.shape), np.float32)
+    img[1, :, :, :2] = 0.7  # "head" = half of the volume (16 voxels), containing 2 of the 4 lesion voxels
+    s = head_uniform_scores(img, m)
+    assert s["pointing"] == pytest.approx(2 / 16)
+    assert s["mass"] == pytest.approx(2 / 16)
+    # AUROC of a binary map: P(lesion in head) * P(background outside head) + ties / 2
+    assert s["auroc"] == pytest.approx(0.5 * (14 / 28) + 0.5 * 0.5 * (14 / 28) + 0.5 * 0.5 * (14 / 28))
+
+
 def test_bad_inputs():
     m = _mask()
     with pytest.raises(ValueError, match="shape"):

@@ -229,6 +229,8 @@ def test_hlss_sequence_middle_and_2d_slices():
 def test_hlss_bad_arguments():
     with pytest.raises(ValueError, match="not divisible"):
         _hlss(n_slabs=3)
+    with pytest.raises(ValueError, match="too small for the image encoder"):
+        _hlss(input_shape=(4, 8, 8), n_slabs=4, image_encoder={**ENC3, "channels": [4, 8, 8], "local_level": 1})
     with pytest.raises(ValueError, match="not in the hierarchy"):
         _hlss(levels=("patient", "slide"))
     with pytest.raises(ValueError, match="B, C, D, H, W"):

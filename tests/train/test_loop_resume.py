@@ -90,3 +90,19 @@ def test_sampler_resumes_mid_epoch_and_shards() -> None:
         r.set_epoch(0)
     seen = sorted(i for r in ranks for b in r for i in b)
     assert len(seen) == 10 and set(seen) == set(range(10))
+
+
+@pytest.mark.parametrize("name", ["brain_clip_paper.yaml", "brain_clip_cpu.yaml"])
+def test_shipped_configs_build(name: str) -> None:
+    from medalign.recipes import build_recipe
+    from medalign.train.loop import resolve_config
+
+    cfg = resolve_config(load_config(ROOT / "configs" / name))
+    recipe = build_recipe(cfg)
+    assert recipe.sequences == ("dwi", "t2s", "flair") and recipe.embed_dim == 256
+    if name == "brain_clip_paper.yaml":
+        assert cfg["train"]["lr"] == 0.01 and cfg["train"]["plateau_patience"] == 10 and cfg["train"]["batch_size"] == 8
+        assert recipe.image_encoder.channels == (32, 64, 128, 256)
+    else:  # the CPU preset runs a real-size batch
+        x = torch.randn(2, 3, 16, 112, 112)
+        assert recipe.encode_image(x, torch.tensor([[True, True, True], [False, False, True]])).shape == (2, 256)

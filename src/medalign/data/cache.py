@@ -11,7 +11,8 @@ Layout of ``cache_dir``::
 ``key`` = sha256 of (cache version, the full ``PreprocessConfig``, the sha256 of the bytes of
 every input file — each sequence, the mask; for a DICOM folder every file in it). File hashes
 are memoised by (path, size, mtime_ns): an unchanged file is not read again, a touched one is
-re-hashed, so the key always reflects content. Every file is written to a temporary name and
+re-hashed, so the key always reflects content. Keys are computed in the calling process
+before any worker starts, so a rerun over a complete cache starts no process pool. Every file is written to a temporary name and
 renamed (``utils.atomic_path``), so an interrupted run leaves no half-written array; a rerun
 skips studies whose ``<key>.json`` exists (resumable), recomputes the rest.
 """

@@ -51,7 +51,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
         cache: Path = typer.Option(..., "--cache", help="Cache directory."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML; keys of PreprocessConfig "
-                                              "(top level or under 'preprocess:')."),
+                                              "(top level, under 'preprocess:' or 'data.preprocess:')."),
         workers: int = typer.Option(2, "--workers"),
         keep_going: bool = typer.Option(False, "--keep-going", help="Process the other studies when one fails."),
         shape: Optional[str] = typer.Option(None, "--shape", help="D,H,W e.g. 16,112,112."),
@@ -65,7 +65,12 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         from medalign.data.imaging import PreprocessConfig
 
         raw = load_config(config) if config else {}
-        d = dict(raw.get("preprocess", raw) if isinstance(raw.get("preprocess", raw), dict) else {})
+        if isinstance(raw.get("preprocess"), dict):
+            d = dict(raw["preprocess"])
+        elif isinstance(raw.get("data"), dict) and isinstance(raw["data"].get("preprocess"), dict):
+            d = dict(raw["data"]["preprocess"])
+        else:
+            d = dict(raw)
         if shape:
             d["shape"] = _ints(shape, 3, "--shape")
         if sequences:

@@ -105,9 +105,13 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
-        from medalign.config import from_dict
+        from medalign.config import ConfigError, from_dict
+        from medalign.errors import MedAlignError
 
-        return from_dict(cls, dict(d or {}), where="preprocess")
+        try:
+            return from_dict(cls, dict(d or {}), where="preprocess")
+        except (ConfigError, TypeError) as e:
+            raise MedAlignError(f"preprocess config: {e}") from None
 
     def key(self) -> str:
         """Stable text of the parameters (for content hashes)."""
@@ -379,8 +383,12 @@ def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- registration
 def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, sampling: float = 0.2,
-                   max_shift_mm: float = 30.0, seed: int = 0):
-    """Rigid (Euler3D) Mattes-MI registration, moving -> fixed; returns (transform, info dict)."""
+                   max_shift_mm: float = 30.0, seed: int = 1):
+    """Rigid (Euler3D) Mattes-MI registration, moving -> fixed; returns (transform, info dict).
+
+    ``seed`` must be non-zero: SimpleITK treats 0 as "seed from the wall clock", which would
+    make the cache depend on when it was built."""
+    seed = int(seed) or 1
     sitk = _sitk()
     tx = sitk.Euler3DTransform()
     tx.SetCenter(tuple(float(c) for c in center))
@@ -504,7 +512,8 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
             except Exception as e:  # ITK: e.g. too few samples in the overlap of tiny images
                 # Keep the scanner's alignment and say so, rather than losing the study.
                 transforms[s] = sitk.Transform()
-                reg = {"metric": "mattes_mi", "reverted": True, "error": _first_line(e)}
+                reg = {"metric": "mattes_mi", "metric_before": None, "metric_final": None, "iterations": 0,
+                       "reverted": True, "error": _first_line(e)}
             seq_info.setdefault(s, {})["registration"] = reg
     else:
         for s in images:

@@ -10,6 +10,8 @@ Three metrics per study, each in [0, 1], computed on the cached voxel grid (D, H
   average ranks for ties; 0.5 = no information).
 
 The uniform-attention baseline is closed form: pointing = mass = lesion fraction, AUROC = 0.5.
+:func:`head_uniform_scores` is the stronger "uniform inside the head" baseline (a map that only
+separates head from background already beats the plain uniform one).
 :func:`gradcam_map` gives a Grad-CAM-style map for any recipe whose image encoder is a
 :class:`~medalign.models.image3d.UNetEncoder` (used for the CLIP recipe, which has no attention).
 """
@@ -89,6 +91,14 @@ def uniform_scores(mask) -> dict[str, float | None]:
         raise ValueError("mask has no lesion voxel")
     frac = float(m.mean())
     return {"pointing": frac, "mass": frac, "auroc": 0.5 if frac < 1 else None}
+
+
+def head_uniform_scores(image, mask, *, threshold: float = 0.0) -> dict[str, float | None]:
+    """A stronger baseline: attention spread evenly over the head (voxels where any channel of the
+    preprocessed image (C, D, H, W) exceeds ``threshold``; the background is 0 after preprocessing).
+    A map that merely separates head from background scores exactly this."""
+    head = (np.asarray(image) > threshold).any(axis=0).astype(np.float64)  # (D, H, W)
+    return localisation_scores(head, mask)
 
 
 def summarise(per_study: Sequence[dict], *, n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:

@@ -45,7 +45,8 @@ class GroupMSA(nn.Module):
     """
 
     def __init__(self, n_genes: int, *, n_fragments: int = 64, n_groups: int = 8, dim: int = 64,
-                 heads: int = 4, intra_layers: int = 1, inter_layers: int = 1, dropout: float = 0.1) -> None:
+                 heads: int = 4, intra_layers: int = 1, inter_layers: int = 1, dropout: float = 0.1,
+                 embed: str = "per_fragment") -> None:
         super().__init__()
         if n_fragments % n_groups:
             raise ValueError(f"n_fragments {n_fragments} must be divisible by n_groups {n_groups}")
@@ -53,7 +54,17 @@ class GroupMSA(nn.Module):
             raise ValueError(f"n_genes {n_genes} is smaller than n_fragments {n_fragments}")
         self.n_genes, self.n_fragments, self.n_groups, self.dim = n_genes, n_fragments, n_groups, dim
         self.frag = math.ceil(n_genes / n_fragments)
-        self.embed = nn.Linear(self.frag, dim)
+        if embed not in ("per_fragment", "shared"):
+            raise ValueError(f"embed must be 'per_fragment' or 'shared', got {embed!r}")
+        # Genes are not translation-invariant like pixels: gene k of fragment 3 and gene k of
+        # fragment 7 are unrelated, so by default every fragment has its own projection
+        # ("shared" = one ViT-style patch projection for all fragments; the paper does not say).
+        self.embed_kind = embed
+        if embed == "per_fragment":
+            self.embed_w = nn.Parameter(torch.randn(n_fragments, self.frag, dim) / math.sqrt(self.frag))
+            self.embed_b = nn.Parameter(torch.zeros(dim))
+        else:
+            self.embed = nn.Linear(self.frag, dim)
         self.pos = nn.Parameter(torch.randn(n_fragments, dim) * 0.02)
         self.group_tokens = nn.Parameter(torch.randn(n_groups, dim) * 0.02)
         self.cls_token = nn.Parameter(torch.randn(dim) * 0.02)
@@ -67,8 +78,12 @@ class GroupMSA(nn.Module):
         b = x.shape[0]
         nf, ng, d = self.n_fragments, self.n_groups, self.dim
         x = F.pad(x, (0, nf * self.frag - self.n_genes))  # (B, N_f*frag)
-        h = self.embed(x.view(b, nf, self.frag)) + self.pos  # (B, N_f, d)
-        h = h.view(b * ng, nf // ng, d)  # (B*N_gr, N_f/N_gr, d)
+        frags = x.view(b, nf, self.frag)  # (B, N_f, frag)
+        if self.embed_kind == "per_fragment":
+            h = torch.einsum("bfg,fgd->bfd", frags, self.embed_w) + self.embed_b + self.pos  # (B, N_f, d)
+        else:
+            h = self.embed(frags) + self.pos  # (B, N_f, d)
+        h = h.reshape(b * ng, nf // ng, d)  # (B*N_gr, N_f/N_gr, d)
         gt = self.group_tokens[None].expand(b, ng, d).reshape(b * ng, 1, d)  # (B*N_gr, 1, d)
         h = self.intra(torch.cat([gt, h], dim=1))  # (B*N_gr, 1+N_f/N_gr, d)
         groups = h[:, 0].view(b, ng, d)  # (B, N_gr, d)

@@ -191,6 +191,32 @@ def pretrain_gene_encoder(encoder: nn.Module, x_train: Tensor, y_train: Tensor, 
     return model, {"best_val_acc": best, "history": history}
 
 
+def save_gene_encoder(encoder: nn.Module, path: str | Path) -> Path:
+    """Save a (pretrained) gene encoder's weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from medalign.utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+    return path
+
+
+def load_gene_encoder(encoder: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights saved by save_gene_encoder; a mismatch names the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise CohortError("gene encoder checkpoint not found", path=str(path))
+    try:
+        encoder.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        raise CohortError(f"gene encoder checkpoint does not match the encoder: {e}", path=str(path)) from e
+    return encoder
+
+
 # --------------------------------------------------------------------------- the recipe
 @RECIPES.register("gimp")
 class GiMP(Recipe):
@@ -218,7 +244,8 @@ class GiMP(Recipe):
                  gene_encoder: str | None = "groupmsa", gene_kwargs: dict | None = None, freeze_genes: bool = True,
                  use_triplet: bool = True, use_mpm: bool = True, mpm_length: int = 6000, mask_ratio: float = 0.5,
                  margin: float = 0.8, mining: str = "batch_hard", normalise_tokens: bool = True,
-                 head_hidden: int = 64, dropout: float = 0.1, stage: str = "pretrain", seed: int = 0) -> None:
+                 head_hidden: int = 64, dropout: float = 0.1, stage: str = "pretrain", seed: int = 0,
+                 gene_checkpoint: str | None = None) -> None:
         super().__init__()
         if aggregator is None and gene_encoder is None:
             raise ValueError("GiMP needs an aggregator, a gene encoder or both")
@@ -227,6 +254,8 @@ class GiMP(Recipe):
         self.aggregator = AGGREGATORS.build(aggregator, in_dim=in_dim, dim=dim, **(aggregator_kwargs or {})) \
             if aggregator else None
         self.gene_encoder = build_gene_encoder(gene_encoder, n_genes, **(gene_kwargs or {})) if gene_encoder else None
+        if gene_checkpoint:  # weights from pretrain_gene_encoder (save_gene_encoder), e.g. for the shared loop
+            load_gene_encoder(self.gene_encoder, gene_checkpoint)
         self.freeze_genes = freeze_genes and self.gene_encoder is not None
         if self.freeze_genes:
             self.gene_encoder.requires_grad_(False)
@@ -555,6 +584,7 @@ def run_tcga(data_dir: str | Path, out_dir: str | Path, *, cohorts: tuple[str, .
                                           ys["val"], n_classes=len(classes), epochs=epochs, lr=1e-3, seed=seed)
         with torch.no_grad():
             pred = clf(xs["test"]).argmax(1).numpy()
+        save_gene_encoder(clf.encoder, out_dir / f"{key}_encoder.safetensors")  # reusable frozen encoder
         results[name] = {"pred": pred, "val_acc": info["best_val_acc"], "seconds": time.perf_counter() - t0,
                          "params": {**kw, "n_parameters": sum(p.numel() for p in clf.parameters())}}
     y_test = ys["test"].numpy()

@@ -194,8 +194,8 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
     from medalign.errors import MedAlignError
     from medalign.eval.bootstrap import format_ci
     from medalign.eval.gloria_prompts import LESION_CLASSES, generate_prompts
-    from medalign.eval.localisation import (attention_overlay_png, gradcam_map, localisation_scores, summarise,
-                                            uniform_scores, upsample_map)
+    from medalign.eval.localisation import (attention_overlay_png, gradcam_map, head_uniform_scores,
+                                            localisation_scores, summarise, uniform_scores, upsample_map)
     from medalign.eval.retrieval import cosine_similarity
     from medalign.utils import atomic_write_json
 
@@ -246,7 +246,7 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
                        "zero_shot": _zero_shot(cosine_similarity(ci, cp), p_class, y, len(CLASSES), n_boot, seed, pool)}
 
     # ---- localisation on lesion classes with a mask
-    per: dict[str, list] = {"gloria": [], "uniform": [], "clip_gradcam": []}
+    per: dict[str, list] = {"gloria": [], "uniform": [], "uniform_head": [], "clip_gradcam": []}
     rows_meta = []
     gallery_dir = run / "report_extras" / f"gloria_gallery_{split}"
     images_rel = []
@@ -263,6 +263,7 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
         g = localisation_scores(heat, m)
         per["gloria"].append(g)
         per["uniform"].append(uniform_scores(m))
+        per["uniform_head"].append(head_uniform_scores(s["image"].numpy(), m))
         row = {"study_id": ids[i], "label": label, "word": used_word, "from_report": used_text == texts[i],
                "lesion_fraction": float((m > 0).mean()), "gloria": g}
         if clip is not None:
@@ -288,35 +289,39 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
 
     G, C, L = res["gloria"], res.get("clip"), res["localisation"]
     cols = ["metric", "GLoRIA (global+local)", "GLoRIA global only", "CLIP" + (" (Grad-CAM)" if C else " (not given)"),
-            "uniform / chance"]
+            "uniform / chance", "uniform in head"]
     n = len(ids)
     rows = []
     for d in ("text_to_image", "image_to_text"):
         for k in ("R@1", "R@5", "MRR"):
             chance = f"{min(int(k[2:]), n) / n:.3f}" if k.startswith("R@") else f"{np.mean(1.0 / np.arange(1, n + 1)):.3f}"
             rows.append([f"{d.replace('_', ' ')} {k}", ci(G, "retrieval", "combined", d, "ci", k),
-                         ci(G, "retrieval", "global", d, "ci", k), ci(C, "retrieval", d, "ci", k) if C else "—", chance])
+                         ci(G, "retrieval", "global", d, "ci", k), ci(C, "retrieval", d, "ci", k) if C else "—", chance,
+                         "—"])
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
         rows.append([f"zero-shot {k} ({pool} of prompts)", ci(G, "zero_shot", "combined", "ci", k),
                      ci(G, "zero_shot", "global", "ci", k), ci(C, "zero_shot", "ci", k) if C else "—",
-                     "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—")])
+                     "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—"), "—"])
     for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
         rows.append([f"{name} (n={L['n']})", ci(L, "gloria", k), "—", ci(L, "clip_gradcam", k) if C else "—",
-                     ci(L, "uniform", k)])
+                     ci(L, "uniform", k), ci(L, "uniform_head", k)])
     res["table"] = {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}); 95% bootstrap CIs over studies",
                     "columns": cols, "rows": rows}
     lg, lu = (L.get("gloria") or {}).get("pointing", {}), (L.get("uniform") or {}).get("pointing", {})
+    lh = (L.get("uniform_head") or {}).get("pointing", {})
     md = [
         f"GLoRIA run `{run}` on split **{split}** ({n} studies; {L['n']} lesion studies with masks).",
         "Retrieval/zero-shot similarity: *global+local* = mean of the z-scored global cosine and local "
         "(word-region) score; zero-shot pools each class's generated severity x subtype x location prompts by "
         f"the **{pool}**. Localisation: attention of the lesion word (from the report, else the class name) "
         "upsampled to the voxel grid; the uniform baseline is closed form (pointing = mass = lesion fraction, "
-        "AUROC = 0.5); CLIP maps are Grad-CAM on the same encoder level.",
+        "AUROC = 0.5); *uniform in head* spreads it evenly over the head only (a map that merely finds the "
+        "head scores this). CLIP maps are Grad-CAM on the same encoder level.",
     ]
     if lg.get("value") is not None and lu.get("value") is not None:
         verdict = "above" if (lg.get("lo") or 0) > (lu.get("hi") or 1) else "not clearly above"
-        md.append(f"Pointing game {format_ci(lg)} vs uniform {format_ci(lu)}: {verdict} the uniform baseline.")
+        md.append(f"Pointing game {format_ci(lg)} vs uniform {format_ci(lu)} (uniform in head {format_ci(lh)}): "
+                  f"{verdict} the uniform baseline.")
     res["markdown"] = "\n\n".join(md)
     json_p = run / "eval" / f"localisation_{split}.json"
     atomic_write_json(json_p, res)

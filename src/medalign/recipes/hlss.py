@@ -115,6 +115,13 @@ class HLSSRecipe(SSLRecipe):
         super().__init__(sequences=sequences, input_shape=enc_shape, image_encoder=enc, augment=augment)
         if middle not in ("study", "sequence"):
             raise ValueError(f"HLSS middle must be 'study' or 'sequence', got '{middle}'")
+        if enc_shape is not None:
+            try:  # a slab too thin for the encoder's pooling fails here, not mid-training
+                with torch.no_grad():
+                    self.encoder(torch.zeros(1, len(self.sequences), *enc_shape))
+            except RuntimeError as e:
+                raise ValueError(f"HLSS slab input {tuple(enc_shape)} (input {shape}, n_slabs {n_slabs}) is too small "
+                                 f"for the image encoder: use fewer slabs or fewer levels ({str(e).splitlines()[0]})") from None
         self.n_slabs, self.middle = int(n_slabs), middle
         self.fine_level = "slice" if spatial_dims == 2 else "slab"
         self.levels = tuple(levels) if levels is not None else ("patient", middle, self.fine_level)
@@ -155,10 +162,6 @@ class HLSSRecipe(SSLRecipe):
             xs = xs.squeeze(2)  # (B*S, C, H, W): T = 1
         ms = mask.repeat_interleave(s, dim=0) if mask is not None else None  # (B*S, C)
         return xs, ms
-
-    @property
-    def slabs_per_study(self) -> int:
-        return self.n_slabs
 
     def slab_features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> backbone features per slab/slice (B, S, F)."""

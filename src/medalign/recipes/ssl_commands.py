@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -35,8 +35,8 @@ def _load_pneumoniamnist(path: Optional[Path], size: Optional[int], limit: Optio
     return out
 
 
-def _load_cohort(manifest: Path, cache_dir: Path) -> dict[str, dict]:
-    """Train/test splits of a preprocessed cohort, stacked in memory."""
+def _load_cohort(manifest: Path, cache_dir: Path, test_splits: tuple[str, ...] = ("test",)) -> dict[str, dict]:
+    """Train and test (the union of ``test_splits``) of a preprocessed cohort, stacked in memory."""
     import numpy as np
     import torch
 
@@ -44,11 +44,13 @@ def _load_cohort(manifest: Path, cache_dir: Path) -> dict[str, dict]:
     from medalign.errors import CohortError
 
     out = {}
-    for split in ("train", "test"):
-        ds = CohortDataset(manifest, cache_dir, split=split)
-        if len(ds) == 0:
-            raise CohortError(f"split '{split}' is empty", path=str(manifest))
-        samples = [ds[i] for i in range(len(ds))]
+    for split, names in (("train", ("train",)), ("test", tuple(test_splits))):
+        samples = []
+        for name in names:
+            ds = CohortDataset(manifest, cache_dir, split=name)
+            samples += [ds[i] for i in range(len(ds))]
+        if not samples:
+            raise CohortError(f"split(s) {', '.join(names)} empty", path=str(manifest))
         out[split] = {
             "x": torch.stack([torch.as_tensor(s["image"]) for s in samples]),  # (N, C, D, H, W)
             "mask": torch.stack([torch.as_tensor(s["sequence_mask"]) for s in samples]),  # (N, C)
@@ -343,7 +345,8 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
         timings[name] = round(time.time() - t0, 1)
         log(f"[{name}] done in {timings[name]} s")
     if "clip" in methods and clip_run is None:
-        notes.append("CLIP-pretrained: not available here (no --clip-run given; PneumoniaMNIST has no reports).")
+        why = "PneumoniaMNIST has no reports to train CLIP on" if dataset == "pneumoniamnist" else "no --clip-run given"
+        notes.append(f"CLIP-pretrained: not run ({why}).")
     notes.append(f"Encoder: U-Net contracting path {list(channels)} (spatial_dims={spatial_dims}), "
                  f"avg-pooled; pretraining {pretrain_epochs} epochs, batch {batch_size}, Adam {lr:g} cosine; "
                  f"fine-tuning {finetune_steps} steps, Adam {finetune_lr:g}; seed {seed}; train n = "
@@ -361,7 +364,7 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
 # HLSS kNN evaluation
 # ---------------------------------------------------------------------------------------------
 def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optional[Path] = None, k: int = 5,
-             n_boot: int = 200, checkpoint: str = "best") -> dict:
+             n_boot: int = 200, checkpoint: str = "best", test_splits: tuple[str, ...] = ("test",)) -> dict:
     """kNN (cosine, train split as memory) at slab/slice, study and patient level for an HLSS run."""
     import numpy as np
     import torch
@@ -380,10 +383,11 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
         raise MedAlignError(f"{run_dir}: recipe is '{(cfg.get('recipe') or {}).get('name')}', not 'hlss'")
     recipe = build_recipe(cfg)
     ck = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
-    if ck.is_file():
-        from medalign.train.loop import load_weights
+    if not ck.is_file():
+        raise MedAlignError(f"{run_dir}: no checkpoint {ck.name} in checkpoints/ (use --checkpoint last?)")
+    from medalign.train.loop import load_weights
 
-        load_weights(recipe, ck, strict=False)
+    load_weights(recipe, ck, strict=True)
     recipe.eval()
     dc = dict(cfg.get("data") or {})
     if manifest is not None:
@@ -391,11 +395,13 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
     if cache_dir is not None:
         dc["cache_dir"] = str(cache_dir)
     data = {}
-    for split in ("train", "test"):
-        ds = recipe.build_dataset(dc, split, train=False)
-        samples = [ds[i] for i in range(len(ds))]
+    for split, names in (("train", ("train",)), ("test", tuple(test_splits))):
+        samples = []
+        for name in names:
+            ds = recipe.build_dataset(dc, name, train=False)
+            samples += [ds[i] for i in range(len(ds))]
         if not samples:
-            raise MedAlignError(f"split '{split}' of {dc.get('manifest')} is empty")
+            raise MedAlignError(f"split(s) {', '.join(names)} of {dc.get('manifest')} empty")
         x = torch.stack([torch.as_tensor(s["image"]) for s in samples])
         m = torch.stack([torch.as_tensor(s["sequence_mask"]) for s in samples]) if "sequence_mask" in samples[0] else None
         with torch.no_grad():
@@ -408,7 +414,8 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
     rows = [[lvl, r["n_test"], _fmt(r["accuracy"]), _fmt(r["balanced_accuracy"])] for lvl, r in result["levels"].items()]
     atomic_write_json(run_dir / "report_extras" / "hlss_knn.json", {
         "title": "HLSS: kNN evaluation at slab, study and patient level",
-        "markdown": (f"Cosine kNN (k={k}) on HLSS backbone features; memory = train split, queries = test split. "
+        "markdown": (f"Cosine kNN (k={k}) on HLSS backbone features; memory = train split, queries = "
+                     f"{'+'.join(test_splits)}. "
                      f"{recipe.fine_level.capitalize()} features are the encoder output per {recipe.fine_level}; "
                      "study = mean of its slab features, patient = mean of its studies. Labels: the study label "
                      "(slabs inherit it; patients take their most frequent study label). CIs: bootstrap over test rows."),
@@ -496,6 +503,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         size: Optional[int] = typer.Option(None, help="pneumoniamnist: resize to SIZE x SIZE."),
         limit: Optional[int] = typer.Option(None, help="Keep the first N images per split (smoke tests)."),
         n_boot: int = typer.Option(200), seed: int = typer.Option(0),
+        test_splits: str = typer.Option("test", help="brain: manifest split(s) used as test set, e.g. val,test."),
     ) -> None:
         """Pretrain (SimCLR, MICLe), then probe and fine-tune with 1/10/100% labels vs. from scratch."""
         from medalign.errors import MedAlignError
@@ -506,7 +514,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         elif dataset == "brain":
             if manifest is None or cache_dir is None:
                 raise MedAlignError("--dataset brain needs --manifest and --cache-dir (a preprocessed cohort)")
-            data = _load_cohort(manifest, cache_dir)
+            data = _load_cohort(manifest, cache_dir, tuple(t.strip() for t in test_splits.split(",") if t.strip()))
             if limit:
                 data = {s: {k: (v[:limit] if v is not None else None) for k, v in d.items()} for s, d in data.items()}
             spatial_dims, in_ch = 3, int(data["train"]["x"].shape[1])
@@ -532,9 +540,11 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(None, help="Override the run's data.cache_dir."),
         k: int = typer.Option(5), n_boot: int = typer.Option(200),
         checkpoint: str = typer.Option("best", help="best | last"),
+        test_splits: str = typer.Option("test", help="Query split(s), e.g. val,test (memory = train)."),
     ) -> None:
         """kNN accuracy (with CIs) at slab/slice, study and patient level; writes report_extras/hlss_knn.json."""
-        res = hlss_knn(run, manifest=manifest, cache_dir=cache_dir, k=k, n_boot=n_boot, checkpoint=checkpoint)
+        res = hlss_knn(run, manifest=manifest, cache_dir=cache_dir, k=k, n_boot=n_boot, checkpoint=checkpoint,
+                       test_splits=tuple(t.strip() for t in test_splits.split(",") if t.strip()))
         for lvl, r in res["levels"].items():
             typer.echo(f"{lvl:8s} n={r['n_test']:4d}  acc {_fmt(r['accuracy'])}  bacc {_fmt(r['balanced_accuracy'])}")
         typer.echo(json.dumps({"wrote": str(Path(run) / "report_extras" / "hlss_knn.json")}))

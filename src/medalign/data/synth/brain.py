@@ -19,6 +19,13 @@ Pipeline per study (all vectorised numpy / scipy.ndimage):
    Sampled with one ``affine_transform`` each; then a multiplicative bias field and Rician
    noise; stored as int16 NIfTI (ADC in 1e-6 mm^2/s).
 
+Realism check (``realism_brats`` vs ``realism_synthetic_tumours``; tests/synth/test_realism_brats.py):
+the 6 real BraTS 2015 gliomas have FLAIR (lesion - WM) / std(WM) of 1.0..6.6 (median 3.6)
+and whole-tumour volumes of 63..217 ml (median 116); 8 synthetic gliomas (clinical grids)
+give 4.4..8.0 (median 5.7) and 82..241 ml. Synthetic tumours are a little brighter than
+the median real one (on purpose: the demo trains a tiny CNN at 16 x 112 x 112), but inside
+the real range.
+
 ``generate_brain_cohort`` plans the whole cohort (classes, splits, patients, lesion
 parameters, reports) from one seed in the parent process, then synthesises the studies in
 a process pool: every study has its own seed, so the output does not depend on ``workers``.
@@ -267,11 +274,11 @@ def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = No
                       "size_mm": round(float(rng.uniform(22, 40)), 1),
                       "center_mm": _jitter(rng, (s * c[0], c[1], c[2]), 3.0)})
         else:
-            count = int(rng.integers(8, 21))
+            count = int(rng.integers(10, 26))
             distribution = str(rng.choice(["lobar", "deep"]))
             F.append({"class": "hemorrhage", "kind": "hemorrhage", "variant": variant, "age": chronicity,
                       "side": "bilateral", "region": distribution, "count": count,
-                      "size_mm": round(float(rng.uniform(4, 7)), 1), "center_mm": None})
+                      "size_mm": round(float(rng.uniform(5, 8)), 1), "center_mm": None})
     elif label == "others":
         variant = str(rng.choice(OTHERS_VARIANTS, p=[0.35, 0.3, 0.23, 0.12]))
         f: dict[str, Any] = {"class": "others", "kind": "others", "variant": variant, "age": "chronic",
@@ -564,10 +571,16 @@ def _lesions(anat: dict, truth: dict, tissue: dict[str, np.ndarray], rng: np.ran
                 comps.append(("sinus_mucosa", sm))
                 mask = np.maximum(mask, sm)
             # atrophy: handled in the tissue maps; its mask is set by the caller
+    if truth.get("mild_changes") == "punctate_wmh":  # age-normal: a few small foci, not in the mask
+        cand = np.argwhere(tissue["wm"] > 0.7)
+        dots = np.zeros(shape, np.float32)
+        for p in cand[rng.choice(len(cand), size=int(rng.integers(3, 7)), replace=False)]:
+            dots = np.maximum(dots, _blob(shape, p.astype(float), [2.5 / vox] * 3, rng, 0.0, soft=0.4))
+        comps.append(("wmh", dots))
     return comps, mask, masses
 
 
-def _tissues(anat: dict, truth: dict, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _tissues(anat: dict, truth: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Tissue maps after atrophy; also returns the map of tissue that became CSF."""
     vox = anat["step_mm"]
     a = float(truth["atrophy"])
@@ -688,7 +701,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     rng_anat = np.random.default_rng(truth["anatomy_seed"])
     rng = np.random.default_rng(truth["seed"])
     lesion_rng = np.random.default_rng(truth["anatomy_seed"] + [5])  # follow-ups: same lesion shape
-    tissue, atrophy_map = _tissues(anat, truth, rng)
+    tissue, atrophy_map = _tissues(anat, truth)
     comps, lmask, masses = _lesions(anat, truth, tissue, lesion_rng)
     if any(f["kind"] == "others" and f["variant"] == "atrophy" for f in truth["findings"]):
         lmask = np.maximum(lmask, (atrophy_map > 0.5).astype(np.float32))
@@ -735,14 +748,21 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
             vol = (vol + rng.standard_normal(vol.shape, dtype=np.float32) * 0.04) * dwi_head
             data = np.clip(vol * 1000.0, 0, 32000)
         else:
-            vol = vol * _bias(a["shape"], rng, 0.15)
+            vol *= _bias(a["shape"], rng, 0.15)
             sd = noise_sd[seq]
-            n1 = rng.standard_normal(vol.shape, dtype=np.float32) * sd
-            n2 = rng.standard_normal(vol.shape, dtype=np.float32) * sd
-            vol = np.sqrt((vol + n1) ** 2 + n2 ** 2)  # Rician magnitude noise
-            gain = float(rng.uniform(600, 1400))
-            data = np.clip(vol * gain, 0, 32000)
-        out[seq] = (np.rint(data).astype(np.int16), A)
+            # Rician magnitude noise sqrt((s + n1)^2 + n2^2), computed in place (big arrays)
+            n1 = rng.standard_normal(vol.shape, dtype=np.float32)
+            n1 *= sd
+            n1 += vol
+            np.square(n1, out=n1)
+            n2 = rng.standard_normal(vol.shape, dtype=np.float32)
+            n2 *= sd
+            np.square(n2, out=n2)
+            n1 += n2
+            data = np.sqrt(n1, out=n1)
+            data *= float(rng.uniform(600, 1400))  # scanner gain
+            np.clip(data, 0, 32000, out=data)
+        out[seq] = (np.rint(data, out=data).astype(np.int16), A)
         if seq == MASK_GRID:
             mk = ndi.affine_transform(warped[len(SEQUENCES)], T[:3, :3], T[:3, 3], output_shape=tuple(a["shape"]), order=1)
             binm = mk > 0.5
