@@ -88,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-exact-gb", type=float, default=2.0)
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--extras", default=None, help="RUN_DIR: write report_extras/gimp_benchmark.json + PNG there")
+    p.add_argument("--load", default=None, help="re-render a previous --json instead of measuring")
     args = p.parse_args(argv)
+    if args.load:
+        saved = json.loads(open(args.load).read())
+        if args.extras:
+            write_extras(args.extras, saved["rows"], saved["exact_stopped"], saved["args"])
+        return 0
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     lengths = [int(x) for x in args.lengths.split(",")]
     rows, stopped = [], None
@@ -117,7 +124,48 @@ def main(argv: list[str] | None = None) -> int:
         from medalign.utils import atomic_write_json
 
         atomic_write_json(args.json, {"args": vars(args), "rows": rows, "exact_stopped": stopped})
+    if args.extras:
+        write_extras(args.extras, rows, stopped, vars(args))
     return 0
+
+
+def write_extras(run_dir: str, rows: list[dict], stopped: dict | None, args: dict) -> None:
+    """report_extras/gimp_benchmark.json (table) + gimp_benchmark.png (time and memory vs N, log-log)."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medalign.utils import atomic_path, atomic_write_json
+
+    extras = Path(run_dir) / "report_extras"
+    ok = [r for r in rows if "error" not in r]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for method in ("nystrom", "exact"):
+        rs = [r for r in ok if r["method"] == method]
+        axes[0].loglog([r["n"] for r in rs], [r["seconds"] for r in rs], "o-", label=method)
+        axes[1].loglog([r["n"] for r in rs], [r["peak_mb"] for r in rs], "o-", label=method)
+    axes[0].set(xlabel="patches per bag", ylabel="seconds per bag")
+    axes[1].set(xlabel="patches per bag", ylabel="peak extra memory (MB)")
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_path(extras / "gimp_benchmark.png", suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    mode = "forward+backward" if args.get("train") else "inference"
+    md = (f"2-layer aggregator over [CLS; N patches], in_dim {args['in_dim']}, dim {args['dim']}, heads {args['heads']}, "
+          f"{args['landmarks']} landmarks, {mode}, device {args['device']}, one bag at a time; peak = growth of the "
+          f"process's max RSS (CPU) or max_memory_allocated (CUDA).")
+    if stopped:
+        md += (f" Exact attention stops at N = {stopped['n']}: its N x N matrices would need "
+               f"~{stopped['predicted_gb']} GB.")
+    table = {"caption": "Time and peak memory per bag", "columns": ["N", "method", "s/bag", "peak MB"],
+             "rows": [[r["n"], r["method"], round(r["seconds"], 3), round(r["peak_mb"], 1)] for r in ok]}
+    atomic_write_json(extras / "gimp_benchmark.json", {"title": "GiMP aggregator: Nystrom vs exact attention",
+                                                       "markdown": md, "images": ["report_extras/gimp_benchmark.png"],
+                                                       "tables": [table]})
 
 
 if __name__ == "__main__":

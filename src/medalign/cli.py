@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from medalign.errors import MedAlignError
 
     try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        # standalone_mode=False: click returns a command's typer.Exit code instead of raising it
+        rc = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except MedAlignError as e:
         typer.echo(f"error: {e}", err=True)
         return 2
@@ -68,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code or 0)
     except SystemExit as e:
         return int(e.code or 0)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except typer.Abort:
+        return 1
+    except Exception as e:
+        # usage errors (unknown command, bad option): typer vendors click, so match by behaviour
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

@@ -77,3 +77,26 @@ def test_yaml_floats_in_files(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 1e-3\nwd: 5.0e-2\nname: 1e3x\nn: 10\n")
     cfg = load_config(tmp_path / "c.yaml")
     assert cfg == {"lr": 1e-3, "wd": 5e-2, "name": "1e3x", "n": 10}
+
+
+def test_cli_main_returns_exit_codes(monkeypatch):
+    import typer
+
+    from medalign import cli
+    from medalign.errors import CohortError
+
+    @cli.app.command("_exit3", hidden=True)
+    def _exit3() -> None:
+        raise typer.Exit(3)
+
+    @cli.app.command("_bad", hidden=True)
+    def _bad() -> None:
+        raise CohortError("corrupt file", study_id="S1", path="/x/a.nii.gz")
+
+    try:
+        assert cli.main(["_exit3"]) == 3
+        assert cli.main(["_bad"]) == 2
+        assert cli.main(["no-such-command"]) == 2
+    finally:
+        cli.app.registered_commands[:] = [c for c in cli.app.registered_commands
+                                          if c.name not in ("_exit3", "_bad")]

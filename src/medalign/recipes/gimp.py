@@ -628,6 +628,10 @@ def _tsne_plot(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray]], cla
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, (title, tok, y) in zip(axes[0], panels):
+        if len(set(y.tolist())) > 1:  # a number to go with the picture: silhouette of CLS_pat by class
+            from sklearn.metrics import silhouette_score
+
+            title = f"{title}\nsilhouette {silhouette_score(tok, y):.2f}"
         emb = TSNE(n_components=2, perplexity=min(30, max(5, len(tok) // 4)), init="pca", random_state=seed).fit_transform(tok)
         for c, name in enumerate(classes):
             ax.scatter(emb[y == c, 0], emb[y == c, 1], s=12, label=name)
@@ -648,7 +652,7 @@ def run_ablation(manifest: str | Path, out_dir: str | Path, *, rows: list[str] |
     kwargs go to ``run_gimp`` (dim, epochs, mpm_length, aggregator_kwargs, gene_kwargs ...).
     Writes results.json, report_extras/gimp_ablation.json and report_extras/gimp_ablation_tsne.png.
     """
-    from medalign.utils import atomic_write_json
+    from medalign.utils import atomic_path, atomic_write_json
 
     out_dir = Path(out_dir)
     cohort = ImageOmicCohort.from_manifest(manifest)
@@ -686,6 +690,8 @@ def run_ablation(manifest: str | Path, out_dir: str | Path, *, rows: list[str] |
                   "Aggregator + MPM": "(c) image only, MPM"}
         png = out_dir / "report_extras" / "gimp_ablation_tsne.png"
         _tsne_plot(png, [(titles[n], t, y) for n, t, y in tsne_panels], cohort.classes, seeds[0])
+        with atomic_path(out_dir / "cls_pat_pretrained.npz", suffix=".npz") as tmp:  # to re-plot or re-measure
+            np.savez(tmp, **{f"{n}/tokens": t for n, t, _ in tsne_panels}, labels=tsne_panels[0][2])
         images.append(png.relative_to(out_dir).as_posix())
     n_split = {s: int(len(cohort.indices(s))) for s in ("train", "val", "test")}
     lens = [int(b.shape[0]) for b in cohort.bags]

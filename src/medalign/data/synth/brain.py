@@ -708,7 +708,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     # (S, X, Y, Z) = sum over tissues of contrast x probability
     contrast = np.array([[TISSUE_CONTRAST[s][t] for t in TISSUES] for s in SEQUENCES], np.float32)  # (S, T)
     tstack = np.stack([tissue[t] for t in TISSUES])  # (T, X, Y, Z)
-    img = np.einsum("st,txyz->sxyz", contrast, tstack)  # (S, X, Y, Z)
+    img = np.tensordot(contrast, tstack, axes=1)  # (S, T) . (T, X, Y, Z) -> (S, X, Y, Z)
     t2s_i = SEQUENCES.index("t2s")
     for name, m in comps:
         vals = np.asarray(LESION_CONTRAST[name], np.float32)
@@ -716,7 +716,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
             mm = m
             if si == t2s_i and name in BLOOMING:  # susceptibility blooms beyond the clot
                 mm = np.clip(np.maximum(m, ndi.gaussian_filter(m, 1.5 * 2.0 / anat["step_mm"]) * 2.2), 0, 1)
-            img[si] = img[si] * (1 - mm) + vals[si] * mm
+            img[si] += (vals[si] - img[si]) * mm  # = img * (1 - mm) + value * mm
     # tissue texture (microstructure, partial volume): smooth multiplicative field, ~12 % CV,
     # sized so FLAIR lesion/WM contrast matches the real BraTS cases (see realism_*)
     tex = ndi.gaussian_filter(rng_anat.standard_normal(anat["mask"].shape, dtype=np.float32), 1.0)
