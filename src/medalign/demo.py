@@ -57,7 +57,7 @@ def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_
     if metrics.exists():
         from medalign.eval.bootstrap import format_ci
 
-        m = json.loads(metrics.read_text())
+        m = json.loads(metrics.read_text(encoding="utf-8"))
         print("\nHeadline figures, test split (95% bootstrap CI):")
         for name, ci in (m.get("headline") or {}).items():
             print(f"  {name:<40} {format_ci(ci)}")

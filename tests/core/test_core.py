@@ -56,7 +56,7 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         with atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("interrupted")
-    assert target.read_text().strip().startswith("{") and '"a": 1' in target.read_text()
+    assert target.read_text(encoding="utf-8").strip().startswith("{") and '"a": 1' in target.read_text(encoding="utf-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
     assert sha256_text("x") == sha256_text("x") != sha256_text("y")
 

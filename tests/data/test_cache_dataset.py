@@ -60,7 +60,7 @@ def test_cache_roundtrip_skip_and_content_hash(tmp_path):
     cache = tmp_path / "cache"
     s = preprocess_cohort(m, CFG, cache, workers=1, progress=False)
     assert (s["processed"], s["cached"], s["failed"]) == (6, 0, 0)
-    index = json.loads((cache / "index.json").read_text())
+    index = json.loads((cache / "index.json").read_text(encoding="utf-8"))
     assert index["config"] == CFG.to_dict() and set(index["entries"]) == {f"s{i}" for i in range(6)}
     c = CohortCache(cache)
     a = c.load("s1")
@@ -170,7 +170,7 @@ def test_cli_preprocess_and_inspect(tmp_path):
     cache = tmp_path / "cache"
     assert main(["preprocess", str(m), "--cache", str(cache), "--workers", "1", "--no-progress",
                  "--shape", "4,12,12", "--sequences", "dwi,t2s,flair"]) == 0
-    idx = json.loads((cache / "index.json").read_text())
+    idx = json.loads((cache / "index.json").read_text(encoding="utf-8"))
     assert idx["config"]["register"] is True and len(idx["entries"]) == 6
     reg = idx["entries"]["s0"]["info"]["per_sequence"]["dwi"]["registration"]
     assert {"metric_before", "metric_final", "iterations"} <= set(reg)

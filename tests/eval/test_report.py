@@ -77,8 +77,8 @@ def two_runs(tmp_path_factory):
 
 def test_evaluate_saved_metrics(two_runs):
     _, good, bad = two_runs
-    mg = json.loads((good / "eval" / "metrics.json").read_text())
-    mb = json.loads((bad / "eval" / "metrics.json").read_text())
+    mg = json.loads((good / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    mb = json.loads((bad / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert mg["retrieval"]["text_to_image"]["R@1"] == 1.0  # near-identical pairs
     assert mg["retrieval"]["text_to_image"]["pool_size"] == 15
     assert mb["retrieval"]["text_to_image"]["R@1"] < 1.0
@@ -101,8 +101,8 @@ def test_report_has_every_section_and_comparison(two_runs):
     root, good, bad = two_runs
     out = root / "out" / "report.html"
     html_p, md_p = build_report([good, bad], out)
-    html = html_p.read_text()
-    md = md_p.read_text()
+    html = html_p.read_text(encoding="utf-8")
+    md = md_p.read_text(encoding="utf-8")
     for s in SECTIONS + (COMPARISON, "Attention maps (GLoRIA)"):
         assert f">{s}</h" in html, s
         assert f" {s}\n" in md, s
@@ -172,7 +172,7 @@ def test_evaluate_run_and_cli_with_fake_model(tmp_path, monkeypatch):
     run.mkdir()
     (run / "config.yaml").write_text("recipe: {name: clip}\n")
     assert main(["evaluate", str(run), "--no-baselines", "--n-boot", "20", "--pool", "max"]) == 0
-    m = json.loads((run / "eval" / "metrics.json").read_text())
+    m = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert m["zero_shot"]["pool"] == "max" and m["model_id"] == "fake123" and m["recipe"] == "clip"
     assert m["retrieval"]["text_to_image"]["pool_size"] == 11 and m["n_without_report"] == 1
     assert (run / "eval" / "embeddings_test.npz").is_file() and (run / "eval" / "prompts.npz").is_file()
@@ -240,4 +240,4 @@ def test_image_only_embeddings_skip_cross_modal_parts(tmp_path):
     assert "similarity_matrix" not in m["plots"] and "embedding_map" in m["plots"]
     (run / "eval" / "metrics.json").write_text(json.dumps(m))
     html_p, _ = build_report([run], tmp_path / "r.html", thumbnails=False)
-    assert ">Retrieval</h3>" in html_p.read_text()
+    assert ">Retrieval</h3>" in html_p.read_text(encoding="utf-8")

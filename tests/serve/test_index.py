@@ -86,7 +86,7 @@ def test_build_writes_store_thumbnails_and_model_record(built_index, fake_model)
     png = store.thumb_file("S004", "flair")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert store.thumb_file("S004", "t1") is None and store.thumb_file("../S004", "dwi") is None
-    js = json.loads((built_index / store.version / "records.json").read_text())
+    js = json.loads((built_index / store.version / "records.json").read_text(encoding="utf-8"))
     assert [r["study_id"] for r in js] == store.study_ids
     assert not list(built_index.glob(".v*"))  # no temp folders left
 

@@ -289,7 +289,7 @@ def test_cli_train_hlss_then_knn(tmp_path):
     rd = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(rd)]) == 0
     assert main(["ssl", "hlss-knn", str(rd), "--n-boot", "10", "--checkpoint", "last"]) == 0
-    extra = json.loads((rd / "report_extras" / "hlss_knn.json").read_text())
+    extra = json.loads((rd / "report_extras" / "hlss_knn.json").read_text(encoding="utf-8"))
     assert [r[0] for r in extra["tables"][0]["rows"]] == ["slab", "study", "patient"]
     assert main(["ssl", "hlss-knn", str(tmp_path / "nope")]) == 2
 

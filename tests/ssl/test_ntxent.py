@@ -108,7 +108,7 @@ def test_gather_across_two_ranks_matches_single_process(tmp_path):
            str(tmp_path / "w.py"), str(tmp_path)]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads((tmp_path / "out.json").read_text())
+    got = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
     torch.manual_seed(0)
     z1, z2 = torch.randn(6, 4), torch.randn(6, 4)
     # Local ids of the two ranks must stay apart: global groups 0,0,1 | 2,2,3.

@@ -58,10 +58,10 @@ def test_cli_label_efficiency_smoke(tmp_path):
     assert main(["ssl", "label-efficiency", "--out", str(out), "--data", str(NPZ), "--limit", "40", "--size", "16",
                  "--channels", "4,8", "--methods", "scratch,micle,clip", "--pretrain-epochs", "1",
                  "--batch-size", "16", "--finetune-steps", "2", "--n-boot", "5", "--fractions", "0.1,1.0"]) == 0
-    res = json.loads((out / "label_efficiency.json").read_text())
+    res = json.loads((out / "label_efficiency.json").read_text(encoding="utf-8"))
     assert set(res["results"]) == {"scratch", "micle (pseudo-instances)"}
     assert set(res["results"]["scratch"]["probe"]) == {"0.1", "1.0"}
     assert any("No patient ids" in n for n in res["notes"])
-    extra = json.loads((out / "report_extras" / "label_efficiency.json").read_text())
+    extra = json.loads((out / "report_extras" / "label_efficiency.json").read_text(encoding="utf-8"))
     assert extra["images"] == ["report_extras/label_efficiency.png"] and len(extra["tables"]) == 2
     assert (out / extra["images"][0]).is_file()

@@ -28,7 +28,7 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _truth(manifest: Path, sid: str) -> dict:
-    return json.loads((manifest.parent / sid / "ground_truth.json").read_text())
+    return json.loads((manifest.parent / sid / "ground_truth.json").read_text(encoding="utf-8"))
 
 
 def test_manifest_columns_and_paths(cohort):
@@ -72,7 +72,7 @@ def test_sequences_are_not_voxel_aligned(cohort):
 def test_deterministic_by_seed(cohort, tmp_path):
     again = generate_brain_cohort(tmp_path / "b", n=N, seed=3, shape_mode="small", label_noise=NOISE,
                                   studies_per_patient="1-3", heldout_phrasing=True, workers=2)
-    assert cohort.read_text() == again.read_text()
+    assert cohort.read_text(encoding="utf-8") == again.read_text(encoding="utf-8")
     for sid in ("S00001", "S00007"):
         for name in ("flair.nii.gz", "dwi.nii.gz", "lesion_mask.nii.gz", "ground_truth.json"):
             assert (cohort.parent / sid / name).read_bytes() == (again.parent / sid / name).read_bytes(), (sid, name)

@@ -102,7 +102,7 @@ def _process_one(job: dict[str, Any]) -> dict[str, Any]:
         root = Path(job["cache_dir"])
         side = root / "studies" / f"{key}.json"
         if side.is_file():
-            entry = json.loads(side.read_text())
+            entry = json.loads(side.read_text(encoding="utf-8"))
             return {"study_id": sid, "status": "cached", "entry": entry, "memo": memo}
         res = preprocess_study(job["paths"], cfg, study_id=sid, mask_path=job["mask"])
         img_rel, mask_rel = f"studies/{key}.npy", None
@@ -135,7 +135,7 @@ def _process_one(job: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ cohort
 def _read_json(path: Path, default: Any) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return default
     except json.JSONDecodeError as e:
@@ -220,7 +220,7 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
                 continue
             side = root / "studies" / f"{job['key']}.json"
             if side.is_file():
-                handle({"study_id": job["study_id"], "status": "cached", "entry": json.loads(side.read_text())})
+                handle({"study_id": job["study_id"], "status": "cached", "entry": json.loads(side.read_text(encoding="utf-8"))})
                 bar.update(1)
             else:
                 todo.append(job)

@@ -128,7 +128,7 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
     out_dir = run_dir / "eval" / "baselines" / "supervised_3d_cnn"
     import yaml
 
-    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     cfg = supervised_config(run_cfg, epochs=epochs)
     cfg["data"]["manifest"], cfg["data"]["cache_dir"] = str(manifest), str(cache)
     say(f"training the supervised 3D CNN baseline into {out_dir} ({cfg['train'].get('epochs', '?')} epochs)")
@@ -176,7 +176,7 @@ def run_baselines(run_dir: str | Path, manifest: Path, cache: Path, *, test: dic
 
                 from medalign.models.text import TextEncoder
 
-                run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+                run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
                 tcfg = dict((run_cfg.get("recipe") or {}).get("text_encoder") or {})
                 enc = TextEncoder(**tcfg)
                 out[name] = text_only_classifier(

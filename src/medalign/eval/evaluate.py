@@ -446,7 +446,7 @@ def evaluate_saved(run_dir: str | Path, *, split: str = "test", pool: str = "mea
     metrics.update(split=split, run_dir=str(run_dir))
     old = eval_dir / "metrics.json"
     if old.is_file():  # keep baselines computed by a model-backed evaluate
-        prev = json.loads(old.read_text())
+        prev = json.loads(old.read_text(encoding="utf-8"))
         for k in ("baselines", "cache_dir", "manifest", "model_id", "recipe"):
             if k in prev:
                 metrics[k] = prev[k]

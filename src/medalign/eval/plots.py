@@ -41,7 +41,7 @@ def read_metrics_jsonl(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         return rows
-    for line in p.read_text().splitlines():
+    for line in p.read_text(encoding="utf-8").splitlines():
         line = line.strip()
         if not line:
             continue

@@ -178,7 +178,7 @@ def load_run_metrics(run_dir: str | Path, *, split: str = "test") -> dict:
     run_dir = Path(run_dir)
     p = run_dir / "eval" / "metrics.json"
     if p.is_file():
-        m = json.loads(p.read_text())
+        m = json.loads(p.read_text(encoding="utf-8"))
         plots_ok = all((run_dir / "eval" / v).is_file() for v in (m.get("plots") or {}).values())
         have_emb = (run_dir / "eval" / f"embeddings_{m.get('split', split)}.npz").is_file()
         if (plots_ok and m.get("plots")) or not have_emb:
@@ -229,7 +229,7 @@ def read_extras(run_dir: Path) -> list[dict]:
     d = run_dir / "report_extras"
     for p in sorted(d.glob("*.json")) if d.is_dir() else []:
         try:
-            x = json.loads(p.read_text())
+            x = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(x, dict):
                 raise ValueError("top level is not an object")
             x.setdefault("title", p.stem)

@@ -29,7 +29,7 @@ def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | Non
     from medalign.errors import MedAlignError
 
     path = Path(path) if path is not None else PROMPTS_FILE
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     classes = list(classes or CLASSES)
     out = {}
     for c in classes:

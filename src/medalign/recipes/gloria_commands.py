@@ -226,7 +226,7 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
         ptx = rec.text_word_features(p_texts)
         psims = {k: v.numpy().astype(np.float64) for k, v in rec.pair_similarity(im, ptx).items()}  # (I, P)
     rec.to(model.device)
-    res: dict = {"split": split, "n": int(len(ids)), "pool": pool, "n_prompts_per_class": n_prompts,
+    res: dict = {"split": split, "checkpoint": checkpoint, "n": int(len(ids)), "pool": pool, "n_prompts_per_class": n_prompts,
                  "prompts": prompts, "gloria": {"retrieval": {}, "zero_shot": {}}}
     for k in ("global", "local", "combined"):
         res["gloria"]["retrieval"][k] = _retrieval(sims[k].T, ids, n_boot, seed)
@@ -305,7 +305,8 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
     for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
         rows.append([f"{name} (n={L['n']})", ci(L, "gloria", k), "—", ci(L, "clip_gradcam", k) if C else "—",
                      ci(L, "uniform", k), ci(L, "uniform_head", k)])
-    res["table"] = {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}); 95% bootstrap CIs over studies",
+    res["table"] = {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); "
+                               "95% bootstrap CIs over studies",
                     "columns": cols, "rows": rows}
     lg, lu = (L.get("gloria") or {}).get("pointing", {}), (L.get("uniform") or {}).get("pointing", {})
     lh = (L.get("uniform_head") or {}).get("pointing", {})

@@ -52,7 +52,7 @@ def load_descriptions(source: str | Path | dict | None = None) -> dict[str, dict
         path = Path(source) if source is not None else DEFAULT_DESCRIPTIONS
         if not path.is_file():
             raise MedAlignError(f"HLSS descriptions file not found: {path}")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         where = str(path)
     out = {}
     for level, block in raw.items():
