@@ -241,3 +241,27 @@ def test_image_only_embeddings_skip_cross_modal_parts(tmp_path):
     (run / "eval" / "metrics.json").write_text(json.dumps(m))
     html_p, _ = build_report([run], tmp_path / "r.html", thumbnails=False)
     assert ">Retrieval</h3>" in html_p.read_text(encoding="utf-8")
+
+
+def test_report_renders_a_run_with_only_extras(tmp_path):
+    """GiMP/SSL runs have report extras but no embedding evaluation: render the extras alone."""
+    import json
+
+    from medalign.eval.report import build_report
+
+    run = tmp_path / "gimp_run"
+    (run / "report_extras").mkdir(parents=True)
+    (run / "report_extras" / "gimp_ablation.json").write_text(json.dumps({
+        "title": "GiMP ablation", "markdown": "Aggregator on/off.",
+        "tables": [{"caption": "Table 2", "columns": ["config", "acc"], "rows": [["GiMP", 0.85]]}]}),
+        encoding="utf-8")
+    html, md = build_report([run], tmp_path / "r.html")
+    text = html.read_text(encoding="utf-8")
+    assert "GiMP ablation" in text and "Table 2" in text and "0.85" in text
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    import pytest
+
+    from medalign.errors import MedAlignError
+    with pytest.raises(MedAlignError, match="no metrics"):
+        build_report([empty], tmp_path / "r2.html")

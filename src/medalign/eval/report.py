@@ -414,6 +414,11 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
     else:
         doc.para("baselines not computed (run `medalign evaluate RUN --baselines`)", muted=True)
 
+    _extras_sections(doc, run_dir)
+
+
+def _extras_sections(doc: Doc, run_dir: Path) -> None:
+    """One section per RUN/report_extras/*.json (GLoRIA, SSL, GiMP results)."""
     for x in read_extras(run_dir):
         doc.heading(3, str(x.get("title")))
         if x.get("markdown"):
@@ -435,6 +440,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path = "report.html"
     md_path = out.with_suffix(".md")
     doc = Doc(md_path.parent, out.parent / f"{out.stem}_files")
     runs: list[tuple[str, Path, dict]] = []
+    extras_only: list[tuple[str, Path]] = []  # runs with report extras but no embedding evaluation (GiMP, SSL)
     names: set[str] = set()
     for rd in run_dirs:
         rd = Path(rd)
@@ -442,7 +448,12 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path = "report.html"
             raise MedAlignError(f"report: run directory not found: {rd}")
         name = rd.name if rd.name not in names else str(rd)
         names.add(name)
-        runs.append((name, rd, load_run_metrics(rd, split=split)))
+        try:
+            runs.append((name, rd, load_run_metrics(rd, split=split)))
+        except MedAlignError:
+            if not read_extras(rd):
+                raise
+            extras_only.append((name, rd))
 
     doc.heading(1, "medalign evaluation report")
     doc.para("runs: " + ", ".join(f"{n} ({rd})" for n, rd, _ in runs))
@@ -450,6 +461,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path = "report.html"
     for name, rd, m in runs:
         thumb = make_thumbnail_fn(m.get("cache_dir")) if thumbnails else (lambda s: None)
         _run_sections(doc, rd, name, m, thumb=thumb)
+    for name, rd in extras_only:
+        doc.heading(2, f"Run: {name}", f"run-{name}")
+        _extras_sections(doc, rd)
 
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>medalign evaluation report</title>"
             f"<style>{CSS}</style></head><body>\n" + "\n".join(doc.html) + "\n</body></html>\n")
