@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 venv: $(STAMP)
 
 demo: $(STAMP)
-	PYTHONUTF8=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m medalign.demo --out $(DEMO_DIR)
+	PYTHONUTF8=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) -m medalign.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 test: $(STAMP)
 	PYTHONUTF8=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q tests

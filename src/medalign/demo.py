@@ -31,7 +31,8 @@ def _stage(title: str, argv: list[str], *, skip_if: Path | None = None) -> None:
     print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_clip_cpu.yaml") -> None:
+def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_clip_cpu.yaml",
+        overrides: list[str] | None = None, evaluate_args: list[str] | None = None) -> None:
     out = out.resolve()
     cohort, cache, run_dir = out / "cohort", out / "cache", out / "runs" / "brain_clip_cpu"
     manifest = cohort / "manifest.csv"
@@ -44,11 +45,12 @@ def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_
            skip_if=out / "inspect.png")
     resume = ["--resume"] if (run_dir / "checkpoints").exists() else []
     _stage("4/8 train brain-CLIP (CPU preset)",
-           ["train", config, f"data.manifest={manifest}", f"data.cache_dir={cache}", "--run-dir", str(run_dir), *resume],
+           ["train", config, f"data.manifest={manifest}", f"data.cache_dir={cache}", *(overrides or []),
+            "--run-dir", str(run_dir), *resume],
            skip_if=run_dir / "DONE")
     (run_dir / "DONE").touch()
     _stage("5/8 embed the test split", ["embed", str(run_dir), "--split", "test"])
-    _stage("6/8 evaluate (retrieval, zero-shot, probes, baselines, CIs)", ["evaluate", str(run_dir), "--split", "test"])
+    _stage("6/8 evaluate (retrieval, zero-shot, probes, baselines, CIs)", ["evaluate", str(run_dir), "--split", "test", *(evaluate_args or [])])
     _stage("7/8 example text query", ["search", str(run_dir), "--text", EXAMPLE_QUERY, "--k", "5"])
     _stage("8/8 HTML report", ["report", str(run_dir), "--out", str(out / "report.html")])
     _stage("index for the retrieval service", ["index", "build", str(run_dir), "--manifest", str(manifest),
@@ -73,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=262)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default="configs/brain_clip_cpu.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="training config override, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--evaluate-args", default="", help="extra arguments for `medalign evaluate`, e.g. '--n-boot 200'")
     a = p.parse_args(argv)
     try:
-        run(a.out, n=a.n, seed=a.seed, config=a.config)
+        run(a.out, n=a.n, seed=a.seed, config=a.config, overrides=a.overrides,
+            evaluate_args=shlex.split(a.evaluate_args))
     except MedAlignError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -91,3 +91,13 @@ def test_case_retrieval_excludes_self():
 def test_cosine_similarity_shape_error():
     with pytest.raises(ValueError, match="embedding sizes differ"):
         cosine_similarity(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_case_retrieval_with_no_same_class_pairs_is_skipped_not_crashing():
+    import numpy as np
+
+    from medalign.eval.retrieval import case_retrieval
+
+    emb = np.eye(3, dtype=np.float32)
+    res = case_retrieval(emb, np.array([0, 1, 2]))
+    assert "skipped" in res and res["pool_size"] == 2

@@ -166,3 +166,54 @@ def format_confusion(m: list[list[int]], classes: tuple[str, ...] = CLASSES) -> 
     head = "truth \\ pred".ljust(w + 2) + "".join(c[:10].rjust(12) for c in classes)
     rows = [c.ljust(w + 2) + "".join(str(v).rjust(12) for v in r) for c, r in zip(classes, m)]
     return "\n".join([head, *rows])
+
+
+# ---------------------------------------------------------------------------- impression section
+# Section headers that open the radiologist's summary (brain-CLIP trained on "the report impression",
+# METHODS.md section 1). The last such header in a report wins.
+_IMPRESSION_HEAD = re.compile(r"(?i)\b(impression|conclusions?|summary|opinion)\s*:")
+# Administrative / context / technique sentences that carry no finding (dropped from either section).
+_BOILERPLATE = re.compile(
+    r"(?i)^\W*(dictated\b|report (approved|verified|signed)|electronically signed|page \d+ of \d+|-*\s*end of report"
+    r"|(clinical (details|information|history)|indication|history|reason for (exam|study)|request|technique|sequences"
+    r"|exam(ination)?)\s*:|multiplanar multisequence|mri? (of the )?(head|brain)\b[^:]*$)")
+# A title in front of the findings ("MR HEAD: Acute ..."): only the title goes.
+_TITLE = re.compile(r"(?i)^\W*mri? (of the )?(head|brain)\s*:\s*")
+
+
+def _split_sentences_keep(text: str) -> list[str]:
+    # Split after '.', '!', '?' followed by white space (so "4.3 cm" stays whole) or at a new line.
+    parts = re.split(r"(?<=[.!?])\s+|\n+", text)
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+def extract_impression(text: str) -> str:
+    """The report's impression/conclusion section, else the whole report, without boilerplate.
+
+    - If the report has an ``Impression:`` / ``Conclusion:`` / ``Summary:`` / ``Opinion:`` header
+      (any case), the text after the *last* one is returned.
+    - Otherwise the whole report is used.
+    - Either way, administrative and context sentences ("Dictated, not read.", "Page 1 of 1",
+      "Report approved.", "Indication: ...", "Technique: ...", "Multiplanar multisequence MRI ...")
+      are dropped; if that would leave nothing, the stripped original text is returned.
+
+    Used only on reports (training, ``embed``, evaluation), never on free-text queries.
+    """
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    src = text.strip()
+    heads = list(_IMPRESSION_HEAD.finditer(src))
+    section = src[heads[-1].end():] if heads else src
+    keep = [_TITLE.sub("", s) for s in _split_sentences_keep(section) if not _BOILERPLATE.match(s)]
+    keep = [s for s in keep if s]
+    out = " ".join(keep).strip()
+    return out or src
+
+
+def select_report_section(text: str, section: str = "full") -> str:
+    """``section`` = "full" (text unchanged) or "impression" (:func:`extract_impression`)."""
+    if section == "full":
+        return text
+    if section == "impression":
+        return extract_impression(text)
+    raise ValueError(f"unknown report section '{section}' (expected 'full' or 'impression')")

@@ -170,10 +170,11 @@ def evaluate_embeddings(
     if has_labels and (y_all >= 0).sum() >= 2:
         lab = y_all >= 0
         cc = case_retrieval(img_all[lab], names_all[lab], ks=ks)
-        r = np.asarray(cc["ranks"])
-        cc["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
-        cc["ci"].update({pk: bootstrap_ci(np.mean, np.asarray(v), n=n_boot, seed=seed)
-                         for pk, v in cc.pop("precision").items()})
+        if "skipped" not in cc:
+            r = np.asarray(cc["ranks"])
+            cc["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
+            cc["ci"].update({pk: bootstrap_ci(np.mean, np.asarray(v), n=n_boot, seed=seed)
+                             for pk, v in cc.pop("precision").items()})
         ret["case_to_case"] = cc
     out["retrieval"] = ret
 

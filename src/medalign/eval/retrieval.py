@@ -166,6 +166,8 @@ def case_retrieval(
     self_mask = np.eye(n, dtype=bool)
     rel = (labels[:, None] == labels[None, :]) & ~self_mask  # (N, N) relevant candidates
     keep = rel.any(axis=1)
+    if not keep.any():  # e.g. a tiny split with one study per class: no case has a same-class partner
+        return {"skipped": "no study in this split has another study of its class", "pool_size": n - 1}
     s = np.where(self_mask, -np.inf, sim)
     best_rel = np.where(rel, s, -np.inf).max(axis=1)  # (N,)
     ranks = 1 + ((s >= best_rel[:, None]) & ~rel & ~self_mask).sum(axis=1)

@@ -12,16 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    """All-gather with gradients when torch.distributed is running, else identity."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+from medalign.train.dist import gather_no_grad
+from medalign.train.dist import gather_with_grad as _gather
 
 
 def _gather_ids(ids: torch.Tensor, *, local: bool) -> torch.Tensor:
@@ -33,9 +25,7 @@ def _gather_ids(ids: torch.Tensor, *, local: bool) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return ids
     ids = ids.long() + ((int(dist.get_rank()) << 32) if local else 0)
-    out = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, ids)
-    return torch.cat(out, dim=0)
+    return gather_no_grad(ids)
 
 
 class NTXentLoss(nn.Module):

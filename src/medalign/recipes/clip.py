@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medalign.data.reports import select_report_section
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.models.heads import ProjectionHead
@@ -51,12 +52,19 @@ class ClipRecipe(Recipe):
         sequence_dropout: probability of hiding each present sequence during training, so
             that a study with fewer sequences still embeds sensibly.
         gather: all-gather embeddings across DDP ranks (negatives span the global batch).
+        text_section: which part of a *report* the text encoder sees: ``"full"`` (the whole
+            report, default) or ``"impression"`` (the impression/conclusion section when the
+            report has one, else the report without boilerplate; see
+            :func:`medalign.data.reports.extract_impression`). Applied to reports in training,
+            ``embed`` and evaluation (:meth:`encode_report`), never to free-text queries
+            (:meth:`encode_text`).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
-                 learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True) -> None:
+                 learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True,
+                 text_section: str = "full") -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         enc_cfg = dict(image_encoder or {"name": "unet3d"})
@@ -73,6 +81,8 @@ class ClipRecipe(Recipe):
         self.sequence_dropout = float(sequence_dropout)
         self.loss = ClipLoss(gather=gather)
         self.embed_dim = embed_dim
+        select_report_section("", text_section)  # fail early on an unknown section name
+        self.text_section = text_section
 
     # ------------------------------------------------------------------ parts
     @property
@@ -109,9 +119,17 @@ class ClipRecipe(Recipe):
         """list of B texts -> (B, E), L2-normalised."""
         return F.normalize(self.text_proj(self.text_features(texts)), dim=-1)  # (B, E)
 
+    def report_texts(self, reports: Sequence[str]) -> list[str]:
+        """The part of each report the text encoder sees (``text_section``)."""
+        return [select_report_section(r, self.text_section) for r in reports]
+
+    def encode_report(self, reports: list[str]) -> torch.Tensor:
+        """Reports (from a manifest) -> (B, E): like :meth:`encode_text` after ``text_section``."""
+        return self.encode_text(self.report_texts(reports))
+
     def prepare(self, datasets: list) -> None:
         """Encode every distinct report once (frozen encoder -> disk cache) before training."""
-        texts = sorted({t for ds in datasets for t in (getattr(ds, "texts", None) or [])})
+        texts = sorted({t for ds in datasets for t in self.report_texts(getattr(ds, "texts", None) or [])})
         if texts:
             self._text_on_device().sentence(texts)
 
@@ -125,7 +143,7 @@ class ClipRecipe(Recipe):
             mask = sequence_dropout(mask, self.sequence_dropout)
         return {
             "image_embed": self.encode_image(image, mask),
-            "text_embed": self.encode_text(batch["text"]),
+            "text_embed": self.encode_report(batch["text"]),
             "logit_scale": self.logit_scale(),
         }
 

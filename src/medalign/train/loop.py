@@ -367,8 +367,12 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
     # Frozen parts (the text encoder) fill their caches now, so every step costs only the image side.
     recipe.prepare([d for d in (train_ds, val_ds) if d is not None])
     bs = int(tc["batch_size"])
-    sampler = ResumableBatchSampler(len(train_ds), bs, shuffle=True, seed=int(cfg["seed"]), rank=rank,
-                                    world=world, drop_last=bool(tc["drop_last"]))
+    # A recipe may group its batches (MICLe/HLSS need >= 2 studies of a patient per batch);
+    # any sampler it returns must offer set_epoch(epoch, start_batch) and batches_per_epoch().
+    sampler = recipe.batch_sampler(train_ds, batch_size=bs, train=True, seed=int(cfg["seed"]), rank=rank,
+                                   world=world, drop_last=bool(tc["drop_last"])) \
+        or ResumableBatchSampler(len(train_ds), bs, shuffle=True, seed=int(cfg["seed"]), rank=rank,
+                                 world=world, drop_last=bool(tc["drop_last"]))
     workers = int(dc.get("num_workers") or 0)
 
     def loader(ds: Dataset, batch_sampler: Sampler, epoch: int = 0) -> torch.utils.data.DataLoader:
