@@ -106,3 +106,33 @@ def test_recipe_rejects_unknown_section():
     with pytest.raises(ValueError, match="unknown report section"):
         ClipRecipe(sequences=("flair",), input_shape=(8, 16, 16), text_section="findings",
                    image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "local_level": 1, "global_pool": "avg"})
+
+
+# ---------------------------------------------------------------- jitter (cheap on-tensor augmentation)
+def test_jitter_known_values_and_errors():
+    import torch
+
+    from medalign.recipes.clip import jitter_batch
+
+    x = torch.arange(2 * 1 * 2 * 3 * 4, dtype=torch.float32).reshape(2, 1, 2, 3, 4)  # (B, C, D, H, W)
+    assert torch.equal(jitter_batch(x), x)  # nothing asked, nothing changed
+    g = torch.Generator().manual_seed(0)
+    y = jitter_batch(x, shift=(0, 0, 1), generator=g)
+    for b in range(2):  # each sample is a circular shift of itself by -1, 0 or +1 along W
+        assert any(torch.equal(y[b], torch.roll(x[b], s, dims=3)) for s in (-1, 0, 1))
+    z = jitter_batch(torch.ones(4, 3, 2, 2, 2), scale=0.2, generator=g)
+    gain = z[:, :, 0, 0, 0]  # (B, C) one gain per channel, constant over space
+    assert torch.all((gain >= 0.8) & (gain <= 1.2)) and torch.all(z == gain[..., None, None, None])
+    with pytest.raises(ValueError, match="one value per spatial axis"):
+        jitter_batch(x, shift=(1, 1))
+
+
+def test_jitter_only_in_training():
+    import torch
+
+    rec, _ = _recipe("full")
+    rec.jitter = {"shift": (0, 4, 4), "scale": 0.5}
+    x = torch.randn(2, 1, 8, 16, 16)  # (B, C, D, H, W)
+    rec.eval()
+    a, b = rec({"image": x, "text": ["a", "b"]}), rec({"image": x, "text": ["a", "b"]})
+    assert torch.equal(a["image_embed"], b["image_embed"])  # evaluation is deterministic

@@ -35,6 +35,31 @@ def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Gen
     return torch.where(empty[:, None], sequence_mask, new)
 
 
+def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cheap on-tensor training augmentation: a random circular shift of up to ``shift`` voxels per
+    spatial axis (one per sample) and a random per-channel intensity gain in ``[1 - scale, 1 + scale]``.
+
+    Unlike a left-right flip it keeps laterality, so "left MCA infarct" still matches the image.
+    image (B, C, *spatial) -> same shape.
+    """
+    spatial = image.dim() - 2
+    shift = tuple(int(v) for v in shift)
+    if len(shift) != spatial:
+        raise ValueError(f"shift needs one value per spatial axis ({spatial}), got {shift}")
+    out = image
+    if any(shift):
+        rolled = []
+        for b in range(image.shape[0]):
+            offs = [int(torch.randint(-m, m + 1, (1,), generator=generator)) if m > 0 else 0 for m in shift]
+            rolled.append(torch.roll(image[b], shifts=offs, dims=tuple(range(1, spatial + 1))))  # (C, *spatial)
+        out = torch.stack(rolled)  # (B, C, *spatial)
+    if scale > 0:
+        g = 1 + (torch.rand(image.shape[:2], generator=generator, device=image.device) * 2 - 1) * scale  # (B, C)
+        out = out * g.to(out.dtype).reshape(*g.shape, *([1] * spatial))  # (B, C, 1, ...)
+    return out
+
+
 @RECIPES.register("clip")
 class ClipRecipe(Recipe):
     """Image-report contrastive learning (brain-CLIP, METHODS.md section 1).
@@ -52,6 +77,8 @@ class ClipRecipe(Recipe):
         sequence_dropout: probability of hiding each present sequence during training, so
             that a study with fewer sequences still embeds sensibly.
         gather: all-gather embeddings across DDP ranks (negatives span the global batch).
+        jitter: training-only on-tensor augmentation ``{"shift": [d, h, w], "scale": s}`` (see
+            :func:`jitter_batch`); ``None`` = off (paper: TorchIO augmentation in the data layer).
         text_section: which part of a *report* the text encoder sees: ``"full"`` (the whole
             report, default) or ``"impression"`` (the impression/conclusion section when the
             report has one, else the report without boilerplate; see
@@ -64,7 +91,7 @@ class ClipRecipe(Recipe):
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True,
-                 text_section: str = "full") -> None:
+                 text_section: str = "full", jitter: dict | None = None) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         enc_cfg = dict(image_encoder or {"name": "unet3d"})
@@ -83,6 +110,7 @@ class ClipRecipe(Recipe):
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
         self.text_section = text_section
+        self.jitter = dict(jitter) if jitter else None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -141,6 +169,8 @@ class ClipRecipe(Recipe):
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
         if self.training and self.sequence_dropout > 0:
             mask = sequence_dropout(mask, self.sequence_dropout)
+        if self.training and self.jitter:
+            image = jitter_batch(image, **self.jitter)
         return {
             "image_embed": self.encode_image(image, mask),
             "text_embed": self.encode_report(batch["text"]),
