@@ -140,6 +140,16 @@ class MedAlignModel:
             texts = [texts]
         return self.recipe.encode_text(list(texts)).float().cpu().numpy()
 
+    @torch.no_grad()
+    def encode_report(self, reports: Sequence[str]) -> np.ndarray:
+        """Manifest reports -> (N, E): the part of each report the recipe was trained on
+        (``text_section``, e.g. the impression), then :meth:`encode_text`. Free-text queries use
+        :meth:`encode_text` unchanged."""
+        if isinstance(reports, str):
+            reports = [reports]
+        select = getattr(self.recipe, "report_texts", None)
+        return self.encode_text(select(list(reports)) if select else list(reports))
+
     @staticmethod
     def similarity(a: Any, b: Any) -> np.ndarray:
         """Cosine similarity matrix (N, M) between two sets of embeddings (normalised again to be safe)."""

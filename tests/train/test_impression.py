@@ -136,3 +136,27 @@ def test_jitter_only_in_training():
     rec.eval()
     a, b = rec({"image": x, "text": ["a", "b"]}), rec({"image": x, "text": ["a", "b"]})
     assert torch.equal(a["image_embed"], b["image_embed"])  # evaluation is deterministic
+
+
+def test_api_encode_report_applies_the_recipes_text_section():
+    """medalign.load(...).encode_report embeds manifest reports as training saw them; encode_text
+    (free-text queries) is untouched."""
+    import numpy as np
+
+    from medalign.api import MedAlignModel
+
+    class _Recipe:
+        def report_texts(self, reports):
+            return [r.split("IMPRESSION:")[-1].strip() for r in reports]
+
+        def encode_text(self, texts):
+            import torch
+
+            return torch.tensor([[float(len(t))] for t in texts])
+
+    m = MedAlignModel.__new__(MedAlignModel)
+    m.recipe = _Recipe()
+    report = "Findings: long text. IMPRESSION: Acute infarct."
+    assert m.encode_report([report])[0, 0] == len("Acute infarct.")
+    assert m.encode_text([report])[0, 0] == len(report)
+    assert np.asarray(m.encode_report(report)).shape == (1, 1)

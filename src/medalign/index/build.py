@@ -186,9 +186,10 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
         texts.append(_text(row.get("report")))
     text_idx = [j for j, t in enumerate(texts) if t.strip()]
     text_vecs = []
+    encode = getattr(model, "encode_report", model.encode_text)  # reports as the model was trained on them
     for s in range(0, len(text_idx), batch_text):
         chunk = [texts[j] for j in text_idx[s: s + batch_text]]
-        text_vecs.append(np.asarray(model.encode_text(chunk), dtype=np.float32).reshape(len(chunk), -1))  # (B, E)
+        text_vecs.append(np.asarray(encode(chunk), dtype=np.float32).reshape(len(chunk), -1))  # (B, E)
     dim = image_vecs[0].shape[0] if image_vecs else 0
     return {"records": records,
             "image_embed": np.stack(image_vecs) if image_vecs else np.zeros((0, dim), np.float32),  # (N, E)

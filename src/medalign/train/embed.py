@@ -61,7 +61,9 @@ def embed_manifest(model, manifest, cache_dir: str | Path | None = None, *, spli
         idx = np.flatnonzero(has_report)
         for j in range(0, len(idx), 64):
             sel = idx[j : j + 64]
-            text_embed[sel] = model.encode_text([reports[k] for k in sel])
+            # reports as the recipe saw them in training (e.g. the impression); plain encode_text otherwise
+            encode = getattr(model, "encode_report", model.encode_text)
+            text_embed[sel] = encode([reports[k] for k in sel])
     label_index = np.array([CLASSES.index(l) if l in CLASSES else -1 for l in labels], dtype=np.int64)
     return {
         "study_id": np.array(ids, dtype=str), "patient_id": np.array(col("patient_id"), dtype=str),
