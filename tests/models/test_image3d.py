@@ -65,3 +65,20 @@ def test_bad_inputs() -> None:
         UNetEncoder(1, channels=(4, 8, 8, 8, 8), input_shape=(4, 8, 8))
     with pytest.raises(ValueError, match="local_level"):
         UNetEncoder(1, channels=(4, 8), local_level=2)
+
+
+@pytest.mark.parametrize("pool,width", [("avg", 8), ("max", 8), ("avgmax", 16)])
+def test_global_pool_options_shapes_and_values(pool, width):
+    import torch
+
+    enc = UNetEncoder(1, channels=(4, 8), global_pool=pool, input_shape=None, local_level=0)
+    x = torch.randn(2, 1, 8, 16, 16)
+    g = enc(x)["global"]
+    assert g.shape == (2, width) and enc.out_dim == width
+    h = enc.levels[1](enc.levels[0](enc.stem(x))).flatten(2)  # (B, 8, S) last map
+    if pool == "max":
+        assert torch.allclose(g, h.amax(-1))
+    if pool == "avgmax":
+        assert torch.allclose(g[:, :8], h.mean(-1)) and torch.allclose(g[:, 8:], h.amax(-1))
+    with pytest.raises(ValueError, match="global_pool must be"):
+        UNetEncoder(1, channels=(4, 8), global_pool="sum", input_shape=None, local_level=0)

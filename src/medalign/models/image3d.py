@@ -76,7 +76,9 @@ class UNetEncoder(nn.Module):
         spatial_dims: 3 for volumes (B, C, D, H, W), 2 for slices (B, C, H, W).
         input_shape: spatial input size; needed to size the FC layer when ``global_pool="flatten"``.
         global_pool: ``"flatten"`` (paper: flatten the last map, then a fully connected layer)
-            or ``"avg"`` (global average pooling; works on any input size).
+            or ``"avg"`` / ``"max"`` / ``"avgmax"`` (global average, max, or both concatenated; any
+            input size). Max pooling asks "is there a lesion anywhere", which a small lesion
+            diluted by averaging over the whole head answers poorly.
         out_dim: size of the global embedding. ``None`` -> 256 for flatten, ``channels[-1]`` for
             avg (then no FC layer).
         local_level: which level's feature map is returned as ``local`` (0-based; GLoRIA's
@@ -103,8 +105,8 @@ class UNetEncoder(nn.Module):
             raise ValueError("channels must name at least one level")
         if not 0 <= local_level < len(channels):
             raise ValueError(f"local_level {local_level} out of range for {len(channels)} levels")
-        if global_pool not in ("flatten", "avg"):
-            raise ValueError(f"global_pool must be 'flatten' or 'avg', got '{global_pool}'")
+        if global_pool not in ("flatten", "avg", "max", "avgmax"):
+            raise ValueError(f"global_pool must be 'flatten', 'avg', 'max' or 'avgmax', got '{global_pool}'")
         self.in_channels = in_channels
         self.spatial_dims = spatial_dims
         self.channels = channels
@@ -140,8 +142,9 @@ class UNetEncoder(nn.Module):
         else:
             self.input_shape = _as_tuple(input_shape, spatial_dims) if input_shape is not None else None
             self.final_shape = None
-            self.out_dim = int(out_dim or channels[-1])
-            self.fc = nn.Identity() if out_dim is None else nn.Linear(channels[-1], self.out_dim)
+            pooled = channels[-1] * (2 if global_pool == "avgmax" else 1)
+            self.out_dim = int(out_dim or pooled)
+            self.fc = nn.Identity() if out_dim is None else nn.Linear(pooled, self.out_dim)
 
     @staticmethod
     def _final_shape(shape: tuple[int, ...], stride: tuple[int, ...], n_levels: int) -> tuple[int, ...]:
@@ -171,7 +174,10 @@ class UNetEncoder(nn.Module):
         if self.global_pool == "flatten":
             g = h.flatten(1)  # (B, C_last * prod(final_shape))
         else:
-            g = h.flatten(2).mean(-1)  # (B, C_last)
+            hf = h.flatten(2)  # (B, C_last, prod(spatial))
+            pooled = {"avg": lambda: hf.mean(-1), "max": lambda: hf.amax(-1),
+                      "avgmax": lambda: torch.cat([hf.mean(-1), hf.amax(-1)], dim=1)}
+            g = pooled[self.global_pool]()  # (B, C_last) or (B, 2 * C_last)
         return {"global": self.fc(g), "local": local}
 
 
