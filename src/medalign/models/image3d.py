@@ -181,6 +181,16 @@ class UNetEncoder(nn.Module):
         return {"global": self.fc(g), "local": local}
 
 
+def build_image_encoder(spec: dict | None, *, in_channels: int, input_shape: Sequence[int] | None,
+                        default: str = "unet3d") -> UNetEncoder:
+    """``{"name": <IMAGE_ENCODERS key>, **kwargs}`` -> encoder for ``in_channels`` sequences;
+    the recipe's ``input_shape`` (from ``data.shape``) is used unless the spec sets its own."""
+    kwargs = dict(spec or {})
+    name = kwargs.pop("name", default)
+    kwargs.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
+    return IMAGE_ENCODERS.build(name, in_channels=in_channels, **kwargs)
+
+
 @IMAGE_ENCODERS.register("unet3d")
 def unet3d(in_channels: int = 3, *, spatial_dims: int = 3, input_shape: Sequence[int] | None = (16, 112, 112),
            **kwargs) -> UNetEncoder:

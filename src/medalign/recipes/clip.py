@@ -12,7 +12,7 @@ from medalign.data.reports import select_report_section
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.models.heads import ProjectionHead
-from medalign.models.image3d import IMAGE_ENCODERS
+from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
 from medalign.recipes import RECIPES, Recipe
 
@@ -94,10 +94,8 @@ class ClipRecipe(Recipe):
                  text_section: str = "full", jitter: dict | None = None) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
-        enc_cfg = dict(image_encoder or {"name": "unet3d"})
-        enc_name = enc_cfg.pop("name", "unet3d")
-        enc_cfg.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
-        self.image_encoder = IMAGE_ENCODERS.build(enc_name, in_channels=len(self.sequences), **enc_cfg)
+        self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
+                                                 input_shape=input_shape)
         self.text_encoder_cfg = dict(text_encoder or {})
         self._text: list[TextEncoder] = []  # a list, so the frozen encoder is not a submodule
         self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)

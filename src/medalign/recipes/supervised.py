@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
-from medalign.models.image3d import IMAGE_ENCODERS
+from medalign.models.image3d import build_image_encoder
 from medalign.recipes import RECIPES, Recipe
 
 
@@ -32,10 +32,8 @@ class SupervisedRecipe(Recipe):
                  image_encoder: dict | None = None, n_classes: int = len(CLASSES), label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
-        enc_cfg = dict(image_encoder or {"name": "unet3d"})
-        enc_name = enc_cfg.pop("name", "unet3d")
-        enc_cfg.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
-        self.image_encoder = IMAGE_ENCODERS.build(enc_name, in_channels=len(self.sequences), **enc_cfg)
+        self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
+                                                 input_shape=input_shape)
         self.head = nn.Linear(self.image_encoder.out_dim, n_classes)
         self.n_classes = n_classes
         self.label_smoothing = float(label_smoothing)
