@@ -43,13 +43,7 @@ def _register_all() -> None:
     import importlib
 
     for module in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # an area not present in this checkout
-            if e.name != module:
-                raise
-            continue
-        mod.register(app, synth)
+        importlib.import_module(module).register(app, synth)
 
 
 _register_all()

@@ -382,6 +382,19 @@ def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- registration
+def _mattes_mi(sitk, sampling: float, seed: int, fixed_mask=None):
+    """A registration method with the metric used everywhere here: Mattes MI (32 bins), random
+    sampling with a fixed non-zero seed, optional fixed-image mask, linear interpolation."""
+    R = sitk.ImageRegistrationMethod()
+    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    R.SetMetricSamplingStrategy(R.RANDOM)
+    R.SetMetricSamplingPercentage(float(sampling), int(seed))
+    if fixed_mask is not None:
+        R.SetMetricFixedMask(fixed_mask)
+    R.SetInterpolator(sitk.sitkLinear)
+    return R
+
+
 def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, sampling: float = 0.2,
                    max_shift_mm: float = 30.0, seed: int = 1):
     """Rigid (Euler3D) Mattes-MI registration, moving -> fixed; returns (transform, info dict).
@@ -392,13 +405,7 @@ def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, s
     sitk = _sitk()
     tx = sitk.Euler3DTransform()
     tx.SetCenter(tuple(float(c) for c in center))
-    R = sitk.ImageRegistrationMethod()
-    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(float(sampling), int(seed))
-    if fixed_mask is not None:
-        R.SetMetricFixedMask(fixed_mask)
-    R.SetInterpolator(sitk.sitkLinear)
+    R = _mattes_mi(sitk, sampling, seed, fixed_mask)
     R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=int(iterations),
                                                relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
     R.SetOptimizerScalesFromPhysicalShift()
@@ -410,13 +417,7 @@ def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, s
     out = R.Execute(fixed, moving)
     after = float(R.GetMetricValue())
     # Re-evaluate on the full coarse grid at the solution, comparable with `before`.
-    R2 = sitk.ImageRegistrationMethod()
-    R2.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    R2.SetMetricSamplingStrategy(R2.RANDOM)
-    R2.SetMetricSamplingPercentage(float(sampling), int(seed))
-    if fixed_mask is not None:
-        R2.SetMetricFixedMask(fixed_mask)
-    R2.SetInterpolator(sitk.sitkLinear)
+    R2 = _mattes_mi(sitk, sampling, seed, fixed_mask)
     final_tx = sitk.CompositeTransform(out).GetNthTransform(0) if out.GetName() == "CompositeTransform" else out
     euler = sitk.Euler3DTransform(final_tx) if final_tx.GetName() == "Euler3DTransform" else None
     R2.SetInitialTransform(final_tx)

@@ -29,29 +29,8 @@ def bootstrap_ci(
         raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
     if m == 0:
         raise ValueError("bootstrap_ci got empty arrays")
-    value = metric_fn(*arrays)
-    value = None if value is None else float(value)
-    rng = np.random.default_rng(seed)
-    stats = []
-    failed = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(n):
-            idx = rng.integers(0, m, size=m)
-            try:
-                v = metric_fn(*(a[idx] for a in arrays))
-            except ValueError:
-                v = None
-            if v is None or not np.isfinite(v):
-                failed += 1
-                continue
-            stats.append(float(v))
-    if stats:
-        lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-        lo, hi = float(lo), float(hi)
-    else:
-        lo = hi = None
-    return {"value": value, "lo": lo, "hi": hi, "n_boot": n, "n_failed": failed, "alpha": alpha}
+    # one named metric: the same resampling as bootstrap_cis (same rows for the same seed)
+    return bootstrap_cis(lambda *a: {"value": metric_fn(*a)}, *arrays, n=n, seed=seed, alpha=alpha)["value"]
 
 
 def bootstrap_cis(

@@ -160,7 +160,8 @@ class ClipRecipe(Recipe):
             self._text_on_device().sentence(texts)
 
     # ------------------------------------------------------------------ steps
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def image_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, sequence_mask) of a batch; in training with sequence dropout and jitter applied."""
         image = batch["image"]
         mask = batch.get("sequence_mask")
         if mask is None:
@@ -169,6 +170,10 @@ class ClipRecipe(Recipe):
             mask = sequence_dropout(mask, self.sequence_dropout)
         if self.training and self.jitter:
             image = jitter_batch(image, **self.jitter)
+        return image, mask
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, mask = self.image_inputs(batch)
         return {
             "image_embed": self.encode_image(image, mask),
             "text_embed": self.encode_report(batch["text"]),

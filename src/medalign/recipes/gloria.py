@@ -29,7 +29,7 @@ from medalign.losses.clip import ClipLoss
 from medalign.losses.gloria import GloriaLocalLoss
 from medalign.models.heads import ProjectionHead
 from medalign.recipes import RECIPES
-from medalign.recipes.clip import ClipRecipe, apply_sequence_mask, sequence_dropout
+from medalign.recipes.clip import ClipRecipe, apply_sequence_mask
 
 _WORDLIKE = re.compile(r"\w")
 STOPWORDS: frozenset[str] = frozenset(
@@ -108,12 +108,7 @@ class GloriaRecipe(ClipRecipe):
         return {"text_embed": sent, "word_embed": words, "word_mask": mask.to(dev), "word_lists": enc["word_lists"]}
 
     def forward(self, batch: dict) -> dict[str, Any]:
-        image = batch["image"]
-        mask = batch.get("sequence_mask")
-        if mask is None:
-            mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
-        if self.training and self.sequence_dropout > 0:
-            mask = sequence_dropout(mask, self.sequence_dropout)
+        image, mask = self.image_inputs(batch)
         return {**self.image_features(image, mask), **self.text_word_features(batch["text"]),
                 "logit_scale": self.logit_scale()}
 
