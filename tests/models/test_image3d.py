@@ -43,7 +43,10 @@ def test_cpu_preset_local_and_stem() -> None:
     out = enc(torch.randn(1, 3, 16, 64, 64))
     # stem (1,2,2) -> 16x32x32, local level 2 after two pools -> 4x8x8 with 32 channels
     assert out["local"].shape == (1, 32, 4, 8, 8)
-    assert out["global"].shape == (1, 256)
+    # avg + max of every level: 2 * (8 + 16 + 32 + 64)
+    assert out["global"].shape == (1, 240) and enc.out_dim == 240
+    conv, bn, relu = list(enc.levels[1][1].block)[:3]  # Conv3d -> BatchNorm3d -> ReLU ("cbr")
+    assert isinstance(conv, torch.nn.Conv3d) and isinstance(bn, torch.nn.BatchNorm3d) and isinstance(relu, torch.nn.ReLU)
 
 
 def test_avg_pool_any_size() -> None:
@@ -82,3 +85,35 @@ def test_global_pool_options_shapes_and_values(pool, width):
         assert torch.allclose(g[:, :8], h.mean(-1)) and torch.allclose(g[:, 8:], h.amax(-1))
     with pytest.raises(ValueError, match="global_pool must be"):
         UNetEncoder(1, channels=(4, 8), global_pool="sum", input_shape=None, local_level=0)
+
+
+@pytest.mark.parametrize("order,norm", [("gcr", torch.nn.GroupNorm), ("cgr", torch.nn.GroupNorm), ("cbr", torch.nn.BatchNorm3d)])
+def test_layer_order(order, norm) -> None:
+    block = list(DoubleConv(2, 8, layer_order=order).block)
+    kinds = [type(m) for m in block]
+    expect = [norm, torch.nn.Conv3d, torch.nn.ReLU] if order[0] != "c" else [torch.nn.Conv3d, norm, torch.nn.ReLU]
+    assert kinds == expect * 2
+    # a norm before the first conv normalises the input channels, after it the output channels
+    first_norm = block[0] if order[0] != "c" else block[1]
+    width = first_norm.num_channels if isinstance(first_norm, torch.nn.GroupNorm) else first_norm.num_features
+    assert width == (2 if order[0] != "c" else 8)
+    with pytest.raises(ValueError, match="layer_order"):
+        DoubleConv(2, 8, layer_order="crg")
+
+
+def test_pool_levels_concatenates_levels_in_order() -> None:
+    torch.manual_seed(0)
+    enc = UNetEncoder(1, channels=(4, 8, 16), global_pool="avgmax", input_shape=None, local_level=0,
+                      pool_levels=(0, 2)).eval()
+    x = torch.randn(2, 1, 8, 16, 16)
+    g = enc(x)["global"]
+    assert g.shape == (2, 2 * (4 + 16)) and enc.out_dim == 40
+    h0 = enc.levels[0](enc.stem(x))
+    h2 = enc.levels[2](enc.levels[1](h0))
+    want = torch.cat([h0.flatten(2).mean(-1), h0.flatten(2).amax(-1), h2.flatten(2).mean(-1), h2.flatten(2).amax(-1)], 1)
+    assert torch.allclose(g, want, atol=1e-6)
+    assert UNetEncoder(1, channels=(4, 8), global_pool="avg", input_shape=None, local_level=0, pool_levels="all").out_dim == 12
+    with pytest.raises(ValueError, match="pool_levels"):
+        UNetEncoder(1, channels=(4, 8), global_pool="avg", input_shape=None, local_level=0, pool_levels=(2,))
+    with pytest.raises(ValueError, match="flatten"):
+        UNetEncoder(1, channels=(4, 8), input_shape=(4, 8, 8), local_level=0, pool_levels=(0,))
