@@ -258,6 +258,8 @@ def test_report_renders_a_run_with_only_extras(tmp_path):
     html, md = build_report([run], tmp_path / "r.html")
     text = html.read_text(encoding="utf-8")
     assert "GiMP ablation" in text and "Table 2" in text and "0.85" in text
+    # no headline figures -> no empty comparison table; the run is still listed
+    assert "Comparison across runs" not in text and "gimp_run (" in text
     empty = tmp_path / "empty_run"
     empty.mkdir()
     import pytest

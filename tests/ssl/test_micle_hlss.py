@@ -290,7 +290,15 @@ def test_cli_train_hlss_then_knn(tmp_path):
     assert main(["train", str(cfg), "--run-dir", str(rd)]) == 0
     assert main(["ssl", "hlss-knn", str(rd), "--n-boot", "10", "--checkpoint", "last"]) == 0
     extra = json.loads((rd / "report_extras" / "hlss_knn.json").read_text(encoding="utf-8"))
-    assert [r[0] for r in extra["tables"][0]["rows"]] == ["slab", "study", "patient"]
+    rows = extra["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["slab", "slab", "study", "study", "patient", "patient"]
+    assert [r[1] for r in rows[:2]] == ["HLSS", "random init"]
+    assert extra["images"] == ["report_extras/hlss_knn.png"] and (rd / extra["images"][0]).is_file()
+    res = json.loads((rd / "hlss_knn.json").read_text(encoding="utf-8"))
+    assert set(res["random_init"]["levels"]) == {"slab", "study", "patient"}
+    assert main(["ssl", "hlss-knn", str(rd), "--n-boot", "5", "--checkpoint", "last", "--no-random-init"]) == 0
+    res = json.loads((rd / "hlss_knn.json").read_text(encoding="utf-8"))
+    assert "random_init" not in res
     assert main(["ssl", "hlss-knn", str(tmp_path / "nope")]) == 2
 
 
@@ -305,3 +313,101 @@ def test_demo_presets_build(name):
     cfg = load_config(path, ["recipe.language_weight=0", "recipe.attribute_weight=0"] if name == "hlss_cpu" else [])
     r = build_recipe(cfg)
     assert r.encode_image(torch.rand(2, 3, *cfg["data"]["shape"])).shape[0] == 2
+
+
+def test_hlss_random_init_baseline_is_the_runs_initial_weights(tmp_path):
+    """The 'random init' rows must come from the weights training started from, not from the checkpoint."""
+    from medalign.cli import main
+    from medalign.config import load_config
+    from medalign.recipes.ssl_commands import hlss_knn
+    from medalign.utils import seed_everything
+
+    cfg_path = _tiny_cfg(tmp_path, {"name": "hlss", "n_slabs": 2, "language_weight": 0.0, "attribute_weight": 0.0})
+    rd = tmp_path / "run"
+    assert main(["train", str(cfg_path), "--run-dir", str(rd)]) == 0
+    cfg = load_config(rd / "config.yaml")
+    seed_everything(0)
+    fresh = build_recipe(cfg)
+    seed_everything(0)
+    again = build_recipe(cfg)
+    for (k, a), b in zip(fresh.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k  # build_recipe after seed_everything is reproducible
+    res = hlss_knn(rd, n_boot=5, checkpoint="last")
+    assert set(res["levels"]) == set(res["random_init"]["levels"]) == {"slab", "study", "patient"}
+
+
+def test_hlss_default_encoder_is_the_cpu_preset():
+    enc = HLSSRecipe(sequences=("dwi", "flair"), input_shape=(16, 32, 32), n_slabs=2, proj_dim=8,
+                     language_weight=0.0, attribute_weight=0.0, gather=False).encoder
+    assert enc.global_pool == "avgmax" and enc.pool_levels == (0, 1, 2, 3)
+    assert isinstance(enc.levels[0][1].block[1], torch.nn.BatchNorm3d)  # Conv -> BatchNorm -> ReLU
+    assert enc.out_dim == 2 * (8 + 16 + 32 + 64)  # pooled maps, no FC
+
+
+def test_label_efficiency_brain_like_uses_the_learning_encoder(tmp_path):
+    """3D in-memory data with 2 studies per patient: true MICLe pairs, cbr + avgmax encoder, report extras."""
+    import json
+
+    from medalign.recipes.ssl_commands import run_label_efficiency
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n, tag):
+        y = np.arange(n) % 2
+        x = torch.rand(n, 2, 4, 8, 8, generator=g) + torch.as_tensor(y, dtype=torch.float32).reshape(n, 1, 1, 1, 1)
+        return {"x": x, "mask": torch.ones(n, 2, dtype=torch.bool), "y": y,
+                "pid": [f"{tag}p{i // 2}" for i in range(n)], "sid": [f"{tag}s{i}" for i in range(n)]}
+
+    out = tmp_path / "le"
+    res = run_label_efficiency(dataset="brain", out=out, data={"train": split(16, "tr"), "test": split(8, "te")},
+                               spatial_dims=3, in_channels=2, input_shape=(4, 8, 8), channels=(4, 8),
+                               methods=("scratch", "micle"), fractions=(0.5, 1.0), pretrain_epochs=1, batch_size=8,
+                               finetune_steps=2, n_boot=5, stem_stride=[1, 2, 2], log=lambda *a: None)
+    assert set(res["results"]) == {"scratch", "micle"}
+    assert res["config"]["layer_order"] == "cbr" and res["config"]["global_pool"] == "avgmax"
+    assert any("'cbr' blocks, avgmax pooling of all levels" in n for n in res["notes"])
+    assert any("two different studies of one patient" in n for n in res["notes"])
+    # an easy (shifted-intensity) task: the frozen random-init features already separate it
+    assert res["results"]["scratch"]["probe"]["1.0"]["accuracy"]["value"] == 1.0
+    extra = json.loads((out / "report_extras" / "label_efficiency.json").read_text(encoding="utf-8"))
+    assert len(extra["tables"]) == 2 and all("[95% CI]" in c for c in extra["tables"][0]["columns"][3:])
+
+
+def test_label_efficiency_cli_bad_encoder_options(tmp_path):
+    from medalign.cli import main
+    from medalign.recipes.ssl_commands import _parse_pool_levels, _parse_stride
+
+    assert _parse_pool_levels("all") == "all" and _parse_pool_levels("last") is None
+    assert _parse_pool_levels("0,2") == [0, 2]
+    assert _parse_stride("2", 2) == 2 and _parse_stride("1,2,2", 3) == [1, 2, 2]
+    with pytest.raises(MedAlignError, match="pool-levels"):
+        _parse_pool_levels("deep")
+    with pytest.raises(MedAlignError, match="stem-stride"):
+        _parse_stride("1,2", 3)
+
+
+def test_hlss_mean_coarse_features_known_rows_and_gradients():
+    """coarse_features="mean": study/patient losses see one row per study (mean of its slabs)."""
+    torch.manual_seed(0)
+    r = _hlss(coarse_features="mean", gather=False)
+    seen = {}
+    orig = r.supcon.forward
+
+    def spy(feats, labels):
+        seen.setdefault("shapes", []).append((tuple(feats.shape), labels.tolist()))
+        return orig(feats, labels)
+
+    r.supcon.forward = spy
+    batch = {"image": torch.rand(4, 3, 4, 8, 8), "patient_id": ["a", "a", "b", "b"], "study_id": ["1", "2", "3", "4"]}
+    out = r.training_step(batch)
+    loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+    loss.backward()
+    assert torch.isfinite(loss)
+    # patient level first (4 studies x 2 views, patient labels), then study level, then 8 slabs
+    (p_shape, p_lab), _, (s_shape, s_lab), _, (f_shape, _), _ = seen["shapes"]
+    assert p_shape[:2] == (4, 2) and p_lab == [0, 0, 1, 1]
+    assert s_shape[:2] == (4, 2) and s_lab == [0, 1, 2, 3]
+    assert f_shape[:2] == (8, 2)
+    assert all(p.grad is not None for p in r.encoder.parameters())
+    with pytest.raises(ValueError, match="coarse_features"):
+        _hlss(coarse_features="max")

@@ -456,8 +456,9 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path = "report.html"
             extras_only.append((name, rd))
 
     doc.heading(1, "medalign evaluation report")
-    doc.para("runs: " + ", ".join(f"{n} ({rd})" for n, rd, _ in runs))
-    _comparison(doc, [(n, m) for n, _, m in runs])
+    doc.para("runs: " + ", ".join(f"{n} ({rd})" for n, rd in [(n, rd) for n, rd, _ in runs] + extras_only))
+    if runs:  # runs with only report extras (GiMP, SSL experiments) have no headline figures
+        _comparison(doc, [(n, m) for n, _, m in runs])
     for name, rd, m in runs:
         thumb = make_thumbnail_fn(m.get("cache_dir")) if thumbnails else (lambda s: None)
         _run_sections(doc, rd, name, m, thumb=thumb)

@@ -90,6 +90,12 @@ class HLSSRecipe(SSLRecipe):
             object with ``sentence(texts) -> (K, Dt)``.
         language_weight, attribute_weight: weights of the language-tied SupCon and attribute CE.
         text_temperature: temperature of the attribute cross-entropy over description similarities.
+        coarse_features: what the losses of the coarser levels (``middle``, patient) see.
+            ``"slab"`` (HLSS as published: every level's loss on the fine-level features, labelled by
+            their ancestor) or ``"mean"``: the mean of a unit's slab features per view, the same
+            study embedding the kNN evaluation and ``encode_image`` use. With 8-slice volumes a lesion
+            sits in one slab, so a "patient positive" between a lesion slab and a lesion-free slab of
+            a follow-up shares nothing learnable; mean-pooled study embeddings do share the lesion.
     """
 
     patient_batches = True
@@ -99,8 +105,11 @@ class HLSSRecipe(SSLRecipe):
                  levels: Sequence[str] | None = None, level_weights: dict | None = None, proj_dim: int = 128,
                  temperature: float = 0.07, descriptions: str | Path | dict | None = None,
                  text_encoder: dict | Any | None = None, language_weight: float = 1.0, attribute_weight: float = 0.5,
-                 text_temperature: float = 0.1, augment: dict | None = None, gather: bool = True) -> None:
-        enc = dict(image_encoder or {"name": "unet3d_cpu", "global_pool": "avg"})
+                 text_temperature: float = 0.1, augment: dict | None = None, gather: bool = True,
+                 coarse_features: str = "slab") -> None:
+        # default: the CPU preset as it is (Conv -> BatchNorm -> ReLU, avg + max pooling of every level);
+        # with last-level average pooling the encoder learned nothing on the synthetic cohort.
+        enc = dict(image_encoder or {"name": "unet3d_cpu"})
         spatial_dims = int(enc.get("spatial_dims", 3))
         shape = tuple(input_shape) if input_shape is not None else None
         if shape is not None and len(shape) != 3:
@@ -113,6 +122,9 @@ class HLSSRecipe(SSLRecipe):
                 raise ValueError(f"depth {shape[0]} is not divisible into {n_slabs} slabs")
             enc_shape = (shape[0] // n_slabs, *shape[1:]) if shape is not None else None
         super().__init__(sequences=sequences, input_shape=enc_shape, image_encoder=enc, augment=augment)
+        if coarse_features not in ("slab", "mean"):
+            raise ValueError(f"HLSS coarse_features must be 'slab' or 'mean', got '{coarse_features}'")
+        self.coarse_features = coarse_features
         if middle not in ("study", "sequence"):
             raise ValueError(f"HLSS middle must be 'study' or 'sequence', got '{middle}'")
         if enc_shape is not None:
@@ -219,17 +231,25 @@ class HLSSRecipe(SSLRecipe):
         labels[self.middle] = labels.pop("study")
         labels[self.fine_level] = labels.pop("slab")
         out: dict[str, Any] = {}
+        units = n // s
         for lvl in self.levels:
-            y = labels[lvl].to(h.device)
+            y, hl, rows = labels[lvl].to(h.device), h, slice(None)
+            if self.coarse_features == "mean" and lvl != self.fine_level:
+                # one row per study (or sequence unit): the mean of its slab features, per view
+                hl = h.reshape(units, s, 2, -1).mean(1)  # (U, 2, F): instances are unit-major
+                rows = slice(None, None, s)
+                y = y[rows]
             w = self.level_weights[lvl]
-            out[f"{lvl}_supcon_loss"] = w * self.supcon(self.proj[lvl](h), y)["supcon_loss"]
+            out[f"{lvl}_supcon_loss"] = w * self.supcon(self.proj[lvl](hl), y)["supcon_loss"]
             if lvl in self.text_proj:
-                logits = self.language_logits(lvl, h)  # (N, 2, K)
+                logits = self.language_logits(lvl, hl)  # (N or U, 2, K)
                 if self.language_weight > 0:
                     # SupCon L2-normalises: the language-tied representation is the direction of
                     # the similarity profile over the level's descriptions.
                     out[f"{lvl}_language_loss"] = w * self.language_weight * self.supcon(logits, y)["supcon_loss"]
                 target = self._attribute_targets(lvl, labels, seq_chan, s)
+                if target is not None:
+                    target = target[rows]
                 if target is not None and self.attribute_weight > 0:
                     k = len(self.desc[lvl]["keys"])
                     att = logits[..., :k] / self.text_temperature  # (N, 2, k)

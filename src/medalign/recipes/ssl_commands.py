@@ -210,7 +210,7 @@ def _fmt(ci: dict) -> str:
     return format_ci(ci, 3)
 
 
-def _report(results: dict, out: Path, dataset: str, notes: list[str]) -> None:
+def _report(results: dict, out: Path, dataset: str, notes: list[str], n_classes: Optional[int] = None) -> None:
     """results[method][mode][fraction] -> report_extras/label_efficiency.json + a plot."""
     import matplotlib
 
@@ -224,12 +224,14 @@ def _report(results: dict, out: Path, dataset: str, notes: list[str]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, mode in zip(axes, ("probe", "finetune")):
         rows = []
-        for method, res in results.items():
+        for j, (method, res) in enumerate(results.items()):
             if mode not in res:
                 continue
             r = res[mode]
             accs = [r[str(f)]["accuracy"] for f in fractions if str(f) in r]
-            xs = [f * 100 for f in fractions if str(f) in r]
+            # dodge the methods sideways (log axis: a factor) so overlapping CI whiskers stay readable
+            dodge = 1.07 ** (j - (len(results) - 1) / 2)
+            xs = [f * 100 * dodge for f in fractions if str(f) in r]
             # A percentile CI need not contain the point estimate (few resamples): clip at 0.
             lo = [max(0.0, a["value"] - (a["lo"] if a["lo"] is not None else a["value"])) for a in accs]
             hi = [max(0.0, (a["hi"] if a["hi"] is not None else a["value"]) - a["value"]) for a in accs]
@@ -238,6 +240,8 @@ def _report(results: dict, out: Path, dataset: str, notes: list[str]) -> None:
                 if str(f) in r:
                     e = r[str(f)]
                     rows.append([method, f"{f:g}", e["n_train"], _fmt(e["accuracy"]), _fmt(e["auroc"])])
+        if n_classes:
+            ax.axhline(1.0 / n_classes, color="grey", ls=":", lw=1, label=f"chance (1/{n_classes})")
         ax.set_xscale("log")
         ax.set_xlabel("% of training labels")
         ax.set_ylabel("test accuracy")
@@ -266,8 +270,15 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
                          input_shape, channels=(16, 32, 64), methods=("scratch", "simclr", "micle"),
                          fractions=(0.01, 0.1, 1.0), pretrain_epochs: int = 15, batch_size: int = 128,
                          lr: float = 1e-3, finetune_steps: int = 150, finetune_lr: float = 1e-3, seed: int = 0,
-                         n_boot: int = 200, clip_run: Optional[Path] = None, log=print) -> dict:
-    """The experiment behind ``medalign ssl label-efficiency`` (in-memory ``data`` with train/test)."""
+                         n_boot: int = 200, clip_run: Optional[Path] = None, layer_order: str = "cbr",
+                         global_pool: str = "avgmax", pool_levels="all", stem_stride=1, log=print) -> dict:
+    """The experiment behind ``medalign ssl label-efficiency`` (in-memory ``data`` with train/test).
+
+    The encoder is the ``unet3d_cpu`` preset's (Conv -> BatchNorm -> ReLU blocks, avg + max pooling of
+    every level, no FC): with the paper's GroupNorm-first blocks and last-level average pooling it
+    learned nothing from ~100-200 synthetic studies, even supervised, so every method sat at chance.
+    ``pool_levels``: ``"all"``, ``None`` (last level only) or level indices.
+    """
     import numpy as np
     import torch
 
@@ -276,8 +287,12 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
     from medalign.utils import atomic_write_json, seed_everything
 
     seed_everything(seed)
-    enc_cfg = {"name": "unet3d_cpu", "spatial_dims": spatial_dims, "channels": list(channels), "stem_stride": 1,
-               "global_pool": "avg", "out_dim": int(channels[-1]), "local_level": len(channels) - 1}
+    enc_cfg = {"name": "unet3d_cpu", "spatial_dims": spatial_dims, "channels": list(channels),
+               "stem_stride": stem_stride, "layer_order": layer_order, "global_pool": global_pool,
+               "local_level": len(channels) - 1}
+    if global_pool != "flatten":
+        # no FC after the pooling: the probe and the projection head see the pooled maps themselves
+        enc_cfg["pool_levels"] = pool_levels if pool_levels in ("all", None) else [int(i) for i in pool_levels]
     common = {"sequences": tuple(f"c{i}" for i in range(in_channels)), "input_shape": tuple(input_shape),
               "image_encoder": enc_cfg, "proj_dim": 64, "gather": False}
     multi = any(p != q for p, q in zip(sorted(data["train"]["pid"]), sorted(set(data["train"]["pid"]))))
@@ -347,16 +362,21 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
     if "clip" in methods and clip_run is None:
         why = "PneumoniaMNIST has no reports to train CLIP on" if dataset == "pneumoniamnist" else "no --clip-run given"
         notes.append(f"CLIP-pretrained: not run ({why}).")
-    notes.append(f"Encoder: U-Net contracting path {list(channels)} (spatial_dims={spatial_dims}), "
-                 f"avg-pooled; pretraining {pretrain_epochs} epochs, batch {batch_size}, Adam {lr:g} cosine; "
+    levels_txt = "all levels" if pool_levels == "all" else ("the last level" if pool_levels is None else
+                                                             f"levels {list(pool_levels)}")
+    notes.append(f"Encoder: U-Net contracting path {list(channels)} (spatial_dims={spatial_dims}, "
+                 f"'{layer_order}' blocks, {global_pool} pooling of {levels_txt}, stem stride {stem_stride}); "
+                 f"probe: logistic regression on L2-normalised frozen backbone features; pretraining {pretrain_epochs} epochs, batch {batch_size}, Adam {lr:g} cosine; "
                  f"fine-tuning {finetune_steps} steps, Adam {finetune_lr:g}; seed {seed}; train n = "
                  f"{len(data['train']['y'])}, test n = {len(data['test']['y'])}.")
     summary = {"dataset": dataset, "results": results, "notes": notes, "timings_s": timings,
                "fractions": [float(f) for f in fractions], "config": {
-                   "channels": list(channels), "pretrain_epochs": pretrain_epochs, "batch_size": batch_size, "lr": lr,
+                   "channels": list(channels), "layer_order": layer_order, "global_pool": global_pool,
+                   "pool_levels": pool_levels if pool_levels in ("all", None) else list(pool_levels),
+                   "stem_stride": stem_stride, "pretrain_epochs": pretrain_epochs, "batch_size": batch_size, "lr": lr,
                    "finetune_steps": finetune_steps, "finetune_lr": finetune_lr, "seed": seed, "n_boot": n_boot}}
     atomic_write_json(out / "label_efficiency.json", summary)
-    _report(results, out, dataset, notes)
+    _report(results, out, dataset, notes, n_classes=n_classes)
     return summary
 
 
@@ -364,15 +384,21 @@ def run_label_efficiency(*, dataset: str, out: Path, data: dict[str, dict], spat
 # HLSS kNN evaluation
 # ---------------------------------------------------------------------------------------------
 def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optional[Path] = None, k: int = 5,
-             n_boot: int = 200, checkpoint: str = "best", test_splits: tuple[str, ...] = ("test",)) -> dict:
-    """kNN (cosine, train split as memory) at slab/slice, study and patient level for an HLSS run."""
+             n_boot: int = 200, checkpoint: str = "best", test_splits: tuple[str, ...] = ("test",),
+             random_init: bool = True) -> dict:
+    """kNN (cosine, train split as memory) at slab/slice, study and patient level for an HLSS run.
+
+    With ``random_init`` the same recipe freshly initialised (the run's seed, i.e. the weights
+    training started from) is evaluated on the same rows: the baseline that tells whether HLSS
+    learned anything beyond what a random network's features already separate.
+    """
     import numpy as np
     import torch
 
     from medalign.config import load_config
     from medalign.errors import MedAlignError
     from medalign.recipes import build_recipe
-    from medalign.utils import atomic_write_json
+    from medalign.utils import atomic_write_json, seed_everything
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -381,12 +407,18 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
     cfg = load_config(cfg_path)
     if (cfg.get("recipe") or {}).get("name") != "hlss":
         raise MedAlignError(f"{run_dir}: recipe is '{(cfg.get('recipe') or {}).get('name')}', not 'hlss'")
-    recipe = build_recipe(cfg)
     ck = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
     if not ck.is_file():
         raise MedAlignError(f"{run_dir}: no checkpoint {ck.name} in checkpoints/ (use --checkpoint last?)")
     from medalign.train.loop import load_weights
 
+    seed_everything(int(cfg.get("seed") or 0))
+    recipe = build_recipe(cfg)
+    baseline = None
+    if random_init:
+        import copy
+
+        baseline = copy.deepcopy(recipe).eval()  # the initial weights of a run with this seed
     load_weights(recipe, ck, strict=True)
     recipe.eval()
     dc = dict(cfg.get("data") or {})
@@ -394,34 +426,94 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
         dc["manifest"] = str(manifest)
     if cache_dir is not None:
         dc["cache_dir"] = str(cache_dir)
-    data = {}
+    samples = {}
     for split, names in (("train", ("train",)), ("test", tuple(test_splits))):
-        samples = []
+        rows = []
         for name in names:
             ds = recipe.build_dataset(dc, name, train=False)
-            samples += [ds[i] for i in range(len(ds))]
-        if not samples:
+            rows += [ds[i] for i in range(len(ds))]
+        if not rows:
             raise MedAlignError(f"split(s) {', '.join(names)} of {dc.get('manifest')} empty")
-        x = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-        m = torch.stack([torch.as_tensor(s["sequence_mask"]) for s in samples]) if "sequence_mask" in samples[0] else None
-        with torch.no_grad():
-            slab = torch.cat([recipe.slab_features(x[i:i + 8], m[i:i + 8] if m is not None else None)
-                              for i in range(0, len(x), 8)])  # (N, S, F)
-        data[split] = {"slab": slab.numpy(), "y": np.array([int(s["label"]) for s in samples]),
-                       "pid": [str(s["patient_id"]) for s in samples]}
+        samples[split] = rows
+
+    def slab_data(rec) -> dict:
+        out = {}
+        for split, rows in samples.items():
+            x = torch.stack([torch.as_tensor(s["image"]) for s in rows])  # (N, C, D, H, W)
+            m = torch.stack([torch.as_tensor(s["sequence_mask"]) for s in rows]) if "sequence_mask" in rows[0] else None
+            with torch.no_grad():
+                slab = torch.cat([rec.slab_features(x[i:i + 8], m[i:i + 8] if m is not None else None)
+                                  for i in range(0, len(x), 8)])  # (N, S, F)
+            out[split] = {"slab": slab.numpy(), "y": np.array([int(s["label"]) for s in rows]),
+                          "pid": [str(s["patient_id"]) for s in rows]}
+        return out
+
+    data = slab_data(recipe)
     result = knn_levels(data["train"], data["test"], k=k, n_boot=n_boot, fine=recipe.fine_level)
+    result.update({"checkpoint": checkpoint, "test_splits": list(test_splits)})
+    encoders = [("HLSS", result["levels"])]
+    if baseline is not None:
+        rand = slab_data(baseline)
+        result["random_init"] = knn_levels(rand["train"], rand["test"], k=k, n_boot=n_boot, fine=recipe.fine_level)
+        encoders.append(("random init", result["random_init"]["levels"]))
     atomic_write_json(run_dir / "hlss_knn.json", result)
-    rows = [[lvl, r["n_test"], _fmt(r["accuracy"]), _fmt(r["balanced_accuracy"])] for lvl, r in result["levels"].items()]
+    rows = [[lvl, name, r["n_test"], _fmt(r["accuracy"]), _fmt(r["balanced_accuracy"])]
+            for lvl in result["levels"] for name, levels in encoders for r in [levels.get(lvl)] if r is not None]
+    n_classes = int(max(data["train"]["y"].max(), data["test"]["y"].max()) + 1)
+    images = [_knn_plot(run_dir, encoders, n_classes=n_classes)]
+    variant = getattr(recipe, "coarse_features", "slab")
     atomic_write_json(run_dir / "report_extras" / "hlss_knn.json", {
         "title": "HLSS: kNN evaluation at slab, study and patient level",
-        "markdown": (f"Cosine kNN (k={k}) on HLSS backbone features; memory = train split, queries = "
-                     f"{'+'.join(test_splits)}. "
+        "markdown": (f"Cosine kNN (k={k}) on HLSS backbone features ({checkpoint} checkpoint); memory = train split, "
+                     f"queries = {'+'.join(test_splits)}. "
+                     f"Training: study/patient losses on {'mean-pooled study' if variant == 'mean' else 'slab'} "
+                     f"features (recipe.coarse_features={variant}). "
                      f"{recipe.fine_level.capitalize()} features are the encoder output per {recipe.fine_level}; "
                      "study = mean of its slab features, patient = mean of its studies. Labels: the study label "
-                     "(slabs inherit it; patients take their most frequent study label). CIs: bootstrap over test rows."),
-        "images": [], "tables": [{"caption": "kNN accuracy [95% CI]", "columns": ["level", "n test", "accuracy", "balanced accuracy"],
-                                  "rows": rows}]})
+                     "(slabs inherit it; patients take their most frequent study label). "
+                     + ("'random init' = the same network with the weights training started from (same seed), "
+                        "the baseline HLSS has to beat. " if baseline is not None else "")
+                     + "CIs: 95% percentile bootstrap over test rows (slab rows are not independent: "
+                       "slabs of one study share a label, so the slab CI is too narrow)."),
+        "images": images, "tables": [{"caption": "kNN accuracy [95% CI]",
+                                      "columns": ["level", "encoder", "n test", "accuracy", "balanced accuracy"],
+                                      "rows": rows}]})
     return result
+
+
+def _knn_plot(run_dir: Path, encoders: list, n_classes: Optional[int] = None) -> str:
+    """Grouped bars (level x encoder) of kNN accuracy with CI whiskers -> report_extras/hlss_knn.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from medalign.utils import atomic_path
+
+    lvls = list(encoders[0][1])
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    w = 0.8 / len(encoders)
+    for j, (name, levels) in enumerate(encoders):
+        acc = [levels[lv]["accuracy"] for lv in lvls]
+        v = np.array([a["value"] for a in acc])
+        lo = np.array([a["lo"] if a["lo"] is not None else a["value"] for a in acc])
+        hi = np.array([a["hi"] if a["hi"] is not None else a["value"] for a in acc])
+        ax.bar(np.arange(len(lvls)) + (j - (len(encoders) - 1) / 2) * w, v, w, label=name,
+               yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], capsize=3)
+    if n_classes:
+        ax.axhline(1.0 / n_classes, color="grey", ls=":", lw=1, label=f"chance (1/{n_classes})")
+    ax.set_xticks(np.arange(len(lvls)), lvls)
+    ax.set_ylabel("kNN accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    img = run_dir / "report_extras" / "hlss_knn.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(img, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return str(img.relative_to(run_dir))
 
 
 def knn_levels(train: dict, test: dict, *, k: int = 5, n_boot: int = 200, seed: int = 0, fine: str = "slab") -> dict:
@@ -479,6 +571,34 @@ def _knn(Xtr, ytr, Xte, n_classes: int, k: int):
     return out
 
 
+def _parse_pool_levels(text: str):
+    """"all" -> "all", "last" -> None (last level only), "1,2" -> [1, 2]."""
+    from medalign.errors import MedAlignError
+
+    t = text.strip().lower()
+    if t in ("all", "last"):
+        return "all" if t == "all" else None
+    try:
+        return [int(i) for i in t.split(",") if i.strip()]
+    except ValueError:
+        raise MedAlignError(f"--pool-levels must be 'all', 'last' or level indices like '1,2', got '{text}'") from None
+
+
+def _parse_stride(text: str, spatial_dims: int):
+    """"2" -> 2, "1,2,2" -> [1, 2, 2] (one value per spatial axis)."""
+    from medalign.errors import MedAlignError
+
+    try:
+        vals = [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        vals = []
+    if len(vals) == 1:
+        return vals[0]
+    if len(vals) != spatial_dims or min(vals) < 1:
+        raise MedAlignError(f"--stem-stride must be one integer or {spatial_dims} comma-separated ones, got '{text}'")
+    return vals
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
@@ -498,6 +618,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         clip_run: Optional[Path] = typer.Option(None, help="A brain-CLIP run dir for the 'clip' baseline."),
         fractions: str = typer.Option("0.01,0.1,1.0", help="Label fractions."),
         channels: str = typer.Option("16,32,64", help="Encoder feature maps per level."),
+        layer_order: str = typer.Option("cbr", help="Encoder blocks: cbr (Conv-BatchNorm-ReLU), cgr, gcr (paper)."),
+        global_pool: str = typer.Option("avgmax", help="Encoder global pooling: avgmax, avg, max."),
+        pool_levels: str = typer.Option("all", help="Pooled levels: all, last, or indices like 1,2."),
+        stem_stride: str = typer.Option("1", help="Strided stem: 1 (none), 2, or per axis like 1,2,2 (D,H,W)."),
         pretrain_epochs: int = typer.Option(15), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
         finetune_steps: int = typer.Option(150), finetune_lr: float = typer.Option(1e-3),
         size: Optional[int] = typer.Option(None, help="pneumoniamnist: resize to SIZE x SIZE."),
@@ -526,7 +650,9 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
             methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
             fractions=tuple(float(f) for f in fractions.split(",")), pretrain_epochs=pretrain_epochs,
             batch_size=batch_size, lr=lr, finetune_steps=finetune_steps, finetune_lr=finetune_lr, seed=seed,
-            n_boot=n_boot, clip_run=clip_run, log=typer.echo)
+            n_boot=n_boot, clip_run=clip_run, layer_order=layer_order, global_pool=global_pool,
+            pool_levels=_parse_pool_levels(pool_levels), stem_stride=_parse_stride(stem_stride, spatial_dims),
+            log=typer.echo)
         for name, res in summary["results"].items():
             for mode in ("probe", "finetune"):
                 for f, e in (res.get(mode) or {}).items():
@@ -541,10 +667,15 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         k: int = typer.Option(5), n_boot: int = typer.Option(200),
         checkpoint: str = typer.Option("best", help="best | last"),
         test_splits: str = typer.Option("test", help="Query split(s), e.g. val,test (memory = train)."),
+        random_init: bool = typer.Option(True, "--random-init/--no-random-init",
+                                         help="Also evaluate the run's initial (random) weights as a baseline."),
     ) -> None:
         """kNN accuracy (with CIs) at slab/slice, study and patient level; writes report_extras/hlss_knn.json."""
         res = hlss_knn(run, manifest=manifest, cache_dir=cache_dir, k=k, n_boot=n_boot, checkpoint=checkpoint,
-                       test_splits=tuple(t.strip() for t in test_splits.split(",") if t.strip()))
-        for lvl, r in res["levels"].items():
-            typer.echo(f"{lvl:8s} n={r['n_test']:4d}  acc {_fmt(r['accuracy'])}  bacc {_fmt(r['balanced_accuracy'])}")
+                       test_splits=tuple(t.strip() for t in test_splits.split(",") if t.strip()),
+                       random_init=random_init)
+        for name, levels in (("HLSS", res["levels"]), ("random init", (res.get("random_init") or {}).get("levels"))):
+            for lvl, r in (levels or {}).items():
+                typer.echo(f"{name:12s} {lvl:8s} n={r['n_test']:4d}  acc {_fmt(r['accuracy'])}  "
+                           f"bacc {_fmt(r['balanced_accuracy'])}")
         typer.echo(json.dumps({"wrote": str(Path(run) / "report_extras" / "hlss_knn.json")}))
