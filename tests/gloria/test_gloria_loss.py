@@ -175,3 +175,31 @@ def test_bad_shapes_raise_clear_errors(img, words, mask, msg):
 def test_bad_agg():
     with pytest.raises(ValueError, match="agg"):
         GloriaLocalLoss(agg="max")
+
+
+# ------------------------------------------------------------------ region mask (attention inside the head)
+def test_region_mask_known_values():
+    """Image 0 may only attend to region 1 (e2): its context is e2 whatever the word. Image 1 has no
+    allowed region, so it keeps all of them (same as no mask)."""
+    rm = torch.tensor([[False, True], [False, False]])
+    a = word_region_attention(IMG, WORDS, temp1=4.0, region_mask=rm)  # (I, T, W, R)
+    assert torch.allclose(a[0, :, :, 1], torch.ones(2, 2)) and torch.all(a[0, :, :, 0] == 0)
+    assert torch.allclose(a[1], word_region_attention(IMG, WORDS, temp1=4.0)[1])
+    s, _ = local_similarity(IMG, WORDS, MASK, temp1=4.0, temp2=5.0, region_mask=rm)
+    # image 0 vs report 0 (single word e1): context e2 -> cos 0 -> score 5 * 0
+    assert s[0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    # image 0 vs report 1: words e2 (cos 1) and e1+e2 (cos 1/sqrt2)
+    assert s[0, 1].item() == pytest.approx(math.log(math.exp(5.0) + math.exp(5.0 / math.sqrt(2))), rel=1e-5)
+
+
+def test_region_mask_gradient_and_bad_shape():
+    img = IMG.clone().requires_grad_(True)
+    words = WORDS.clone().requires_grad_(True)
+    rm = torch.tensor([[True, False], [True, True]])
+    out = GloriaLocalLoss()(img, words, MASK, rm)["local_loss"]
+    out.backward()
+    assert torch.isfinite(img.grad).all() and torch.isfinite(words.grad).all()
+    # the masked-out region of image 0 gets no gradient through the attention/context
+    assert torch.all(img.grad[0, 1] == 0) and img.grad[0, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="region_mask must be"):
+        word_region_attention(IMG, WORDS, region_mask=torch.ones(2, 3, dtype=torch.bool))

@@ -191,3 +191,46 @@ def test_cli_attend_and_localise(tmp_path):
     extra = json.loads((gl / "report_extras" / "gloria.json").read_text())
     assert extra["tables"][0]["columns"][0] == "metric" and len(extra["tables"][0]["rows"]) >= 10
     assert len(extra["images"]) == 2 and all((gl / p).is_file() for p in extra["images"])
+
+
+def test_text_section_reaches_word_branch(tmp_path):
+    """With text_section: impression both branches see only the impression (training batches hold
+    whole reports); jitter is accepted as in the CLIP recipe."""
+    r = build_recipe(_cfg(tmp_path, text_section="impression", jitter={"shift": [0, 1, 1], "scale": 0.1}))
+    report = "Findings: there is a bright region in the left frontal lobe. IMPRESSION: Acute infarct."
+    assert r.report_texts([report]) == ["Acute infarct."]
+    b = _batch(1)
+    b["text"] = [report]
+    r.train()
+    f = r(b)
+    assert [w for w in f["word_lists"][0] if w.isalnum()] == ["Acute", "infarct"]
+    ref = r.text_word_features(["Acute infarct."])
+    assert torch.allclose(f["text_embed"], ref["text_embed"], atol=1e-6)
+
+
+def test_head_regions_mask_and_attention(tmp_path):
+    """head_regions: only local-grid cells (here 2 x 8 x 8 of a 4 x 16 x 16 input) at least half
+    inside the non-zero 'head' are attended; the attention map is 0 elsewhere."""
+    torch.manual_seed(0)
+    r = build_recipe(_cfg(tmp_path, head_regions=0.5)).eval()
+    img = torch.zeros(1, 2, *SHAPE)
+    img[0, 1, :, 4:12, 2:6] = torch.randn(4, 8, 4)  # "head" in one channel only, rows 4-11, cols 2-5
+    m = r.head_region_mask(img, (2, 8, 8))
+    want = torch.zeros(2, 8, 8, dtype=torch.bool)
+    want[:, 2:6, 1:3] = True  # cells of 2x2 voxels, fully inside
+    assert m.shape == (1, 128) and torch.equal(m[0], want.flatten())
+    f = r.image_features(img, torch.ones(1, 2, dtype=torch.bool))
+    assert torch.equal(f["region_mask"], m)
+    out = r.word_attention(img[0], None, TEXTS[0])
+    a = out["attention"]  # (W, 2, 8, 8)
+    assert np.allclose(a[:, ~want.numpy()], 0.0) and np.allclose(a.reshape(a.shape[0], -1).sum(1), 1.0, atol=1e-5)
+    # training step with the mask: finite losses and gradients
+    r.train()
+    b = _batch()
+    b["image"][:, :, :, :2] = 0.0  # a background band
+    loss = sum(v for k, v in r.training_step(b).items() if k.endswith("_loss"))
+    loss.backward()
+    assert torch.isfinite(loss) and r.image_local_proj.net.weight.grad.abs().sum() > 0
+    assert build_recipe(_cfg(tmp_path)).head_regions is None  # paper default: off
+    with pytest.raises(ValueError, match="head_regions"):
+        build_recipe(_cfg(tmp_path, head_regions=1.5))

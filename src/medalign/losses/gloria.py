@@ -47,11 +47,14 @@ def word_region_attention(
     normalise_regions: bool = False,
     word_softmax: bool = False,
     word_mask: torch.Tensor | None = None,
+    region_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of every word of every report over the regions of every image.
 
     image_local (I, R, E), words (T, W, E) -> attention (I, T, W, R), rows sum to 1 over R.
-    Words are L2-normalised here; regions only if ``normalise_regions``.
+    Words are L2-normalised here; regions only if ``normalise_regions``. ``region_mask`` (I, R)
+    bool restricts the attention to the True regions (e.g. those inside the head); an image
+    with no True region attends to all of its regions.
     """
     q = F.normalize(words, dim=-1)                                   # (T, W, E)
     v = F.normalize(image_local, dim=-1) if normalise_regions else image_local  # (I, R, E)
@@ -62,7 +65,19 @@ def word_region_attention(
             logits = logits.masked_fill(~word_mask[None, :, :, None], float("-inf"))  # (I, T, W, R)
         logits = torch.softmax(logits, dim=2)                        # (I, T, W, R)
         logits = torch.nan_to_num(logits, nan=0.0)                    # reports with no words
-    return torch.softmax(temp1 * logits, dim=-1)                     # (I, T, W, R)
+    logits = temp1 * logits                                          # (I, T, W, R)
+    if region_mask is not None:
+        region_mask = _region_mask(region_mask, image_local)
+        logits = logits.masked_fill(~region_mask[:, None, None, :], float("-inf"))  # (I, T, W, R)
+    return torch.softmax(logits, dim=-1)                             # (I, T, W, R)
+
+
+def _region_mask(region_mask: torch.Tensor, image_local: torch.Tensor) -> torch.Tensor:
+    """Validated (I, R) bool mask; images without any True region keep all regions."""
+    if region_mask.shape != image_local.shape[:2]:
+        raise ValueError(f"region_mask must be (I, R) = {tuple(image_local.shape[:2])}, got {tuple(region_mask.shape)}")
+    region_mask = region_mask.bool().to(image_local.device)
+    return region_mask | ~region_mask.any(-1, keepdim=True)         # (I, R)
 
 
 def local_similarity(
@@ -76,13 +91,15 @@ def local_similarity(
     normalise_regions: bool = False,
     word_softmax: bool = False,
     return_attention: bool = False,
+    region_mask: torch.Tensor | None = None,
     eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pair scores s (I, T) (before temp3) and optionally the attention (I, T, W, R).
 
     ``agg="sum"`` is the paper's log-sum-exp over words; ``"mean"`` uses log-mean-exp
     (the reference code's other option). Padded words (``word_mask`` False) are ignored.
-    A report with no real word gets score 0 against every image.
+    A report with no real word gets score 0 against every image. ``region_mask`` (I, R): see
+    :func:`word_region_attention`.
     """
     _check(image_local, words, word_mask)
     if agg not in ("sum", "mean"):
@@ -90,7 +107,7 @@ def local_similarity(
     word_mask = word_mask.bool()
     attn = word_region_attention(
         image_local, words, temp1=temp1, normalise_regions=normalise_regions,
-        word_softmax=word_softmax, word_mask=word_mask,
+        word_softmax=word_softmax, word_mask=word_mask, region_mask=region_mask,
     )                                                                # (I, T, W, R)
     context = torch.einsum("itwr,ire->itwe", attn, image_local)       # (I, T, W, E)
     q = words[None]                                                  # (1, T, W, E)
@@ -132,19 +149,20 @@ class GloriaLocalLoss(nn.Module):
         self.weight = float(weight)
 
     def scores(self, image_local: torch.Tensor, word_embed: torch.Tensor, word_mask: torch.Tensor,
-               *, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+               *, return_attention: bool = False,
+               region_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pair scores (I, T) before temp3, and the attention (I, T, W, R) when asked."""
         return local_similarity(
             image_local, word_embed, word_mask, temp1=self.temp1, temp2=self.temp2, agg=self.agg,
             normalise_regions=self.normalise_regions, word_softmax=self.word_softmax,
-            return_attention=return_attention,
+            return_attention=return_attention, region_mask=region_mask,
         )
 
     def forward(self, image_local: torch.Tensor, word_embed: torch.Tensor,
-                word_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                word_mask: torch.Tensor, region_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if image_local.shape[0] != word_embed.shape[0]:
             raise ValueError(
                 f"batch sizes differ: image_local {image_local.shape[0]}, word_embed {word_embed.shape[0]}"
             )
-        s, _ = self.scores(image_local, word_embed, word_mask)          # (B, B)
+        s, _ = self.scores(image_local, word_embed, word_mask, region_mask=region_mask)  # (B, B)
         return {"local_loss": self.weight * symmetric_ce(self.temp3 * s)}

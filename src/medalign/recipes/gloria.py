@@ -54,6 +54,15 @@ class GloriaRecipe(ClipRecipe):
         local_projection: ``"linear"`` (= GLoRIA's 1x1 conv) or ``"mlp"`` for both local heads.
         normalise_regions: L2-normalise region vectors before the attention (reference: no).
         drop_stopwords: mask stop words out of the local loss (reference: keep them).
+        head_regions: ``None`` (paper) lets every word attend to every sub-region. A number f in
+            (0, 1] restricts the attention (loss, similarities and maps) to sub-regions whose
+            voxels are at least a fraction f inside the head (any input channel non-zero; the
+            background is exactly 0 after preprocessing). Why: with free attention on MRI volumes
+            the lesion words learned to attend to fixed *background* cells at the volume border
+            (the same cell for every image; zero padding makes them position-coded "slots" whose
+            receptive field still sees the head), which discriminates the pairs but localises nothing.
+        text_section, jitter: as :class:`ClipRecipe`; the section applies to the global *and* the
+            word branch (training batches and ``localise`` reports).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -62,11 +71,13 @@ class GloriaRecipe(ClipRecipe):
                  learn_logit_scale: bool = False, sequence_dropout: float = 0.0, gather: bool = True,
                  temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
-                 normalise_regions: bool = False, drop_stopwords: bool = False) -> None:
+                 normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
+                 jitter: dict | None = None, head_regions: float | None = None) -> None:
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
-                         learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout, gather=gather)
+                         learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout, gather=gather,
+                         text_section=text_section, jitter=jitter)
         local_dim = getattr(self.image_encoder, "local_dim", None)
         if local_dim is None:
             raise ValueError(f"image encoder {type(self.image_encoder).__name__} has no local features (local_dim)")
@@ -76,17 +87,32 @@ class GloriaRecipe(ClipRecipe):
                                           normalise_regions=normalise_regions)
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
         self.drop_stopwords = bool(drop_stopwords)
+        if head_regions is not None and not 0.0 < float(head_regions) <= 1.0:
+            raise ValueError(f"head_regions must be in (0, 1] or null, got {head_regions}")
+        self.head_regions = None if head_regions is None else float(head_regions)
 
     # ------------------------------------------------------------------ features
     def image_features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> dict[str, Any]:
-        """-> image_embed (B, E) normalised, image_local (B, R, E), local_grid (d, h, w)."""
+        """-> image_embed (B, E) normalised, image_local (B, R, E), local_grid (d, h, w), and
+        region_mask (B, R) bool (sub-regions the words may attend to; None = all)."""
         x = apply_sequence_mask(image, sequence_mask)
         out = self.image_encoder(x)
         g = F.normalize(self.image_proj(out["global"]), dim=-1)  # (B, E)
         loc = out["local"]  # (B, C_l, d, h, w)
         grid = tuple(loc.shape[2:])
         loc = loc.flatten(2).transpose(1, 2)  # (B, R, C_l)
-        return {"image_embed": g, "image_local": self.image_local_proj(loc), "local_grid": grid}  # (B, R, E)
+        return {"image_embed": g, "image_local": self.image_local_proj(loc), "local_grid": grid,  # (B, R, E)
+                "region_mask": self.head_region_mask(x, grid)}
+
+    def head_region_mask(self, image: torch.Tensor, grid: Sequence[int]) -> torch.Tensor | None:
+        """(B, C, *spatial) input -> (B, R) bool: local-grid cells at least ``head_regions`` inside
+        the head (any channel non-zero); None when ``head_regions`` is off."""
+        if self.head_regions is None:
+            return None
+        head = (image != 0).any(1, keepdim=True).to(image.dtype)  # (B, 1, *spatial)
+        pool = F.adaptive_avg_pool3d if head.dim() == 5 else F.adaptive_avg_pool2d
+        frac = pool(head, tuple(int(g) for g in grid))  # (B, 1, *grid)
+        return (frac.flatten(1) >= self.head_regions - 1e-6)  # (B, R)
 
     def keep_word(self, word: str) -> bool:
         """Words that take part in the local loss: not punctuation (and not stop words if asked)."""
@@ -109,13 +135,16 @@ class GloriaRecipe(ClipRecipe):
 
     def forward(self, batch: dict) -> dict[str, Any]:
         image, mask = self.image_inputs(batch)
-        return {**self.image_features(image, mask), **self.text_word_features(batch["text"]),
+        # batch["text"] holds manifest reports: both branches see the configured ``text_section``
+        # (as ClipRecipe.encode_report does); without this a "text_section: impression" was ignored.
+        texts = self.report_texts(batch["text"])
+        return {**self.image_features(image, mask), **self.text_word_features(texts),
                 "logit_scale": self.logit_scale()}
 
     # ------------------------------------------------------------------ steps
     def _losses(self, f: dict, gather: bool) -> dict[str, torch.Tensor]:
         g = (self.loss if gather else ClipLoss(gather=False))(f["image_embed"], f["text_embed"], f["logit_scale"])
-        loc = self.local_loss(f["image_local"], f["word_embed"], f["word_mask"])
+        loc = self.local_loss(f["image_local"], f["word_embed"], f["word_mask"], f.get("region_mask"))
         return {"global_loss": self.global_weight * g["contrastive_loss"],
                 "local_loss": self.local_weight * loc["local_loss"]}
 
@@ -145,8 +174,10 @@ class GloriaRecipe(ClipRecipe):
         """
         glob = image["image_embed"] @ text["text_embed"].T  # (I, T)
         parts = []
+        rm = image.get("region_mask")
         for i in range(0, image["image_local"].shape[0], chunk):
-            s, _ = self.local_loss.scores(image["image_local"][i:i + chunk], text["word_embed"], text["word_mask"])
+            s, _ = self.local_loss.scores(image["image_local"][i:i + chunk], text["word_embed"], text["word_mask"],
+                                          region_mask=None if rm is None else rm[i:i + chunk])
             parts.append(s)  # (chunk, T)
         loc = torch.cat(parts)  # (I, T)
         return {"global": glob, "local": loc, "combined": 0.5 * (zscore(glob) + zscore(loc))}
@@ -165,7 +196,8 @@ class GloriaRecipe(ClipRecipe):
         im = self.image_features(x.to(self._device()), None if sm is None else sm.to(self._device()))
         tx = self.text_word_features([text])
         attn = word_region_attention(im["image_local"], tx["word_embed"], temp1=self.local_loss.temp1,
-                                     normalise_regions=self.local_loss.normalise_regions)  # (1, 1, W, R)
+                                     normalise_regions=self.local_loss.normalise_regions,
+                                     region_mask=im["region_mask"])  # (1, 1, W, R)
         grid = im["local_grid"]
         a = attn[0, 0].reshape(attn.shape[2], *grid)  # (W, d, h, w)
         return {"attention": a.float().cpu().numpy(), "words": tx["word_lists"][0],

@@ -127,6 +127,7 @@ def attend_study(run, study: str, word: str, *, text: str | None = None, out: st
         df = load_manifest(manifest_p, check_files=False)
         row = df[df["study_id"].astype(str) == study]
         text = str(row["report"].iloc[0]) if len(row) and "report" in df.columns and isinstance(row["report"].iloc[0], str) else ""
+        text = model.recipe.report_texts([text])[0] if text else text  # the section it was trained on
     heat, used_text, used_word = _word_map(model.recipe, image, seq, text, word, image.shape[1:])
     out_p = Path(out) if out else Path(run) / "attention" / f"{study}_{word}.png"
     attention_overlay_png(image.numpy(), heat, mask, out_p, sequences=model.sequences, n_slices=n_slices,
@@ -208,16 +209,21 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
         raise MedAlignError(f"{manifest_p}: split '{split}' has no studies")
     ids = np.asarray(ds.study_ids)
     y = np.asarray(ds.labels)
-    texts = list(ds.texts)
+    reports = list(ds.texts)
+    # what the recipe was trained on (text_section, e.g. the impression): retrieval and word maps
+    texts = rec.report_texts(reports) if hasattr(rec, "report_texts") else reports
 
     # ---- GLoRIA features of every study (small splits: kept in memory)
-    img_parts, loc_parts = [], []
+    img_parts, loc_parts, rm_parts = [], [], []
     with torch.no_grad():
         for b in _batches(ds):
             f = rec.image_features(b["image"].to(model.device), b["sequence_mask"].to(model.device))
             img_parts.append(f["image_embed"].cpu()), loc_parts.append(f["image_local"].cpu())
+            if f.get("region_mask") is not None:  # attention restricted to head sub-regions
+                rm_parts.append(f["region_mask"].cpu())
         rec.cpu()
-        im = {"image_embed": torch.cat(img_parts), "image_local": torch.cat(loc_parts)}
+        im = {"image_embed": torch.cat(img_parts), "image_local": torch.cat(loc_parts),
+              "region_mask": torch.cat(rm_parts) if rm_parts else None}
         tx = rec.text_word_features(texts)
         sims = {k: v.numpy().astype(np.float64) for k, v in rec.pair_similarity(im, tx).items()}  # (I, T)
         prompts = generate_prompts(CLASSES, n_per_class=n_prompts, seed=seed)
@@ -239,7 +245,7 @@ def localise_run(run, *, split: str = "test", clip_run: str | None = None, manif
         with torch.no_grad():
             ci = np.concatenate([clip.recipe.encode_image(b["image"].to(clip.device), b["sequence_mask"].to(clip.device))
                                  .float().cpu().numpy() for b in _batches(ds)])
-        ct = clip.encode_text(texts)
+        ct = clip.encode_report(reports)
         cp = clip.encode_text(p_texts)
         res["clip"] = {"run": str(clip_run),
                        "retrieval": _retrieval(cosine_similarity(ct, ci), ids, n_boot, seed),
