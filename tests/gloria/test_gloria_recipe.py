@@ -111,6 +111,27 @@ def test_drop_stopwords_option(tmp_path):
     assert "the" not in kept and "in" not in kept and "infarct" in kept
 
 
+def test_negated_words_known_values():
+    from medalign.recipes.gloria import negated_words
+
+    words = ["Left", "glioma", ".", "No", "acute", "infarct", "or", "haemorrhage", ".", "Right", "infarct"]
+    assert negated_words(words) == [False, False, False, True, True, True, True, True, False, False, False]
+    words = ["Negative", "for", "tumour", ",", "although", "infarct", ";", "no", "restricted", "diffusion"]
+    assert negated_words(words) == [True, True, True, True, False, False, False, True, True, True]
+    assert negated_words([]) == []
+
+
+def test_drop_negated_option(tmp_path):
+    r = build_recipe(_cfg(tmp_path, drop_negated=True))
+    assert build_recipe(_cfg(tmp_path)).drop_negated is False  # paper default: keep every word
+    tx = r.text_word_features(["Left glioma. No acute infarct.", "No acute intracranial abnormality."])
+    kept = [w.lower() for w, m in zip(tx["word_lists"][0], tx["word_mask"][0].tolist()) if m]
+    assert kept == ["left", "glioma"]
+    assert not bool(tx["word_mask"][1].any())  # a fully negated report has no words: its local score is 0
+    f = r.training_step({**_batch(2), "text": ["Left glioma. No acute infarct.", "No acute intracranial abnormality."]})
+    assert torch.isfinite(f["local_loss"]) and torch.isfinite(f["global_loss"])
+
+
 # ------------------------------------------------------------------ CLI: attend + localise on a tiny cohort
 def _tiny_cohort(root):
     """12 studies, 2 sequences 24x24x8 with a bright lesion cube (and its mask) in non-normal studies."""

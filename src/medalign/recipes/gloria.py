@@ -38,6 +38,29 @@ STOPWORDS: frozenset[str] = frozenset(
 )
 
 
+# Negation cues and scope ends for :func:`negated_words` (NegEx-style, kept deliberately small: the
+# impressions say "No acute infarct.", "Negative for acute infarct or haemorrhage.", "no restricted
+# diffusion", "No evidence of an underlying tumor, although ...").
+NEGATION_CUES: frozenset[str] = frozenset("no not without negative neither nor absent".split())
+SCOPE_ENDS: frozenset[str] = frozenset(". ; : although but however except apart".split())
+
+
+def negated_words(words: Sequence[str]) -> list[bool]:
+    """True for each word inside a negation scope: from a cue ("no", "negative", "without", ...)
+    up to the end of the sentence or a contrast word ("although", "but"). The cue itself counts as
+    negated. Example: "Left glioma . No acute infarct ." -> the last four entries are True except ".".
+    """
+    out, neg = [], False
+    for w in words:
+        lw = w.lower()
+        if lw in SCOPE_ENDS:
+            neg = False
+        elif lw in NEGATION_CUES:
+            neg = True
+        out.append(neg)
+    return out
+
+
 def zscore(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(S - mean) / std over all entries of a similarity matrix."""
     return (s - s.mean()) / s.std(unbiased=False).clamp_min(eps)
@@ -54,6 +77,10 @@ class GloriaRecipe(ClipRecipe):
         local_projection: ``"linear"`` (= GLoRIA's 1x1 conv) or ``"mlp"`` for both local heads.
         normalise_regions: L2-normalise region vectors before the attention (reference: no).
         drop_stopwords: mask stop words out of the local loss (reference: keep them).
+        drop_negated: mask words inside a negation ("No acute infarct.", see :func:`negated_words`)
+            out of the local loss (not in the paper). Why: a negated finding has no region to attend
+            to, yet in the loss "infarct" of "Left glioma. No acute infarct." must match the *tumour*
+            image, which teaches the class word to attend to whatever every image has.
         head_regions: ``None`` (paper) lets every word attend to every sub-region. A number f in
             (0, 1] restricts the attention (loss, similarities and maps) to sub-regions whose
             voxels are at least a fraction f inside the head (any input channel non-zero; the
@@ -72,7 +99,8 @@ class GloriaRecipe(ClipRecipe):
                  temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
                  normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
-                 jitter: dict | None = None, head_regions: float | None = None) -> None:
+                 jitter: dict | None = None, head_regions: float | None = None,
+                 drop_negated: bool = False) -> None:
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
@@ -87,6 +115,7 @@ class GloriaRecipe(ClipRecipe):
                                           normalise_regions=normalise_regions)
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
         self.drop_stopwords = bool(drop_stopwords)
+        self.drop_negated = bool(drop_negated)
         if head_regions is not None and not 0.0 < float(head_regions) <= 1.0:
             raise ValueError(f"head_regions must be in (0, 1] or null, got {head_regions}")
         self.head_regions = None if head_regions is None else float(head_regions)
@@ -128,8 +157,9 @@ class GloriaRecipe(ClipRecipe):
         words = self.word_proj(enc["words"].to(dev))  # (B, W, E)
         mask = enc["word_mask"].clone()  # (B, W)
         for b, wl in enumerate(enc["word_lists"]):
+            neg = negated_words(wl) if self.drop_negated else [False] * len(wl)
             for w, word in enumerate(wl):
-                if not self.keep_word(word):
+                if not self.keep_word(word) or neg[w]:
                     mask[b, w] = False
         return {"text_embed": sent, "word_embed": words, "word_mask": mask.to(dev), "word_lists": enc["word_lists"]}
 
