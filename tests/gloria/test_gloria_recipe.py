@@ -132,6 +132,27 @@ def test_drop_negated_option(tmp_path):
     assert torch.isfinite(f["local_loss"]) and torch.isfinite(f["global_loss"])
 
 
+def test_center_regions_known_values_and_option(tmp_path):
+    from medalign.recipes.gloria import center_regions
+
+    v = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [10.0, 10.0]]])  # (1, R=3, E=2)
+    assert torch.allclose(center_regions(v), v - torch.tensor([14 / 3, 4.0]))
+    m = torch.tensor([[True, True, False]])
+    assert torch.allclose(center_regions(v, m), v - torch.tensor([2.0, 1.0]))  # mean over allowed regions only
+    assert torch.allclose(center_regions(v, torch.zeros(1, 3, dtype=torch.bool)), center_regions(v))
+    r = build_recipe(_cfg(tmp_path, center_regions=True, head_regions=0.5))
+    b = _batch(2)
+    b["image"][:, :, :, :, :4] = 0  # background columns
+    f = r.image_features(b["image"], b["sequence_mask"])
+    rm = f["region_mask"]
+    assert not rm.all() and rm.any()
+    mean = (f["image_local"] * rm[..., None]).sum(1) / rm.sum(1, keepdim=True)  # (B, E)
+    assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
+    out = r.training_step(b)
+    out["local_loss"].backward()
+    assert torch.isfinite(out["local_loss"])
+
+
 # ------------------------------------------------------------------ CLI: attend + localise on a tiny cohort
 def _tiny_cohort(root):
     """12 studies, 2 sequences 24x24x8 with a bright lesion cube (and its mask) in non-normal studies."""

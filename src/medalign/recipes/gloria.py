@@ -61,6 +61,17 @@ def negated_words(words: Sequence[str]) -> list[bool]:
     return out
 
 
+def center_regions(v: torch.Tensor, region_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, R, E) region vectors minus each image's mean over its allowed regions (``region_mask``
+    (B, R) bool; all regions where None or where an image has no True region)."""
+    if region_mask is None:
+        return v - v.mean(1, keepdim=True)  # (B, R, E)
+    w = region_mask.to(v.dtype)  # (B, R)
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))  # (B, R)
+    mean = (w[..., None] * v).sum(1, keepdim=True) / w.sum(1)[:, None, None]  # (B, 1, E)
+    return v - mean  # (B, R, E)
+
+
 def zscore(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """(S - mean) / std over all entries of a similarity matrix."""
     return (s - s.mean()) / s.std(unbiased=False).clamp_min(eps)
@@ -88,6 +99,11 @@ class GloriaRecipe(ClipRecipe):
             the lesion words learned to attend to fixed *background* cells at the volume border
             (the same cell for every image; zero padding makes them position-coded "slots" whose
             receptive field still sees the head), which discriminates the pairs but localises nothing.
+        center_regions: subtract each image's mean region vector (over its allowed regions) from its
+            region vectors (not in the paper). Why: level-2 cells see most of the head, so the
+            image's class can be coded in *every* cell and any attention then matches the word;
+            after centring, a word's context vector only aligns with it where a region differs
+            from the rest of its own image (e.g. a lesion); uniform attention gives a zero context.
         text_section, jitter: as :class:`ClipRecipe`; the section applies to the global *and* the
             word branch (training batches and ``localise`` reports).
     """
@@ -100,7 +116,7 @@ class GloriaRecipe(ClipRecipe):
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
                  normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
                  jitter: dict | None = None, head_regions: float | None = None,
-                 drop_negated: bool = False) -> None:
+                 drop_negated: bool = False, center_regions: bool = False) -> None:
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
@@ -116,6 +132,7 @@ class GloriaRecipe(ClipRecipe):
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
         self.drop_stopwords = bool(drop_stopwords)
         self.drop_negated = bool(drop_negated)
+        self.center_regions = bool(center_regions)
         if head_regions is not None and not 0.0 < float(head_regions) <= 1.0:
             raise ValueError(f"head_regions must be in (0, 1] or null, got {head_regions}")
         self.head_regions = None if head_regions is None else float(head_regions)
@@ -130,8 +147,11 @@ class GloriaRecipe(ClipRecipe):
         loc = out["local"]  # (B, C_l, d, h, w)
         grid = tuple(loc.shape[2:])
         loc = loc.flatten(2).transpose(1, 2)  # (B, R, C_l)
-        return {"image_embed": g, "image_local": self.image_local_proj(loc), "local_grid": grid,  # (B, R, E)
-                "region_mask": self.head_region_mask(x, grid)}
+        rm = self.head_region_mask(x, grid)
+        v = self.image_local_proj(loc)  # (B, R, E)
+        if self.center_regions:
+            v = center_regions(v, rm)
+        return {"image_embed": g, "image_local": v, "local_grid": grid, "region_mask": rm}
 
     def head_region_mask(self, image: torch.Tensor, grid: Sequence[int]) -> torch.Tensor | None:
         """(B, C, *spatial) input -> (B, R) bool: local-grid cells at least ``head_regions`` inside
