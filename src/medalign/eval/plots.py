@@ -20,7 +20,8 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically (parent folders created), then close it."""
     plt = _plt()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -90,7 +91,7 @@ def plot_training_curves(rows: list[dict], path: str | Path, *, title: str = "")
         axes[2].set_yscale("log")
     axes[2].set_xlabel("step"), axes[2].set_ylabel("learning rate")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_similarity_matrix(sim: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
@@ -108,7 +109,7 @@ def plot_similarity_matrix(sim: np.ndarray, row_labels: Sequence[str], col_label
     ax.set_yticks(range(n), row_labels, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_rank_vs_similarity(ranks: Sequence[int], sims: Sequence[float], labels: Sequence[str],
@@ -134,7 +135,7 @@ def plot_rank_vs_similarity(ranks: Sequence[int], sims: Sequence[float], labels:
             patch.set_facecolor(col[c])
         axes[1].set_xticks(range(1, len(present) + 1), present, rotation=20)
     axes[1].set_ylabel("rank (1 = best)"), axes[1].set_title("rank by class", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_embedding_map(emb: np.ndarray, labels: Sequence[str], classes: Sequence[str], path: str | Path,
@@ -167,7 +168,7 @@ def plot_embedding_map(emb: np.ndarray, labels: Sequence[str], classes: Sequence
     ax.set_xticks([]), ax.set_yticks([])
     ax.legend(fontsize=7)
     ax.set_title(title or f"{method.upper()} of image embeddings", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
@@ -183,7 +184,7 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("predicted"), ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_label_efficiency(curves: dict[str, dict], path: str | Path, *, metric: str = "balanced_accuracy",
@@ -210,7 +211,7 @@ def plot_label_efficiency(curves: dict[str, dict], path: str | Path, *, metric: 
     ax.set_xscale("log"), ax.set_xlabel("fraction of training labels"), ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mid_axial_png(image: np.ndarray, *, size: int = 96) -> bytes:

@@ -630,7 +630,7 @@ def _tsne_plot(path: Path, panels: list[list[tuple[str, np.ndarray, np.ndarray]]
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from medalign.utils import atomic_path
+    from medalign.eval.plots import save_figure
 
     n_rows, n_cols = len(panels), len(panels[0])
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 4 * n_rows), squeeze=False)
@@ -651,9 +651,7 @@ def _tsne_plot(path: Path, panels: list[list[tuple[str, np.ndarray, np.ndarray]]
     axes[0][0].legend(fontsize=8)
     fig.suptitle("t-SNE of CLS_pat after pretraining (rows: train split, test split)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 TSNE_TITLES = {"GiMP (all)": "GiMP: image + GroupMSA genes", "GiMP with SNN genes": "GiMP with SNN genes",

@@ -217,7 +217,8 @@ def _report(results: dict, out: Path, dataset: str, notes: list[str], n_classes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medalign.utils import atomic_path, atomic_write_json
+    from medalign.eval.plots import save_figure
+    from medalign.utils import atomic_write_json
 
     fractions = sorted({float(f) for m in results.values() for mode in m.values() for f in mode})
     tables, images = [], []
@@ -251,11 +252,7 @@ def _report(results: dict, out: Path, dataset: str, notes: list[str], n_classes:
                        "columns": ["method", "label fraction", "n labelled", "accuracy [95% CI]", "AUROC [95% CI]"],
                        "rows": rows})
     fig.tight_layout()
-    img = out / "report_extras" / "label_efficiency.png"
-    img.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(img, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    img = save_figure(fig, out / "report_extras" / "label_efficiency.png")
     images.append(str(img.relative_to(out)))
     md = (f"Label efficiency on **{dataset}**: the same encoder pretrained by SimCLR / MICLe on the unlabelled "
           "training images, then probed (logistic regression on frozen features) or fine-tuned end to end "
@@ -489,7 +486,7 @@ def _knn_plot(run_dir: Path, encoders: list, n_classes: Optional[int] = None) ->
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from medalign.utils import atomic_path
+    from medalign.eval.plots import save_figure
 
     lvls = list(encoders[0][1])
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -508,11 +505,7 @@ def _knn_plot(run_dir: Path, encoders: list, n_classes: Optional[int] = None) ->
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    img = run_dir / "report_extras" / "hlss_knn.png"
-    img.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(img, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    img = save_figure(fig, run_dir / "report_extras" / "hlss_knn.png")
     return str(img.relative_to(run_dir))
 
 
