@@ -52,9 +52,9 @@ class DoubleConv(nn.Module):
     """(Norm, Conv(k=3, pad=1), ReLU) twice, in Wolny's ``layer_order`` notation.
 
     ``"gcr"`` (GroupNorm -> Conv -> ReLU; pytorch3dunet's default and the paper's) normalises
-    *before* each conv, so the block's output is an unnormalised ReLU map. ``"cgr"`` / ``"cbr"``
-    (Conv -> GroupNorm/BatchNorm -> ReLU) normalise after it; on the synthetic cohort only these
-    learned at all from ~200 studies (a supervised 5-class probe stayed at ln 5 with "gcr").
+    *before* each conv; ``"cgr"`` / ``"cbr"`` (Conv -> GroupNorm/BatchNorm -> ReLU) after it. On the
+    synthetic cohort only ``"cbr"`` learned from ~200 studies: a supervised 5-class probe stayed at
+    train loss ln 5 with GroupNorm in either position (benchmarks/encoder_variants.py).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int = 3,
@@ -68,7 +68,7 @@ class DoubleConv(nn.Module):
         for c_in in (in_channels, out_channels):
             c_norm = c_in if norm_first else out_channels
             norm = _norm(layer_order[0] if norm_first else layer_order[1], c_norm, spatial_dims)
-            # a conv followed by a norm needs no bias (the norm's shift replaces it)
+            # no conv bias, as pytorch3dunet whenever the block has a norm (its shift does that job)
             c = conv(c_in, out_channels, kernel_size=3, padding=1, bias=False)
             layers += [norm, c] if norm_first else [c, norm]
             layers.append(nn.ReLU(inplace=True))
