@@ -136,7 +136,8 @@ def test_preprocess_output_contract_and_missing_channel(tmp_path):
     d = write_nifti(tmp_path / "dwi.nii.gz", arr * 0.5 + 10, np.diag([2.0, 2.0, 3.0, 1.0]))
     lesion = (arr > 150).astype(np.uint8) * 2
     m = write_nifti(tmp_path / "mask.nii.gz", lesion, np.diag([2.0, 2.0, 3.0, 1.0]))
-    r = preprocess_study({"dwi": d, "t2s": None, "flair": f}, _cfg(), study_id="s", mask_path=m)
+    assert _cfg().normalise == "zscore_unclipped"  # the default
+    r = preprocess_study({"dwi": d, "t2s": None, "flair": f}, _cfg(normalise="robust"), study_id="s", mask_path=m)
     assert r.image.shape == (3, 8, 16, 16) and r.image.dtype == np.float32
     assert r.sequence_mask.tolist() == [True, False, True]
     assert not r.image[1].any()  # missing sequence -> zero channel
@@ -148,9 +149,10 @@ def test_preprocess_output_contract_and_missing_channel(tmp_path):
     assert set(np.unique(r.mask)) <= {0, 2} and (r.mask == 2).any()  # nearest neighbour keeps labels
     # The lesion sits where the bright blob is.
     assert r.image[2][r.mask == 2].mean() > r.image[2][(r.mask == 0) & (r.image[2] > 0)].mean()
-    z = preprocess_study({"flair": f}, _cfg(normalise="zscore"), study_id="s")
-    head = z.image[2] != 0
-    assert abs(float(z.image[2][head].mean())) < 0.2
+    for how in ("zscore", "zscore_unclipped"):
+        z = preprocess_study({"flair": f}, _cfg(normalise=how), study_id="s")
+        head = z.image[2] != 0
+        assert abs(float(z.image[2][head].mean())) < 0.2
 
 
 def test_preprocess_fixed_spacing_and_reference_fallback(tmp_path):
@@ -194,3 +196,31 @@ def test_registration_recovers_a_known_shift(tmp_path):
         return 2 * (a & b).sum() / (a.sum() + b.sum())
 
     assert dice(yes.image) > dice(no.image) + 0.05
+
+
+def test_normalisers_known_values_and_bright_lesion_contrast():
+    from medalign.data.imaging import _normalise
+
+    # head = 200 voxels of tissue from 0.5 to 1.5 plus one lesion voxel at 5.0; background 0
+    arr = np.zeros((2, 201), np.float32)
+    arr[0, :200] = np.linspace(0.5, 1.5, 200)
+    arr[0, 200] = 5.0
+    head = np.zeros_like(arr, dtype=bool)
+    head[0] = True
+    lo, hi = np.percentile(arr[head], [1.0, 99.0])
+    assert hi < 5.0  # the lesion is above the 99th percentile
+    robust, info = _normalise(arr, head, "robust", (1.0, 99.0))
+    assert (info["p_lo"], info["p_hi"]) == pytest.approx((lo, hi))
+    assert robust[0, 200] == pytest.approx(1.0) and robust[0, 0] == pytest.approx(0.0)
+    c = np.clip(arr[0], lo, hi)
+    mu, sd = c.mean(), c.std()
+    clipped, _ = _normalise(arr, head, "zscore", (1.0, 99.0))
+    unclipped, _ = _normalise(arr, head, "zscore_unclipped", (1.0, 99.0))
+    # the clipped z-score flattens the lesion to the brightest tissue ...
+    assert clipped[0, 200] == pytest.approx((hi - mu) / sd, rel=1e-5)
+    assert clipped[0, 200] == pytest.approx(clipped[0, 199], abs=0.05)
+    # ... the unclipped one keeps it at its distance, with the same (outlier-robust) statistics
+    assert unclipped[0, 200] == pytest.approx((5.0 - mu) / sd, rel=1e-5)
+    assert unclipped[0, 200] > clipped[0, 200] + 5
+    np.testing.assert_allclose(unclipped[0, 2:198], clipped[0, 2:198], atol=1e-6)
+    assert not unclipped[1].any() and not clipped[1].any()  # outside the head stays 0

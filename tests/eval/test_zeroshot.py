@@ -16,7 +16,7 @@ def test_prompts_file_covers_every_class():
     p = load_prompts()
     assert list(p) == list(CLASSES)
     assert all(len(v["presence"]) >= 2 for v in p.values())
-    assert p["normal"]["presence"][0] == "no acute intracranial abnormality"
+    assert p["normal"]["presence"][0] == "Normal MRI brain."
     one = load_prompts(one_per_class=True)
     assert all(len(v["presence"]) == 1 and not v["absence"] for v in one.values())
 

@@ -104,6 +104,26 @@ def test_word_attention_map(recipe):
     assert np.allclose(a.reshape(a.shape[0], -1).sum(1), 1.0, atol=1e-5)
 
 
+def test_word_softmax_option_reaches_loss_and_maps(tmp_path):
+    from medalign.losses.gloria import word_region_attention
+
+    torch.manual_seed(0)
+    r = build_recipe(_cfg(tmp_path, word_softmax=True)).eval()
+    assert r.local_loss.word_softmax
+    b = _batch(1)
+    out = r.word_attention(b["image"][0], b["sequence_mask"][0], TEXTS[0])
+    # the map is the reference-code attention (softmax over words, then over regions) ...
+    im = r.image_features(b["image"], b["sequence_mask"])
+    tx = r.text_word_features([TEXTS[0]])
+    want = word_region_attention(im["image_local"], tx["word_embed"], temp1=4.0, word_softmax=True,
+                                 word_mask=tx["word_mask"])[0, 0]  # (W, R)
+    np.testing.assert_allclose(out["attention"].reshape(want.shape), want.detach().numpy(), atol=1e-6)
+    # ... which differs from the paper's single softmax on the same features
+    plain = word_region_attention(im["image_local"], tx["word_embed"], temp1=4.0)[0, 0]
+    assert not torch.allclose(plain, want, atol=1e-4)
+    assert r.training_step(_batch())["local_loss"].isfinite()
+
+
 def test_drop_stopwords_option(tmp_path):
     r = build_recipe(_cfg(tmp_path, drop_stopwords=True))
     tx = r.text_word_features([TEXTS[0]])

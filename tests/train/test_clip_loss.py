@@ -68,3 +68,44 @@ def test_sequence_mask_and_dropout() -> None:
     assert (d.sum(1) < 3).any()
     assert not (sequence_dropout(m, 0.9, generator=g) & ~m).any(), "dropout never adds a missing sequence"
     assert torch.equal(sequence_dropout(m, 0.0), m)
+
+
+def _soft_ce(row: list[float], target: list[float]) -> float:
+    lse = math.log(sum(math.exp(v) for v in row))
+    return sum(t * (lse - v) for t, v in zip(target, row))
+
+
+def test_soft_targets_known_value() -> None:
+    img = [[1.0, 0.0], [0.6, 0.8]]
+    txt = [[1.0, 0.0], [0.0, 1.0]]
+    feats = torch.tensor([[2.0, 0.0], [0.6, 0.8]])  # cos(f0, f1) = 0.6 (f0 is normalised inside)
+    tau, s = 0.5, 3.0
+    e0, e1 = math.exp(1 / tau), math.exp(0.6 / tau)
+    targets = [[e0 / (e0 + e1), e1 / (e0 + e1)], [e1 / (e0 + e1), e0 / (e0 + e1)]]
+    sim = [[s * sum(a * b for a, b in zip(i, t)) for t in txt] for i in img]
+    simT = [[sim[r][c] for r in range(2)] for c in range(2)]
+    expect = (sum(_soft_ce(sim[i], targets[i]) for i in range(2)) / 2
+              + sum(_soft_ce(simT[i], targets[i]) for i in range(2)) / 2) / 2
+    got = ClipLoss(target_temperature=tau)(torch.tensor(img), torch.tensor(txt), s, feats)["contrastive_loss"]
+    assert got.item() == pytest.approx(expect, abs=1e-6)
+    plain = ClipLoss()(torch.tensor(img), torch.tensor(txt), s)["contrastive_loss"]
+    assert abs(got.item() - plain.item()) > 1e-3, "similar reports must change the loss"
+
+
+def test_soft_targets_limits_and_errors() -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1)
+    plain = ClipLoss()(img, txt, 5.0)["contrastive_loss"]
+    # orthogonal (distinct) report features at a tiny temperature -> one-hot targets -> plain loss
+    soft = ClipLoss(target_temperature=1e-3)(img, txt, 5.0, torch.eye(5, 7))["contrastive_loss"]
+    assert soft.item() == pytest.approx(plain.item(), abs=1e-6)
+    # gradients still reach both embeddings; the targets are constants
+    i, t = img.clone().requires_grad_(), txt.clone().requires_grad_()
+    f = torch.randn(5, 7, requires_grad=True)
+    ClipLoss(target_temperature=0.1)(i, t, 5.0, f)["contrastive_loss"].backward()
+    assert i.grad.abs().sum() > 0 and t.grad.abs().sum() > 0 and f.grad is None
+    with pytest.raises(ValueError, match="target_features"):
+        ClipLoss(target_temperature=0.1)(img, txt, 5.0)
+    with pytest.raises(ValueError, match="> 0"):
+        ClipLoss(target_temperature=0.0)

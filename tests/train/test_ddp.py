@@ -40,8 +40,12 @@ WORKER = textwrap.dedent(
     for p in params:                                        # what DDP does: average grads over ranks
         dist.all_reduce(p.grad); p.grad /= world
     mean_loss = torch.tensor([loss.item()]); dist.all_reduce(mean_loss); mean_loss /= world
+    # soft targets: the report features are gathered too
+    soft = ClipLoss(gather=True, target_temperature=0.5)(i.detach(), t.detach(), 2.0, x_txt[rows])
+    mean_soft = torch.tensor([soft["contrastive_loss"].item()]); dist.all_reduce(mean_soft); mean_soft /= world
     if rank == 0:
-        json.dump({"loss": mean_loss.item(), "grads": [p.grad.flatten().tolist() for p in params]},
+        json.dump({"loss": mean_loss.item(), "soft": mean_soft.item(),
+                   "grads": [p.grad.flatten().tolist() for p in params]},
                   open(os.path.join(out_dir, "ddp.json"), "w"))
 
     # the real loop, 2 ranks, tiny synthetic data
@@ -79,6 +83,8 @@ def test_ddp_gather_matches_single_process(tmp_path: Path) -> None:
     loss = ClipLoss(gather=False)(i, t, scale)["contrastive_loss"]
     loss.backward()
     assert abs(got["loss"] - loss.item()) < 1e-5
+    soft = ClipLoss(gather=False, target_temperature=0.5)(i.detach(), t.detach(), 2.0, x_txt)["contrastive_loss"]
+    assert abs(got["soft"] - soft.item()) < 1e-5 and abs(soft.item() - loss.item()) > 1e-4
     for g, p in zip(got["grads"], params):
         torch.testing.assert_close(torch.tensor(g), p.grad.flatten(), atol=1e-5, rtol=1e-4)
 

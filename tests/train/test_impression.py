@@ -160,3 +160,25 @@ def test_api_encode_report_applies_the_recipes_text_section():
     assert m.encode_report([report])[0, 0] == len("Acute infarct.")
     assert m.encode_text([report])[0, 0] == len(report)
     assert np.asarray(m.encode_report(report)).shape == (1, 1)
+
+
+def test_recipe_soft_targets_use_the_section_features():
+    import torch
+
+    from medalign.losses.clip import ClipLoss
+
+    rec, fake = _recipe("impression")
+    rec.loss = ClipLoss(gather=False, target_temperature=0.1)
+    # the fake features (length, 1, 1, ...) of these two impressions have cosine 0.93: similar, not identical
+    imps = ["Acute haemorrhage.", "Acute haemorrhage in the left frontal lobe, with oedema."]
+    reports = [f"Findings: x. Impression: {t}" for t in imps]
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(2, 1, 8, 16, 16, generator=g), "text": reports}  # (B, C, D, H, W)
+    rec.eval()  # no dropout/jitter, so forward() reproduces the step's embeddings
+    got = rec.training_step(batch)["contrastive_loss"]
+    f = rec(batch)
+    feats = fake.sentence(imps)
+    expect = ClipLoss(gather=False, target_temperature=0.1)(f["image_embed"], f["text_embed"], f["logit_scale"], feats)
+    assert got.item() == pytest.approx(expect["contrastive_loss"].item(), abs=1e-6)
+    plain = ClipLoss(gather=False)(f["image_embed"], f["text_embed"], f["logit_scale"])["contrastive_loss"]
+    assert abs(got.item() - plain.item()) > 1e-4

@@ -30,7 +30,14 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    the lesion mask (assumed to be in the reference's world space).
 5. **Normalise** each channel inside the reference's head mask (``cfg.normalise``):
    ``"robust"`` maps the 1st..99th percentile to [0, 1] (clipped), ``"zscore"`` clips to those
-   percentiles then z-scores; outside the head is 0 in both; ``"none"`` leaves values as read.
+   percentiles then z-scores; ``"zscore_unclipped"`` takes the mean and SD of the clipped
+   values but scales the *unclipped* image (nnU-Net z-scores MRI without clipping too); it is
+   the default. Why: clipping at the 99th percentile flattens a bright lesion (an acute infarct
+   on DWI, white-matter disease on FLAIR) to the level of the brightest normal tissue, and a
+   lesion that fills more than 1 % of the head *is* that percentile. On the synthetic cohort the
+   switch from ``"robust"`` raised the CPU preset's zero-shot accuracy on a 400-study held-out
+   cohort from 0.47 to 0.64 (README). Outside the head is 0 in all three; ``"none"`` leaves
+   values as read.
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
 Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
@@ -52,7 +59,7 @@ import numpy as np
 
 from medalign.errors import CohortError
 
-NORMALISERS = ("robust", "zscore", "none")
+NORMALISERS = ("robust", "zscore", "zscore_unclipped", "none")
 
 
 @dataclass
@@ -65,7 +72,7 @@ class PreprocessConfig:
     register: bool = True
     spacing: tuple[float, float, float] | None = None     # (D, H, W) mm; None = fit the head
     canonical: str = "RAS"
-    normalise: str = "robust"
+    normalise: str = "zscore_unclipped"                  # the paper does not say; see step 5 above
     percentiles: tuple[float, float] = (1.0, 99.0)
     margin: float = 1.05                                   # head box x margin when fitting
     reg_spacing: float = 5.0                               # mm, coarse grid for mask + registration
@@ -455,10 +462,10 @@ def _normalise(arr: np.ndarray, head: np.ndarray, how: str, pct: tuple[float, fl
         return np.zeros_like(arr, dtype=np.float32), {"p_lo": float(lo), "p_hi": float(hi), "constant": True}
     if how == "robust":
         out = np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
-    else:  # zscore
+    else:  # zscore, zscore_unclipped: statistics of the clipped values (robust to outliers)
         c = np.clip(arr, lo, hi)
         mu, sd = float(c[head].mean()), float(c[head].std()) or 1.0
-        out = (c - mu) / sd
+        out = ((c if how == "zscore" else arr) - mu) / sd
     out[~head] = 0.0
     return out.astype(np.float32), {"p_lo": float(lo), "p_hi": float(hi)}
 

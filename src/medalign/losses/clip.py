@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.train.dist import gather_with_grad, rank_world
+from medalign.train.dist import gather_no_grad, gather_with_grad, rank_world
 
 
 class ClipLoss(nn.Module):
@@ -16,14 +16,26 @@ class ClipLoss(nn.Module):
     embeddings of all ranks are gathered *with gradients*, so each rank's rows see the
     negatives of the whole global batch; the mean over ranks then equals the single-process
     loss on the global batch (tested in tests/train/test_ddp.py).
+
+    Soft targets (off by default): with ``target_temperature`` set and the frozen text features
+    of the batch passed as ``target_features``, the one-hot targets become
+    ``softmax(cos(f_i, f_j) / target_temperature)`` over the batch's reports, as MedCLIP's
+    semantic matching loss does with label similarity. Reports that say nearly the same thing
+    ("Acute haemorrhage." / "Acute hemorrhage.") then stop being negatives of each other. As the
+    temperature goes to 0 with distinct reports this is the plain loss; exactly identical reports
+    give the plain loss at any temperature (their logits are identical).
     """
 
-    def __init__(self, gather: bool = True) -> None:
+    def __init__(self, gather: bool = True, target_temperature: float | None = None) -> None:
         super().__init__()
+        if target_temperature is not None and target_temperature <= 0:
+            raise ValueError(f"target_temperature must be > 0 (or None for one-hot targets), got {target_temperature}")
         self.gather = gather
+        self.target_temperature = target_temperature
 
     def forward(self, image_embed: torch.Tensor, text_embed: torch.Tensor,
-                logit_scale: torch.Tensor | float) -> dict[str, torch.Tensor]:
+                logit_scale: torch.Tensor | float,
+                target_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if image_embed.dim() != 2 or text_embed.dim() != 2 or image_embed.shape != text_embed.shape:
             raise ValueError(
                 f"ClipLoss needs image_embed and text_embed of the same shape (B, E); "
@@ -40,5 +52,13 @@ class ClipLoss(nn.Module):
         logits_per_image = logit_scale * image_embed @ all_text.T  # (B, world * B)
         logits_per_text = logit_scale * text_embed @ all_image.T  # (B, world * B)
         labels = torch.arange(b, device=image_embed.device) + offset  # (B,)
+        if self.target_temperature is not None:
+            if target_features is None or target_features.shape[0] != b:
+                raise ValueError("ClipLoss with target_temperature needs target_features (B, Dt) for the batch")
+            f = F.normalize(target_features.detach().float(), dim=-1)  # (B, Dt)
+            all_f = gather_no_grad(f) if self.gather and world > 1 else f  # (world * B, Dt)
+            # rows = this rank's reports, columns = all reports; the matrix is symmetric, so the
+            # same targets serve both directions
+            labels = F.softmax(f @ all_f.T / self.target_temperature, dim=-1).to(logits_per_image.dtype)  # (B, world * B)
         loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         return {"contrastive_loss": loss}

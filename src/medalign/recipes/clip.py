@@ -85,13 +85,16 @@ class ClipRecipe(Recipe):
             :func:`medalign.data.reports.extract_impression`). Applied to reports in training,
             ``embed`` and evaluation (:meth:`encode_report`), never to free-text queries
             (:meth:`encode_text`).
+        target_temperature: soft contrastive targets from the similarity of the frozen report
+            features (see :class:`~medalign.losses.clip.ClipLoss`); ``None`` = one-hot (paper).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True,
-                 text_section: str = "full", jitter: dict | None = None) -> None:
+                 text_section: str = "full", jitter: dict | None = None,
+                 target_temperature: float | None = None) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -104,7 +107,7 @@ class ClipRecipe(Recipe):
         self.log_logit_scale = nn.Parameter(log_init, requires_grad=learn_logit_scale)
         self.log_scale_max = math.log(logit_scale_max)
         self.sequence_dropout = float(sequence_dropout)
-        self.loss = ClipLoss(gather=gather)
+        self.loss = ClipLoss(gather=gather, target_temperature=target_temperature)
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
         self.text_section = text_section
@@ -182,7 +185,10 @@ class ClipRecipe(Recipe):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
-        out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"]))
+        targets = None
+        if self.loss.target_temperature is not None:  # cached lookups; the encoder is frozen
+            targets = self.text_features(self.report_texts(batch["text"]))  # (B, Dt)
+        out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"], targets))
         out["logit_scale"] = f["logit_scale"].detach()
         return out
 

@@ -87,6 +87,10 @@ class GloriaRecipe(ClipRecipe):
         local_weight, global_weight: loss weights (GLoRIA: 1, 1).
         local_projection: ``"linear"`` (= GLoRIA's 1x1 conv) or ``"mlp"`` for both local heads.
         normalise_regions: L2-normalise region vectors before the attention (reference: no).
+        word_softmax: softmax over the report's words before the softmax over regions, as the
+            reference code does (AttnGAN heritage) but the paper's equation does not. Each region
+            is then shared out among the words, so a word's attention goes to regions that suit
+            *it* more than the other words, not to regions that every word likes.
         drop_stopwords: mask stop words out of the local loss (reference: keep them).
         drop_negated: mask words inside a negation ("No acute infarct.", see :func:`negated_words`)
             out of the local loss (not in the paper). Why: a negated finding has no region to attend
@@ -116,7 +120,7 @@ class GloriaRecipe(ClipRecipe):
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
                  normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
                  jitter: dict | None = None, head_regions: float | None = None,
-                 drop_negated: bool = False, center_regions: bool = False) -> None:
+                 drop_negated: bool = False, center_regions: bool = False, word_softmax: bool = False) -> None:
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
@@ -128,7 +132,7 @@ class GloriaRecipe(ClipRecipe):
         self.image_local_proj = ProjectionHead(int(local_dim), embed_dim, local_projection)
         self.word_proj = ProjectionHead(self.text_encoder.dim, embed_dim, local_projection)
         self.local_loss = GloriaLocalLoss(temp1=temp1, temp2=temp2, temp3=temp3, agg=agg,
-                                          normalise_regions=normalise_regions)
+                                          normalise_regions=normalise_regions, word_softmax=word_softmax)
         self.local_weight, self.global_weight = float(local_weight), float(global_weight)
         self.drop_stopwords = bool(drop_stopwords)
         self.drop_negated = bool(drop_negated)
@@ -247,6 +251,7 @@ class GloriaRecipe(ClipRecipe):
         tx = self.text_word_features([text])
         attn = word_region_attention(im["image_local"], tx["word_embed"], temp1=self.local_loss.temp1,
                                      normalise_regions=self.local_loss.normalise_regions,
+                                     word_softmax=self.local_loss.word_softmax, word_mask=tx["word_mask"],
                                      region_mask=im["region_mask"])  # (1, 1, W, R)
         grid = im["local_grid"]
         a = attn[0, 0].reshape(attn.shape[2], *grid)  # (W, d, h, w)
