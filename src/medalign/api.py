@@ -71,9 +71,11 @@ class MedAlignModel:
         if self._cache is None:
             if self.cache_dir is None:
                 raise MedAlignError("this run has no data.cache_dir; pass cache_dir= to medalign.load or give images/paths")
-            from medalign.data.cache import CohortCache
+            from medalign.data.cache import CohortCache, check_cache_matches
 
-            self._cache = CohortCache(self.cache_dir)
+            cache = CohortCache(self.cache_dir)
+            check_cache_matches(cache.config, self.preprocess_config, cache_dir=self.cache_dir)
+            self._cache = cache
         return self._cache
 
     def _one(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:

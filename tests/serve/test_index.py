@@ -138,6 +138,15 @@ def test_cache_with_other_settings_is_refused_and_missing_studies_fall_back(tmp_
 
     with pytest.raises(MedAlignError, match=r"sequences=\['flair', 'dwi'\] but the model expects \['dwi', 'flair'\]"):
         build_index(fake_model, cohort, tmp_path / "a", cache=Cache())
+    # a model trained on [0, 1]-scaled inputs must not be fed z-scores
+    Cache.config = {"sequences": ["dwi", "flair"], "shape": [8, 32, 32], "normalise": "robust"}
+    saved = fake_model.preprocess_config
+    fake_model.preprocess_config = {**saved, "normalise": "zscore_unclipped"}
+    try:
+        with pytest.raises(MedAlignError, match="normalise=robust but the model expects zscore_unclipped"):
+            build_index(fake_model, cohort, tmp_path / "c", cache=Cache())
+    finally:
+        fake_model.preprocess_config = saved
     Cache.config = {"sequences": ["dwi", "flair"], "shape": [8, 32, 32]}
     build_index(fake_model, cohort, tmp_path / "b", cache=Cache())  # every study falls back to its NIfTI
     assert len(IndexStore.open(tmp_path / "b")) == 12

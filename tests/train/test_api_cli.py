@@ -116,6 +116,22 @@ def test_api_errors_name_the_study(run: Path) -> None:
         medalign.load(run.parent / "missing")
 
 
+def test_api_refuses_a_cache_with_other_normalisation(run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    import medalign
+    from medalign.errors import MedAlignError
+
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    pp = json.loads((other / "preprocess.json").read_text())
+    assert pp["normalise"] == "zscore_unclipped"  # what the cache was built with
+    (other / "preprocess.json").write_text(json.dumps({**pp, "normalise": "robust"}))  # a model trained on [0, 1] inputs
+    with pytest.raises(MedAlignError, match="normalise=zscore_unclipped but the model expects robust"):
+        medalign.load(other).encode_image("s00")
+
+
 def test_embed_and_search_cli(run: Path, cohort: dict, capsys) -> None:
     from medalign.train.embed import load_embeddings
 

@@ -278,6 +278,30 @@ def _progress(total: int, on: bool):
 
 
 # ------------------------------------------------------------------------------------- reading
+# Settings that change what the network sees; a cache that differs in any of them feeds a model
+# the wrong inputs without any error (e.g. z-scores to a model trained on [0, 1]-scaled volumes).
+MODEL_INPUT_KEYS = ("sequences", "shape", "normalise")
+
+
+def check_cache_matches(cache_config: Any, expected: Any, *, cache_dir: str | Path = "") -> None:
+    """Raise :class:`MedAlignError` if a cache was built with other input settings than ``expected``.
+
+    Both arguments: PreprocessConfig, dict or None (None or a missing key = unknown, not checked).
+    """
+    def as_dict(c: Any) -> dict:
+        return {} if c is None else c.to_dict() if hasattr(c, "to_dict") else dict(c)
+
+    def plain(v: Any) -> Any:
+        return v if v is None or isinstance(v, str) else list(v)
+
+    got, want = as_dict(cache_config), as_dict(expected)
+    for key in MODEL_INPUT_KEYS:
+        g, w = plain(got.get(key)), plain(want.get(key))
+        if g is not None and w is not None and g != w:
+            raise MedAlignError(f"cache {cache_dir} has {key}={g} but the model expects {w}; "
+                                f"preprocess the cohort with the run's settings")
+
+
 class CohortCache:
     """Read side of the cache: ``load(study_id)`` gives memory-mapped arrays."""
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medalign.data.cache import check_cache_matches
 from medalign.data.schema import IMAGE_PREFIX
 from medalign.errors import CohortError, MedAlignError
 from medalign.index.faiss_index import EXACT_MAX
@@ -147,14 +148,9 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
         raise CohortError("manifest has no 'study_id' column")
     sequences = list(getattr(model, "sequences", None) or
                      [c[len(IMAGE_PREFIX):] for c in df.columns if c.startswith(IMAGE_PREFIX)])
-    cache_cfg = getattr(cache, "config", None)
-    if cache_cfg is not None:  # a cache made for other inputs would silently feed the wrong channels
-        model_cfg = preprocess_dict(getattr(model, "preprocess_config", None))
-        got = preprocess_dict(cache_cfg)
-        for key in ("sequences", "shape"):
-            if model_cfg.get(key) is not None and got.get(key) is not None and list(model_cfg[key]) != list(got[key]):
-                raise MedAlignError(f"cache {getattr(cache, 'cache_dir', '')} has {key}={got[key]} but the model "
-                                    f"expects {model_cfg[key]}; preprocess the cohort with the run's settings")
+    if cache is not None:  # a cache made for other inputs would silently feed the wrong channels
+        check_cache_matches(getattr(cache, "config", None), getattr(model, "preprocess_config", None),
+                            cache_dir=getattr(cache, "cache_dir", ""))
     seen: set[str] = set(skip or ())
     rows = df.to_dict(orient="records")
     for i, row in enumerate(rows, start=1):  # check every id before any (slow) encoding
