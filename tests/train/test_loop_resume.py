@@ -109,3 +109,44 @@ def test_shipped_configs_build(name: str) -> None:
     else:  # the CPU preset runs a real-size batch
         x = torch.randn(2, 3, 16, 112, 112)
         assert recipe.encode_image(x, torch.tensor([[True, True, True], [False, False, True]])).shape == (2, 256)
+
+
+def test_weight_ema_known_values_and_swap() -> None:
+    from medalign.errors import MedAlignError
+    from medalign.train.loop import WeightEMA
+
+    m = torch.nn.BatchNorm1d(2)  # a float weight and an integer buffer (num_batches_tracked)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+    ema = WeightEMA(m, decay=0.5)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+    m.num_batches_tracked += 4
+    ema.update(m, step=0)  # warm-up decay: min(0.5, 1/10) = 0.1 -> 0.1 * 1 + 0.9 * 3
+    assert ema.shadow["weight"].tolist() == pytest.approx([2.8, 2.8])
+    assert int(ema.shadow["num_batches_tracked"]) == 4
+    ema.update(m, step=100)  # decay 0.5 -> 0.5 * 2.8 + 0.5 * 3
+    assert ema.shadow["weight"].tolist() == pytest.approx([2.9, 2.9])
+    with ema.applied(m):
+        assert m.weight.tolist() == pytest.approx([2.9, 2.9])
+    assert m.weight.tolist() == [3.0, 3.0]  # the live weights are back
+    with pytest.raises(MedAlignError, match="ema_decay"):
+        WeightEMA(m, decay=1.0)
+
+
+def test_ema_checkpoints_and_resume(tmp_path: Path) -> None:
+    full = fit(_cfg("train.ema_decay=0.9"), tmp_path / "full")
+    part = fit(_cfg("train.ema_decay=0.9", "train.stop_after_steps=3"), tmp_path / "part")
+    assert part["stopped"]
+    fit(_cfg("train.ema_decay=0.9"), tmp_path / "part", resume=True)
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=f"{k} differs after resume")
+    # the checkpoint holds the average, the resume state the live weights (and the average)
+    rs = torch.load(tmp_path / "full" / "checkpoints" / "resume.pt", map_location="cpu", weights_only=False)
+    live = rs["model"]
+    assert any(not torch.allclose(live[k].float(), a[k].float()) for k in a if a[k].is_floating_point())
+    for k in a:
+        torch.testing.assert_close(rs["ema"][k], a[k])
+    assert full["steps"] == 6

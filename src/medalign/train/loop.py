@@ -24,7 +24,7 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_steps": 0,
         "min_lr": 0.0,             # floor for cosine
         "grad_clip": 1.0,          # max global grad norm; null = off
+        "ema_decay": None,         # e.g. 0.99: validate and save an exponential moving average of the weights
         "amp": True,               # mixed precision, CUDA only (bf16 when supported, else fp16 + scaler)
         "device": None,            # None -> cuda:LOCAL_RANK when available, else cpu
         "monitor": "loss",         # val metric for best checkpoint, plateau and early stopping
@@ -299,6 +300,43 @@ class _Step(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+class WeightEMA:
+    """Exponential moving average of a module's state: weights and float buffers (BatchNorm stats).
+
+    ``shadow = d * shadow + (1 - d) * current`` after every optimiser step, with the decay warmed up
+    as ``d_t = min(decay, (1 + t) / (10 + t))`` so the average does not remember the random
+    initialisation for long (timm's ModelEmaV2 does the same). Integer buffers are copied.
+    Why: with ~200 training studies the weights at any single step are noisy; the validation
+    metric that picks the best checkpoint then picks a lucky step. The average is smoother.
+    """
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise MedAlignError(f"train.ema_decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.lerp_(v.detach().to(s.dtype), 1.0 - d)  # s = d * s + (1 - d) * v
+            else:
+                s.copy_(v)
+
+    @contextmanager
+    def applied(self, module: nn.Module) -> Iterator[None]:
+        """Swap the averaged weights in for the ``with`` block, then put the live ones back."""
+        live = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            module.load_state_dict(live)
+
+
 def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Train ``cfg["recipe"]`` on ``cfg["data"]`` with ``cfg["train"]``; everything lands in ``run_dir``.
 
@@ -422,11 +460,17 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
         "epoch_loss_sum": 0.0, "epoch_loss_n": 0,
     }
 
+    ema = WeightEMA(recipe, float(tc["ema_decay"])) if tc["ema_decay"] else None
+    # validation and the best/last checkpoints see the averaged weights when EMA is on
+    eval_weights = (lambda: ema.applied(recipe)) if ema is not None else nullcontext
+
     if resume:
         if not resume_path.is_file():
             raise MedAlignError(f"--resume: no resume state at {resume_path}")
         rs = torch.load(resume_path, map_location="cpu", weights_only=False)
         recipe.load_state_dict(rs["model"])
+        if ema is not None:
+            ema.shadow = {k: v.to(device) for k, v in rs["ema"].items()}
         opt.load_state_dict(rs["optimizer"])
         scaler.load_state_dict(rs["scaler"])
         state.update(rs["state"])
@@ -440,7 +484,8 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
     def save_resume() -> None:
         if main:
             payload = {"model": recipe.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                       "state": dict(state), "rng": _rng_state(), "config": cfg}
+                       "state": dict(state), "rng": _rng_state(), "config": cfg,
+                       "ema": ema.shadow if ema is not None else None}
             with atomic_path(resume_path, suffix=".pt") as tmp:
                 torch.save(payload, tmp)
 
@@ -520,6 +565,8 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
                 scaler.step(opt)
                 scaler.update()
                 opt.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(recipe, state["global_step"])
 
                 state["global_step"] += 1
                 state["step_in_epoch"] += 1
@@ -557,7 +604,7 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
                 recipe.eval()
                 outputs = []
                 vs = ResumableBatchSampler(len(val_ds), bs, shuffle=False, drop_last=False)
-                with torch.no_grad(), autocast():
+                with torch.no_grad(), autocast(), eval_weights():
                     for vb in loader(val_ds, vs):
                         outputs.append(recipe.validation_step(to_device(vb, device)))
                 recipe.train()
@@ -594,9 +641,10 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
                 state["bad_epochs"] += 1
             if main:
                 meta = ckpt_meta({"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
-                if improved:
-                    save_weights(recipe, ckpt_dir / "best.safetensors", meta)
-                save_weights(recipe, ckpt_dir / "last.safetensors", meta)
+                with eval_weights():
+                    if improved:
+                        save_weights(recipe, ckpt_dir / "best.safetensors", meta)
+                    save_weights(recipe, ckpt_dir / "last.safetensors", meta)
             save_resume()
             if tqdm is not None:
                 msg = f"epoch {state['epoch']}/{epochs}  train {train_loss:.4f}"
