@@ -81,3 +81,21 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
     except ImportError:  # pragma: no cover - torch is a hard dependency in practice
         pass
+
+
+def display_window(image: Any, percentiles: tuple[float, float] = (1.0, 99.0)) -> Any:
+    """An image (any shape) -> float32 in [0, 1] for display.
+
+    The window is the percentiles of the non-zero voxels, and exact zeros stay 0. Why: after
+    preprocessing, the background is exactly 0 while a z-scored head spans negative and positive
+    values; a window over all voxels would paint the background mid-grey.
+    """
+    import numpy as np
+
+    a = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    fg = a != 0
+    vals = a[fg] if fg.any() else a.ravel()
+    lo, hi = np.percentile(vals, percentiles) if vals.size else (0.0, 1.0)
+    out = np.clip((a - float(lo)) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
+    out[~fg] = 0.0
+    return out

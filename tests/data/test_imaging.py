@@ -224,3 +224,15 @@ def test_normalisers_known_values_and_bright_lesion_contrast():
     assert unclipped[0, 200] > clipped[0, 200] + 5
     np.testing.assert_allclose(unclipped[0, 2:198], clipped[0, 2:198], atol=1e-6)
     assert not unclipped[1].any() and not clipped[1].any()  # outside the head stays 0
+
+
+def test_display_window_keeps_background_black():
+    from medalign.utils import display_window
+
+    sl = np.zeros((4, 4), np.float32)
+    sl[1:3, 1:3] = [[-1.0, 0.5], [1.0, 2.0]]  # a z-scored head; the background is exactly 0
+    out = display_window(sl, (0.0, 100.0))
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert not out[0].any() and not out[:, 0].any()  # background black, not mid-grey
+    np.testing.assert_allclose(out[1:3, 1:3], [[0.0, 0.5], [2 / 3, 1.0]], atol=1e-6)
+    assert display_window(np.zeros((2, 2))).max() == 0.0  # empty image: no division by zero

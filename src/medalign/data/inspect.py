@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medalign.errors import CohortError
+from medalign.utils import display_window
 
 
 def _mid_axial_raw(path: str) -> np.ndarray:
@@ -24,9 +25,6 @@ def _mid_axial_raw(path: str) -> np.ndarray:
     return np.asarray(arr[arr.shape[0] // 2])  # (y, x): rows anterior->posterior, cols right->left
 
 
-def _robust(sl: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(sl, [1, 99])
-    return np.clip((sl - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(sl)
 
 
 def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, cache_dir: str | Path | None = None,
@@ -83,7 +81,7 @@ def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, ca
                 ax.set_facecolor("0.85")
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8, color="0.4")
             else:
-                ax.imshow(_robust(sl), cmap="gray", vmin=0, vmax=1, aspect="auto")
+                ax.imshow(display_window(sl), cmap="gray", vmin=0, vmax=1, aspect="auto")
             if r == 0:
                 ax.set_title(s, fontsize=9)
             if c == 0:

@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from medalign.utils import display_window
+
 METRICS: tuple[str, ...] = ("pointing", "mass", "auroc")
 
 
@@ -207,9 +209,7 @@ def attention_overlay_png(image, heat, mask, path, *, sequences: Sequence[str] |
     for r, z in enumerate(slices):
         for ch in range(c):
             ax = axes[r, ch]
-            sl = img[ch, z]
-            lo, hi = np.percentile(sl, [1, 99])
-            ax.imshow(np.clip((sl - lo) / (hi - lo + 1e-6), 0, 1), cmap="gray", origin="lower")
+            ax.imshow(display_window(img[ch, z]), cmap="gray", origin="lower", vmin=0, vmax=1)
             ax.imshow(hn[z], cmap="jet", alpha=0.4, origin="lower", vmin=0, vmax=1)
             if mask is not None and np.asarray(mask)[z].any():
                 ax.contour(np.asarray(mask)[z] > 0, levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")

@@ -65,12 +65,9 @@ def _image_paths(row: Any, sequences: Sequence[str]) -> dict[str, str]:
 def _to_png(slice2d: np.ndarray, path: Path, size: int = 128) -> None:
     from PIL import Image
 
-    from medalign.utils import atomic_path
+    from medalign.utils import atomic_path, display_window
 
-    a = np.asarray(slice2d, dtype=np.float32)
-    finite = a[np.isfinite(a)]
-    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
-    a = np.clip((np.nan_to_num(a) - lo) / max(hi - lo, 1e-6), 0, 1)
+    a = display_window(slice2d)
     img = Image.fromarray((a * 255).astype(np.uint8), mode="L")
     scale = size / max(img.size)
     img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
