@@ -25,8 +25,6 @@ def _mid_axial_raw(path: str) -> np.ndarray:
     return np.asarray(arr[arr.shape[0] // 2])  # (y, x): rows anterior->posterior, cols right->left
 
 
-
-
 def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, cache_dir: str | Path | None = None,
                      max_studies: int = 12, sequences: list[str] | None = None, seed: int = 0) -> Path:
     """Write the PNG sheet (atomically) and return its path.

@@ -177,18 +177,18 @@ class ClipRecipe(Recipe):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, mask = self.image_inputs(batch)
+        feats = self.text_features(self.report_texts(batch["text"]))  # (B, Dt), frozen
         return {
             "image_embed": self.encode_image(image, mask),
-            "text_embed": self.encode_report(batch["text"]),
+            "text_embed": F.normalize(self.text_proj(feats), dim=-1),  # (B, E), as encode_report
+            "text_features": feats,
             "logit_scale": self.logit_scale(),
         }
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
-        targets = None
-        if self.loss.target_temperature is not None:  # cached lookups; the encoder is frozen
-            targets = self.text_features(self.report_texts(batch["text"]))  # (B, Dt)
-        out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"], targets))
+        out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"],
+                                                      f["text_features"]))
         out["logit_scale"] = f["logit_scale"].detach()
         return out
 
