@@ -23,7 +23,7 @@ import torch.nn.functional as F
 def bench(encoder: str, args: argparse.Namespace) -> dict:
     from medalign.recipes import default_collate
     from medalign.recipes.clip import ClipRecipe
-    from medalign.train.loop import SyntheticPairs
+    from medalign.data.datasets import SyntheticPairs
 
     torch.manual_seed(0)
     shape = tuple(args.shape)

@@ -58,9 +58,9 @@ class MedAlignModel:
         p = self.run_dir / "preprocess.json"
         d = json.loads(p.read_text()) if p.is_file() else None
         if d is None:
-            from medalign.train.loop import preprocess_dict
+            from medalign.data.cache import recorded_preprocess
 
-            d = preprocess_dict(self.config.get("data") or {})
+            d = recorded_preprocess(self.config.get("data") or {})
         if d is None:
             return None
         from medalign.data.imaging import PreprocessConfig
@@ -181,7 +181,7 @@ def load(run_dir: str | Path, *, checkpoint: str | Path = "best", device: str | 
          cache_dir: str | Path | None = None) -> MedAlignModel:
     """Load a trained run (``checkpoint`` = "best", "last" or a .safetensors path)."""
     from medalign.recipes import build_recipe
-    from medalign.train.loop import load_weights
+    from medalign.train.checkpoint import load_weights
 
     run_dir = Path(run_dir)
     cfg = _read_config(run_dir)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from medalign.errors import MedAlignError
 
 T = TypeVar("T")
 
@@ -35,7 +38,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
 
 
-class ConfigError(ValueError):
+class ConfigError(MedAlignError, ValueError):
     """A config file or override that cannot be applied."""
 
 
@@ -89,15 +92,91 @@ def _parse_value(text: str) -> Any:
 
 
 def from_dict(cls: type[T], d: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``d``; unknown keys are an error that names them."""
+    """Build dataclass ``cls`` from ``d``, checking every value against the field's type hint.
+
+    Unknown keys and values of the wrong type are a :class:`ConfigError` that names the key
+    (``train.lr: expected a number, got 'abc'``), so a typo fails before a run folder is made.
+    Lists become tuples where the hint says tuple; ints are accepted for floats.
+    """
+    import typing
+
+    where = where or cls.__name__
     d = dict(d or {})
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(d) - names)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(d) - set(names))
     if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in section '{where or cls.__name__}'; allowed: {sorted(names)}"
-        )
-    return cls(**d)
+        close = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+        hint = "; ".join(f"'{k}' -> did you mean '{m[0]}'?" for k, m in close.items() if m)
+        raise ConfigError(f"unknown key(s) {[f'{where}.{k}' for k in unknown]}" + (f" ({hint})" if hint else "")
+                          + f"; allowed: {sorted(names)}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in d.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """``value`` coerced to ``hint`` (Optional, Literal, tuple/list, dict, int, float, bool, str) or ConfigError."""
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {args}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {list(value)}")
+            items = [_check_type(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            items = [_check_type(v, args[0], f"{key}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """Range checks in ``__post_init__``: ``require(lr > 0, "train.lr", "must be > 0")``."""
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

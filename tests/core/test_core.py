@@ -45,7 +45,7 @@ def test_from_dict_names_unknown_keys():
         lr: float = 0.1
 
     assert from_dict(Opt, {"lr": 0.5}).lr == 0.5
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['lrr'\] in section 'optim'"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['optim.lrr'\] \('lrr' -> did you mean 'lr'\?\)"):
         from_dict(Opt, {"lrr": 1}, where="optim")
 
 

@@ -166,4 +166,4 @@ def test_bad_preprocess_config_yaml(tmp_path, capsys):
     y = tmp_path / "p.yaml"
     y.write_text("preprocess:\n  shape: [4, 8, 8]\n  colour: blue\n")
     assert main(["preprocess", str(m), "--cache", str(tmp_path / "c"), "--config", str(y), "--no-progress"]) == 2
-    assert "unknown key(s) ['colour']" in capsys.readouterr().err
+    assert "unknown key(s) ['preprocess.colour']" in capsys.readouterr().err

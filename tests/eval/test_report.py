@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from medalign.data.schema import CLASSES
-from medalign.eval.evaluate import evaluate_saved, get_path, save_embeddings
+from medalign.eval.evaluate import get_path, save_embeddings
+from medalign.eval.run import evaluate_saved
 from medalign.eval.report import COMPARISON, SECTIONS, build_report, md_to_html
 
 
@@ -159,7 +160,7 @@ class _FakeModel:
 def test_evaluate_run_and_cli_with_fake_model(tmp_path, monkeypatch):
     """Orchestration: api.load + embed_manifest replaced by fakes; CLI writes metrics + plots."""
     import medalign.api as api
-    import medalign.eval.evaluate as ev
+    import medalign.eval.run as ev
     from medalign.cli import main
 
     rng = np.random.default_rng(0)

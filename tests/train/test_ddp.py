@@ -21,7 +21,7 @@ WORKER = textwrap.dedent(
     import json, os, sys
     import torch
     import torch.distributed as dist
-    from medalign.train import dist as D
+    from medalign import dist as D
     from medalign.losses.clip import ClipLoss
 
     out_dir = sys.argv[1]
@@ -68,7 +68,7 @@ def test_ddp_gather_matches_single_process(tmp_path: Path) -> None:
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(tmp_path), str(ROOT / "configs" / "tiny" / "clip_tiny.yaml")]
-    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads((tmp_path / "ddp.json").read_text())
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from medalign.config import load_config
-from medalign.train.loop import ResumableBatchSampler, fit
+from medalign.data.samplers import ResumableBatchSampler
+from medalign.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "clip_tiny.yaml"
@@ -95,7 +96,7 @@ def test_sampler_resumes_mid_epoch_and_shards() -> None:
 @pytest.mark.parametrize("name", ["brain_clip_paper.yaml", "brain_clip_cpu.yaml"])
 def test_shipped_configs_build(name: str) -> None:
     from medalign.recipes import build_recipe
-    from medalign.train.loop import resolve_config
+    from medalign.train.config import resolve_config
 
     cfg = resolve_config(load_config(ROOT / "configs" / name))
     paper = name == "brain_clip_paper.yaml"
@@ -113,7 +114,7 @@ def test_shipped_configs_build(name: str) -> None:
 
 def test_weight_ema_known_values_and_swap() -> None:
     from medalign.errors import MedAlignError
-    from medalign.train.loop import WeightEMA
+    from medalign.train.ema import WeightEMA
 
     m = torch.nn.BatchNorm1d(2)  # a float weight and an integer buffer (num_batches_tracked)
     with torch.no_grad():

@@ -302,6 +302,42 @@ def check_cache_matches(cache_config: Any, expected: Any, *, cache_dir: str | Pa
                                 f"preprocess the cohort with the run's settings")
 
 
+def recorded_preprocess(data_cfg: dict) -> dict | None:
+    """The PreprocessConfig a training config's cohort cache was built with (or ``data.preprocess``)."""
+    if data_cfg.get("preprocess"):
+        return dict(data_cfg["preprocess"])
+    cache_dir = data_cfg.get("cache_dir")
+    if cache_dir:
+        for name in ("config.json", "preprocess.json", "index.json"):
+            p = Path(cache_dir) / name
+            if p.is_file():
+                try:
+                    d = json.loads(p.read_text())
+                except Exception:
+                    continue
+                for key in ("preprocess", "preprocess_config", "config"):
+                    if isinstance(d.get(key), dict) and "sequences" in d[key]:
+                        return d[key]
+                if "sequences" in d and "shape" in d:
+                    return d
+    if data_cfg.get("kind", "cohort") == "cohort":
+        return {"sequences": list(data_cfg["sequences"]), "shape": list(data_cfg["shape"])}
+    return None
+
+
+def preprocess_record(cfg: Any) -> dict:
+    """PreprocessConfig dataclass / dict / None -> JSON-able dict (tuples as lists)."""
+    import dataclasses
+
+    if cfg is None:
+        return {}
+    if dataclasses.is_dataclass(cfg):
+        cfg = dataclasses.asdict(cfg)
+    elif not isinstance(cfg, dict):
+        cfg = dict(getattr(cfg, "__dict__", {}))
+    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
 class CohortCache:
     """Read side of the cache: ``load(study_id)`` gives memory-mapped arrays."""
 

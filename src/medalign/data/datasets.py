@@ -109,3 +109,46 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                      for s in samples])  # (B, D, H, W)
         batch["has_mask"] = torch.tensor([s.get("mask") is not None for s in samples])
     return batch
+
+
+class SyntheticPairs(Dataset):
+    """Tiny in-memory image-report pairs for tests and benchmarks (``data.kind: synthetic``).
+
+    Study i has class ``i % n_classes``; its image carries a bright cube whose position and
+    channel depend on the class (plus noise), and its report names the class. Samples match the
+    CohortDataset dict exactly.
+    """
+
+    REPORTS = (
+        "Acute infarct with restricted diffusion in the left hemisphere.",
+        "Enhancing tumor with surrounding oedema in the right frontal lobe.",
+        "Intraparenchymal hemorrhage with blooming on T2 star.",
+        "Normal study. No acute intracranial abnormality.",
+        "Small vessel disease and nonspecific white matter changes.",
+    )
+
+    def __init__(self, split: str = "all", n: int = 10, channels: int = 2, shape: tuple[int, ...] = (8, 32, 32),
+                 n_classes: int = 5, seed: int = 0, missing_every: int = 0) -> None:
+        self.split, self.n, self.channels, self.shape = split, n, channels, tuple(shape)
+        self.n_classes, self.seed, self.missing_every = n_classes, seed, missing_every
+        # Different splits get different noise (and study ids), same class layout.
+        self.offset = {"train": 0, "val": 1000, "test": 2000}.get(split, 0)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.offset + i)
+        c = i % self.n_classes
+        img = 0.1 * torch.randn(self.channels, *self.shape, generator=g)  # (C, D, H, W)
+        d, h, w = self.shape
+        s = max(2, h // 4)
+        y0 = (c * (h - s)) // max(1, self.n_classes - 1)
+        img[c % self.channels, d // 4 : d // 4 + max(1, d // 2), y0 : y0 + s, w // 4 : w // 4 + s] += 1.0
+        seq_mask = torch.ones(self.channels, dtype=torch.bool)
+        if self.missing_every and i % self.missing_every == self.missing_every - 1:
+            seq_mask[0] = False
+            img[0] = 0
+        sid = f"{self.split}-{self.offset + i:04d}"
+        return {"image": img, "sequence_mask": seq_mask, "text": self.REPORTS[c % len(self.REPORTS)],
+                "label": c, "study_id": sid, "patient_id": f"p{sid}"}

@@ -1,4 +1,6 @@
-"""Patient-grouped batch sampler: every patient in a batch brings >= 2 of its instances.
+"""Batch samplers for the training loop: resumable shuffled batches, and patient-grouped batches.
+
+``ResumableBatchSampler`` is the loop's default. ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
 
 MICLe needs positive pairs made of two *different* images of one patient, and HLSS needs two
 studies/slides per patient in a batch for its patient-level positives. A plain shuffled
@@ -7,11 +9,13 @@ sampler rarely puts two studies of one patient together; this sampler builds eac
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -70,7 +74,7 @@ class PatientBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Reshuffle for ``epoch``; ``start_batch`` skips batches already seen (resume mid-epoch,
-        the interface of medalign.train.loop.ResumableBatchSampler)."""
+        the interface of ResumableBatchSampler)."""
         self.epoch, self.start_batch = epoch, start_batch
 
     def batches_per_epoch(self) -> int:
@@ -160,3 +164,48 @@ def pair_within_patient(patient_ids: Sequence, *, seed: int | None = None) -> tu
             anchors.append(ix[-1]); partners.append(ix[0])
     return anchors, partners
 
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of a per-epoch permutation, sharded over ranks, that can start mid-epoch.
+
+    The permutation depends only on (seed, epoch), so a resumed run sees exactly the batches
+    the killed run would have seen. Sharding follows DistributedSampler (pad to a multiple of
+    the world size, then ``rank::world``).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
+                 world: int = 1, drop_last: bool = True) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world, self.drop_last = rank, world, drop_last
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = math.ceil(self.n / self.world) * self.world
+        order += order[: total - self.n]  # pad so every rank gets the same number of samples
+        return order[self.rank :: self.world]
+
+    def _batches(self) -> list[list[int]]:
+        shard = self._shard()
+        bs = self.batch_size
+        batches = [shard[i : i + bs] for i in range(0, len(shard), bs)]
+        # Drop a short last batch only if at least one full batch remains.
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < bs:
+            batches = batches[:-1]
+        return batches
+
+    def batches_per_epoch(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()[self.start_batch :]
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.start_batch)

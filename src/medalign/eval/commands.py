@@ -24,7 +24,7 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
     ) -> None:
         """Embed the split, compute retrieval / zero-shot / probe metrics with CIs; write RUN/eval/."""
         from medalign.errors import MedAlignError
-        from medalign.eval.evaluate import evaluate_run
+        from medalign.eval.run import evaluate_run
 
         if pool not in ("mean", "max"):
             raise MedAlignError(f"--pool must be mean or max, got '{pool}'")

@@ -18,7 +18,8 @@ from medalign.data.cache import check_cache_matches
 from medalign.data.schema import IMAGE_PREFIX
 from medalign.errors import CohortError, MedAlignError
 from medalign.index.faiss_index import EXACT_MAX
-from medalign.index.store import IndexStore, preprocess_dict, thumb_relpath, valid_study_id, write_version
+from medalign.data.cache import preprocess_record
+from medalign.index.store import IndexStore, thumb_relpath, valid_study_id, write_version
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def add_to_index(index_dir: str | Path, model: Any, manifest: Any, *, cache: Any
 def _meta(model: Any, dim: int, run_dir: str | None) -> dict:
     import datetime
 
-    return {"model_id": str(model.model_id), "preprocess_config": preprocess_dict(getattr(model, "preprocess_config", None)),
+    return {"model_id": str(model.model_id), "preprocess_config": preprocess_record(getattr(model, "preprocess_config", None)),
             "sequences": list(getattr(model, "sequences", []) or []), "dim": int(dim),
             "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -61,19 +61,6 @@ def thumb_relpath(study_id: str, sequence: str) -> str:
     return f"thumbs/{sha256_text(study_id)[:16]}/{sequence}.png"
 
 
-def preprocess_dict(cfg: Any) -> dict:
-    """PreprocessConfig dataclass / dict / None -> JSON-able dict (tuples as lists)."""
-    import dataclasses
-
-    if cfg is None:
-        return {}
-    if dataclasses.is_dataclass(cfg):
-        cfg = dataclasses.asdict(cfg)
-    elif not isinstance(cfg, dict):
-        cfg = dict(getattr(cfg, "__dict__", {}))
-    return json.loads(json.dumps(cfg, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
 @dataclass
 class IndexStore:
     """A loaded, read-only version of an index directory."""

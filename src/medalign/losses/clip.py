@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.train.dist import gather_no_grad, gather_with_grad, rank_world
+from medalign.dist import gather_no_grad, gather_with_grad, rank_world
 
 
 class ClipLoss(nn.Module):

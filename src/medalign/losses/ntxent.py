@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.train.dist import gather_no_grad
-from medalign.train.dist import gather_with_grad as _gather
+from medalign.dist import gather_no_grad
+from medalign.dist import gather_with_grad as _gather
 
 
 def _gather_ids(ids: torch.Tensor, *, local: bool) -> torch.Tensor:

@@ -42,7 +42,7 @@ class Recipe(nn.Module):
         """
         kind = data_cfg.get("kind", "cohort")
         if kind == "synthetic":
-            from medalign.train.loop import SyntheticPairs
+            from medalign.data.datasets import SyntheticPairs
 
             return SyntheticPairs(split=split or "all", **(data_cfg.get("synthetic") or {}))
         if kind != "cohort":
@@ -90,6 +90,13 @@ def build_recipe(cfg: dict) -> Recipe:
         importlib.import_module(RECIPE_MODULES[name])
     factory = RECIPES.get(name)
     params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(rcfg) - set(params))
+        if unknown:
+            from medalign.config import ConfigError
+
+            raise ConfigError(f"unknown key(s) {[f'recipe.{k}' for k in unknown]} for recipe '{name}'; "
+                              f"allowed: {sorted(k for k in params if k != 'self')}")
     data = cfg.get("data") or {}
     if "sequences" in params and "sequences" not in rcfg and data.get("sequences"):
         rcfg["sequences"] = tuple(data["sequences"])

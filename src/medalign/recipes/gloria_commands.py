@@ -70,7 +70,7 @@ def _load_gloria(run, checkpoint):
 
 
 def _resolve(model, manifest, cache):
-    from medalign.eval.evaluate import resolve_data
+    from medalign.eval.run import resolve_data
 
     return resolve_data(model.run_dir, model.config, manifest, cache)
 

@@ -407,7 +407,7 @@ def hlss_knn(run_dir: Path, *, manifest: Optional[Path] = None, cache_dir: Optio
     ck = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
     if not ck.is_file():
         raise MedAlignError(f"{run_dir}: no checkpoint {ck.name} in checkpoints/ (use --checkpoint last?)")
-    from medalign.train.loop import load_weights
+    from medalign.train.checkpoint import load_weights
 
     seed_everything(int(cfg.get("seed") or 0))
     recipe = build_recipe(cfg)
