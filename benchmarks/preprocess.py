@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from medalign.data.cache import preprocess_cohort
     from medalign.data.datasets import CohortDataset
-    from medalign.data.imaging import PreprocessConfig, preprocess_study, read_volume
+    from medalign.data.imaging import PreprocessConfig, preprocess_study
     from medalign.data.manifest import load_manifest
     from medalign.data.schema import image_column
+    from medalign.data.volume_io import read_volume
 
     tmp = tempfile.TemporaryDirectory(prefix="medalign_bench_")
     root = args.workdir or Path(tmp.name)

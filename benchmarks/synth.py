@@ -24,7 +24,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from medalign.data.reports import label_reports
-    from medalign.data.synth.brain import generate_brain_cohort, load_anatomy, plan_cohort
+    from medalign.data.synth.anatomy import load_anatomy
+    from medalign.data.synth.brain import generate_brain_cohort, plan_cohort
 
     load_anatomy(4 if args.shape_mode == "small" else 2)  # warm the cache: not part of the rate
     with tempfile.TemporaryDirectory() as tmp:

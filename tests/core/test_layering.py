@@ -35,8 +35,8 @@ def module_name(path: Path) -> str:
 
 
 def floor(module: str) -> int:
-    """The floor of a module: the longest matching prefix in FLOORS; any ``commands`` module is CLI."""
-    if module.rsplit(".", 1)[-1] == "commands":
+    """The floor of a module: the longest matching prefix in FLOORS; any ``*commands`` module is CLI."""
+    if module.rsplit(".", 1)[-1].endswith("commands"):
         return FLOORS["medalign.cli"]
     parts = module.split(".")
     for i in range(len(parts), 0, -1):

@@ -11,8 +11,9 @@ import pytest
 
 from medalign.cli import main
 from medalign.data.cache import CohortCache, preprocess_cohort
-from medalign.data.imaging import PreprocessConfig, read_volume
+from medalign.data.imaging import PreprocessConfig
 from medalign.data.manifest import load_manifest
+from medalign.data.volume_io import read_volume
 from medalign.errors import CohortError
 
 

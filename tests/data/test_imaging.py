@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medalign.data.imaging import PreprocessConfig, canonical_direction, head_mask, preprocess_study, read_volume
+from medalign.data.imaging import PreprocessConfig, canonical_direction, head_mask, preprocess_study
+from medalign.data.volume_io import read_volume
 from medalign.errors import CohortError
 
 

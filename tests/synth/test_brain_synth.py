@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from medalign.data.schema import CLASSES
-from medalign.data.synth.brain import (SEQUENCES, generate_brain_cohort, plan_cohort, sample_truth,
-                                       split_counts_for)
+from medalign.data.synth.brain import generate_brain_cohort, plan_cohort, split_counts_for
+from medalign.data.synth.lesions import sample_truth
+from medalign.data.synth.sequences import SEQUENCES
 from medalign.errors import MedAlignError
 
 nib = pytest.importorskip("nibabel")

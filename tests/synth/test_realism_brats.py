@@ -13,7 +13,7 @@ BRATS = SHARED / "brats2015"
 
 @pytest.mark.skipif(not BRATS.exists(), reason=f"real BraTS data not found at {BRATS}")
 def test_synthetic_tumours_match_brats():
-    from medalign.data.synth.brain import realism_brats, realism_synthetic_tumours
+    from medalign.data.synth.realism import realism_brats, realism_synthetic_tumours
 
     real = realism_brats(BRATS)
     assert len(real) >= 2

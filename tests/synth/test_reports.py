@@ -6,7 +6,8 @@ import pytest
 
 from medalign.data.reports import analyse_report, confusion_matrix, label_report, label_reports
 from medalign.data.schema import CLASSES
-from medalign.data.synth.brain import plan_cohort, sample_truths
+from medalign.data.synth.brain import plan_cohort
+from medalign.data.synth.lesions import sample_truths
 from medalign.data.synth.report_grammar import generate_report
 
 

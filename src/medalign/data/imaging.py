@@ -1,19 +1,18 @@
-"""Read NIfTI / DICOM volumes and preprocess one study into a fixed (C, D, H, W) grid.
+"""Preprocess one study (NIfTI / DICOM volumes) into a fixed (C, D, H, W) grid.
 
-NIfTI is read with nibabel (which, unlike ITK, refuses a truncated .nii.gz) and converted to a
-``SimpleITK.Image`` (RAS affine -> ITK's LPS direction/origin/spacing); DICOM series folders are
-read with SimpleITK's ``ImageSeriesReader``. From there on everything is SimpleITK, so both
-formats share one code path in physical space.
+Volumes are read by ``data.volume_io`` (NIfTI and DICOM both become ``SimpleITK.Image``, so
+everything here works in physical space); co-registration is ``data.registration``.
 
 Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
 
-1. **Read** each requested sequence (``read_volume``): 3D only (4D needs ``volume_index``),
-   finite voxels only; every failure is a :class:`CohortError` naming the study and the file.
+1. **Read** each requested sequence (``volume_io.read_volume``): 3D only (4D needs
+   ``volume_index``), finite voxels only; every failure is a :class:`CohortError` naming the
+   study and the file.
 2. **Reference**: ``cfg.reference`` if the study has it, else the first available sequence of
    ``cfg.sequences``. A coarse copy (``cfg.reg_spacing`` mm, isotropic, canonical axes) gives
    the head mask and the head bounding box.
-3. **Co-register** (``cfg.register``): each other sequence is rigidly aligned to the reference
-   (``Euler3DTransform``, Mattes mutual information, 2-level pyramid on the coarse copies,
+3. **Co-register** (``cfg.register``; ``registration.register_to_reference``): each other
+   sequence is rigidly aligned to the reference (``Euler3DTransform``, Mattes mutual information, 2-level pyramid on the coarse copies,
    ``cfg.reg_iterations`` steps, random ``cfg.reg_sampling`` sampling with a fixed seed, metric restricted to the
    head). Start is the identity (images of one session share world space); if the optimiser
    makes the metric worse, moves more than ``cfg.reg_max_shift_mm`` or fails (ITK error, e.g.
@@ -57,6 +56,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from medalign.data.registration import register_to_reference
+from medalign.data.volume_io import _sitk, read_volume
 from medalign.errors import CohortError
 
 NORMALISERS = ("robust", "zscore", "zscore_unclipped", "none")
@@ -131,122 +132,6 @@ class PreprocessedStudy:
     sequence_mask: np.ndarray          # bool (C,)
     mask: np.ndarray | None            # uint8 (D, H, W) lesion labels, or None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------- reading
-def _sitk():
-    import SimpleITK as sitk
-
-    return sitk
-
-
-def read_volume(path: str | Path, *, volume_index: int | None = None, study_id: str | None = None,
-                allow_nonfinite: bool = False) -> "SimpleITK.Image":  # noqa: F821
-    """Read a 3D volume (NIfTI file or DICOM series folder) as a float32 ``SimpleITK.Image``.
-
-    4D inputs are refused unless ``volume_index`` picks one volume (a trailing axis of length 1
-    is dropped silently); 2D inputs (or a 3D file with a single voxel along an axis) and NaN/inf
-    voxels are refused. Errors are :class:`CohortError` naming ``study_id`` and the file.
-    """
-    sitk = _sitk()
-    p = Path(path)
-    where = dict(study_id=study_id, path=str(p))
-    if not p.exists():
-        raise CohortError("file not found", **where)
-    try:
-        if p.is_dir():
-            img = _read_dicom_series(p, study_id)
-        elif p.name.lower().endswith((".nii", ".nii.gz", ".hdr", ".img", ".img.gz")):
-            img = _read_nifti(p, volume_index, study_id)
-        else:  # anything else ITK can read (.nrrd, .mha, a single DICOM file, ...)
-            img = sitk.ReadImage(str(p))
-    except CohortError:
-        raise
-    except Exception as e:  # ITK raises RuntimeError with a multi-line message
-        raise CohortError(f"cannot read image ({_first_line(e)})", **where) from None
-    dim = img.GetDimension()
-    if dim == 4:  # DICOM / other ITK formats
-        n = img.GetSize()[3]
-        _pick_volume(np.empty((1, n)), n, volume_index, study_id, p)  # validates the index
-        size = list(img.GetSize())
-        size[3] = 0
-        img = sitk.Extract(img, size=size, index=[0, 0, 0, volume_index or 0])
-    elif dim != 3:
-        raise CohortError(f"{dim}D image where a 3D volume is expected", **where)
-    if min(img.GetSize()) < 2:
-        raise CohortError(f"2D image (size {img.GetSize()}) where a 3D volume is expected", **where)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise CohortError(f"vector image with {img.GetNumberOfComponentsPerPixel()} components per voxel", **where)
-    try:
-        img = sitk.Cast(img, sitk.sitkFloat32)
-    except Exception as e:
-        raise CohortError(f"cannot convert voxels to float ({_first_line(e)})", **where) from None
-    if not allow_nonfinite:
-        arr = sitk.GetArrayViewFromImage(img)
-        if not np.isfinite(arr).all():
-            n_bad = int(arr.size - np.isfinite(arr).sum())
-            raise CohortError(f"{n_bad} NaN/inf voxel(s)", **where)
-    return img
-
-
-def _pick_volume(data: np.ndarray, n: int, volume_index: int | None, study_id: str | None, path: Path) -> np.ndarray:
-    """Volume ``volume_index`` of a 4D array (last axis); a single volume needs no index."""
-    where = dict(study_id=study_id, path=str(path))
-    if volume_index is None and n == 1:
-        volume_index = 0
-    if volume_index is None:
-        raise CohortError(f"4D image with {n} volumes; pick one with volume_index (0..{n - 1})", **where)
-    if not 0 <= volume_index < n:
-        raise CohortError(f"volume_index {volume_index} out of range for a 4D image with {n} volumes", **where)
-    return data[..., volume_index]
-
-
-def _read_nifti(path: Path, volume_index: int | None = None, study_id: str | None = None):
-    """NIfTI via nibabel (it refuses truncated .gz streams that ITK would silently zero-fill),
-    converted to a SimpleITK image in ITK's LPS world space."""
-    import nibabel as nib
-
-    sitk = _sitk()
-    nii = nib.load(str(path))
-    data = np.asarray(nii.dataobj, dtype=np.float32)  # (i, j, k[, t]); applies scl_slope/inter
-    if data.ndim > 4:
-        data = np.squeeze(data, axis=tuple(range(4, data.ndim))) if all(s == 1 for s in data.shape[4:]) else data
-    aff = np.asarray(nii.affine, float)
-    m = aff[:3, :3]
-    spacing = np.linalg.norm(m, axis=0)
-    if not (spacing > 0).all() or not np.isfinite(aff).all():
-        raise ValueError(f"degenerate affine (voxel sizes {spacing.tolist()})")
-    flip = np.diag([-1.0, -1.0, 1.0])  # NIfTI RAS+ world -> ITK LPS world
-    u, _, vt = np.linalg.svd(flip @ (m / spacing))
-    direction = u @ vt  # nearest orthonormal matrix (ITK refuses sheared directions)
-    if data.ndim == 4:
-        data = _pick_volume(data, data.shape[3], volume_index, study_id, path)
-    if data.ndim != 3:
-        raise CohortError(f"{data.ndim}D image where a 3D volume is expected", study_id=study_id, path=str(path))
-    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))  # (k, j, i)
-    img.SetSpacing(tuple(spacing.tolist()))
-    img.SetDirection(tuple(direction.ravel().tolist()))
-    img.SetOrigin(tuple((flip @ aff[:3, 3]).tolist()))
-    return img
-
-
-def _read_dicom_series(folder: Path, study_id: str | None):
-    sitk = _sitk()
-    reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not ids:
-        raise CohortError("folder holds no DICOM series", study_id=study_id, path=str(folder))
-    # Several series in one folder: take the one with most slices (say so in the docs).
-    best = max(ids, key=lambda sid: len(reader.GetGDCMSeriesFileNames(str(folder), sid)))
-    files = reader.GetGDCMSeriesFileNames(str(folder), best)
-    reader.SetFileNames(files)
-    return reader.Execute()
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # ITK messages start with the source location; the useful part is the last line.
-    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 # ------------------------------------------------------------------------------- geometry
@@ -388,68 +273,6 @@ def _head_box(coarse) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return center, extent, m
 
 
-# ----------------------------------------------------------------------------- registration
-def _mattes_mi(sitk, sampling: float, seed: int, fixed_mask=None):
-    """A registration method with the metric used everywhere here: Mattes MI (32 bins), random
-    sampling with a fixed non-zero seed, optional fixed-image mask, linear interpolation."""
-    R = sitk.ImageRegistrationMethod()
-    R.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    R.SetMetricSamplingStrategy(R.RANDOM)
-    R.SetMetricSamplingPercentage(float(sampling), int(seed))
-    if fixed_mask is not None:
-        R.SetMetricFixedMask(fixed_mask)
-    R.SetInterpolator(sitk.sitkLinear)
-    return R
-
-
-def register_rigid(fixed, moving, fixed_mask, *, center, iterations: int = 40, sampling: float = 0.2,
-                   max_shift_mm: float = 30.0, seed: int = 1):
-    """Rigid (Euler3D) Mattes-MI registration, moving -> fixed; returns (transform, info dict).
-
-    ``seed`` must be non-zero: SimpleITK treats 0 as "seed from the wall clock", which would
-    make the cache depend on when it was built."""
-    seed = int(seed) or 1
-    sitk = _sitk()
-    tx = sitk.Euler3DTransform()
-    tx.SetCenter(tuple(float(c) for c in center))
-    R = _mattes_mi(sitk, sampling, seed, fixed_mask)
-    R.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=int(iterations),
-                                               relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    R.SetOptimizerScalesFromPhysicalShift()
-    R.SetShrinkFactorsPerLevel([2, 1])
-    R.SetSmoothingSigmasPerLevel([1.0, 0.5])
-    R.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    R.SetInitialTransform(tx, inPlace=False)
-    before = float(R.MetricEvaluate(fixed, moving))
-    out = R.Execute(fixed, moving)
-    after = float(R.GetMetricValue())
-    # Re-evaluate on the full coarse grid at the solution, comparable with `before`.
-    R2 = _mattes_mi(sitk, sampling, seed, fixed_mask)
-    final_tx = sitk.CompositeTransform(out).GetNthTransform(0) if out.GetName() == "CompositeTransform" else out
-    euler = sitk.Euler3DTransform(final_tx) if final_tx.GetName() == "Euler3DTransform" else None
-    R2.SetInitialTransform(final_tx)
-    final = float(R2.MetricEvaluate(fixed, moving))
-    params = list(euler.GetParameters()) if euler is not None else [0.0] * 6
-    shift = float(np.linalg.norm(params[3:]))
-    info = {
-        "metric": "mattes_mi",
-        "metric_before": before,
-        "metric_after": final,
-        "metric_last_level": after,
-        "iterations": int(R.GetOptimizerIteration()),
-        "rotation_deg": [math.degrees(a) for a in params[:3]],
-        "translation_mm": params[3:],
-        "reverted": False,
-    }
-    if not np.isfinite(final) or final > before or shift > max_shift_mm:
-        # Worse than where we started (or an implausible jump): keep the scanner's alignment.
-        info["reverted"] = True
-        info["metric_final"] = before
-        return sitk.Transform(), info
-    info["metric_final"] = final
-    return final_tx, info
-
-
 # ------------------------------------------------------------------------------ preprocessing
 def _normalise(arr: np.ndarray, head: np.ndarray, how: str, pct: tuple[float, float]) -> tuple[np.ndarray, dict]:
     if how == "none":
@@ -506,26 +329,13 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
     out_ref = _grid(size_xyz, spacing_xyz, direction, center)
 
     seq_info: dict[str, Any] = {}
-    transforms: dict[str, Any] = {ref_seq: sitk.Transform()}
     if cfg.register and len(images) > 1:
-        fmask = sitk.GetImageFromArray(_dilate(ref_head).astype(np.uint8))
-        fmask.CopyInformation(coarse[ref_seq])
-        for s in images:
-            if s == ref_seq:
-                continue
-            try:
-                transforms[s], reg = register_rigid(coarse[ref_seq], coarse[s], fmask, center=center,
-                                                    iterations=cfg.reg_iterations, sampling=cfg.reg_sampling,
-                                                    max_shift_mm=cfg.reg_max_shift_mm)
-            except Exception as e:  # ITK: e.g. too few samples in the overlap of tiny images
-                # Keep the scanner's alignment and say so, rather than losing the study.
-                transforms[s] = sitk.Transform()
-                reg = {"metric": "mattes_mi", "metric_before": None, "metric_final": None, "iterations": 0,
-                       "reverted": True, "error": _first_line(e)}
+        transforms, regs = register_to_reference(coarse, ref_seq, ref_head, center, iterations=cfg.reg_iterations,
+                                                 sampling=cfg.reg_sampling, max_shift_mm=cfg.reg_max_shift_mm)
+        for s, reg in regs.items():
             seq_info.setdefault(s, {})["registration"] = reg
     else:
-        for s in images:
-            transforms.setdefault(s, sitk.Transform())
+        transforms = {s: sitk.Transform() for s in images}
 
     image = np.zeros((len(cfg.sequences), D, H, W), np.float32)  # (C, D, H, W)
     seq_mask = np.zeros(len(cfg.sequences), bool)
@@ -587,12 +397,6 @@ def _present(p: Any) -> bool:
     if isinstance(p, float) and math.isnan(p):
         return False
     return str(p).strip() != ""
-
-
-def _dilate(m: np.ndarray, it: int = 2) -> np.ndarray:
-    from scipy import ndimage
-
-    return ndimage.binary_dilation(m, iterations=it)
 
 
 def _antialias(img, out_spacing_xyz, direction):

@@ -18,7 +18,7 @@ def _mid_axial_raw(path: str) -> np.ndarray:
     """Middle axial slice of a raw file, radiological view (patient's right on the left, anterior up)."""
     import SimpleITK as sitk
 
-    from medalign.data.imaging import read_volume
+    from medalign.data.volume_io import read_volume
 
     img = sitk.DICOMOrient(read_volume(path), "LPS")  # x -> Left, y -> Posterior, z -> Superior
     arr = sitk.GetArrayFromImage(img)  # (z, y, x); a copy: a view would dangle once img is freed

@@ -260,7 +260,7 @@ def _normal(t: dict, rng, heldout: bool) -> tuple[list[str], str]:
 
 
 def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False) -> str:
-    """A free-text report for ``truth`` (from ``brain.sample_truth``/``plan_cohort``).
+    """A free-text report for ``truth`` (from ``lesions.sample_truth``/``brain.plan_cohort``).
 
     Deterministic given ``rng``'s state. ``heldout`` switches the class-defining phrasing
     to the held-out family.

@@ -1,0 +1,356 @@
+"""Lesions of the synthetic brain cohort: what each class's ground truth holds, and its maps.
+
+``sample_truth`` draws one study's truth for a class (no images): findings with variant, side,
+region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
+``_lesions`` draws those findings on the template grid as lesion components (irregular
+ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
+sources of mass effect (used by ``anatomy._elastic``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from medalign.data.schema import CLASSES
+from medalign.data.synth.anatomy import _mm_to_vox
+from medalign.errors import MedAlignError
+
+# Region centres in MNI mm for the right hemisphere (x > 0); the left side flips x.
+LOBES = {"frontal": (30, 32, 24), "temporal": (46, -18, -12), "parietal": (34, -50, 40),
+         "occipital": (24, -82, 8)}
+TERRITORIES = {"MCA": (40, -12, 14), "ACA": (9, 22, 44), "PCA": (18, -76, 4)}
+DEEP = {"basal ganglia": (22, 2, 2), "thalamus": (12, -18, 6), "internal capsule": (20, -6, 8),
+        "corona radiata": (25, -10, 28)}
+SINUSES = {"maxillary": (30, 20, -45), "frontal": (12, 62, 8)}  # approximate, in the head
+
+OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
+
+
+# ----------------------------------------------------------------------------- ground truth
+def _side_sign(side: str) -> float:
+    return -1.0 if side == "left" else 1.0
+
+
+def _jitter(rng: np.random.Generator, c: Sequence[float], sd: float = 4.0) -> list[float]:
+    return [round(float(v + rng.normal(0, sd)), 1) for v in c]
+
+
+def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
+    """Findings of one infarct study on ``side``."""
+    s = _side_sign(side)
+    F: list[dict] = []
+    variant = str(rng.choice(["territorial", "lacunar"], p=[0.8, 0.2]))
+    chronicity = str(rng.choice(["acute", "chronic"], p=[0.7, 0.3]))
+    if variant == "territorial":
+        terr = str(rng.choice(list(TERRITORIES), p=[0.6, 0.15, 0.25]))
+        c = TERRITORIES[terr]
+        size = float(rng.uniform(38, 62) if terr == "MCA" else rng.uniform(30, 48))
+        F.append({"class": "infarct", "kind": "infarct", "variant": variant, "age": chronicity,
+                  "side": side, "region": terr, "count": 1, "size_mm": round(size, 1),
+                  "center_mm": _jitter(rng, (s * c[0], c[1], c[2]))})
+    else:
+        region = str(rng.choice(["basal ganglia", "thalamus", "internal capsule", "corona radiata"]))
+        c = DEEP[region]
+        count = int(rng.integers(1, 3))
+        for i in range(count):
+            F.append({"class": "infarct", "kind": "infarct", "variant": variant, "age": chronicity,
+                      "side": side, "region": region, "count": count,
+                      "size_mm": round(float(rng.uniform(12, 18)), 1),
+                      "center_mm": _jitter(rng, (s * c[0], c[1], c[2] + 10 * i), 3.0)})
+    return F
+
+
+def _tumor_findings(rng: np.random.Generator, side: str) -> list[dict]:
+    """Findings of one tumor study on ``side``."""
+    s = _side_sign(side)
+    F: list[dict] = []
+    variant = str(rng.choice(["glioma", "meningioma"], p=[0.75, 0.25]))
+    lobe = str(rng.choice(list(LOBES)))
+    c = LOBES[lobe]
+    if variant == "glioma":
+        size = float(rng.uniform(28, 50))
+        F.append({"class": "tumor", "kind": "tumor", "variant": variant, "age": "unknown",
+                  "side": side, "region": lobe, "count": 1, "size_mm": round(size, 1),
+                  "edema_factor": round(float(rng.uniform(1.5, 2.1)), 2),
+                  "necrosis": bool(rng.random() < 0.8),
+                  "center_mm": _jitter(rng, (s * c[0], c[1], c[2]))})
+    else:
+        size = float(rng.uniform(26, 45))
+        F.append({"class": "tumor", "kind": "tumor", "variant": variant, "age": "unknown",
+                  "side": side, "region": lobe, "count": 1, "size_mm": round(size, 1),
+                  "edema_factor": round(float(rng.uniform(1.0, 1.5)), 2), "necrosis": False,
+                  "center_mm": _jitter(rng, (s * c[0] * 1.2, c[1] * 1.1, c[2] * 1.2 + 8))})
+    return F
+
+
+def _hemorrhage_findings(rng: np.random.Generator, side: str) -> list[dict]:
+    """Findings of one hemorrhage study on ``side``."""
+    s = _side_sign(side)
+    F: list[dict] = []
+    variant = str(rng.choice(["lobar", "deep", "microbleeds"], p=[0.45, 0.4, 0.15]))
+    chronicity = str(rng.choice(["acute", "chronic"], p=[0.75, 0.25])) if variant != "microbleeds" else "chronic"
+    if variant == "lobar":
+        lobe = str(rng.choice(list(LOBES)))
+        c = LOBES[lobe]
+        F.append({"class": "hemorrhage", "kind": "hemorrhage", "variant": variant, "age": chronicity,
+                  "side": side, "region": lobe, "count": 1,
+                  "size_mm": round(float(rng.uniform(25, 48)), 1),
+                  "center_mm": _jitter(rng, (s * c[0] * 0.85, c[1] * 0.85, c[2] * 0.85))})
+    elif variant == "deep":
+        region = str(rng.choice(["basal ganglia", "thalamus"], p=[0.65, 0.35]))
+        c = DEEP[region]
+        F.append({"class": "hemorrhage", "kind": "hemorrhage", "variant": variant, "age": chronicity,
+                  "side": side, "region": region, "count": 1,
+                  "size_mm": round(float(rng.uniform(22, 40)), 1),
+                  "center_mm": _jitter(rng, (s * c[0], c[1], c[2]), 3.0)})
+    else:
+        count = int(rng.integers(10, 26))
+        distribution = str(rng.choice(["lobar", "deep"]))
+        F.append({"class": "hemorrhage", "kind": "hemorrhage", "variant": variant, "age": chronicity,
+                  "side": "bilateral", "region": distribution, "count": count,
+                  "size_mm": round(float(rng.uniform(5, 8)), 1), "center_mm": None})
+    return F
+
+
+def _others_finding(t: dict, rng: np.random.Generator) -> dict:
+    """The one finding of an "others" study; atrophy also raises ``t["atrophy"]``."""
+    variant = str(rng.choice(OTHERS_VARIANTS, p=[0.35, 0.3, 0.23, 0.12]))
+    f: dict[str, Any] = {"class": "others", "kind": "others", "variant": variant, "age": "chronic",
+                         "side": "bilateral", "region": "", "count": 1, "size_mm": None, "center_mm": None}
+    if variant == "atrophy":
+        t["atrophy"] = round(float(rng.uniform(0.7, 1.0)), 3)
+        f["region"] = str(rng.choice(["generalised", "ventriculomegaly"], p=[0.6, 0.4]))
+    elif variant == "wmh":
+        f["region"] = "periventricular"
+        f["severity"] = round(float(rng.uniform(0.7, 1.0)), 3)
+    elif variant == "demyelination":
+        f["region"] = "periventricular"
+        f["count"] = int(rng.integers(6, 14))
+        f["size_mm"] = round(float(rng.uniform(8, 14)), 1)
+    else:
+        f["region"] = str(rng.choice(list(SINUSES)))
+        f["side"] = str(rng.choice(["left", "right", "bilateral"]))
+    return f
+
+
+def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = None) -> dict:
+    """Sample the ground truth of one study of class ``label`` (no images): findings with
+    variant, side, region, size, count, age; patient age and atrophy; incidental findings."""
+    if label not in CLASSES:
+        raise MedAlignError(f"unknown class '{label}'; allowed: {', '.join(CLASSES)}")
+    age = float(age if age is not None else rng.uniform(25, 88))
+    base_atrophy = float(np.clip((age - 45) / 45 * 0.3 + rng.normal(0, 0.05), 0.0, 0.35))
+    t: dict[str, Any] = {"label": label, "age_years": round(age, 1), "sex": str(rng.choice(["F", "M"])),
+                         "atrophy": round(base_atrophy, 3), "findings": [], "incidental": []}
+    side = str(rng.choice(["left", "right"]))
+    F = t["findings"]
+    if label == "infarct":
+        F += _infarct_findings(rng, side)
+    elif label == "tumor":
+        F += _tumor_findings(rng, side)
+    elif label == "hemorrhage":
+        F += _hemorrhage_findings(rng, side)
+    elif label == "others":
+        F.append(_others_finding(t, rng))
+    else:  # normal: may carry mild age-related change, as real "normal" reports do
+        if age > 60 and rng.random() < 0.5:
+            t["mild_changes"] = str(rng.choice(["involutional", "punctate_wmh"]))
+    if rng.random() < 0.25:
+        t["incidental"].append(str(rng.choice(
+            ["cavum septum pellucidum", "pineal cyst", "prominent perivascular spaces",
+             "developmental venous anomaly", "partially empty sella", "mega cisterna magna"])))
+    return t
+
+
+def sample_truths(n: int, seed: int = 0, *, classes: Sequence[str] = CLASSES) -> list[dict]:
+    """``n`` ground truths, classes balanced round-robin; for report-only experiments."""
+    rng = np.random.default_rng([seed, 7])
+    return [sample_truth(classes[i % len(classes)], rng) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------- lesion maps
+def _blob(shape: tuple[int, ...], center_vox: np.ndarray, radii_vox: Sequence[float],
+          rng: np.random.Generator, irregular: float = 0.2, soft: float = 0.6) -> np.ndarray:
+    """Soft irregular ellipsoid (values 0..1) with random orientation, full-size float32."""
+    import scipy.ndimage as ndi
+
+    out = np.zeros(shape, np.float32)
+    r = np.asarray(radii_vox, float)
+    ext = int(math.ceil(r.max() * (1 + irregular) + 2))
+    c = np.asarray(center_vox, float)
+    lo = np.maximum(np.floor(c - ext).astype(int), 0)
+    hi = np.minimum(np.ceil(c + ext).astype(int) + 1, shape)
+    if np.any(hi <= lo):
+        return out
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # random rotation
+    zz = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij"))
+    d = zz - c.astype(np.float32)[:, None, None, None]  # (3, x, y, z)
+    loc = np.einsum("ij,jxyz->ixyz", q.T.astype(np.float32), d)  # (3, x, y, z) in blob axes
+    rho = np.sqrt(np.sum((loc / r.astype(np.float32)[:, None, None, None]) ** 2, axis=0))  # (x, y, z)
+    if irregular > 0:
+        noise = ndi.gaussian_filter(rng.normal(size=rho.shape).astype(np.float32), max(r.min() / 2, 1.0))
+        noise /= max(float(np.abs(noise).max()), 1e-6)
+        rho = rho * (1 + irregular * noise)
+    val = np.clip((1 - rho) * (r.mean() / soft) + 0.5, 0, 1)
+    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = val
+    return out
+
+
+def _surface_point(anat: dict, center_vox: np.ndarray) -> np.ndarray:
+    """Walk from the brain centre through ``center_vox`` to the brain surface."""
+    mask = anat["mask"]
+    origin = np.array(np.nonzero(mask > 0.5)).mean(1)
+    d = center_vox - origin
+    d /= max(np.linalg.norm(d), 1e-6)
+    p = center_vox.copy()
+    for _ in range(200):
+        q = np.round(p + d).astype(int)
+        if np.any(q < 0) or np.any(q >= mask.shape) or mask[tuple(q)] < 0.5:
+            break
+        p = p + d
+    return p
+
+
+@dataclass
+class _Canvas:
+    """What every lesion drawer reads (template anatomy, tissue maps, RNG) and appends to."""
+
+    anat: dict
+    tissue: dict[str, np.ndarray]
+    brain: np.ndarray                                                     # GM + WM probability
+    rng: np.random.Generator
+    comps: list[tuple[str, np.ndarray]] = field(default_factory=list)    # (LESION_CONTRAST name, map)
+    masses: list[tuple[np.ndarray, float, float]] = field(default_factory=list)  # (centre vox, R, strength)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.anat["mask"].shape
+
+    @property
+    def vox(self) -> float:
+        return self.anat["step_mm"]
+
+
+def _draw_infarct(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray:
+    """Acute infarct, or chronic: gliosis rim around a CSF-like core. Returns its mask map."""
+    shape, brain, rng = canvas.shape, canvas.brain, canvas.rng
+    radii = R * rng.uniform(0.75, 1.0, 3)
+    b = _blob(shape, c, radii, rng, 0.25) * brain
+    if f["age"] == "acute":
+        canvas.comps.append(("infarct_acute", b))
+    else:
+        core = _blob(shape, c, radii * 0.7, rng, 0.2) * brain
+        canvas.comps += [("gliosis", b), ("infarct_chronic", core)]
+    return b
+
+
+def _draw_tumor(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray:
+    """Glioma (oedema, solid, optional necrosis) or meningioma on the brain surface; both push tissue."""
+    shape, brain, rng, tissue = canvas.shape, canvas.brain, canvas.rng, canvas.tissue
+    if f["variant"] == "glioma":
+        radii = R * rng.uniform(0.8, 1.0, 3)
+        ed = _blob(shape, c, radii * f["edema_factor"], rng, 0.35) * np.clip(tissue["wm"] * 1.3 + 0.25 * tissue["gm"], 0, 1)
+        solid = _blob(shape, c, radii, rng, 0.2)
+        canvas.comps += [("edema", ed), ("tumor_solid", solid)]
+        if f["necrosis"]:
+            canvas.comps.append(("tumor_necrosis", _blob(shape, c, radii * 0.55, rng, 0.2)))
+        canvas.masses.append((c, R, 0.35))
+        return np.maximum(ed, solid)
+    cs = _surface_point(canvas.anat, c)
+    radii = R * rng.uniform(0.85, 1.0, 3)
+    men = _blob(shape, cs, radii, rng, 0.1)
+    ed = _blob(shape, cs, radii * f["edema_factor"], rng, 0.3) * brain * (f["edema_factor"] > 1.15)
+    canvas.comps += [("edema", ed), ("meningioma", men)]
+    canvas.masses.append((cs, R, 0.5))
+    return np.maximum(men, ed)
+
+
+def _draw_hemorrhage(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray:
+    """Microbleeds (GM or WM foci), or a haematoma: acute with oedema (mass effect), chronic with a cavity."""
+    shape, brain, rng, tissue = canvas.shape, canvas.brain, canvas.rng, canvas.tissue
+    if f["variant"] == "microbleeds":
+        cand = np.argwhere((tissue["wm"] > 0.5) if f["region"] == "deep" else (tissue["gm"] > 0.5))
+        pick = cand[rng.choice(len(cand), size=f["count"], replace=False)]
+        mb = np.zeros(shape, np.float32)
+        for p in pick:
+            mb = np.maximum(mb, _blob(shape, p.astype(float), [R, R, R], rng, 0.0, soft=0.4))
+        canvas.comps.append(("microbleed", mb))
+        return mb
+    radii = R * rng.uniform(0.75, 1.0, 3)
+    hem = _blob(shape, c, radii, rng, 0.15) * np.clip(brain * 1.5, 0, 1)
+    if f["age"] == "acute":
+        ed = _blob(shape, c, radii * 1.45, rng, 0.3) * brain
+        canvas.comps += [("edema", ed), ("hematoma_acute", hem)]
+        canvas.masses.append((c, R, 0.3))
+        return np.maximum(hem, ed)
+    core = _blob(shape, c, radii * 0.6, rng, 0.2) * brain
+    canvas.comps += [("hematoma_chronic", hem), ("infarct_chronic", core)]
+    return hem
+
+
+def _draw_others(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray | None:
+    """WMH caps/bands, demyelinating plaques, or sinus mucosa; atrophy draws nothing here."""
+    shape, vox, brain, rng, tissue, anat = canvas.shape, canvas.vox, canvas.brain, canvas.rng, canvas.tissue, canvas.anat
+    var = f["variant"]
+    if var == "wmh":
+        import scipy.ndimage as ndi
+
+        sev = f["severity"]
+        noise = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), 1.5)
+        noise /= max(float(noise.std()), 1e-6)
+        reach = (4 + 6 * sev) / vox  # periventricular caps/bands, voxels
+        w = np.clip(reach - anat["dist_vent"] + 2.5 * noise / vox, 0, 1)
+        w = w * np.clip(tissue["wm"] * 1.4, 0, 1) * (anat["dist_vent"] > 0)
+        canvas.comps.append(("wmh", w))
+        return w
+    if var == "demyelination":
+        cand = np.argwhere((tissue["wm"] > 0.6) & (anat["dist_vent"] * vox < 14) & (anat["dist_vent"] > 0))
+        pick = cand[rng.choice(len(cand), size=min(f["count"], len(cand)), replace=False)]
+        pl = np.zeros(shape, np.float32)
+        for p in pick:  # ovoid, long axis ~ perpendicular to the ventricle (Dawson)
+            rr = np.array([0.35, 0.35, 0.5]) * f["size_mm"] / vox * rng.uniform(0.8, 1.2, 3)
+            pl = np.maximum(pl, _blob(shape, p.astype(float), rr, rng, 0.1, soft=0.5))
+        pl *= brain
+        canvas.comps.append(("plaque", pl))
+        return pl
+    if var == "sinus":
+        sides = ["left", "right"] if f["side"] == "bilateral" else [f["side"]]
+        sm = np.zeros(shape, np.float32)
+        for sd in sides:
+            cc = SINUSES[f["region"]]
+            x = cc[0] * _side_sign(sd) if f["region"] == "maxillary" else cc[0] * _side_sign(sd) * 0.5
+            cv = _mm_to_vox(anat, (x, cc[1], cc[2]))
+            sm = np.maximum(sm, _blob(shape, cv, np.array([11, 13, 13]) / vox, rng, 0.15))
+        sm *= 1 - anat["mask"]
+        canvas.comps.append(("sinus_mucosa", sm))
+        return sm
+    return None  # atrophy: drawn in the tissue maps (anatomy._tissues); its mask is set by the caller
+
+
+_DRAWERS: dict[str, Callable[[_Canvas, dict, Any, float], np.ndarray | None]] = {
+    "infarct": _draw_infarct, "tumor": _draw_tumor, "hemorrhage": _draw_hemorrhage, "others": _draw_others}
+
+
+def _lesions(anat: dict, truth: dict, tissue: dict[str, np.ndarray], rng: np.random.Generator
+             ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray, list[tuple[np.ndarray, float, float]]]:
+    """Lesion components (name, map), the lesion-mask map, and mass-effect sources."""
+    canvas = _Canvas(anat, tissue, np.clip(tissue["gm"] + tissue["wm"], 0, 1), rng)
+    shape, vox = canvas.shape, canvas.vox
+    mask = np.zeros(shape, np.float32)
+    for f in truth["findings"]:
+        c = _mm_to_vox(anat, f["center_mm"]) if f.get("center_mm") else None
+        R = (f["size_mm"] or 0) / 2 / vox
+        draw = _DRAWERS.get(f["kind"])
+        part = draw(canvas, f, c, R) if draw is not None else None
+        if part is not None:
+            mask = np.maximum(mask, part)
+    if truth.get("mild_changes") == "punctate_wmh":  # age-normal: a few small foci, not in the mask
+        cand = np.argwhere(tissue["wm"] > 0.7)
+        dots = np.zeros(shape, np.float32)
+        for p in cand[rng.choice(len(cand), size=int(rng.integers(3, 7)), replace=False)]:
+            dots = np.maximum(dots, _blob(shape, p.astype(float), [2.5 / vox] * 3, rng, 0.0, soft=0.4))
+        canvas.comps.append(("wmh", dots))
+    return canvas.comps, mask, canvas.masses

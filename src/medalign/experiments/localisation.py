@@ -1,0 +1,351 @@
+"""GLoRIA experiment drivers: the word-attention overlay of one study and the localisation run.
+
+:func:`localise_run` evaluates a GLoRIA run on one split: retrieval (global / local / combined
+similarity), zero-shot with generated severity x subtype x location prompts (mean-pooled per
+class), and localisation of the lesion word's attention against the lesion masks, with
+bootstrap CIs; ``clip_run`` adds a CLIP run (global retrieval, zero-shot with the same prompts,
+Grad-CAM maps) to one comparison table. Outputs: RUN/eval/localisation_<split>.json and the
+report section RUN/report_extras/gloria.json (gloria_<split>.json for other splits) + gallery PNGs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from medalign import api
+from medalign.data.schema import CLASSES
+from medalign.errors import CohortError, MedAlignError
+from medalign.eval.bootstrap import bootstrap_ci, format_ci
+from medalign.eval.evaluate import _cls_cis, _mean_le, _mrr
+from medalign.eval.gloria_prompts import CLASS_WORDS, LESION_CLASSES, find_class_word, generate_prompts
+from medalign.eval.localisation import (attention_overlay_png, gradcam_map, head_uniform_scores,
+                                        localisation_scores, summarise, uniform_scores, upsample_map)
+from medalign.eval.retrieval import cosine_similarity, match_ranks, rank_summary
+from medalign.eval.zeroshot import _pool, classification_metrics
+from medalign.utils import atomic_write_json
+
+RETRIEVAL_CI_KS: tuple[int, ...] = (1, 5)  # R@K given CIs (the comparison table shows R@1, R@5, MRR)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _load_gloria(run: str | Path, checkpoint: str) -> Any:
+    """The run's model via ``medalign.api``; a recipe without word attention is a one-line error."""
+    model = api.load(run, checkpoint=checkpoint)
+    if not hasattr(model.recipe, "word_attention"):
+        name = (model.config.get("recipe") or {}).get("name")
+        raise MedAlignError(f"run {run} uses recipe '{name}', which has no word attention (train with recipe: gloria)")
+    return model
+
+
+def _resolve(model: Any, manifest: str | None, cache: str | None) -> tuple[Path, Path]:
+    """(manifest, cache dir): the given ones, else the run's config."""
+    from medalign.eval.run import resolve_data
+
+    return resolve_data(model.run_dir, model.config, manifest, cache)
+
+
+def _word_map(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: str, word: str,
+              shape: Sequence[int]) -> tuple[np.ndarray, str, str]:
+    """Upsampled (D, H, W) attention of ``word`` (or a synonym of that class) in ``text``.
+
+    Falls back to the text "<word>" when the word is not in ``text``. Returns (map, text, word used).
+    """
+    def locate(t: str) -> tuple[dict, int | None]:
+        res = recipe.word_attention(image, seq_mask, t)
+        words = [w.lower() for w in res["words"]]
+        idx = words.index(word.lower()) if word.lower() in words else None
+        if idx is None and word.lower() in CLASS_WORDS:
+            idx = find_class_word(res["words"], word.lower())
+        return res, idx
+
+    res, idx = locate(text) if text else (None, None)
+    if idx is None:
+        text = word
+        res, idx = locate(text)
+        if idx is None:  # the tokenizer split the word; take its first piece-word
+            idx = 0
+    return upsample_map(res["attention"][idx], shape), text, res["words"][idx]
+
+
+def attend_study(run: str | Path, study: str, word: str, *, text: str | None = None, out: str | None = None,
+                 n_slices: int = 3, manifest: str | None = None, cache: str | None = None,
+                 checkpoint: str = "best") -> dict:
+    """Write the attention overlay PNG of ``word`` for one study; returns paths and (with a mask) scores."""
+    from medalign.data.cache import CohortCache
+
+    model = _load_gloria(run, checkpoint)
+    manifest_p, cache_p = _resolve(model, manifest, cache)
+    cc = CohortCache(cache_p)
+    if study not in cc:
+        raise CohortError(f"not in the cohort cache {cache_p}", study_id=study)
+    arr = cc.load(study)
+    image = torch.from_numpy(np.array(arr["image"], dtype=np.float32))  # (C, D, H, W)
+    seq = torch.from_numpy(np.asarray(arr["sequence_mask"], dtype=bool))
+    mask = None if arr["mask"] is None else np.array(arr["mask"])
+    if text is None:
+        from medalign.data.manifest import load_manifest
+
+        df = load_manifest(manifest_p, check_files=False)
+        row = df[df["study_id"].astype(str) == study]
+        text = str(row["report"].iloc[0]) if len(row) and "report" in df.columns and isinstance(row["report"].iloc[0], str) else ""
+        text = model.recipe.report_texts([text])[0] if text else text  # the section it was trained on
+    heat, used_text, used_word = _word_map(model.recipe, image, seq, text, word, image.shape[1:])
+    out_p = Path(out) if out else Path(run) / "attention" / f"{study}_{word}.png"
+    attention_overlay_png(image.numpy(), heat, mask, out_p, sequences=model.sequences, n_slices=n_slices,
+                          title=f"{study}: attention of '{used_word}'")
+    res = {"png": str(out_p), "text": used_text, "word": used_word}
+    if mask is not None and mask.any():
+        res["scores"] = localisation_scores(heat, mask)
+        res["uniform"] = uniform_scores(mask)
+    return res
+
+
+def _batches(ds: Any, bs: int = 4) -> Iterator[dict]:
+    """Collated batches of ``bs`` studies, in dataset order."""
+    from medalign.data.datasets import collate
+
+    for i in range(0, len(ds), bs):
+        yield collate([ds[j] for j in range(i, min(len(ds), i + bs))])
+
+
+def _retrieval(sim_ti: np.ndarray, ids: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Text -> image and image -> text summaries with CIs from a (T, I) similarity.
+
+    Same ranks (eval.retrieval.match_ranks), summary and bootstrap statistics as
+    ``evaluate_embeddings``; the protocol differs in that the similarity is given rather than
+    the cosine of two embeddings (GLoRIA's local and combined scores have no embedding), CIs
+    cover R@1, R@5 and MRR only, and no per-query ranks, class precision or per-class
+    breakdown are stored. CLIP goes through here too so that both columns are computed alike.
+    """
+    out = {}
+    for name, s in (("text_to_image", sim_ti), ("image_to_text", sim_ti.T)):
+        r, _ = match_ranks(s, ids, ids)
+        d = rank_summary(r, pool_size=s.shape[1])
+        d["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in RETRIEVAL_CI_KS}
+        d["ci"]["MRR"] = bootstrap_ci(_mrr, r, n=n_boot, seed=seed)
+        out[name] = d
+    return out
+
+
+def _zero_shot(sim_ip: np.ndarray, prompt_class: np.ndarray, y: np.ndarray, n_classes: int, n_boot: int, seed: int,
+               pool: str = "mean", with_ci: bool = True) -> dict:
+    """Class scores = mean (or max) over a class's prompts of the image/prompt similarity.
+
+    Metrics and CIs as in ``evaluate_embeddings`` (eval.zeroshot.classification_metrics, one
+    bootstrap pass); the protocol differs in that the (I, P) similarity is given (GLoRIA local /
+    combined scores are not cosines of embeddings), prompts are the generated presence prompts
+    only (no absence subtraction, no one-prompt-per-class variant) and classes are not named.
+    """
+    s = np.stack([_pool(sim_ip[:, prompt_class == c], pool) for c in range(n_classes)], 1)  # (N, C)
+    lab = y >= 0
+    m = classification_metrics(y[lab], s[lab], n_classes=n_classes)
+    if with_ci:
+        m["ci"] = _cls_cis(y[lab], s[lab], n_boot, seed)
+    m["pool"] = pool
+    return m
+
+
+# ------------------------------------------------------------------------------------------ localise_run steps
+@dataclass
+class _Split:
+    """One split of a GLoRIA run: the model, the dataset and its per-study arrays."""
+
+    run: Path
+    model: Any
+    ds: Any
+    ids: np.ndarray  # (N,) study ids
+    y: np.ndarray  # (N,) class index, -1 = unlabelled
+    reports: list[str]
+    texts: list[str]  # the report section the recipe was trained on (e.g. the impression)
+
+
+def _load_split(run: Path, split: str, manifest: str | None, cache: str | None, checkpoint: str) -> _Split:
+    """Load the GLoRIA model and the split's dataset."""
+    from medalign.data.datasets import CohortDataset
+
+    model = _load_gloria(run, checkpoint)
+    rec = model.recipe
+    manifest_p, cache_p = _resolve(model, manifest, cache)
+    ds = CohortDataset(manifest_p, cache_p, split=split)
+    if len(ds) == 0:
+        raise MedAlignError(f"{manifest_p}: split '{split}' has no studies")
+    reports = list(ds.texts)
+    # what the recipe was trained on (text_section, e.g. the impression): retrieval and word maps
+    texts = rec.report_texts(reports) if hasattr(rec, "report_texts") else reports
+    return _Split(run, model, ds, np.asarray(ds.study_ids), np.asarray(ds.labels), reports, texts)
+
+
+def _embed(sp: _Split, n_prompts: int, seed: int) -> dict:
+    """GLoRIA similarities of every study (small splits: kept in memory) to the reports and to the prompts.
+
+    Returns {"sims": {kind: (I, T)}, "psims": {kind: (I, P)}, "prompts", "p_texts", "p_class" (P,)}
+    with kind in global / local / combined.
+    """
+    model, rec = sp.model, sp.model.recipe
+    img_parts, loc_parts, rm_parts = [], [], []
+    with torch.no_grad():
+        for b in _batches(sp.ds):
+            f = rec.image_features(b["image"].to(model.device), b["sequence_mask"].to(model.device))
+            img_parts.append(f["image_embed"].cpu()), loc_parts.append(f["image_local"].cpu())
+            if f.get("region_mask") is not None:  # attention restricted to head sub-regions
+                rm_parts.append(f["region_mask"].cpu())
+        rec.cpu()  # the text side and the pairwise scores run on the CPU copies of the image features
+        im = {"image_embed": torch.cat(img_parts), "image_local": torch.cat(loc_parts),
+              "region_mask": torch.cat(rm_parts) if rm_parts else None}
+        tx = rec.text_word_features(sp.texts)
+        sims = {k: v.numpy().astype(np.float64) for k, v in rec.pair_similarity(im, tx).items()}  # (I, T)
+        prompts = generate_prompts(CLASSES, n_per_class=n_prompts, seed=seed)
+        p_texts = [t for c in CLASSES for t in prompts[c]["presence"]]
+        p_class = np.asarray([i for i, c in enumerate(CLASSES) for _ in prompts[c]["presence"]])
+        ptx = rec.text_word_features(p_texts)
+        psims = {k: v.numpy().astype(np.float64) for k, v in rec.pair_similarity(im, ptx).items()}  # (I, P)
+    rec.to(model.device)
+    return {"sims": sims, "psims": psims, "prompts": prompts, "p_texts": p_texts, "p_class": p_class}
+
+
+def _similarity_metrics(sp: _Split, emb: dict, clip: Any, clip_run: str | None, n_boot: int, seed: int,
+                       pool: str) -> dict:
+    """Retrieval and zero-shot of GLoRIA (global / local / combined) and, when given, of CLIP."""
+    p_class, n_cls = emb["p_class"], len(CLASSES)
+    out: dict = {"gloria": {"retrieval": {}, "zero_shot": {}}}
+    for k in ("global", "local", "combined"):
+        out["gloria"]["retrieval"][k] = _retrieval(emb["sims"][k].T, sp.ids, n_boot, seed)
+        out["gloria"]["zero_shot"][k] = _zero_shot(emb["psims"][k], p_class, sp.y, n_cls, n_boot, seed, pool,
+                                                   with_ci=k != "local")
+    if clip is not None:
+        with torch.no_grad():
+            ci = np.concatenate([clip.recipe.encode_image(b["image"].to(clip.device), b["sequence_mask"].to(clip.device))
+                                 .float().cpu().numpy() for b in _batches(sp.ds)])  # (I, E)
+        ct = clip.encode_report(sp.reports)  # (T, E)
+        cp = clip.encode_text(emb["p_texts"])  # (P, E)
+        out["clip"] = {"run": str(clip_run),
+                       "retrieval": _retrieval(cosine_similarity(ct, ci), sp.ids, n_boot, seed),
+                       "zero_shot": _zero_shot(cosine_similarity(ci, cp), p_class, sp.y, n_cls, n_boot, seed, pool)}
+    return out
+
+
+def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, seed: int) -> tuple[dict, list[str]]:
+    """Lesion-word attention (and CLIP Grad-CAM) vs the masks of lesion-class studies, with the uniform
+    and uniform-in-head baselines; writes the gallery PNGs. Returns (localisation results, gallery paths
+    relative to the run)."""
+    per: dict[str, list] = {"gloria": [], "uniform": [], "uniform_head": [], "clip_gradcam": []}
+    rows_meta = []
+    gallery_dir = sp.run / "report_extras" / f"gloria_gallery_{split}"
+    images_rel: list[str] = []
+    for i in range(len(sp.ds)):
+        label = CLASSES[sp.y[i]] if sp.y[i] >= 0 else ""
+        if label not in LESION_CLASSES:
+            continue
+        s = sp.ds[i]
+        m = s.get("mask")
+        if m is None or not bool(m.any()):
+            continue
+        m = m.numpy()
+        heat, used_text, used_word = _word_map(sp.model.recipe, s["image"], s["sequence_mask"], sp.texts[i], label,
+                                               m.shape)
+        g = localisation_scores(heat, m)
+        per["gloria"].append(g)
+        per["uniform"].append(uniform_scores(m))
+        per["uniform_head"].append(head_uniform_scores(s["image"].numpy(), m))
+        row = {"study_id": sp.ids[i], "label": label, "word": used_word, "from_report": used_text == sp.texts[i],
+               "lesion_fraction": float((m > 0).mean()), "gloria": g}
+        if clip is not None:
+            cam = upsample_map(gradcam_map(clip.recipe, s["image"].to(clip.device), s["sequence_mask"].to(clip.device),
+                                           used_text), m.shape)
+            c = localisation_scores(cam, m)
+            per["clip_gradcam"].append(c)
+            row["clip_gradcam"] = c
+        rows_meta.append(row)
+        if len(images_rel) < n_gallery:
+            p = gallery_dir / f"{sp.ids[i]}_{used_word}.png"
+            attention_overlay_png(s["image"].numpy(), heat, m, p, sequences=sp.model.sequences, n_slices=1,
+                                  title=f"{sp.ids[i]} ({label}): '{used_word}' pointing={g['pointing']:.0f}")
+            images_rel.append(str(p.relative_to(sp.run)))
+    loc = {"per_study": rows_meta, "n": len(rows_meta),
+           **{k: summarise(v, n_boot=n_boot, seed=seed) for k, v in per.items() if v}}
+    return loc, images_rel
+
+
+def _ci(d: dict | None, *path: str) -> str:
+    """format_ci of d[path[0]][path[1]]...; '—' where any step is missing."""
+    for p in path:
+        d = (d or {}).get(p) if isinstance(d, dict) else None
+    return format_ci(d) if d else "—"
+
+
+def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
+    """The GLoRIA vs CLIP comparison table (caption, columns, rows) with chance / uniform baselines."""
+    G, C, L = res["gloria"], res.get("clip"), res["localisation"]
+    cols = ["metric", "GLoRIA (global+local)", "GLoRIA global only", "CLIP" + (" (Grad-CAM)" if C else " (not given)"),
+            "uniform / chance", "uniform in head"]
+    rows = []
+    for d in ("text_to_image", "image_to_text"):
+        for k in ("R@1", "R@5", "MRR"):
+            chance = f"{min(int(k[2:]), n) / n:.3f}" if k.startswith("R@") else f"{np.mean(1.0 / np.arange(1, n + 1)):.3f}"
+            rows.append([f"{d.replace('_', ' ')} {k}", _ci(G, "retrieval", "combined", d, "ci", k),
+                         _ci(G, "retrieval", "global", d, "ci", k), _ci(C, "retrieval", d, "ci", k) if C else "—",
+                         chance, "—"])
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
+        rows.append([f"zero-shot {k} ({pool} of prompts)", _ci(G, "zero_shot", "combined", "ci", k),
+                     _ci(G, "zero_shot", "global", "ci", k), _ci(C, "zero_shot", "ci", k) if C else "—",
+                     "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—"), "—"])
+    for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
+        rows.append([f"{name} (n={L['n']})", _ci(L, "gloria", k), "—", _ci(L, "clip_gradcam", k) if C else "—",
+                     _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
+    return {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); "
+                       "95% bootstrap CIs over studies",
+            "columns": cols, "rows": rows}
+
+
+def _markdown(res: dict, run: Path, n: int, split: str, pool: str) -> str:
+    """The report section's text: what was measured, and the pointing game against the uniform baseline."""
+    L = res["localisation"]
+    lg, lu = (L.get("gloria") or {}).get("pointing", {}), (L.get("uniform") or {}).get("pointing", {})
+    lh = (L.get("uniform_head") or {}).get("pointing", {})
+    md = [
+        f"GLoRIA run `{run}` on split **{split}** ({n} studies; {L['n']} lesion studies with masks).",
+        "Retrieval/zero-shot similarity: *global+local* = mean of the z-scored global cosine and local "
+        "(word-region) score; zero-shot pools each class's generated severity x subtype x location prompts by "
+        f"the **{pool}**. Localisation: attention of the lesion word (from the report, else the class name) "
+        "upsampled to the voxel grid; the uniform baseline is closed form (pointing = mass = lesion fraction, "
+        "AUROC = 0.5); *uniform in head* spreads it evenly over the head only (a map that merely finds the "
+        "head scores this). CLIP maps are Grad-CAM on the same encoder level.",
+    ]
+    if lg.get("value") is not None and lu.get("value") is not None:
+        verdict = "above" if (lg.get("lo") or 0) > (lu.get("hi") or 1) else "not clearly above"
+        md.append(f"Pointing game {format_ci(lg)} vs uniform {format_ci(lu)} (uniform in head {format_ci(lh)}): "
+                  f"{verdict} the uniform baseline.")
+    return "\n\n".join(md)
+
+
+def _write(res: dict, run: Path, split: str, images_rel: list[str]) -> tuple[Path, Path]:
+    """RUN/eval/localisation_<split>.json and the report section; returns both paths."""
+    json_p = run / "eval" / f"localisation_{split}.json"
+    atomic_write_json(json_p, res)
+    extra_p = run / "report_extras" / ("gloria.json" if split == "test" else f"gloria_{split}.json")
+    atomic_write_json(extra_p, {"title": f"GLoRIA: retrieval, zero-shot and localisation ({split})",
+                                "markdown": res["markdown"], "images": images_rel, "tables": [res["table"]]})
+    return json_p, extra_p
+
+
+def localise_run(run: str | Path, *, split: str = "test", clip_run: str | None = None, manifest: str | None = None,
+                 cache: str | None = None, n_prompts: int = 20, n_gallery: int = 6, n_boot: int = 1000, seed: int = 0,
+                 checkpoint: str = "best", pool: str = "mean") -> dict:
+    """Everything ``medalign localise`` computes; returns the results dict (+ table rows, output paths)."""
+    run = Path(run)
+    sp = _load_split(run, split, manifest, cache, checkpoint)
+    emb = _embed(sp, n_prompts, seed)
+    res: dict = {"split": split, "checkpoint": checkpoint, "n": int(len(sp.ids)), "pool": pool,
+                 "n_prompts_per_class": n_prompts, "prompts": emb["prompts"]}
+    clip = api.load(clip_run, checkpoint=checkpoint) if clip_run else None
+    res.update(_similarity_metrics(sp, emb, clip, clip_run, n_boot, seed, pool))
+    res["localisation"], images_rel = _localise(sp, clip, split, n_gallery, n_boot, seed)
+    res["table"] = _table(res, len(sp.ids), split, checkpoint, pool)
+    res["markdown"] = _markdown(res, run, len(sp.ids), split, pool)
+    json_p, extra_p = _write(res, run, split, images_rel)
+    table = res["table"]
+    return {**res, "table_rows": [table["columns"]] + table["rows"], "json": str(json_p), "extra": str(extra_p)}
