@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from medalign.losses.clip import ClipLoss
-from medalign.recipes.clip import apply_sequence_mask, sequence_dropout
+from medalign.data.masking import mask_sequences
+from medalign.recipes.clip import sequence_dropout
 
 
 def _ce(row: list[float], target: int) -> float:
@@ -59,7 +60,7 @@ def test_bad_shapes() -> None:
 def test_sequence_mask_and_dropout() -> None:
     x = torch.ones(2, 3, 2, 2, 2)
     m = torch.tensor([[True, False, True], [False, False, True]])
-    y = apply_sequence_mask(x, m)
+    y = mask_sequences(x, m)
     assert y[0, 1].abs().sum() == 0 and y[0, 0].sum() == 8 and y[1, :2].abs().sum() == 0
     g = torch.Generator().manual_seed(0)
     full = torch.ones(64, 3, dtype=torch.bool)

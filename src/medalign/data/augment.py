@@ -72,7 +72,9 @@ class Augment:
         img = out["image"].data.permute(0, 3, 2, 1).contiguous().float()  # (C, D, H, W)
         sm = sample.get("sequence_mask")
         if sm is not None:
-            img = img * torch.as_tensor(sm, dtype=img.dtype).view(-1, 1, 1, 1)  # zero missing channels
+            from medalign.data.masking import mask_sequences
+
+        img = mask_sequences(img[None], torch.as_tensor(sm)[None])[0]  # one sample: (1, C, D, H, W) -> (C, D, H, W)
         new["image"] = img
         if has_mask:
             new["mask"] = out["mask"].data[0].permute(2, 1, 0).contiguous().to(sample["mask"].dtype)  # (D, H, W)

@@ -7,18 +7,16 @@ with one comparison table (headline figures with 95% bootstrap CIs, baselines in
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
-import os
-import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from medalign.eval.bootstrap import format_ci
-from medalign.utils import atomic_write_bytes, atomic_write_text
+# md_to_html is re-exported: it was defined here and callers import it from this module
+from medalign.eval.report_doc import CSS, Doc, esc, md_to_html  # noqa: F401
+from medalign.utils import atomic_write_text
 
 # Section headings, in page order (tests check every one is present).
 SECTIONS: tuple[str, ...] = (
@@ -36,144 +34,11 @@ SECTIONS: tuple[str, ...] = (
 )
 COMPARISON = "Comparison across runs"
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}h3{margin-top:1.5em}
-table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}
-th{background:#f2f2f2}tr.ok td{background:#eef8ee}img.fig{max-width:100%;border:1px solid #ddd}
-img.thumb{height:64px;image-rendering:pixelated}.report{max-width:420px;font-size:12px}.muted{color:#777}
-code{background:#f4f4f4;padding:0 3px}
-"""
-
-
-# ----------------------------------------------------------------------------- small renderers
-def _e(x) -> str:
-    return html.escape("" if x is None else str(x))
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, dict):
-        return format_ci(v, digits)
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def md_to_html(md: str) -> str:
-    """Minimal Markdown: headings, '- ' lists, paragraphs, **bold**, `code` (text is escaped)."""
-    def inline(s: str) -> str:
-        s = html.escape(s)
-        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
-
-    out, para, items = [], [], []
-
-    def flush():
-        if para:
-            out.append("<p>" + inline(" ".join(para)) + "</p>")
-            para.clear()
-        if items:
-            out.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-
-    for line in (md or "").splitlines():
-        s = line.strip()
-        if not s:
-            flush()
-        elif s.startswith("#"):
-            flush()
-            level = min(6, len(s) - len(s.lstrip("#")) + 2)  # nested under the section's h2
-            out.append(f"<h{level}>{inline(s.lstrip('#').strip())}</h{level}>")
-        elif s.startswith(("- ", "* ")):
-            if para:
-                flush()
-            items.append(s[2:])
-        else:
-            if items:
-                flush()
-            para.append(s)
-    flush()
-    return "\n".join(out)
-
-
-class Doc:
-    """Builds the HTML and Markdown versions side by side."""
-
-    def __init__(self, md_dir: Path, files_dir: Path) -> None:
-        self.html: list[str] = []
-        self.md: list[str] = []
-        self.md_dir, self.files_dir = md_dir, files_dir
-        self._n = 0
-        self._thumbs: dict[str, str] = {}
-
-    def heading(self, level: int, text: str, anchor: str | None = None) -> None:
-        a = f' id="{_e(anchor)}"' if anchor else ""
-        self.html.append(f"<h{level}{a}>{_e(text)}</h{level}>")
-        self.md.append(f"\n{'#' * level} {text}\n")
-
-    def para(self, text: str, *, muted: bool = False) -> None:
-        cls = ' class="muted"' if muted else ""
-        self.html.append(f"<p{cls}>{_e(text)}</p>")
-        self.md.append(f"{'_' if muted else ''}{text}{'_' if muted else ''}\n")
-
-    def markdown(self, md: str) -> None:
-        self.html.append(md_to_html(md))
-        self.md.append(md + "\n")
-
-    def image(self, path: Path | None, caption: str = "") -> None:
-        if path is None or not Path(path).is_file():
-            self.para(f"(figure not available: {caption or path})", muted=True)
-            return
-        png = Path(path).read_bytes()
-        self.html.append(f'<figure><img class="fig" src="{_data_uri(png)}" alt="{_e(caption)}">'
-                         f"<figcaption>{_e(caption)}</figcaption></figure>")
-        self.md.append(f"![{caption}]({os.path.relpath(path, self.md_dir)})\n")
-
-    def thumb(self, png: bytes | None, name: str) -> tuple[str, str]:
-        """(html, md) cells for a thumbnail; the Markdown copy is written beside the .md file."""
-        if not png:
-            return '<span class="muted">no image</span>', ""
-        if name not in self._thumbs:  # one file per study, however often it appears
-            self._n += 1
-            p = self.files_dir / f"thumb_{self._n}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
-            atomic_write_bytes(p, png)
-            self._thumbs[name] = str(p)
-        p = Path(self._thumbs[name])
-        return f'<img class="thumb" src="{_data_uri(png)}" alt="{_e(name)}">', f"![{name}]({os.path.relpath(p, self.md_dir)})"
-
-    def table(self, columns: Sequence[str], rows: Sequence[Sequence], *, caption: str = "",
-              html_rows: Sequence[Sequence[str]] | None = None, row_classes: Sequence[str] | None = None) -> None:
-        """``rows`` are plain values (escaped); ``html_rows`` (same shape) are pre-rendered HTML cells."""
-        h = ["<table>"]
-        if caption:
-            h.append(f"<caption>{_e(caption)}</caption>")
-        h.append("<tr>" + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>")
-        for i, r in enumerate(rows):
-            cells = html_rows[i] if html_rows is not None else [_e(_fmt(v)) for v in r]
-            cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
-            h.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        h.append("</table>")
-        self.html.append("\n".join(h))
-        if caption:
-            self.md.append(f"*{caption}*\n")
-        md_cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-        self.md.append("| " + " | ".join(columns) + " |")
-        self.md.append("|" + "---|" * len(columns))
-        for r in rows:
-            self.md.append("| " + " | ".join(md_cell(v) for v in r) + " |")
-        self.md.append("")
-
 
 # ----------------------------------------------------------------------------- data access
 def load_run_metrics(run_dir: str | Path, *, split: str = "test") -> dict:
     """RUN/eval/metrics.json, recomputed from saved embeddings when it or a plot is missing."""
-    from medalign.eval.evaluate import evaluate_saved
+    from medalign.eval.run import evaluate_saved
 
     run_dir = Path(run_dir)
     p = run_dir / "eval" / "metrics.json"
@@ -259,36 +124,58 @@ def _comparison(doc: Doc, runs: list[tuple[str, dict]]) -> None:
     doc.table(cols, rows, caption="value [95% bootstrap CI]; test studies resampled with replacement")
 
 
-def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callable[[str], bytes | None]) -> None:
+# ----------------------------------------------------------------------------- per-run sections
+@dataclass
+class _Run:
+    """What every per-run section reads: the metrics plus lookups derived from them once."""
+
+    run_dir: Path
+    name: str
+    m: dict
+    thumb: Callable[[str], bytes | None]
+    plots: dict[str, Path] = field(init=False)
+    ret: dict = field(init=False)
+    classes: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        ev = self.run_dir / "eval"
+        self.plots = {k: ev / v for k, v in (self.m.get("plots") or {}).items()}
+        self.ret = self.m.get("retrieval", {})
+        self.classes = self.m.get("classes", [])
+
+
+def _summary_section(doc: Doc, run: _Run) -> None:
     from medalign.eval.evaluate import HEADLINE
 
-    ev = run_dir / "eval"
-    plots = {k: ev / v for k, v in (m.get("plots") or {}).items()}
-    ret = m.get("retrieval", {})
-    classes = m.get("classes", [])
-    reports = _reports_by_id(run_dir, m.get("split", "test"))
-
-    doc.heading(2, f"Run: {name}", f"run-{name}")
+    m = run.m
     doc.heading(3, "Summary")
-    doc.para(f"run {run_dir} · recipe {m.get('recipe') or '?'} · model {m.get('model_id') or '?'} · split "
+    doc.para(f"run {run.run_dir} · recipe {m.get('recipe') or '?'} · model {m.get('model_id') or '?'} · split "
              f"{m.get('split', '?')} (n={m.get('n_test')}) · train n={m.get('n_train', '—')} · bootstrap "
              f"n={m.get('n_boot')} seed={m.get('seed')}")
-    doc.table(["run"] + [n for _, n in HEADLINE], _summary_rows(name, m)[:1],
+    doc.table(["run"] + [n for _, n in HEADLINE], _summary_rows(run.name, m)[:1],
               caption="value [95% bootstrap CI]")
 
+
+def _figure_sections(doc: Doc, run: _Run) -> None:
+    """Training curves, batch similarity matrix, and rank vs. similarity (with its per-class table)."""
     doc.heading(3, "Training curves")
-    doc.image(plots.get("training_curves"), "Fig. 5 — loss per epoch (train, val) and learning rate")
+    doc.image(run.plots.get("training_curves"), "Fig. 5 — loss per epoch (train, val) and learning rate")
 
     doc.heading(3, "Batch similarity matrix")
-    doc.image(plots.get("similarity_matrix"), "Fig. 6 — cosine similarity, report rows × image columns; diagonal = pairs")
+    doc.image(run.plots.get("similarity_matrix"),
+              "Fig. 6 — cosine similarity, report rows × image columns; diagonal = pairs")
 
     doc.heading(3, "Rank vs. similarity by class")
-    doc.image(plots.get("rank_vs_similarity"), "Fig. 7 — report → image rank of the right study vs its similarity")
-    bc = (ret.get("text_to_image") or {}).get("by_class") or {}
+    doc.image(run.plots.get("rank_vs_similarity"),
+              "Fig. 7 — report → image rank of the right study vs its similarity")
+    bc = (run.ret.get("text_to_image") or {}).get("by_class") or {}
     if bc:
         doc.table(["class", "n", "median rank", "R@1"],
-                  [[c, bc[c]["n"], bc[c]["median_rank"], bc[c]["R@1"]] for c in classes if c in bc])
+                  [[c, bc[c]["n"], bc[c]["median_rank"], bc[c]["R@1"]] for c in run.classes if c in bc])
 
+
+def _retrieval_section(doc: Doc, run: _Run) -> None:
+    ret = run.ret
     doc.heading(3, "Retrieval")
     ks = [k for k in ("R@1", "R@5", "R@10") if k in (ret.get("text_to_image") or {})]
     cols = ["direction", "pool", "queries"] + ks + ["MRR", "median rank", "mean rank", "P@1", "P@5", "chance R@1"]
@@ -310,21 +197,24 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
         hits = sum(1 for r in t2i["ranks"] if r == 1)
         doc.para(f"{hits} of {t2i['n_queries']} test reports ranked their own image first (pool "
                  f"{t2i['pool_size']}, chance {1 / t2i['pool_size']:.3f}). The brain-CLIP paper reports 0 of 27.")
-    elif m.get("retrieval_note"):
-        doc.para(m["retrieval_note"], muted=True)
+    elif run.m.get("retrieval_note"):
+        doc.para(run.m["retrieval_note"], muted=True)
 
-    tables = m.get("tables") or {}
+
+def _top5_section(doc: Doc, run: _Run) -> None:
+    """Table 2: for each example query report, its top-5 images with thumbnails and their reports."""
+    reports = _reports_by_id(run.run_dir, run.m.get("split", "test"))
     doc.heading(3, "Top-5 reports for a query report")
-    for q in tables.get("top5", []):
-        qt_h, qt_m = doc.thumb(thumb(q["query"]), q["query"])
+    for q in (run.m.get("tables") or {}).get("top5", []):
+        qt_h, qt_m = doc.thumb(run.thumb(q["query"]), q["query"])
         doc.para(f"Query {q['query']} ({q['query_class'] or 'no label'}): “{q['query_report']}”")
         rows, hrows, rc = [], [], []
         for i, h in enumerate(q["hits"], 1):
             rep = reports.get(h["study_id"], "")
-            t_h, t_m = doc.thumb(thumb(h["study_id"]), h["study_id"])
+            t_h, t_m = doc.thumb(run.thumb(h["study_id"]), h["study_id"])
             rows.append([i, h["study_id"], h["class"], h["similarity"], "✓" if h["correct"] else "", t_m, rep])
-            hrows.append([str(i), _e(h["study_id"]), _e(h["class"]), f"{h['similarity']:.3f}",
-                          "✓" if h["correct"] else "", t_h, f'<div class="report">{_e(rep)}</div>'])
+            hrows.append([str(i), esc(h["study_id"]), esc(h["class"]), f"{h['similarity']:.3f}",
+                          "✓" if h["correct"] else "", t_h, f'<div class="report">{esc(rep)}</div>'])
             rc.append("ok" if h["correct"] else "")
         doc.table(["#", "study", "class", "similarity", "right study", "slices", "its report"], rows,
                   html_rows=hrows, row_classes=rc, caption=f"Table 2 — images ranked for query {q['query']}")
@@ -332,88 +222,114 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
             doc.html.append(f"<p>query study slices: {qt_h}</p>")
             doc.md.append(f"query study slices: {qt_m}\n")
 
+
+def _rank1_section(doc: Doc, run: _Run) -> None:
+    """Table 3: the top image for every test report (green = the right study)."""
     doc.heading(3, "Rank-1 matches per query")
     rows, hrows, rc = [], [], []
-    for r in tables.get("rank1", []):
+    for r in (run.m.get("tables") or {}).get("rank1", []):
         ok = r["query"] == r["match"]
         same = r["query_class"] == r["match_class"] and bool(r["query_class"])
-        qh, qm = doc.thumb(thumb(r["query"]), r["query"])
-        mh, mm = doc.thumb(thumb(r["match"]), r["match"])
+        qh, qm = doc.thumb(run.thumb(r["query"]), r["query"])
+        mh, mm = doc.thumb(run.thumb(r["match"]), r["match"])
         rows.append([r["query"], r["query_class"], qm, r["match"], r["match_class"], mm, r["similarity"],
                      r["rank_of_right_image"], "yes" if same else "no"])
-        hrows.append([_e(r["query"]), _e(r["query_class"]), qh, _e(r["match"]), _e(r["match_class"]), mh,
+        hrows.append([esc(r["query"]), esc(r["query_class"]), qh, esc(r["match"]), esc(r["match_class"]), mh,
                       f"{r['similarity']:.3f}", str(r["rank_of_right_image"]), "yes" if same else "no"])
         rc.append("ok" if ok else "")
     doc.table(["query report of", "class", "slices", "rank-1 image", "its class", "slices", "similarity",
                "rank of right image", "same class"], rows, html_rows=hrows, row_classes=rc,
               caption="Table 3 — the top image for every test report (green = the right study)")
 
+
+def _embedding_map_section(doc: Doc, run: _Run) -> None:
     doc.heading(3, "Embedding map")
-    doc.image(plots.get("embedding_map"), "t-SNE of test image embeddings, coloured by class")
+    doc.image(run.plots.get("embedding_map"), "t-SNE of test image embeddings, coloured by class")
 
+
+def _zero_shot_section(doc: Doc, run: _Run) -> None:
     doc.heading(3, "Zero-shot classification")
-    zs = m.get("zero_shot")
-    if zs:
-        one = zs.get("one_prompt_per_class") or {}
-        ci, oci = zs.get("ci") or {}, one.get("ci") or {}
-        keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
-        doc.table(["prompts", *keys],
-                  [[f"{zs['n_prompts']} prompts, {zs['pool']}-pooled (absence: {zs['absence']})",
-                    *[ci.get(k) or zs.get(k) for k in keys]],
-                   ["one prompt per class", *[oci.get(k) or one.get(k) for k in keys]]])
-        doc.table(["class", "AUROC (one vs rest)"], [[c, (zs.get("auroc") or {}).get(c)] for c in classes])
-        doc.image(plots.get("confusion_zero_shot"), "zero-shot confusion matrix (rows = true class)")
-    else:
+    zs = run.m.get("zero_shot")
+    if not zs:
         doc.para("no zero-shot result (no labels or no prompt bank)", muted=True)
+        return
+    one = zs.get("one_prompt_per_class") or {}
+    ci, oci = zs.get("ci") or {}, one.get("ci") or {}
+    keys = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro")
+    doc.table(["prompts", *keys],
+              [[f"{zs['n_prompts']} prompts, {zs['pool']}-pooled (absence: {zs['absence']})",
+                *[ci.get(k) or zs.get(k) for k in keys]],
+               ["one prompt per class", *[oci.get(k) or one.get(k) for k in keys]]])
+    doc.table(["class", "AUROC (one vs rest)"], [[c, (zs.get("auroc") or {}).get(c)] for c in run.classes])
+    doc.image(run.plots.get("confusion_zero_shot"), "zero-shot confusion matrix (rows = true class)")
 
+
+def _probe_section(doc: Doc, run: _Run) -> None:
     doc.heading(3, "Probes and label efficiency")
-    pr = m.get("probe")
-    if pr:
-        rows = []
-        for probe in pr["probes"]:
-            for f in pr["fractions"]:
-                r = pr[probe][str(float(f))]
-                rows.append([probe, f"{f:.0%}", r["n_train"], r.get("accuracy_ci") or r["accuracy"],
-                             r.get("balanced_accuracy_ci") or r["balanced_accuracy"], r["macro_f1"], r["auroc_macro"]])
-        doc.table(["probe", "labels", "n train", "accuracy", "balanced acc", "macro-F1", "AUROC"], rows,
-                  caption="frozen image embeddings only (no report at inference); stratified label subsets, seeded")
-        doc.image(plots.get("label_efficiency"), "label efficiency: balanced accuracy vs fraction of labels")
-        doc.image(plots.get("confusion_probe"), "logreg probe confusion matrix (all labels)")
-    else:
+    pr = run.m.get("probe")
+    if not pr:
         doc.para("no probe result (no labelled training embeddings)", muted=True)
+        return
+    rows = []
+    for probe in pr["probes"]:
+        for f in pr["fractions"]:
+            r = pr[probe][str(float(f))]
+            rows.append([probe, f"{f:.0%}", r["n_train"], r.get("accuracy_ci") or r["accuracy"],
+                         r.get("balanced_accuracy_ci") or r["balanced_accuracy"], r["macro_f1"], r["auroc_macro"]])
+    doc.table(["probe", "labels", "n train", "accuracy", "balanced acc", "macro-F1", "AUROC"], rows,
+              caption="frozen image embeddings only (no report at inference); stratified label subsets, seeded")
+    doc.image(run.plots.get("label_efficiency"), "label efficiency: balanced accuracy vs fraction of labels")
+    doc.image(run.plots.get("confusion_probe"), "logreg probe confusion matrix (all labels)")
 
+
+def _baseline_row(bname: str, b: dict) -> list:
+    """One baselines-table row: R@1, zero-shot / probe / own-head figures (CI when there is one)."""
+    if b.get("skipped"):
+        return [bname, "skipped: " + str(b["skipped"])] + [None] * 5
+    cls = b.get("classifier") or {}
+    t2i = (b.get("retrieval") or {}).get("text_to_image") or {}
+    zs = b.get("zero_shot") or {}
+    pl = ((b.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
+    return [bname, b.get("description", ""),
+            (t2i.get("ci") or {}).get("R@1") or t2i.get("R@1"),
+            (zs.get("ci") or {}).get("balanced_accuracy") or zs.get("balanced_accuracy"),
+            pl.get("balanced_accuracy_ci") or pl.get("balanced_accuracy"),
+            (cls.get("ci") or {}).get("balanced_accuracy") or cls.get("balanced_accuracy"),
+            (cls.get("ci") or {}).get("auroc_macro") or cls.get("auroc_macro")]
+
+
+def _baselines_section(doc: Doc, run: _Run) -> None:
+    m = run.m
     doc.heading(3, "Baselines")
     bl = m.get("baselines") or {}
-    if bl:
-        rows = []
-        for bname, b in bl.items():
-            if not isinstance(b, dict):
-                continue
-            if b.get("skipped"):
-                rows.append([bname, "skipped: " + str(b["skipped"])] + [None] * 5)
-                continue
-            cls = b.get("classifier") or {}
-            t2i = (b.get("retrieval") or {}).get("text_to_image") or {}
-            zs = b.get("zero_shot") or {}
-            pl = ((b.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
-            rows.append([bname, b.get("description", ""),
-                         (t2i.get("ci") or {}).get("R@1") or t2i.get("R@1"),
-                         (zs.get("ci") or {}).get("balanced_accuracy") or zs.get("balanced_accuracy"),
-                         pl.get("balanced_accuracy_ci") or pl.get("balanced_accuracy"),
-                         (cls.get("ci") or {}).get("balanced_accuracy") or cls.get("balanced_accuracy"),
-                         (cls.get("ci") or {}).get("auroc_macro") or cls.get("auroc_macro")])
-        zs = m.get("zero_shot") or {}
-        pl = ((m.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
-        t2i = ret.get("text_to_image") or {}
-        rows.insert(0, [f"{name} (this run)", m.get("recipe") or "", (t2i.get("ci") or {}).get("R@1"),
-                        (zs.get("ci") or {}).get("balanced_accuracy"), pl.get("balanced_accuracy_ci"), None, None])
-        doc.table(["model", "what", "report→image R@1", "zero-shot bal. acc", "logreg probe bal. acc (100%)",
-                   "own head / text-only bal. acc", "own head / text-only AUROC"], rows,
-                  caption="same evaluation code and test studies; own head = the supervised CNN's classifier; "
-                          "text-only reads the reports (an upper bound: labels come from reports)")
-    else:
+    if not bl:
         doc.para("baselines not computed (run `medalign evaluate RUN --baselines`)", muted=True)
+        return
+    rows = [_baseline_row(bname, b) for bname, b in bl.items() if isinstance(b, dict)]
+    zs = m.get("zero_shot") or {}
+    pl = ((m.get("probe") or {}).get("logreg") or {}).get("1.0") or {}
+    t2i = run.ret.get("text_to_image") or {}
+    rows.insert(0, [f"{run.name} (this run)", m.get("recipe") or "", (t2i.get("ci") or {}).get("R@1"),
+                    (zs.get("ci") or {}).get("balanced_accuracy"), pl.get("balanced_accuracy_ci"), None, None])
+    doc.table(["model", "what", "report→image R@1", "zero-shot bal. acc", "logreg probe bal. acc (100%)",
+               "own head / text-only bal. acc", "own head / text-only AUROC"], rows,
+              caption="same evaluation code and test studies; own head = the supervised CNN's classifier; "
+                      "text-only reads the reports (an upper bound: labels come from reports)")
 
+
+# Page order of the per-run sections; together they render every heading in SECTIONS.
+_RUN_SECTIONS: tuple[Callable[[Doc, _Run], None], ...] = (
+    _summary_section, _figure_sections, _retrieval_section, _top5_section, _rank1_section,
+    _embedding_map_section, _zero_shot_section, _probe_section, _baselines_section,
+)
+
+
+def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callable[[str], bytes | None]) -> None:
+    """Every section of one run, then its report extras."""
+    run = _Run(run_dir, name, m, thumb)
+    doc.heading(2, f"Run: {name}", f"run-{name}")
+    for section in _RUN_SECTIONS:
+        section(doc, run)
     _extras_sections(doc, run_dir)
 
 

@@ -1,4 +1,4 @@
-"""Projection heads (into the shared embedding space) and a linear classifier head."""
+"""Projection heads into the shared embedding space."""
 from __future__ import annotations
 
 import torch
@@ -26,13 +26,3 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (..., out_dim)
 
-
-class ClassifierHead(nn.Module):
-    """Linear classifier on (frozen) embeddings, for probes."""
-
-    def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x)  # (B, num_classes)

@@ -223,14 +223,25 @@ class UNetEncoder(nn.Module):
         return torch.cat([hf.mean(-1), hf.amax(-1)], dim=1)  # (B, 2C)
 
 
-def build_image_encoder(spec: dict | None, *, in_channels: int, input_shape: Sequence[int] | None,
-                        default: str = "unet3d") -> UNetEncoder:
-    """``{"name": <IMAGE_ENCODERS key>, **kwargs}`` -> encoder for ``in_channels`` sequences;
-    the recipe's ``input_shape`` (from ``data.shape``) is used unless the spec sets its own."""
+def build_image_encoder(spec: dict | nn.Module | None, *, in_channels: int, input_shape: Sequence[int] | None,
+                        default: str = "unet3d") -> nn.Module:
+    """The one way recipes get an image encoder.
+
+    ``spec`` is a ready module (returned as is) or ``{"name": <IMAGE_ENCODERS key>, **kwargs}``;
+    ``in_channels`` (number of sequences) and ``input_shape`` (the recipe's ``data.shape``) are
+    used unless the spec sets its own. ``default`` is the preset when the spec names none:
+    the paper's ``"unet3d"`` (CLIP, GLoRIA, supervised); the SSL recipes pass ``"unet3d_cpu"``.
+    A 2D encoder is ``{"spatial_dims": 2, ...}`` with a 2-value ``input_shape``.
+    """
+    if isinstance(spec, nn.Module):
+        return spec
     kwargs = dict(spec or {})
     name = kwargs.pop("name", default)
-    kwargs.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
-    return IMAGE_ENCODERS.build(name, in_channels=in_channels, **kwargs)
+    kwargs.setdefault("input_shape", input_shape)
+    if kwargs["input_shape"] is not None:
+        kwargs["input_shape"] = tuple(kwargs["input_shape"])
+    kwargs.setdefault("in_channels", in_channels)
+    return IMAGE_ENCODERS.build(name, **kwargs)
 
 
 @IMAGE_ENCODERS.register("unet3d")

@@ -12,17 +12,11 @@ from medalign.data.reports import select_report_section
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.models.heads import ProjectionHead
+from medalign.data.masking import mask_sequences
 from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
 from medalign.recipes import RECIPES, Recipe
 
-
-def apply_sequence_mask(image: torch.Tensor, sequence_mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero the channels of missing sequences. image (B, C, *spatial), mask (B, C) bool."""
-    if sequence_mask is None:
-        return image
-    m = sequence_mask.to(image.dtype).reshape(*sequence_mask.shape, *([1] * (image.dim() - 2)))  # (B, C, 1, ...)
-    return image * m
 
 
 def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -130,8 +124,7 @@ class ClipRecipe(Recipe):
 
     def encode_image(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, E), L2-normalised; missing sequences are zeroed first."""
-        x = apply_sequence_mask(image, sequence_mask)
-        g = self.image_encoder(x)["global"]  # (B, F)
+        g = self.image_encoder(mask_sequences(image, sequence_mask))["global"]  # (B, F)
         return F.normalize(self.image_proj(g), dim=-1)  # (B, E)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:

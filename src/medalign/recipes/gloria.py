@@ -28,8 +28,9 @@ from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.losses.gloria import GloriaLocalLoss
 from medalign.models.heads import ProjectionHead
+from medalign.data.masking import mask_sequences
 from medalign.recipes import RECIPES
-from medalign.recipes.clip import ClipRecipe, apply_sequence_mask
+from medalign.recipes.clip import ClipRecipe
 
 _WORDLIKE = re.compile(r"\w")
 STOPWORDS: frozenset[str] = frozenset(
@@ -145,7 +146,7 @@ class GloriaRecipe(ClipRecipe):
     def image_features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """-> image_embed (B, E) normalised, image_local (B, R, E), local_grid (d, h, w), and
         region_mask (B, R) bool (sub-regions the words may attend to; None = all)."""
-        x = apply_sequence_mask(image, sequence_mask)
+        x = mask_sequences(image, sequence_mask)
         out = self.image_encoder(x)
         g = F.normalize(self.image_proj(out["global"]), dim=-1)  # (B, E)
         loc = out["local"]  # (B, C_l, d, h, w)

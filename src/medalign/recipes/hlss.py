@@ -29,6 +29,7 @@ from torch import nn
 from medalign.data.hierarchy import batch_hierarchy_labels, split_slabs
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.supcon import SupConLoss
+from medalign.data.masking import mask_sequences
 from medalign.recipes import RECIPES
 from medalign.recipes.simclr import SSLRecipe
 
@@ -198,7 +199,7 @@ class HLSSRecipe(SSLRecipe):
             m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         rows, chans = torch.nonzero(m, as_tuple=True)  # units
         onehot = F.one_hot(chans, x.shape[1]).bool()  # (U, C)
-        xu = x[rows] * onehot.to(x).reshape(*onehot.shape, 1, 1, 1)  # (U, C, D, H, W)
+        xu = mask_sequences(x[rows], onehot)  # (U, C, D, H, W)
         pids = [batch["patient_id"][r] for r in rows.tolist()]
         units = [f"{batch['study_id'][r]}/{self.sequences[c]}" for r, c in zip(rows.tolist(), chans.tolist())]
         return xu, onehot, pids, units, chans

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from medalign.data.samplers import pair_within_patient
 from medalign.data.schema import PAPER_SEQUENCES
+from medalign.data.masking import mask_sequences
 from medalign.recipes import RECIPES
 from medalign.recipes.simclr import SimCLRRecipe
 
@@ -41,8 +42,7 @@ def one_sequence_views(x: torch.Tensor, mask: torch.Tensor, generator: torch.Gen
     c2 = torch.where(n_avail >= 2, second, order[:, 0])
     m1 = F.one_hot(c1, c).bool() & mask  # (B, C)
     m2 = F.one_hot(c2, c).bool() & mask
-    view = (b, c) + (1,) * (x.ndim - 2)
-    return x * m1.to(x).reshape(view), m1, x * m2.to(x).reshape(view), m2  # masks as (B, C, 1...)
+    return mask_sequences(x, m1), m1, mask_sequences(x, m2), m2
 
 
 def two_slabs(x: torch.Tensor, n_slabs: int = 2, generator: torch.Generator | None = None

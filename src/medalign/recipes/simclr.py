@@ -14,7 +14,12 @@ from torch import nn
 
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.ntxent import NTXentLoss
+from medalign.data.masking import mask_sequences
+from medalign.models.image3d import build_image_encoder
 from medalign.recipes import RECIPES, Recipe
+
+# The SSL recipes train their encoder from scratch on CPUs: the light preset, not the paper's.
+SSL_DEFAULT_ENCODER = "unet3d_cpu"
 
 
 class TensorAugment(nn.Module):
@@ -71,9 +76,7 @@ class TensorAugment(nn.Module):
         if self.noise > 0:
             g = torch.Generator(device="cpu").manual_seed(p["noise_seed"])
             y = y + self.noise * std * torch.randn(y.shape, generator=g).to(y)
-        if sequence_mask is not None:
-            y = y * sequence_mask.to(y).reshape(view)  # (B, C, 1...): keep missing sequences at zero
-        return y
+        return mask_sequences(y, sequence_mask)  # noise and shift must not revive missing sequences
 
     def forward(self, x: torch.Tensor, sequence_mask: torch.Tensor | None = None, *,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,23 +85,6 @@ class TensorAugment(nn.Module):
                              f"(B, C, {'D, ' if self.spatial_dims == 3 else ''}H, W), got {tuple(x.shape)}")
         return self.apply(x, self.sample_params(x.shape[0], x.shape[1], device=x.device, generator=generator),
                           sequence_mask)
-
-
-def build_image_encoder(image_encoder: dict | nn.Module | None, *, in_channels: int,
-                        input_shape: Sequence[int] | None) -> nn.Module:
-    """An encoder module, or ``{"name": <IMAGE_ENCODERS key>, **kwargs}`` (default unet3d_cpu);
-    ``in_channels`` and ``input_shape`` come from the data unless the dict sets them."""
-    if isinstance(image_encoder, nn.Module):
-        return image_encoder
-    from medalign.models.image3d import IMAGE_ENCODERS
-
-    kw = dict(image_encoder or {"name": "unet3d_cpu"})
-    name = kw.pop("name", "unet3d_cpu")
-    kw.setdefault("input_shape", tuple(input_shape) if input_shape is not None else None)
-    if kw["input_shape"] is not None:
-        kw["input_shape"] = tuple(kw["input_shape"])
-    kw.setdefault("in_channels", in_channels)
-    return IMAGE_ENCODERS.build(name, **kw)
 
 
 class SSLRecipe(Recipe):
@@ -119,7 +105,8 @@ class SSLRecipe(Recipe):
                  image_encoder: dict | nn.Module | None = None, augment: dict | None = None) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
-        self.encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences), input_shape=input_shape)
+        self.encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences), input_shape=input_shape,
+                                           default=SSL_DEFAULT_ENCODER)
         self.spatial_dims = int(getattr(self.encoder, "spatial_dims", 3))
         self.feat_dim = int(getattr(self.encoder, "out_dim"))
         self.augment = TensorAugment(spatial_dims=self.spatial_dims, **(augment or {}))
@@ -129,10 +116,7 @@ class SSLRecipe(Recipe):
 
     def features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Un-normalised backbone features (B, F); missing sequences zeroed first."""
-        if sequence_mask is not None:
-            view = tuple(sequence_mask.shape) + (1,) * (image.ndim - 2)
-            image = image * sequence_mask.to(image).reshape(view)  # (B, C, ...) missing -> 0
-        return self.encoder(image)["global"]  # (B, F)
+        return self.encoder(mask_sequences(image, sequence_mask))["global"]  # (B, F)
 
     def encode_image(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         return F.normalize(self.features(image, sequence_mask), dim=-1)  # (B, F)

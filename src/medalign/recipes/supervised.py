@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
+from medalign.data.masking import mask_sequences
 from medalign.models.image3d import build_image_encoder
 from medalign.recipes import RECIPES, Recipe
 
@@ -39,10 +40,7 @@ class SupervisedRecipe(Recipe):
         self.label_smoothing = float(label_smoothing)
 
     def _features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None) -> torch.Tensor:
-        if sequence_mask is not None:
-            m = sequence_mask.to(image.dtype).reshape(*sequence_mask.shape, *([1] * (image.dim() - 2)))  # (B, C, 1, ...)
-            image = image * m
-        return self.image_encoder(image)["global"]  # (B, F)
+        return self.image_encoder(mask_sequences(image, sequence_mask))["global"]  # (B, F)
 
     def logits(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, n_classes)."""

@@ -1,0 +1,174 @@
+"""The retrieval API's routes: one APIRouter per concern, each built around the app's ServeState.
+
+Study ids are checked against a strict pattern and looked up in the store; file paths never
+come from a request (thumbnails: only paths the store records; uploads: named by sequence).
+"""
+# no "from __future__ import annotations": FastAPI reads the route signatures at runtime
+
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi.params import Depends as DependsParam
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPBearer
+
+from medalign.data.schema import CLASSES, KNOWN_SEQUENCES
+from medalign.errors import MedAlignError
+from medalign.serve.schemas import Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
+from medalign.serve.security import token_ok
+from medalign.serve.state import ID_PATTERN, MAX_K, STATIC_DIR, ServeState
+from medalign.serve.uploads import read_upload
+
+StudyId = PathParam(..., pattern=ID_PATTERN, max_length=128, description="study id from the index")
+
+
+def auth_dependencies(state: ServeState) -> list[DependsParam]:
+    """Route dependencies that demand ``Authorization: Bearer <token>`` when the state has a token."""
+    bearer = HTTPBearer(auto_error=False, description="required when the server was started with a token")
+
+    def require_token(request: Request, _cred: Any = Depends(bearer)) -> None:
+        if state.token and not token_ok(request.headers.get("authorization"), state.token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(require_token)]
+
+
+def _hits(state: ServeState, pairs: list[tuple[int, float]]) -> list[Hit]:
+    out = []
+    for rank, (row, score) in enumerate(pairs, start=1):
+        r = state.store.record(row)
+        out.append(Hit(rank=rank, study_id=r["study_id"], score=round(score, 6), label=r["label"] or "",
+                       report=r["report"] or "", sequences=sorted(r["thumbs"])))
+    return out
+
+
+def _zero_shot(state: ServeState, vec: np.ndarray) -> ZeroShot:
+    p = state.class_probs(vec)  # (K,)
+    return ZeroShot(classes=list(CLASSES), probs=[round(float(x), 6) for x in p], predicted=CLASSES[int(p.argmax())])
+
+
+def _row_or_404(state: ServeState, study_id: str) -> int:
+    row = state.store.row(study_id)
+    if row is None:
+        raise HTTPException(404, "unknown study id")
+    return row
+
+
+def health_router(state: ServeState) -> APIRouter:
+    """``GET /health``: open to all (no token), so probes need no secret."""
+    router = APIRouter()
+    store = state.store
+
+    @router.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", n_studies=len(store), n_reports=int(len(store.text_rows)), model_id=store.model_id,
+                      index_kind=store.image_index.kind, version=store.version, auth_required=bool(state.token),
+                      sequences=list(state.sequences))
+
+    return router
+
+
+def search_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
+    """``POST /search/text`` and ``GET /search/study/{study_id}``."""
+    router = APIRouter()
+
+    @router.post("/search/text", response_model=SearchResponse, dependencies=auth)
+    def search_text(q: TextQuery) -> SearchResponse:
+        pairs = state.store.search(state.encode_text(q.text), q.k, target=q.target)
+        return SearchResponse(query={"type": "text", "k": q.k, "target": q.target}, results=_hits(state, pairs))
+
+    @router.get("/search/study/{study_id}", response_model=SearchResponse, dependencies=auth,
+                responses={404: {"description": "unknown study id"}})
+    def search_study(study_id: str = StudyId, k: int = Query(10, ge=1, le=MAX_K)) -> SearchResponse:
+        row = _row_or_404(state, study_id)
+        vec = state.store.image_vector(row)
+        if vec is None:
+            raise HTTPException(404, "study has no image embedding")
+        pairs = state.store.search(vec, k, target="image", exclude_row=row)
+        return SearchResponse(query={"type": "study", "study_id": study_id, "k": k}, results=_hits(state, pairs),
+                              zero_shot=_zero_shot(state, vec))
+
+    return router
+
+
+def _upload_embedding(state: ServeState, given: dict[str, UploadFile]) -> tuple[np.ndarray, list[str]]:
+    """(E,) embedding of the uploaded study and its sequences; HTTPException 400/413 when refused."""
+    unused = [s for s in given if state.sequences and s not in state.sequences]
+    if unused:
+        raise HTTPException(400, f"sequence(s) {', '.join(unused)} not used by this model "
+                                 f"(uses {', '.join(state.sequences)})")
+    with tempfile.TemporaryDirectory(prefix="medalign-upload-") as td:
+        paths = {s: read_upload(s, f.file, Path(td), state.max_file_bytes) for s, f in given.items()}
+        try:
+            vec = state.encode_image(paths)  # (E,)
+        except MedAlignError as e:
+            raise HTTPException(400, f"upload could not be processed: {e}") from None
+        except (ValueError, OSError, RuntimeError, EOFError) as e:
+            raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
+    if not np.all(np.isfinite(vec)):
+        raise HTTPException(400, "upload gave a non-finite embedding (empty or constant volume?)")
+    return vec, sorted(paths)
+
+
+def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
+    """``POST /search/upload``: one NIfTI per sequence form field -> similar studies + zero-shot classes."""
+    router = APIRouter()
+    doc = ("One NIfTI file per sequence, each in a form field named by the sequence "
+           f"(model uses: {', '.join(state.sequences) or 'any'}). Max {state.max_file_bytes >> 20} MiB per file.")
+
+    # one explicit File parameter per known sequence, so the OpenAPI form lists every field
+    @router.post("/search/upload", response_model=SearchResponse, dependencies=auth, description=doc,
+                 responses={400: {"description": "bad or missing NIfTI"}, 413: {"description": "too large"}})
+    def search_upload(k: int = Query(10, ge=1, le=MAX_K),
+                      dwi: UploadFile | None = File(None), adc: UploadFile | None = File(None),
+                      t2s: UploadFile | None = File(None), flair: UploadFile | None = File(None),
+                      t1: UploadFile | None = File(None), t2: UploadFile | None = File(None),
+                      t1c: UploadFile | None = File(None)) -> SearchResponse:
+        # a plain string in a file field (a form value, not a file) counts as absent
+        given = {s: f for s, f in zip(KNOWN_SEQUENCES, (dwi, adc, t2s, flair, t1, t2, t1c))
+                 if f is not None and not isinstance(f, str)}
+        if not given:
+            raise HTTPException(400, "upload at least one NIfTI, in a form field named by its sequence")
+        vec, sequences = _upload_embedding(state, given)
+        pairs = state.store.search(vec, k, target="image")
+        return SearchResponse(query={"type": "upload", "sequences": sequences, "k": k}, results=_hits(state, pairs),
+                              zero_shot=_zero_shot(state, vec))
+
+    return router
+
+
+def study_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
+    """``GET /study/{study_id}`` (report, label, sequences) and ``GET /thumb/{study_id}/{sequence}.png``."""
+    router = APIRouter()
+
+    @router.get("/study/{study_id}", response_model=StudyDetail, dependencies=auth,
+                responses={404: {"description": "unknown study id"}})
+    def study(study_id: str = StudyId) -> StudyDetail:
+        r = state.store.record(_row_or_404(state, study_id))
+        return StudyDetail(study_id=r["study_id"], label=r["label"] or "", report=r["report"] or "",
+                           split=r["split"] or "", sequences=sorted(r["thumbs"]))
+
+    @router.get("/thumb/{study_id}/{sequence}.png", dependencies=auth, response_class=FileResponse,
+                responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such thumbnail"}})
+    def thumb(study_id: str = StudyId,
+              sequence: Literal["dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"] = PathParam(...)) -> FileResponse:
+        path = state.store.thumb_file(study_id, sequence)  # only paths recorded in the store, inside the index
+        if path is None:
+            raise HTTPException(404, "no such thumbnail")
+        return FileResponse(path, media_type="image/png")
+
+    return router
+
+
+def page_router() -> APIRouter:
+    """``GET /``: the web page (its scripts and styles are mounted at /static by the app)."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    return router

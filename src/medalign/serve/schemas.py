@@ -1,0 +1,54 @@
+"""Request and response bodies of the retrieval API (they name the OpenAPI components)."""
+# no "from __future__ import annotations": pydantic and FastAPI read these annotations at runtime
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from medalign.serve.state import MAX_K
+
+
+class TextQuery(BaseModel):
+    text: str = Field(..., min_length=1, max_length=2000, description="free-text query (never logged)")
+    k: int = Field(10, ge=1, le=MAX_K)
+    target: Literal["image", "report"] = Field("image", description="search study images or their reports")
+
+
+class Hit(BaseModel):
+    rank: int
+    study_id: str
+    score: float = Field(..., description="cosine similarity")
+    label: str
+    report: str
+    sequences: list[str] = Field(..., description="sequences with a thumbnail at /thumb/{study_id}/{seq}.png")
+
+
+class ZeroShot(BaseModel):
+    classes: list[str]
+    probs: list[float]
+    predicted: str
+
+
+class SearchResponse(BaseModel):
+    query: dict
+    results: list[Hit]
+    zero_shot: ZeroShot | None = None
+
+
+class StudyDetail(BaseModel):
+    study_id: str
+    label: str
+    report: str
+    split: str
+    sequences: list[str]
+
+
+class Health(BaseModel):
+    status: str
+    n_studies: int
+    n_reports: int
+    model_id: str
+    index_kind: str
+    version: str
+    auth_required: bool
+    sequences: list[str]

@@ -1,0 +1,135 @@
+"""What every route of the retrieval service shares: limits, the index, the model and its lock,
+and the zero-shot class embeddings. Free of FastAPI, so it can be imported (and tested) alone."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medalign.data.schema import CLASSES
+from medalign.errors import MedAlignError
+from medalign.index.store import STUDY_ID_RE, IndexStore
+
+STATIC_DIR = Path(__file__).with_name("static")
+PROMPTS_FILE = Path(__file__).resolve().parents[1] / "eval" / "prompts.yaml"
+MAX_FILE_BYTES = 64 << 20      # one uploaded NIfTI
+MAX_REQUEST_BYTES = 256 << 20  # a whole request body
+MAX_VOXELS = 64_000_000        # decoded volume size guard (gzip bombs)
+MAX_K = 100
+ID_PATTERN = STUDY_ID_RE.pattern
+
+BUILTIN_PROMPTS: dict[str, list[str]] = {
+    "infarct": ["acute infarct", "acute ischemic infarction with restricted diffusion"],
+    "tumor": ["brain tumor", "intracranial mass lesion with surrounding edema"],
+    "hemorrhage": ["intracranial hemorrhage", "acute intraparenchymal hematoma"],
+    "normal": ["no acute intracranial abnormality", "normal MRI of the brain"],
+    "others": ["chronic white matter changes", "other intracranial abnormality"],
+}
+
+
+def load_class_prompts(path: str | Path | None = None) -> dict[str, list[str]]:
+    """Presence prompts per class from the eval prompts YAML (class: list | {presence: [...]})."""
+    import yaml
+
+    path = Path(path) if path else PROMPTS_FILE
+    if not path.is_file():
+        return dict(BUILTIN_PROMPTS)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out = {}
+    for c in CLASSES:
+        entry = raw.get(c)
+        prompts = entry.get("presence") if isinstance(entry, dict) else entry
+        out[c] = [str(p) for p in prompts] if prompts else list(BUILTIN_PROMPTS[c])
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """L2-normalise along the last axis; the floor keeps an all-zero vector finite."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _logit_scale(model: Any) -> float:
+    """The model's learned CLIP scale (``model.logit_scale`` or ``model.recipe.logit_scale``,
+    a float, tensor or method returning one), else CLIP's initial 1/0.07; capped at 100."""
+    for owner in (model, getattr(model, "recipe", None)):
+        s = getattr(owner, "logit_scale", None) if owner is not None else None
+        try:
+            s = s() if callable(s) else s
+            s = float(s.detach().cpu()) if hasattr(s, "detach") else (float(s) if s is not None else None)
+        except Exception:
+            s = None
+        if s is not None and np.isfinite(s) and s > 0:
+            return float(min(s, 100.0))
+    return 1 / 0.07
+
+
+def open_index(index: str | Path | IndexStore, model: Any = None) -> tuple[IndexStore, Any]:
+    """The index store and its model (``medalign.api.load(meta['run_dir'])`` when not given).
+
+    Raises MedAlignError if the index records no run to load, or the model did not build it.
+    """
+    store = index if isinstance(index, IndexStore) else IndexStore.open(index)
+    if model is None:
+        run_dir = store.meta.get("run_dir")
+        if not run_dir:
+            raise MedAlignError(f"index {store.root} records no run directory; pass --run RUN")
+        from medalign.api import load
+
+        model = load(run_dir)
+    store.check_model(model)
+    return store, model
+
+
+@dataclass
+class ServeState:
+    """Shared by every route (held at ``app.state.serve``); build it with :meth:`build`.
+
+    ``class_embed`` (K, E): per class, the unit mean of its unit prompt embeddings.
+    ``sequences``: the model's input sequences; empty = unknown, any upload field is accepted.
+    """
+
+    store: IndexStore
+    model: Any
+    class_embed: np.ndarray
+    scale: float
+    sequences: list[str]
+    token: str | None = None
+    max_file_bytes: int = MAX_FILE_BYTES
+    # encoders are not guaranteed thread-safe (FastAPI runs sync routes in a pool); FAISS reads are
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def build(cls, store: IndexStore, model: Any, *, token: str | None = None,
+              max_file_bytes: int = MAX_FILE_BYTES, prompts_path: str | Path | None = None) -> ServeState:
+        """Embed the zero-shot class prompts once, with the model behind the new state's lock."""
+        lock = threading.Lock()
+        prompts = load_class_prompts(prompts_path)
+        with lock:
+            # (K, E): each class's (P, E) prompt embeddings, normalised, averaged, normalised again
+            class_embed = np.stack([_unit(_unit(np.asarray(model.encode_text(prompts[c]), dtype=np.float32)).mean(0))
+                                    for c in CLASSES])
+        sequences = list(getattr(model, "sequences", None) or store.meta.get("sequences") or [])
+        return cls(store, model, class_embed, _logit_scale(model), sequences, token, max_file_bytes, lock)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """(E,) embedding of one query text."""
+        with self.lock:
+            return np.asarray(self.model.encode_text([text]), dtype=np.float32)[0]  # (E,)
+
+    def encode_image(self, paths: dict[str, str]) -> np.ndarray:
+        """(E,) embedding of one study given as {sequence: NIfTI path}."""
+        with self.lock:
+            return np.asarray(self.model.encode_image(paths), dtype=np.float32).reshape(-1)  # (E,)
+
+    def class_probs(self, vec: np.ndarray) -> np.ndarray:
+        """(K,) zero-shot class probabilities of an image embedding: softmax of scaled cosines."""
+        v = _unit(np.asarray(vec, dtype=np.float32).reshape(-1))  # (E,)
+        return _softmax(self.scale * (self.class_embed @ v))  # (K,)
