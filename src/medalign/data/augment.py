@@ -74,7 +74,7 @@ class Augment:
         if sm is not None:
             from medalign.data.masking import mask_sequences
 
-        img = mask_sequences(img[None], torch.as_tensor(sm)[None])[0]  # one sample: (1, C, D, H, W) -> (C, D, H, W)
+            img = mask_sequences(img[None], torch.as_tensor(sm)[None])[0]  # one sample: (1, C, D, H, W) -> (C, D, H, W)
         new["image"] = img
         if has_mask:
             new["mask"] = out["mask"].data[0].permute(2, 1, 0).contiguous().to(sample["mask"].dtype)  # (D, H, W)
