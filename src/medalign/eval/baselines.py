@@ -20,7 +20,7 @@ def text_only_classifier(train_reports: Sequence[str], train_y: Sequence[int], t
                          test_y: Sequence[int], *, encode: Callable[[list[str]], np.ndarray], n_classes: int,
                          class_names: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """Frozen text features + logistic regression; classification metrics with CIs on test."""
-    from medalign.eval.evaluate import _cls_cis
+    from medalign.eval.evaluate import class_cis
     from medalign.eval.probe import fit_predict_scores
     from medalign.eval.zeroshot import classification_metrics
 
@@ -32,7 +32,7 @@ def text_only_classifier(train_reports: Sequence[str], train_y: Sequence[int], t
     Xte = np.asarray(encode([str(t) for t in np.asarray(test_reports)[te]]), np.float64)
     s = fit_predict_scores("logreg", Xtr, tr_y[tr], Xte, n_classes, seed=seed)
     m = classification_metrics(te_y[te], s, n_classes=n_classes, class_names=class_names)
-    m["ci"] = _cls_cis(te_y[te], s, n_boot, seed)
+    m["ci"] = class_cis(te_y[te], s, n_boot, seed)
     return {"description": "frozen text encoder on reports + logistic regression", "classifier": m}
 
 
@@ -120,7 +120,7 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
     import medalign.recipes.supervised  # noqa: F401  (registers "supervised")
     from medalign import api
     from medalign.data.schema import CLASSES
-    from medalign.eval.evaluate import _cls_cis, label_ints, label_names
+    from medalign.eval.evaluate import class_cis, label_ints, label_names
     from medalign.eval.probe import label_efficiency
     from medalign.eval.zeroshot import classification_metrics
     from medalign.train.loop import fit
@@ -142,7 +142,7 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
     if "logits" in test and (y >= 0).any():  # the model's own head on the test images
         s = test["logits"][y >= 0]
         m = classification_metrics(y[y >= 0], s, n_classes=len(CLASSES), class_names=CLASSES)
-        m["ci"] = _cls_cis(y[y >= 0], s, n_boot, seed)
+        m["ci"] = class_cis(y[y >= 0], s, n_boot, seed)
         res["classifier"] = m
     if train is not None:
         ty = label_ints(label_names(train["label"], CLASSES), CLASSES)

@@ -115,6 +115,15 @@ def _mrr(r):
     return float(np.mean(1.0 / r))
 
 
+def rank_cis(ranks: np.ndarray, ks: Sequence[int], *, n_boot: int, seed: int, mrr: bool = True) -> dict:
+    """Bootstrap CIs of R@k for each k (and MRR) from the rank of each query's match (1 = first)."""
+    r = np.asarray(ranks)
+    ci = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
+    if mrr:
+        ci["MRR"] = bootstrap_ci(_mrr, r, n=n_boot, seed=seed)
+    return ci
+
+
 # ----------------------------------------------------------------------------- array-only evaluation
 def evaluate_embeddings(
     test: dict,
@@ -159,8 +168,7 @@ def evaluate_embeddings(
         out["retrieval_note"] = "no reports embedded (image-only model): cross-modal retrieval skipped"
     for d in ret.values():
         r = np.asarray(d["ranks"])
-        d["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
-        d["ci"]["MRR"] = bootstrap_ci(_mrr, r, n=n_boot, seed=seed)
+        d["ci"] = rank_cis(r, ks, n_boot=n_boot, seed=seed)
         if has_labels:  # per-class breakdown (paper Fig. 7: normal was easiest)
             d["by_class"] = {c: {"n": int((names == c).sum()), "median_rank": float(np.median(r[names == c])),
                                  "R@1": float(np.mean(r[names == c] <= 1))}
@@ -170,7 +178,7 @@ def evaluate_embeddings(
         cc = case_retrieval(img_all[lab], names_all[lab], ks=ks)
         if "skipped" not in cc:
             r = np.asarray(cc["ranks"])
-            cc["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in ks}
+            cc["ci"] = rank_cis(r, ks, n_boot=n_boot, seed=seed, mrr=False)
             cc["ci"].update({pk: bootstrap_ci(np.mean, np.asarray(v), n=n_boot, seed=seed)
                              for pk, v in cc.pop("precision").items()})
         ret["case_to_case"] = cc
@@ -198,7 +206,7 @@ def evaluate_embeddings(
         for mode, one in (("pooled", False), ("one_prompt", True)):
             s = scores_from_prompt_bank(img_all[lab], prompt_bank, pool=pool, absence=absence, one_per_class=one)
             m = classification_metrics(y_all[lab], s, n_classes=len(classes), class_names=classes)
-            m["ci"] = _cls_cis(y_all[lab], s, n_boot, seed)
+            m["ci"] = class_cis(y_all[lab], s, n_boot, seed)
             zs[mode] = m
         out["zero_shot"] = {**zs["pooled"], "pool": pool, "absence": absence,
                             "n_prompts": int(len(prompt_bank["texts"])), "one_prompt_per_class": zs["one_prompt"]}
@@ -229,7 +237,7 @@ def _table_queries(names: np.ndarray, classes: Sequence[str], n: int) -> list[in
     return picked[:n]
 
 
-def _cls_cis(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int) -> dict:
+def class_cis(y: np.ndarray, s: np.ndarray, n_boot: int, seed: int) -> dict:
     """CIs of accuracy, balanced accuracy, macro-F1 and macro AUROC in one bootstrap pass."""
     from medalign.eval.bootstrap import bootstrap_cis
     from medalign.eval.zeroshot import classification_metrics

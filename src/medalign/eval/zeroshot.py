@@ -46,7 +46,7 @@ def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | Non
     return out
 
 
-def _pool(sim: np.ndarray, pool: str) -> np.ndarray:
+def pool_scores(sim: np.ndarray, pool: str) -> np.ndarray:
     if pool == "mean":
         return sim.mean(axis=1)
     if pool == "max":
@@ -64,9 +64,9 @@ def zero_shot_scores(
     """(N, E) images x per-class prompt embeddings [(P_c, E)] -> (N, C) class scores."""
     cols = []
     for c, pe in enumerate(presence):
-        s = _pool(cosine_similarity(image_embed, pe), pool)  # (N,)
+        s = pool_scores(cosine_similarity(image_embed, pe), pool)  # (N,)
         if absence is not None and absence[c] is not None and len(absence[c]):
-            s = s - _pool(cosine_similarity(image_embed, absence[c]), pool)
+            s = s - pool_scores(cosine_similarity(image_embed, absence[c]), pool)
         cols.append(s)
     return np.stack(cols, axis=1)  # (N, C)
 

@@ -19,13 +19,13 @@ import torch
 from medalign import api
 from medalign.data.schema import CLASSES
 from medalign.errors import CohortError, MedAlignError
-from medalign.eval.bootstrap import bootstrap_ci, format_ci
-from medalign.eval.evaluate import _cls_cis, _mean_le, _mrr
+from medalign.eval.bootstrap import format_ci
+from medalign.eval.evaluate import class_cis, rank_cis
 from medalign.eval.gloria_prompts import CLASS_WORDS, LESION_CLASSES, find_class_word, generate_prompts
 from medalign.eval.localisation import (attention_overlay_png, gradcam_map, head_uniform_scores,
                                         localisation_scores, summarise, uniform_scores, upsample_map)
 from medalign.eval.retrieval import cosine_similarity, match_ranks, rank_summary
-from medalign.eval.zeroshot import _pool, classification_metrics
+from medalign.eval.zeroshot import classification_metrics, pool_scores
 from medalign.utils import atomic_write_json
 
 RETRIEVAL_CI_KS: tuple[int, ...] = (1, 5)  # R@K given CIs (the comparison table shows R@1, R@5, MRR)
@@ -125,8 +125,7 @@ def _retrieval(sim_ti: np.ndarray, ids: np.ndarray, n_boot: int, seed: int) -> d
     for name, s in (("text_to_image", sim_ti), ("image_to_text", sim_ti.T)):
         r, _ = match_ranks(s, ids, ids)
         d = rank_summary(r, pool_size=s.shape[1])
-        d["ci"] = {f"R@{k}": bootstrap_ci(_mean_le(k), r, n=n_boot, seed=seed) for k in RETRIEVAL_CI_KS}
-        d["ci"]["MRR"] = bootstrap_ci(_mrr, r, n=n_boot, seed=seed)
+        d["ci"] = rank_cis(r, RETRIEVAL_CI_KS, n_boot=n_boot, seed=seed)
         out[name] = d
     return out
 
@@ -140,11 +139,11 @@ def _zero_shot(sim_ip: np.ndarray, prompt_class: np.ndarray, y: np.ndarray, n_cl
     combined scores are not cosines of embeddings), prompts are the generated presence prompts
     only (no absence subtraction, no one-prompt-per-class variant) and classes are not named.
     """
-    s = np.stack([_pool(sim_ip[:, prompt_class == c], pool) for c in range(n_classes)], 1)  # (N, C)
+    s = np.stack([pool_scores(sim_ip[:, prompt_class == c], pool) for c in range(n_classes)], 1)  # (N, C)
     lab = y >= 0
     m = classification_metrics(y[lab], s[lab], n_classes=n_classes)
     if with_ci:
-        m["ci"] = _cls_cis(y[lab], s[lab], n_boot, seed)
+        m["ci"] = class_cis(y[lab], s[lab], n_boot, seed)
     m["pool"] = pool
     return m
 
