@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from medalign.data.omic_cohort import ImageOmicCohort, cohort_batch
 from medalign.data.synth.omics import generate_omics_cohort
-from medalign.recipes.gimp import ABLATIONS, GiMP, ImageOmicCohort, cohort_batch, run_gimp
+from medalign.experiments.gimp import ABLATIONS, run_gimp
+from medalign.recipes.gimp import GiMP
 
 TINY_SYNTH = dict(n=16, feat_dim=8, n_genes=32, n_gene_groups=4, informative_groups=1, bag_min=20, bag_max=150)
 TINY_TRAIN = dict(dim=8, aggregator_kwargs={"heads": 2, "num_landmarks": 8}, gene_kwargs={"groupmsa": {"n_fragments": 8, "n_groups": 2,
@@ -122,7 +124,7 @@ def test_shared_loop_runs_gimp_pretraining(cohort, tmp_path):
 
 def test_gene_encoder_checkpoint_round_trip(tmp_path):
     from medalign.errors import CohortError
-    from medalign.recipes.gimp import build_gene_encoder, save_gene_encoder
+    from medalign.models.omics import build_gene_encoder, save_gene_encoder
 
     enc = build_gene_encoder("groupmsa", 32, n_fragments=8, n_groups=2, dim=8, heads=2)
     save_gene_encoder(enc, tmp_path / "g.safetensors")
@@ -151,11 +153,11 @@ def test_cli_gimp_tcga_on_tiny_xena_layout(tmp_path):
     assert main(["gimp", "tcga", "--data", str(data), "--cohorts", "aaa,bbb", "--out", str(out), "--epochs", "2",
                  "--dim", "8", "--n-fragments", "8", "--n-groups", "4", "--n-boot", "20"]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["results"]) == {"Logistic regression", "GroupMSA", "SNN"}
+    assert set(res["results"]) == {"Majority class", "Logistic regression", "GroupMSA", "SNN"}
     assert res["results"]["Logistic regression"]["accuracy"]["value"] == 1.0
     splits = pd.read_csv(out / "splits.csv", index_col=0)
     assert not splits.index.duplicated().any() and set(splits.split) == {"train", "val", "test"}
     extra = json.loads((out / "report_extras" / "gimp_tcga_cohort.json").read_text())
-    assert extra["tables"][0]["columns"][0] == "Model" and len(extra["tables"][0]["rows"]) == 3
+    assert extra["tables"][0]["columns"][0] == "Model" and len(extra["tables"][0]["rows"]) == 4
     assert (out / "groupmsa_encoder.safetensors").exists()
     assert main(["gimp", "tcga", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2

@@ -238,7 +238,7 @@ def test_hlss_bad_arguments():
 
 
 def test_knn_levels_known_accuracy():
-    from medalign.recipes.ssl_commands import knn_levels
+    from medalign.experiments.hlss_knn import knn_levels
 
     # Class-c studies have slab features near e_c: kNN is perfect at every level.
     def make(n, seed):
@@ -319,7 +319,7 @@ def test_hlss_random_init_baseline_is_the_runs_initial_weights(tmp_path):
     """The 'random init' rows must come from the weights training started from, not from the checkpoint."""
     from medalign.cli import main
     from medalign.config import load_config
-    from medalign.recipes.ssl_commands import hlss_knn
+    from medalign.experiments.hlss_knn import hlss_knn
     from medalign.utils import seed_everything
 
     cfg_path = _tiny_cfg(tmp_path, {"name": "hlss", "n_slabs": 2, "language_weight": 0.0, "attribute_weight": 0.0})
@@ -348,7 +348,7 @@ def test_label_efficiency_brain_like_uses_the_learning_encoder(tmp_path):
     """3D in-memory data with 2 studies per patient: true MICLe pairs, cbr + avgmax encoder, report extras."""
     import json
 
-    from medalign.recipes.ssl_commands import run_label_efficiency
+    from medalign.experiments.label_efficiency import run_label_efficiency
 
     g = torch.Generator().manual_seed(0)
 
@@ -375,7 +375,7 @@ def test_label_efficiency_brain_like_uses_the_learning_encoder(tmp_path):
 
 def test_label_efficiency_cli_bad_encoder_options(tmp_path):
     from medalign.cli import main
-    from medalign.recipes.ssl_commands import _parse_pool_levels, _parse_stride
+    from medalign.experiments.ssl_commands import _parse_pool_levels, _parse_stride
 
     assert _parse_pool_levels("all") == "all" and _parse_pool_levels("last") is None
     assert _parse_pool_levels("0,2") == [0, 2]

@@ -1,16 +1,20 @@
 """Gene-expression encoders: GroupMSA (GiMP, MICCAI 2023) and the SNN baseline (Klambauer 2017).
 
-Both take an expression vector (B, G) and return dict(cls=(B, dim), ...). Classification
-heads live in the recipe, not here.
+Both take an expression vector (B, G) and return dict(cls=(B, dim), ...). ``build_gene_encoder``
+builds one by name, ``GeneClassifier`` adds a linear head for supervised gene-only pretraining,
+``save_gene_encoder`` / ``load_gene_encoder`` keep the (then frozen) weights as safetensors.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medalign.errors import CohortError
 from medalign.registry import Registry
 
 GENE_ENCODERS: Registry[nn.Module] = Registry("gene encoder")
@@ -117,3 +121,48 @@ class SNN(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.n_genes:
             raise ValueError(f"expression must be (B, {self.n_genes}), got {tuple(x.shape)}")
         return {"cls": self.net(x)}
+
+
+class GeneClassifier(nn.Module):
+    """Gene encoder + linear head, for supervised gene-only pretraining and evaluation."""
+
+    def __init__(self, encoder: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x)["cls"])  # (B, n_classes)
+
+
+def build_gene_encoder(name: str, n_genes: int, **kwargs: Any) -> nn.Module:
+    """Build a gene encoder; ``kwargs`` may be flat or keyed by encoder name ({"groupmsa": {...}, "snn": {...}})."""
+    if any(k in GENE_ENCODERS for k in kwargs):
+        kwargs = dict(kwargs.get(name) or {})
+    return GENE_ENCODERS.build(name, n_genes=n_genes, **kwargs)
+
+
+def save_gene_encoder(encoder: nn.Module, path: str | Path) -> Path:
+    """Save a (pretrained) gene encoder's weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from medalign.utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, str(tmp))
+    return path
+
+
+def load_gene_encoder(encoder: nn.Module, path: str | Path) -> nn.Module:
+    """Load weights saved by save_gene_encoder; a mismatch names the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise CohortError("gene encoder checkpoint not found", path=str(path))
+    try:
+        encoder.load_state_dict(load_file(str(path)))
+    except RuntimeError as e:
+        raise CohortError(f"gene encoder checkpoint does not match the encoder: {e}", path=str(path)) from e
+    return encoder

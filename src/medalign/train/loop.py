@@ -96,6 +96,7 @@ class Loop:
     total_steps: int
     state: LoopState = field(default_factory=LoopState)
     best_state: dict | None = None   # in-memory runs keep the best weights here
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per finished epoch
 
     @property
     def writes(self) -> bool:
@@ -215,8 +216,7 @@ def train_model(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None = N
             stopped = train_one_epoch(loop, train_ds, sampler, bar_factory)
             if stopped:
                 break
-            if loop.state.step_in_epoch < loop.steps_per_epoch and loop.state.global_step < loop.total_steps:
-                continue  # cannot happen unless the loader ended early; keep going
+            # an epoch ends when its loader does (a grouped sampler may yield fewer batches than epoch 0)
             val = validate(loop, val_ds)
             if end_epoch(loop, val, bar_factory):
                 break
@@ -390,6 +390,7 @@ def end_epoch(loop: Loop, val: dict[str, float], bar_factory: Callable | None) -
         st.best, st.best_epoch, st.bad_epochs = score, st.epoch, 0
     else:
         st.bad_epochs += 1
+    loop.history.append({"epoch": st.epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
     save_checkpoints(loop, improved, {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
     save_resume(loop)
     if bar_factory is not None:
@@ -461,7 +462,7 @@ def _summary(loop: Loop, stopped: bool, seconds: float) -> dict[str, Any]:
         "run_dir": str(loop.run_dir) if loop.run_dir is not None else None, "steps": st.global_step,
         "epochs": st.epoch, "stopped": stopped, "best_epoch": st.best_epoch,
         f"best_{tc.monitor}": loop.sign * st.best if st.best_epoch >= 0 else None,
-        "seconds": seconds, "world_size": D.rank_world()[1],
+        "seconds": seconds, "world_size": D.rank_world()[1], "history": loop.history,
     }
     if loop.run_dir is not None:
         ckpt_dir = loop.run_dir / "checkpoints"

@@ -55,9 +55,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         signatures: bool = typer.Option(True, help="order genes by xena_signatures.csv groups"),
         n_boot: int = typer.Option(1000),
     ) -> None:
-        """GroupMSA vs SNN vs logistic regression on real TCGA expression, with bootstrap CIs."""
+        """GroupMSA vs SNN vs logistic regression vs majority class on real TCGA expression, with bootstrap CIs."""
         from medalign.errors import CohortError
-        from medalign.recipes.gimp import run_tcga
+        from medalign.eval.bootstrap import format_ci
+        from medalign.experiments.gimp import run_tcga
 
         root = data or _shared_tcga()
         if not root.exists():
@@ -66,9 +67,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                        use_signatures=signatures, epochs=epochs, seed=seed, dim=dim, n_fragments=n_fragments,
                        n_groups=n_groups, n_boot=n_boot)
         for name, r in res["results"].items():
-            a, f = r["accuracy"], r["macro_f1"]
-            typer.echo(f"{name:22s} acc {a['value']:.3f} [{a['lo']:.3f}, {a['hi']:.3f}]  "
-                       f"macro-F1 {f['value']:.3f} [{f['lo']:.3f}, {f['hi']:.3f}]")
+            typer.echo(f"{name:22s} acc {format_ci(r['accuracy'])}  macro-F1 {format_ci(r['macro_f1'])}")
 
     @gimp.command("ablation")
     def gimp_ablation(
@@ -81,7 +80,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
     ) -> None:
         """Paper Table 2-style ablation + t-SNE of CLS_pat on a synthetic image-omic cohort."""
         from medalign.config import load_config
-        from medalign.recipes.gimp import DEFAULT_ABLATION, run_ablation
+        from medalign.experiments.gimp import DEFAULT_ABLATION, run_ablation
 
         cfg = load_config(config, list(override or []))
         synth_cfg = {**DEFAULT_ABLATION["synth"], **(cfg.get("synth") or {})}
