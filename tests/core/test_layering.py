@@ -163,3 +163,13 @@ def test_optimiser_steps_only_in_train():
                                              ("medalign.dist", 0), ("medalign.data.schema", 0)])
 def test_floor_table(module, expected):
     assert floor(module) == expected
+
+
+def test_tests_mirror_the_package():
+    """tests/<area>/ for each package area (core = the base floor, api = api.py); no stray folders."""
+    tests = Path(__file__).resolve().parents[1]
+    areas = {p.relative_to(SRC).as_posix() for p in SRC.rglob("__init__.py")}
+    areas = {a.rsplit("/", 1)[0] for a in areas if "/" in a}
+    dirs = {p.parent.relative_to(tests).as_posix() for p in tests.rglob("test_*.py")}
+    stray = sorted(dirs - areas - {"core", "api"})
+    assert not stray, f"test folders with no matching package under src/medalign: {stray}"
