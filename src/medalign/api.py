@@ -80,6 +80,8 @@ class MedAlignModel:
 
     def _one(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """One study -> (image (C, D, H, W), sequence_mask (C,))."""
+        if isinstance(x, (str, Path)) and Path(x).is_dir():  # a DICOM study folder
+            return self._dicom_study(Path(x))
         if isinstance(x, str):
             cache = self._cohort_cache()
             try:
@@ -101,12 +103,26 @@ class MedAlignModel:
             return torch.from_numpy(np.ascontiguousarray(study.image)), torch.from_numpy(np.asarray(study.sequence_mask, dtype=bool))
         raise TypeError(f"cannot encode {type(x).__name__}: give a study id, a dict sequence->path, or a tensor")
 
+    def _dicom_study(self, folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """A folder holding one DICOM study: the same identification and choice as ``medalign ingest``,
+        converted to NIfTI in a temporary folder, then preprocessed like raw NIfTI input."""
+        import tempfile
+
+        from medalign.data.ingest import study_volumes
+
+        if self.preprocess_config is None:
+            raise MedAlignError(f"run {self.run_dir} records no preprocessing settings; cannot read raw images")
+        with tempfile.TemporaryDirectory(prefix="medalign-dicom-") as td:
+            paths = study_volumes(folder, td, sequences=tuple(self.preprocess_config.sequences))
+            return self._one(paths)
+
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
     def encode_image(self, x: Any, sequence_mask: Any = None, *, batch_size: int = 8) -> np.ndarray:
         """Image embeddings (N, E), L2-normalised.
 
-        ``x``: a study id in the run's cache, a dict ``{sequence: NIfTI path or DICOM folder}``,
+        ``x``: a study id in the run's cache, a folder holding one DICOM study (series identified
+        as by ``medalign ingest``), a dict ``{sequence: NIfTI path or DICOM series folder}``,
         a list of those, or an array/tensor (C, D, H, W) / (B, C, D, H, W) already preprocessed.
         ``sequence_mask`` (C,) or (B, C) bool marks present channels for array input.
         """
@@ -171,8 +187,12 @@ def _device(device: str | torch.device | None) -> torch.device:
 def _checkpoint_path(run_dir: Path, checkpoint: str | Path) -> Path:
     if str(checkpoint) in ("best", "last"):
         p = run_dir / "checkpoints" / f"{checkpoint}.safetensors"
-        if not p.is_file() and checkpoint == "best":
-            p = run_dir / "checkpoints" / "last.safetensors"  # a run without validation has no 'best'
+        last = run_dir / "checkpoints" / "last.safetensors"
+        if not p.is_file() and checkpoint == "best" and last.is_file():
+            # every finished epoch writes 'best' (without validation it follows the train loss), so a
+            # missing one was deleted or lost: never swap in other weights without being asked
+            raise MedAlignError(f"{p} is missing (last.safetensors exists: load it with checkpoint='last', "
+                                f"or --checkpoint last)")
         return p
     return Path(checkpoint)
 

@@ -29,6 +29,7 @@ app.add_typer(synth, name="synth")
 # Explicit list, one line per area, so nothing is registered by an import you cannot see.
 COMMAND_MODULES: tuple[str, ...] = (
     "medalign.data.commands",             # split, preprocess, inspect
+    "medalign.data.ingest_commands",      # ingest (DICOM export -> cohort)
     "medalign.data.synth.commands",       # synth brain, label-reports
     "medalign.train.commands",            # train, embed, search
     "medalign.eval.commands",             # evaluate, report
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     except typer.Abort:
         return 1
+    except OSError as e:  # disk full, read-only folder, permissions: one line naming the file
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        typer.echo(f"error: {e.strerror or type(e).__name__}{where}", err=True)
+        return 2
     except Exception as e:
         # usage errors (unknown command, bad option): typer vendors click, so match by behaviour
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):

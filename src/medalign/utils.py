@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic writes, hashing, seeding, JSON."""
+"""Small shared helpers: atomic writes, inter-process locks, hashing, seeding, JSON."""
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +29,32 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, timeout: float = 600.0, what: str = "") -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` (a ``.lock`` file, via ``filelock``).
+
+    Writers that read-modify-write a shared file (an index's ``CURRENT`` version, a cache's
+    ``index.json``) hold it around the whole cycle, so two processes never both read the old
+    state and the later writer silently drops the earlier one's work.
+    """
+    from filelock import FileLock, Timeout
+
+    from medalign.errors import MedAlignError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise MedAlignError(f"{what or path.parent}: still locked by another process after {timeout:.0f}s "
+                            f"(lock file {path})") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

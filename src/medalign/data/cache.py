@@ -3,6 +3,7 @@
 Layout of ``cache_dir``::
 
     index.json               {"version", "config": PreprocessConfig, "entries": {study_id: entry}}
+    .lock                    held while index.json / hashes.json are re-read, merged and replaced
     hashes.json              memo path -> [size, mtime_ns, sha256] (the cheap pre-key)
     studies/<key>.npy        float32 (C, D, H, W)
     studies/<key>.mask.npy   uint8 (D, H, W) lesion labels (only when the manifest has a mask)
@@ -33,6 +34,7 @@ from medalign.errors import CohortError, MedAlignError
 CACHE_VERSION = 1
 INDEX = "index.json"
 HASHES = "hashes.json"
+LOCK = ".lock"
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -132,6 +134,52 @@ def _process_one(job: dict[str, Any]) -> dict[str, Any]:
         return {"study_id": sid, "status": "error", "error": f"study {sid}: {type(e).__name__}: {e}", "memo": memo}
 
 
+# ------------------------------------------------------------------------------------ workers
+def _watch_parent(parent: int) -> None:
+    """Worker initialiser: die with the parent, even when it was SIGKILLed (no cleanup ran)."""
+    import signal
+    import sys
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:  # PR_SET_PDEATHSIG = 1: the kernel sends SIGTERM when the parent exits
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))
+        except Exception:  # no libc / no prctl: the polling thread below still covers it
+            pass
+
+    def poll() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=poll, daemon=True, name="parent-watch").start()
+    if os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def worker_pool(n: int):
+    """A spawn-context process pool whose workers exit when this process dies."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"),
+                               initializer=_watch_parent, initargs=(os.getpid(),))
+
+
+def stop_pool(ex: Any) -> None:
+    """Cancel queued jobs and terminate running workers now (``shutdown`` alone waits for them)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # no public handle on the workers
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+
+
 # ------------------------------------------------------------------------------------ cohort
 def _read_json(path: Path, default: Any) -> Any:
     try:
@@ -140,6 +188,26 @@ def _read_json(path: Path, default: Any) -> Any:
         return default
     except json.JSONDecodeError as e:
         raise CohortError(f"corrupt cache file ({e})", path=str(path)) from None
+
+
+def _merge_into_disk(root: Path, cfg: PreprocessConfig, mine: dict[str, dict], memo: dict[str, list]) -> dict:
+    """Merge this run's entries into index.json (and its hashes into hashes.json) under the lock.
+
+    Another preprocess into the same cache may have written index.json since this run read it;
+    replacing the file would drop that run's studies. Returns the merged entries.
+    """
+    from medalign.utils import atomic_write_json, file_lock
+
+    with file_lock(root / LOCK, what=f"cache {root}"):
+        disk = _read_json(root / INDEX, None) or {"version": CACHE_VERSION, "config": cfg.to_dict(), "entries": {}}
+        if disk.get("config") != cfg.to_dict():
+            raise CohortError("cache config changed under this run; use another --cache directory",
+                              path=str(root / INDEX))
+        disk.setdefault("entries", {}).update(mine)
+        disk["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(root / INDEX, disk)
+        atomic_write_json(root / HASHES, {**_read_json(root / HASHES, {}), **memo})
+    return disk["entries"]
 
 
 def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig | Mapping | None,
@@ -153,8 +221,6 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
     """
     from medalign.data.manifest import load_manifest, manifest_sequences
     from medalign.data.schema import image_column
-    from medalign.utils import atomic_write_json
-
     if cfg is None:
         cfg = PreprocessConfig()
     elif not isinstance(cfg, PreprocessConfig):
@@ -187,10 +253,10 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
     errors: list[dict[str, str]] = []
     last_write = [time.perf_counter()]
 
+    mine: dict[str, dict] = {}  # entries this run produced or confirmed
+
     def flush() -> None:
-        index["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        atomic_write_json(root / INDEX, index)
-        atomic_write_json(root / HASHES, memo)
+        index["entries"] = _merge_into_disk(root, cfg, mine, memo)
         last_write[0] = time.perf_counter()
 
     def handle(res: dict[str, Any]) -> None:
@@ -202,7 +268,8 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
                 flush()
                 raise CohortError(res["error"])
             return
-        index["entries"][res["study_id"]] = {k: v for k, v in res["entry"].items() if k != "study_id"}
+        mine[res["study_id"]] = index["entries"][res["study_id"]] = {k: v for k, v in res["entry"].items()
+                                                                    if k != "study_id"}
         if time.perf_counter() - last_write[0] > 5.0:
             flush()
 
@@ -230,20 +297,18 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
                 handle(_process_one(job))
                 bar.update(1)
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs_run)),
-                                     mp_context=mp.get_context("spawn")) as ex:
+            ex = worker_pool(min(workers, len(jobs_run)))
+            try:
                 futs = [ex.submit(_process_one, job) for job in jobs_run]
-                try:
-                    for f in as_completed(futs):
-                        handle(f.result())
-                        bar.update(1)
-                except BaseException:
-                    for f in futs:
-                        f.cancel()
-                    raise
+                for f in as_completed(futs):
+                    handle(f.result())
+                    bar.update(1)
+            except BaseException:
+                stop_pool(ex)  # Ctrl-C / error: do not wait for the running studies
+                raise
+            ex.shutdown(wait=True)
     finally:
         bar.close()
         flush()

@@ -310,6 +310,11 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
         raise CohortError(f"none of the sequences {list(cfg.sequences)} is present "
                           f"(study has: {[s for s, p in paths.items() if _present(p)]})", study_id=study_id)
     images = {s: read_volume(p, volume_index=cfg.volume_index, study_id=study_id) for s, p in avail.items()}
+    for s, im in images.items():  # an all-zero / all-constant file is no image (a bomb, a blank export)
+        arr = sitk.GetArrayViewFromImage(im)
+        if float(arr.min()) == float(arr.max()):
+            raise CohortError(f"volume is constant (every voxel = {float(arr.min()):g}): no image content",
+                              study_id=study_id, path=avail[s])
     ref_seq = cfg.reference if cfg.reference in images else next(iter(images))
 
     # Coarse canonical copies: head box of the reference + registration inputs.

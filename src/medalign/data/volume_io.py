@@ -14,6 +14,11 @@ import numpy as np
 
 from medalign.errors import CohortError
 
+# Guards against decompression bombs and absurd headers: a 285 KB .nii.gz of zeros can declare
+# 500x500x300 voxels (300 MB as float32, ~900 MB peak while converting). Brain MRI is ~16 M voxels.
+MAX_VOXELS = 64_000_000             # voxels of one file (every volume of a 4D file counted)
+MAX_DECODED_BYTES = 512 << 20       # bytes the header says the (decompressed) data occupy
+
 
 def _sitk():
     import SimpleITK as sitk
@@ -89,6 +94,8 @@ def _read_nifti(path: Path, volume_index: int | None = None, study_id: str | Non
 
     sitk = _sitk()
     nii = nib.load(str(path))
+    check_declared_size(tuple(int(v) for v in nii.shape), np.dtype(nii.get_data_dtype()).itemsize,
+                        study_id=study_id, path=path)  # from the header, before decompressing anything
     data = np.asarray(nii.dataobj, dtype=np.float32)  # (i, j, k[, t]); applies scl_slope/inter
     if data.ndim > 4:
         data = np.squeeze(data, axis=tuple(range(4, data.ndim))) if all(s == 1 for s in data.shape[4:]) else data
@@ -111,15 +118,30 @@ def _read_nifti(path: Path, volume_index: int | None = None, study_id: str | Non
     return img
 
 
+def check_declared_size(shape: tuple[int, ...], itemsize: int, *, study_id: str | None, path: Path | str) -> None:
+    """Refuse a volume whose declared voxel count or decoded size is over the limits."""
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if n > MAX_VOXELS or n * itemsize > MAX_DECODED_BYTES:
+        raise CohortError(f"volume of shape {list(shape)} ({n} voxels, {n * itemsize >> 20} MiB decoded) is over "
+                          f"the limit of {MAX_VOXELS} voxels / {MAX_DECODED_BYTES >> 20} MiB",
+                          study_id=study_id, path=str(path))
+
+
 def _read_dicom_series(folder: Path, study_id: str | None):
     sitk = _sitk()
     reader = sitk.ImageSeriesReader()
     ids = reader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise CohortError("folder holds no DICOM series", study_id=study_id, path=str(folder))
-    # Several series in one folder: take the one with most slices (say so in the docs).
-    best = max(ids, key=lambda sid: len(reader.GetGDCMSeriesFileNames(str(folder), sid)))
-    files = reader.GetGDCMSeriesFileNames(str(folder), best)
+    if len(ids) > 1:  # picking one silently could feed the wrong acquisition (e.g. a localiser)
+        listed = ", ".join(f"{sid} ({len(reader.GetGDCMSeriesFileNames(str(folder), sid))} files)" for sid in ids)
+        raise CohortError(f"folder holds {len(ids)} DICOM series: {listed}; put each series in its own "
+                          "folder and list the one to use", study_id=study_id, path=str(folder))
+    files = reader.GetGDCMSeriesFileNames(str(folder), ids[0])
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    first.ReadImageInformation()  # header only: refuse an oversize series before reading pixels
+    check_declared_size((*first.GetSize()[:2], len(files)), 4, study_id=study_id, path=folder)
     reader.SetFileNames(files)
     return reader.Execute()
 

@@ -26,6 +26,15 @@ def resolve_data(run_dir: Path, config: dict, manifest: str | None, cache: str |
     return Path(m), Path(c)
 
 
+def check_cache(model, cache_dir: Path) -> None:
+    """Refuse a cache preprocessed with other settings than the run's (it would embed wrong inputs)."""
+    from medalign.data.cache import INDEX, CohortCache, check_cache_matches
+
+    if (Path(cache_dir) / INDEX).is_file():  # a missing cache fails later, only if it is needed
+        check_cache_matches(CohortCache(cache_dir).config, getattr(model, "preprocess_config", None),
+                            cache_dir=cache_dir)
+
+
 def _has_text_side(model) -> bool:
     """Whether the model can embed text (image-only SSL recipes raise on encode_text)."""
     from medalign.errors import MedAlignError
@@ -77,6 +86,7 @@ def evaluate_run(
     say = print if progress else (lambda *a, **k: None)
     model = api.load(run_dir, checkpoint=checkpoint)
     manifest_p, cache_p = resolve_data(run_dir, model.config, manifest, cache)
+    check_cache(model, cache_p)
     eval_dir = run_dir / "eval"
     say(f"embedding split '{split}' and 'train' of {manifest_p}")
     image_only = not _has_text_side(model)

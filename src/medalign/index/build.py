@@ -19,7 +19,8 @@ from medalign.data.schema import IMAGE_PREFIX
 from medalign.errors import CohortError, MedAlignError
 from medalign.index.faiss_index import EXACT_MAX
 from medalign.data.cache import preprocess_record
-from medalign.index.store import IndexStore, thumb_relpath, valid_study_id, write_version
+from medalign.index.store import LOCK, IndexStore, thumb_relpath, valid_study_id, write_version
+from medalign.utils import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +64,30 @@ def _image_paths(row: Any, sequences: Sequence[str]) -> dict[str, str]:
 
 
 # ---- thumbnails ----------------------------------------------------------------------------
-def _to_png(slice2d: np.ndarray, path: Path, size: int = 128) -> None:
+def _to_png(slice2d: np.ndarray, root: Path, study_id: str, sequence: str, size: int = 128) -> str:
+    """Write a thumbnail under its content hash; returns its path relative to ``root``.
+
+    Why content-addressed: a rebuild or an add never rewrites a file the live version points
+    at, so a served report can never sit next to an image written for another version.
+    """
+    import hashlib
+    import io
+
     from PIL import Image
 
-    from medalign.utils import atomic_path, display_window
+    from medalign.utils import atomic_write_bytes, display_window
 
     a = display_window(slice2d)
     img = Image.fromarray((a * 255).astype(np.uint8), mode="L")
     scale = size / max(img.size)
     img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, suffix=".png") as tmp:
-        img.save(tmp, format="PNG")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    data = buf.getvalue()
+    rel = thumb_relpath(study_id, sequence, hashlib.sha256(data).hexdigest()[:16])
+    if not (root / rel).is_file():  # same name = same bytes: an existing file is already right
+        atomic_write_bytes(root / rel, data)
+    return rel
 
 
 def _mid_axial_from_nifti(path: str, study_id: str) -> np.ndarray:
@@ -103,14 +116,10 @@ def make_thumbnails(root: Path, study_id: str, *, cached: dict | None, paths: di
         for c, seq in enumerate(sequences[: image.shape[0]]):
             if not bool(mask[c]):
                 continue
-            rel = thumb_relpath(study_id, seq)
-            _to_png(image[c, image.shape[1] // 2], root / rel)  # (H, W) middle axial slice
-            out[seq] = rel
+            out[seq] = _to_png(image[c, image.shape[1] // 2], root, study_id, seq)  # (H, W) middle axial slice
         return out
     for seq, p in paths.items():
-        rel = thumb_relpath(study_id, seq)
-        _to_png(_mid_axial_from_nifti(p, study_id), root / rel)
-        out[seq] = rel
+        out[seq] = _to_png(_mid_axial_from_nifti(p, study_id), root, study_id, seq)
     return out
 
 
@@ -148,7 +157,7 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
                      [c[len(IMAGE_PREFIX):] for c in df.columns if c.startswith(IMAGE_PREFIX)])
     if cache is not None:  # a cache made for other inputs would silently feed the wrong channels
         check_cache_matches(getattr(cache, "config", None), getattr(model, "preprocess_config", None),
-                            cache_dir=getattr(cache, "cache_dir", ""))
+                            cache_dir=getattr(cache, "root", None) or getattr(cache, "cache_dir", "?"))
     seen: set[str] = set(skip or ())
     rows = df.to_dict(orient="records")
     for i, row in enumerate(rows, start=1):  # check every id before any (slow) encoding
@@ -217,7 +226,10 @@ def build_index(model: Any, manifest: Any, out_dir: str | Path, *, cache: Any = 
     if not enc["records"]:
         raise CohortError("manifest has no studies", path=str(manifest) if not hasattr(manifest, "columns") else None)
     meta = _meta(model, enc["image_embed"].shape[1], run_dir)
-    vdir = write_version(out, meta=meta, exact_max=exact_max, kind=kind, **enc)
+    with file_lock(out / LOCK, what=f"index {out}"):  # encode unlocked (slow), commit under the lock
+        if (out / "CURRENT").is_file():
+            IndexStore.open(out).check_model(model)  # another writer may have committed meanwhile
+        vdir = write_version(out, meta=meta, exact_max=exact_max, kind=kind, **enc)
     summary = {"index": str(out), "version": vdir.name, "n_studies": len(enc["records"]),
                "n_reports": int(len(enc["text_rows"])), "seconds": round(time.perf_counter() - t0, 3)}
     log.info("built index: %d studies, %d reports", summary["n_studies"], summary["n_reports"])
@@ -233,16 +245,28 @@ def add_to_index(index_dir: str | Path, model: Any, manifest: Any, *, cache: Any
     df = read_manifest(manifest)
     enc = encode_studies(model, df, Path(index_dir), cache=_open_cache(cache), thumbnails=thumbnails,
                          skip=set(store.study_ids))
-    n0 = len(store.records)
-    if enc["image_embed"].shape[0] and enc["image_embed"].shape[1] != store.image_embed.shape[1]:
-        raise MedAlignError(f"embedding dim {enc['image_embed'].shape[1]} != index dim {store.image_embed.shape[1]}")
-    vdir = write_version(
-        index_dir, meta=store.meta, records=store.records + enc["records"],
-        image_embed=np.concatenate([store.image_embed, enc["image_embed"]]),  # (N0+N, E)
-        image_rows=np.concatenate([store.image_rows, enc["image_rows"] + n0]),
-        text_embed=np.concatenate([store.text_embed, enc["text_embed"]]),  # (T0+T, E)
-        text_rows=np.concatenate([store.text_rows, enc["text_rows"] + n0]),
-        exact_max=exact_max, prev=store)
+    dim = store.image_embed.shape[1]
+    if enc["image_embed"].shape[0] and enc["image_embed"].shape[1] != dim:
+        raise MedAlignError(f"embedding dim {enc['image_embed'].shape[1]} != index dim {dim}")
+    root = Path(index_dir)
+    # Encoding ran unlocked; the commit re-reads the live version under the lock, so a concurrent
+    # add that committed meanwhile is extended, not overwritten (no lost studies).
+    with file_lock(root / LOCK, what=f"index {root}"):
+        live = IndexStore.open(root)
+        if live.version != store.version:
+            live.check_model(model)
+            again = sorted(set(live.study_ids) & {r["study_id"] for r in enc["records"]})
+            if again:
+                raise CohortError(f"{len(again)} studies were added to the index by another run meanwhile "
+                                  "(nothing written)", study_id=again[0])
+        n0 = len(live.records)
+        vdir = write_version(
+            root, meta=live.meta, records=live.records + enc["records"],
+            image_embed=np.concatenate([live.image_embed, enc["image_embed"]]),  # (N0+N, E)
+            image_rows=np.concatenate([live.image_rows, enc["image_rows"] + n0]),
+            text_embed=np.concatenate([live.text_embed, enc["text_embed"]]),  # (T0+T, E)
+            text_rows=np.concatenate([live.text_rows, enc["text_rows"] + n0]),
+            exact_max=exact_max, prev=live)
     return {"index": str(index_dir), "version": vdir.name, "added": len(enc["records"]),
             "n_studies": n0 + len(enc["records"]), "seconds": round(time.perf_counter() - t0, 3)}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -57,7 +57,10 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
                   host: str = typer.Option("127.0.0.1", help="bind address; non-loopback needs --token"),
                   port: int = typer.Option(8000),
                   token: Optional[str] = typer.Option(None, help="bearer token (or env MEDALIGN_TOKEN)"),
-                  run: Optional[Path] = typer.Option(None, "--run", help="model run (default: the one the index records)")) -> None:
+                  run: Optional[Path] = typer.Option(None, "--run", help="model run (default: the one the index records)"),
+                  allowed_host: Optional[List[str]] = typer.Option(
+                      None, "--allowed-host", help="extra Host header to answer (repeatable; loopback names and the "
+                                                   "bind address always are)")) -> None:
         """Serve the case-retrieval API and web page for INDEX_DIR."""
         from medalign.serve.app import serve
         from medalign.serve.security import check_bind
@@ -65,4 +68,5 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         tok = token or os.environ.get("MEDALIGN_TOKEN") or None
         check_bind(host, tok)  # before loading anything heavy
         typer.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)")
-        serve(index_dir, host=host, port=port, token=tok, run_dir=str(run) if run else None)
+        serve(index_dir, host=host, port=port, token=tok, run_dir=str(run) if run else None,
+              extra_hosts=tuple(allowed_host or ()))

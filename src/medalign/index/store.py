@@ -4,7 +4,9 @@ Layout of an index directory::
 
     INDEX_DIR/
       CURRENT                 name of the live version folder, e.g. "v0002" (replaced atomically)
-      thumbs/<h>/<seq>.png    mid-axial thumbnails; <h> = sha256(study_id)[:16] (never a user path)
+      .lock                   held by writers from reading the live version to replacing CURRENT
+      thumbs/<h>/<seq>-<c>.png  mid-axial thumbnails; <h> = sha256(study_id)[:16] (never a user
+                              path), <c> = hash of the PNG bytes: never rewritten in place
       v0002/
         meta.json             model_id, preprocess_config, sequences, dim, counts, index kinds
         records.parquet       study_id, report, label, split, thumbs (JSON {seq: relative path})
@@ -35,6 +37,7 @@ from medalign.errors import MedAlignError
 from medalign.index.faiss_index import EXACT_MAX, VectorIndex, l2_normalise
 
 FORMAT_VERSION = 1
+LOCK = ".lock"  # writers' lock file (medalign.utils.file_lock)
 STUDY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -55,10 +58,11 @@ def valid_study_id(study_id: str) -> bool:
     return bool(STUDY_ID_RE.match(study_id)) and ".." not in study_id
 
 
-def thumb_relpath(study_id: str, sequence: str) -> str:
+def thumb_relpath(study_id: str, sequence: str, content: str = "") -> str:
+    """Index-relative thumbnail path; ``content`` (a hash of the PNG) makes it content-addressed."""
     from medalign.utils import sha256_text
 
-    return f"thumbs/{sha256_text(study_id)[:16]}/{sequence}.png"
+    return f"thumbs/{sha256_text(study_id)[:16]}/{sequence}{'-' + content if content else ''}.png"
 
 
 @dataclass
@@ -79,11 +83,24 @@ class IndexStore:
     # ---- loading -------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path) -> "IndexStore":
+        """Load the live version. A writer removes old versions right after replacing ``CURRENT``,
+        so a read that loses that race is retried on the new version (readers take no lock)."""
         root = Path(root)
         current = root / "CURRENT"
         if not current.is_file():
             raise MedAlignError(f"{root}: not a medalign index (no CURRENT file); run 'medalign index build'")
-        version = current.read_text(encoding="utf-8").strip()
+        for _ in range(10):
+            version = current.read_text(encoding="utf-8").strip()
+            try:
+                return cls._open_version(root, version)
+            except (OSError, RuntimeError, MedAlignError):
+                if current.read_text(encoding="utf-8").strip() == version:
+                    raise  # not a race: the version itself is broken
+        return cls._open_version(root, current.read_text(encoding="utf-8").strip())
+
+    @classmethod
+    def _open_version(cls, root: Path, version: str) -> "IndexStore":
+        current = root / "CURRENT"
         vdir = root / version
         if not re.fullmatch(r"v\d{4,}", version) or not vdir.is_dir():
             raise MedAlignError(f"{current}: names missing version folder '{version}'")

@@ -1,6 +1,6 @@
 """FastAPI case-retrieval service over an index directory (see ``medalign serve``).
 
-Endpoints (all JSON unless noted; OpenAPI at /openapi.json, docs at /docs):
+Endpoints (all JSON unless noted; OpenAPI at /openapi.json; no /docs: Swagger UI would load from a CDN):
 
 - ``GET /health``                       index size, model id, whether a token is required
 - ``POST /search/text``                 {text, k, target} -> studies whose image (or report) is closest
@@ -11,7 +11,10 @@ Endpoints (all JSON unless noted; OpenAPI at /openapi.json, docs at /docs):
 - ``GET /``                              the web page (static/index.html)
 
 Study ids are checked against a strict pattern and looked up in the store; file paths never
-come from a request. The app logs method, route template, status and latency only.
+come from a request. The app logs method, route template, status and latency only. Before any
+route runs (security.py): Host allow-list (400), bearer token (401), body size (413), without
+reading the body; every response carries CSP / X-Frame-Options / nosniff headers; 422 bodies
+name the field and the problem, never echo the input.
 
 Layout: state.py (limits, prompts, the shared ServeState), schemas.py (bodies), uploads.py (NIfTI
 checks), routes.py (one router per concern); this module assembles them and runs uvicorn.
@@ -25,7 +28,9 @@ from typing import Any
 
 from medalign.errors import MedAlignError
 from medalign.index.store import IndexStore
-from medalign.serve.state import MAX_FILE_BYTES, MAX_REQUEST_BYTES, STATIC_DIR, ServeState, open_index
+from medalign.serve.security import LOOPBACK_HOSTS
+from medalign.serve.state import (MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_REQUEST_BYTES, STATIC_DIR, ServeState,
+                                  open_index)
 # re-exported: both lived here before the split, and callers (tests/serve) import them from here
 from medalign.serve.state import load_class_prompts  # noqa: F401
 from medalign.serve.uploads import nifti_suffix as _nifti_suffix  # noqa: F401
@@ -35,9 +40,12 @@ log = logging.getLogger("medalign.serve")
 
 def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str | None = None,
                max_file_bytes: int = MAX_FILE_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
-               prompts_path: str | Path | None = None) -> Any:
+               max_json_bytes: int = MAX_JSON_BYTES, prompts_path: str | Path | None = None,
+               hosts: list[str] | None = None) -> Any:
     """Build the ASGI app. ``model`` defaults to ``medalign.api.load(meta['run_dir'])``.
 
+    ``hosts``: allowed Host headers (default: loopback names and ``testserver``, the in-process
+    test client's; ``serve`` passes :func:`security.allowed_hosts` of its bind address).
     Raises MedAlignError if the model is not the one that built the index.
     """
     # FastAPI is the optional "serve" extra: imported here so this module imports without it
@@ -51,7 +59,7 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
     install_log_filter()
     state = ServeState.build(store, model, token=token, max_file_bytes=max_file_bytes, prompts_path=prompts_path)
 
-    app = FastAPI(title="medalign case retrieval", version="1",
+    app = FastAPI(title="medalign case retrieval", version="1", docs_url=None, redoc_url=None,
                   description="Similar-case search over a medalign index: text, study and upload queries.")
     app.state.serve = state
     app.state.store, app.state.model = store, model
@@ -60,17 +68,22 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
                    routes.study_router(state, auth), routes.page_router()):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    _install_middleware(app, max_request_bytes)
+    _install_middleware(app, max_request_bytes, max_json_bytes, token,
+                        hosts if hosts is not None else [*LOOPBACK_HOSTS, "testserver"])
     return app
 
 
-def _install_middleware(app: Any, max_request_bytes: int) -> None:
-    """Request log (route templates only), MedAlignError -> 400, and the body size limit."""
+def _install_middleware(app: Any, max_request_bytes: int, max_json_bytes: int, token: str | None,
+                        hosts: list[str]) -> None:
+    """Request log (route templates only), MedAlignError -> 400, 422 without input, and (outermost
+    first) security headers -> Host allow-list -> token -> body size."""
     from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.routing import APIRoute
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-    from medalign.serve.security import BodySizeLimit
+    from medalign.serve.security import RequestGate, SecurityHeaders
 
     @app.middleware("http")
     async def log_requests(request: Request, call_next: Any) -> Any:
@@ -87,22 +100,31 @@ def _install_middleware(app: Any, max_request_bytes: int) -> None:
     async def _medalign_error(request: Request, exc: MedAlignError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    # added last = outermost: reject oversize bodies before multipart parsing spools them to disk
-    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the offending input (a 1 MB query text came back whole)
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:200], "type": e.get("type", "")}
+                  for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    # each add_middleware wraps the previous ones: the last added runs first
+    app.add_middleware(RequestGate, max_bytes=max_request_bytes, token=token, max_json_bytes=max_json_bytes)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)
+    app.add_middleware(SecurityHeaders)
 
 
 def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          run_dir: str | None = None, model: Any = None) -> None:
+          run_dir: str | None = None, model: Any = None, extra_hosts: tuple[str, ...] = ()) -> None:
     """Run the app with uvicorn (access log off; the app logs route templates only)."""
     import uvicorn
 
-    from medalign.serve.security import check_bind, install_log_filter
+    from medalign.serve.security import allowed_hosts, check_bind, install_log_filter
 
     check_bind(host, token)
     if model is None and run_dir:
         from medalign.api import load
 
         model = load(run_dir)
-    app = create_app(index_dir, model, token=token)
+    app = create_app(index_dir, model, token=token, hosts=allowed_hosts(host, extra_hosts))
     install_log_filter()
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -104,8 +104,8 @@ def _upload_embedding(state: ServeState, given: dict[str, UploadFile]) -> tuple[
         paths = {s: read_upload(s, f.file, Path(td), state.max_file_bytes) for s, f in given.items()}
         try:
             vec = state.encode_image(paths)  # (E,)
-        except MedAlignError as e:
-            raise HTTPException(400, f"upload could not be processed: {e}") from None
+        except MedAlignError as e:  # the message names the spooled file: keep its name, not the server's folder
+            raise HTTPException(400, f"upload could not be processed: {str(e).replace(td + '/', '')}") from None
         except (ValueError, OSError, RuntimeError, EOFError) as e:
             raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
     if not np.all(np.isfinite(vec)):

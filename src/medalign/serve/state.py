@@ -16,7 +16,8 @@ from medalign.index.store import STUDY_ID_RE, IndexStore
 STATIC_DIR = Path(__file__).with_name("static")
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "eval" / "prompts.yaml"
 MAX_FILE_BYTES = 64 << 20      # one uploaded NIfTI
-MAX_REQUEST_BYTES = 256 << 20  # a whole request body
+MAX_REQUEST_BYTES = 256 << 20  # a whole upload request body
+MAX_JSON_BYTES = 64 << 10      # any other request body (a text query is at most 2000 characters)
 MAX_VOXELS = 64_000_000        # decoded volume size guard (gzip bombs)
 MAX_K = 100
 ID_PATTERN = STUDY_ID_RE.pattern

@@ -12,13 +12,14 @@ Run directory::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ def save_weights(recipe: nn.Module, path: Path, metadata: dict[str, Any]) -> Non
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous().clone() for k, v in recipe.state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
+    with atomic_path(path, suffix=".safetensors") as tmp, _write_errors(path):
         save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
@@ -44,7 +45,10 @@ def load_weights(recipe: nn.Module, path: Path, *, strict: bool = True) -> dict[
 
     if not Path(path).is_file():
         raise MedAlignError(f"checkpoint not found: {path}")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # SafetensorError on a truncated / damaged file
+        raise MedAlignError(f"checkpoint {path} is damaged or not a safetensors file ({str(e)[:120]})") from None
     missing, unexpected = recipe.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise MedAlignError(f"checkpoint {path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -71,15 +75,30 @@ def set_rng_state(st: dict[str, Any]) -> None:
 
 def save_resume(path: Path, payload: dict[str, Any]) -> None:
     """Model / optimiser / scaler / loop state / RNG -> ``resume.pt``, atomically (a kill leaves the old one)."""
-    with atomic_path(path, suffix=".pt") as tmp:
+    with atomic_path(path, suffix=".pt") as tmp, _write_errors(path):
         torch.save({**payload, "rng": rng_state()}, tmp)
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """torch / safetensors report a full disk as RuntimeError / SafetensorError: one line instead."""
+    try:
+        yield
+    except OSError:
+        raise  # the CLI prints these as one line already
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MedAlignError(f"cannot write {path}: {first} (disk full?)") from None
 
 
 def load_resume(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MedAlignError(f"--resume: no resume state at {path}")
     # weights_only=False: the payload holds python RNG state and the config dict (our own file)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / foreign file: one line, not a pickle traceback
+        raise MedAlignError(f"--resume: cannot read {path} ({type(e).__name__}); the file is damaged") from None
 
 
 def trim_metrics(path: Path, last_step: int) -> None:
@@ -87,6 +106,40 @@ def trim_metrics(path: Path, last_step: int) -> None:
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= last_step]
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+# What a training run writes (and ``--overwrite`` removes); anything else in the folder is left alone.
+RUN_OUTPUTS = ("config.yaml", "meta.json", "preprocess.json", "metrics.jsonl", "summary.json", "checkpoints",
+               "tensorboard", "embeddings", "eval", "report_extras")
+# A folder holding any of these holds a run worth protecting (config.yaml alone = killed during setup).
+RUN_EVIDENCE = ("checkpoints", "metrics.jsonl", "summary.json")
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, clean: bool = True) -> None:
+    """Refuse to train into a folder that holds a run, unless resuming it or told to overwrite it.
+
+    With ``overwrite`` the previous run's outputs are removed first (``clean``: this rank may
+    delete; under DDP only rank 0 does), so no stale checkpoint or metrics line survives.
+    """
+    import shutil
+
+    if resume and overwrite:
+        raise MedAlignError("--resume and --overwrite contradict each other; pick one")
+    if resume and not (run_dir / "config.yaml").is_file():
+        raise MedAlignError(f"--resume: no resume state in {run_dir} (no config.yaml); start the run without --resume")
+    held = [n for n in RUN_EVIDENCE if (run_dir / n).exists() and not (run_dir / n).stat().st_size == 0]
+    if not held or resume:
+        return
+    if not overwrite:
+        raise MedAlignError(f"run dir {run_dir} already holds a run ({', '.join(held)}); pass --resume to "
+                            f"continue it or --overwrite to replace it")
+    if clean:
+        for name in RUN_OUTPUTS:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
 
 
 def git_hash() -> str | None:

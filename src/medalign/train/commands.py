@@ -18,6 +18,7 @@ def train(
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. train.lr=0.001"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="output folder (default: runs/<config name>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its last resume state"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in --run-dir (its outputs are deleted)"),
 ) -> None:
     """Train a recipe; writes config, metrics, checkpoints into the run directory."""
     from medalign.config import ConfigError, load_config
@@ -29,7 +30,7 @@ def train(
     except ConfigError as e:
         raise MedAlignError(str(e)) from None
     rd = run_dir or Path(cfg.get("run_dir") or Path("runs") / Path(config).stem)
-    summary = fit(cfg, rd, resume=resume)
+    summary = fit(cfg, rd, resume=resume, overwrite=overwrite)
     if summary.get("stopped"):
         typer.echo(f"stopped after {summary['steps']} steps; continue with --resume --run-dir {rd}")
     else:

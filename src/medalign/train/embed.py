@@ -20,7 +20,7 @@ def embed_manifest(model, manifest, cache_dir: str | Path | None = None, *, spli
     """
     import pandas as pd
 
-    from medalign.data.cache import CohortCache
+    from medalign.data.cache import CohortCache, check_cache_matches
     from medalign.data.manifest import load_manifest
     from medalign.data.schema import CLASSES
 
@@ -32,6 +32,8 @@ def embed_manifest(model, manifest, cache_dir: str | Path | None = None, *, spli
         if len(df) == 0:
             raise CohortError(f"no studies in split '{split}'", column="split")
     cache = CohortCache(cache_dir or model.cache_dir)
+    # a cache made with another normalisation / shape / sequences gives wrong embeddings silently
+    check_cache_matches(cache.config, getattr(model, "preprocess_config", None), cache_dir=cache.root)
 
     def col(name: str) -> list[str]:
         if name not in df.columns:

@@ -11,6 +11,7 @@ described in medalign.train.checkpoint.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -115,7 +116,7 @@ class Loop:
 # ---------------------------------------------------------------------------------------------
 # fit: the command-line entry
 # ---------------------------------------------------------------------------------------------
-def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg["recipe"]`` on ``cfg["data"]`` with ``cfg["train"]``; everything lands in ``run_dir``.
 
     Returns a summary dict (steps, epochs, best monitored value, checkpoint paths, stopped flag).
@@ -127,6 +128,7 @@ def fit(cfg: dict[str, Any], run_dir: str | Path, *, resume: bool = False) -> di
     cfg = run_config(cfg, run_dir, resume=resume)
     tc, dc = TrainConfig.from_dict(cfg["train"]), cfg["data"]
     rank, world, device = setup_device(tc.device)
+    ckpt.prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, clean=rank == 0)  # before any write
     seed_everything(int(cfg["seed"]))  # same seed on every rank: identical initial weights
     if rank == 0:
         init_run_dir(run_dir, cfg, resume=resume, world=world, device=device)
@@ -208,6 +210,8 @@ def train_model(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None = N
                                 config=config, num_workers=num_workers, sampler=sampler)
     if resume:
         restore(loop, run_dir)
+    else:
+        save_resume(loop)  # step 0: a run killed in its first epoch can still be --resumed
     stopped = False
     bar_factory = _progress(tc.progress and D.rank_world()[0] == 0)
     t_start = time.time()
@@ -440,20 +444,27 @@ def restore(loop: Loop, run_dir: Path | None) -> None:
     """Load resume.pt into the loop (weights, optimiser, scaler, EMA, state, RNG); trim the metrics log."""
     if run_dir is None:
         raise MedAlignError("resume needs a run directory")
-    rs = ckpt.load_resume(Path(run_dir) / "checkpoints" / "resume.pt")
-    loop.recipe.load_state_dict(rs["model"])
-    if loop.ema is not None:
-        loop.ema.shadow = {k: v.to(loop.device) for k, v in rs["ema"].items()}
-    loop.opt.load_state_dict(rs["optimizer"])
-    loop.scaler.load_state_dict(rs["scaler"])
-    loop.state = LoopState(**rs["state"])
-    for k, v in rs["plateau"].items():
-        setattr(loop.plateau, k, v)  # the schedule closure holds this object: update it in place
-    ckpt.set_rng_state(rs["rng"])
-    if loop.writes:
+    path = Path(run_dir) / "checkpoints" / "resume.pt"
+    fresh = not path.is_file() and (Path(run_dir) / "config.yaml").is_file()  # killed before step 0's point
+    if fresh:  # nothing was trained: start clean (fit has checked that config.yaml predates this call)
+        logging.getLogger(__name__).warning("no resume point in %s: starting the run from step 0", run_dir)
+    else:
+        rs = ckpt.load_resume(path)
+        loop.recipe.load_state_dict(rs["model"])
+        if loop.ema is not None:
+            loop.ema.shadow = {k: v.to(loop.device) for k, v in rs["ema"].items()}
+        loop.opt.load_state_dict(rs["optimizer"])
+        loop.scaler.load_state_dict(rs["scaler"])
+        loop.state = LoopState(**rs["state"])
+        for k, v in rs["plateau"].items():
+            setattr(loop.plateau, k, v)  # the schedule closure holds this object: update it in place
+        ckpt.set_rng_state(rs["rng"])
+    if loop.writes:  # the log file is replaced: reopen it
         ckpt.trim_metrics(loop.run_dir / "metrics.jsonl", loop.state.global_step)
         loop.log.close()
         loop.log = ckpt.MetricsLog(loop.run_dir, tensorboard=loop.tc.tensorboard)
+    if fresh:
+        save_resume(loop)
 
 
 def _summary(loop: Loop, stopped: bool, seconds: float) -> dict[str, Any]:
