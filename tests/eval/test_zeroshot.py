@@ -43,8 +43,21 @@ def test_prompt_bank_round_trip():
     assert s == pytest.approx(np.array([[0.5, np.sqrt(0.5)]]))
     s1 = scores_from_prompt_bank(img, bank, one_per_class=True)
     assert s1 == pytest.approx(np.array([[1.0, np.sqrt(0.5)]]))
-    s2 = scores_from_prompt_bank(img, bank, absence="subtract")
+    s2 = scores_from_prompt_bank(img, bank, absence="subtract", pool="mean")
     assert s2 == pytest.approx(np.array([[-0.5, np.sqrt(0.5)]]))
+
+
+def test_prompt_ensemble_is_the_default_and_differs_from_mean_of_scores():
+    prompts = {"a": {"presence": ["pa1", "pa2"]}, "b": {"presence": ["pb1", "pb2"]}}
+    table = {"pa1": [1, 0, 0], "pa2": [0, 1, 0], "pb1": [0.8, 0.6, 0], "pb2": [0.8, 0.6, 0]}
+    bank = embed_prompts(prompts, lambda ts: np.array([table[t] for t in ts], float))
+    img = np.array([[0.8, 0.6, 0.0]])
+    # mean of scores: a = (0.8 + 0.6) / 2 = 0.7, b = 1.0; ensemble: a = cos(img, (1, 1, 0)/sqrt 2) = 1.4/sqrt 2
+    assert scores_from_prompt_bank(img, bank, pool="mean") == pytest.approx(np.array([[0.7, 1.0]]))
+    assert scores_from_prompt_bank(img, bank) == pytest.approx(np.array([[1.4 / np.sqrt(2), 1.0]]))
+    img2 = np.array([[1.0, 1.0, 0.3]])  # mean-of-scores picks b, the ensemble picks a
+    assert scores_from_prompt_bank(img2, bank, pool="mean").argmax() == 1
+    assert scores_from_prompt_bank(img2, bank, pool="ensemble").argmax() == 0
 
 
 def test_classification_metrics_hand_computed():

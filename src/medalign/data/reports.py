@@ -1,87 +1,74 @@
-"""Report text -> one of the five classes, with NegEx-style negation and uncertainty.
+"""Report text -> one of the five classes, on medspaCy (target matcher + ConText).
+
+Pipeline (built once per process, :func:`pipeline`): a blank spaCy English tokenizer, a
+sentencizer (``.``, ``!``, ``;`` and new lines end a sentence; ``?`` does not, so "? glioma"
+keeps its cue), medspaCy's ``TargetMatcher`` with the terms of ``lexicon.yaml`` and medspaCy's
+``ConText`` with its default English rules plus the radiology rules of ``lexicon.yaml``.
 
 Rules (documented policy):
 
-1. **Normalise**: lower case, British -> American spelling (haem -> hem, oedema -> edema,
-   tumour -> tumor, ischaem -> ischem, grey -> gray), whitespace collapsed.
-2. **Drop context sentences** that are not findings: "Clinical details: ...",
-   "Indication: ...", "History: ..." (a query in the request is not a finding).
-3. **Split** into sentences (``.`` not between digits, ``;``, ``!``, ``?``, new line) and each
-   sentence into clauses at termination terms (``but``, ``however``, ``although``,
-   ``apart from``, ``except``, ``whereas``, ``aside from``) which end a cue's scope.
-4. **Find concept mentions** per class with regular expressions (``CONCEPTS``).
-5. **Negation** (mention is ignored): a pre-negation cue earlier in the same clause
-   ("no", "without", "negative for", "no evidence of", "absence of", "not", "free of",
-   "rather than", "resolution of") or a post-negation cue right after it ("is excluded",
-   "not seen", "not identified", "has resolved", "resolved", "ruled out", "absent").
-6. **Uncertainty**: a pre-cue in the clause ("possible", "possibly", "cannot exclude",
-   "can not be excluded", "questionable", "query", "?", "may represent", "could represent",
-   "differential includes", "versus") marks the mention *uncertain*. Policy: definite
-   mentions win; if a report has only uncertain mentions, the uncertain mentions are
-   counted as positive (a hedged finding is still the reason the study was reported
-   abnormal). "likely", "consistent with", "suggestive of" are definite.
-7. **Severity** for ``others``: atrophy / white-matter / involutional mentions in a clause
-   that also says "mild", "minimal", "age-appropriate", "age-related", "normal for age",
-   "within normal limits", "a few", "punctate", "scattered" are age-normal -> ignored.
-8. **Priority** when several classes are positive: tumor > hemorrhage > infarct > others;
-   nothing positive -> normal. (A tumour with intratumoural bleeding is a tumour; an
-   infarct report's "no haemorrhagic transformation" is negated, not a haemorrhage.)
+1. **Normalise**: lower case, British -> American spelling (``lexicon.yaml: spelling``).
+2. **Findings**: every lexicon term found is a :class:`Mention` with its class, subtype and
+   modifiers: ``negated`` ("no", "without", "is excluded", "has resolved", ...), ``uncertain``
+   ("possible", "?", "cannot be excluded", "differential includes", "versus", "suspicious
+   for"; "likely", "consistent with", "in keeping with" are definite), ``historical``
+   ("history of"), ``hypothetical`` ("to exclude", "if ..."), ``family`` and, for ``others``
+   only, ``age_normal`` ("mild", "a few", "punctate", "non-specific", "normal for age",
+   "Fazekas 1") unless a severity word ("moderate", "marked", "confluent", "out of proportion",
+   "multiple") modifies it too. Overlapping terms: the longest wins, and ``blockers``
+   ("mass effect", "venous sinus") swallow the finding word inside them.
+3. **Context sentences** ("Clinical details: ...", "Indication: ...", "History: ...",
+   "Technique: ...", "Comparison: ...") carry no finding of this scan: their mentions are ignored.
+4. **Counted** mentions: not negated, historical, hypothetical, family or age-normal, and not of
+   class ``normal`` (normal variants and incidental findings: cavum septum pellucidum, pineal
+   cyst, DVA, perivascular spaces, ... are listed but never make a study abnormal).
+5. **Uncertainty**: definite mentions win; if a report has only uncertain counted mentions,
+   they decide the label (a hedged finding is still the reason the study was reported
+   abnormal) and ``ReportLabel.uncertain_only`` is set.
+6. **Priority** when several classes are counted: tumor > hemorrhage > infarct > others;
+   nothing counted -> normal. (A tumour with intratumoural bleeding is a tumour; an infarct
+   report's "no haemorrhagic transformation" is negated, not a haemorrhage.)
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from importlib import resources
+from typing import Any, Iterable
 
 from medalign.data.schema import CLASSES
+from medalign.errors import MedAlignError
 
-PRIORITY: tuple[str, ...] = ("tumor", "hemorrhage", "infarct", "others")
-
-_SPELLING = [(r"haem", "hem"), (r"oedema", "edema"), (r"tumour", "tumor"), (r"ischaem", "ischem"),
-             (r"\bgrey\b", "gray"), (r"centre", "center"), (r"generalis", "generaliz"),
-             (r"dilatation", "dilation"), (r"leukoaraiosis", "leukoaraiosis")]
-
-CONCEPTS: dict[str, list[str]] = {
-    "infarct": [r"infarct", r"\bstrokes?\b", r"restricted diffusion", r"diffusion restriction",
-                r"cytotoxic edema", r"ischemic (insult|injury|event)", r"acute ischemi", r"\blacunes?\b",
-                r"encephalomalacia", r"bright on b1000"],
-    "tumor": [r"\btumors?\b", r"glioma", r"glioblastoma", r"\bgbm\b", r"neoplas", r"meningioma",
-              r"\bmass\b(?! effect)", r"space[- ]occupying", r"metasta", r"malignan", r"lymphoma"],
-    "hemorrhage": [r"hemorrhag", r"hematoma", r"\bbleed", r"microbleed", r"\bich\b", r"blood products",
-                   r"hemosiderin", r"microhemorrhag"],
-    "others": [r"atroph", r"volume loss", r"ventriculomegaly", r"hydrocephalus",
-               r"white matter (hyperintens|disease|change)", r"small vessel (disease|ischemic)",
-               r"leukoaraiosis", r"leukoencephalopathy", r"demyelinat", r"\bplaques?\b", r"multiple sclerosis",
-               r"\bms\b", r"mucosal thickening", r"sinus (disease|opacification)", r"sinusitis",
-               r"opacified .{0,30}sinus", r"fazekas", r"involutional", r"dawson"],
-}
-
-PRE_NEG = [r"\bno\b", r"\bwithout\b", r"negative for", r"no evidence of", r"absence of", r"\bnot\b",
-           r"free of", r"rather than", r"resolution of", r"\bnor\b"]
-POST_NEG = [r"^\W*(is|are|was|were|has been|have been)?\s*(excluded|not seen|not identified|not demonstrated|ruled out|absent|resolved)",
-            r"^\W*has resolved"]
-PRE_UNC = [r"\bpossible\b", r"\bpossibly\b", r"cannot (be )?exclude", r"can ?not be excluded", r"\bquestionable\b",
-           r"\bquery\b", r"\?", r"may represent", r"could represent", r"differential (diagnosis )?includes",
-           r"\bversus\b", r"\bvs\b", r"\bequivocal\b"]
-MILD = [r"\bmild\b", r"\bminimal\b", r"age[- ]appropriate", r"age[- ]related", r"normal for age",
-        r"within normal limits", r"\ba few\b", r"\bpunctate\b", r"\bscattered\b"]
-TERMINATORS = r"\b(but|however|although|apart from|except|whereas|aside from|though)\b"
-CONTEXT_SENTENCE = re.compile(r"^\s*(clinical (details|information|history)|indication|history|reason for (exam|study)|request)\b")
-
-_concepts = {c: [re.compile(p) for p in ps] for c, ps in CONCEPTS.items()}
-_pre_neg = [re.compile(p) for p in PRE_NEG]
-_post_neg = [re.compile(p) for p in POST_NEG]
-_pre_unc = [re.compile(p) for p in PRE_UNC]
-_mild = [re.compile(p) for p in MILD]
+LEXICON_FILE = "lexicon.yaml"
+_CONTEXT_SENTENCE = re.compile(
+    r"^\W*(clinical (details|information|history|indication|question)|indications?|history|reason for "
+    r"(exam|examination|study|referral|scan)|request|question|technique|protocol|sequences|comparison)\s*:")
+_FLAG_OF = {"NEGATED_EXISTENCE": "negated", "POSSIBLE_EXISTENCE": "uncertain", "HISTORICAL": "historical",
+            "HYPOTHETICAL": "hypothetical", "FAMILY": "family", "AGE_NORMAL": "age_normal", "SEVERE": "severe"}
 
 
 @dataclass
 class Mention:
+    """One finding in a report with its ConText modifiers."""
     cls: str
     text: str
     negated: bool
     uncertain: bool
-    ignored: bool = False  # age-normal "others" mention
+    ignored: bool = False  # age-normal "others" mention, or in a context sentence
+    subtype: str = ""
+    historical: bool = False
+    hypothetical: bool = False
+    family: bool = False
+    age_normal: bool = False
+    context_sentence: bool = False
+    sentence: str = ""
+
+    @property
+    def counted(self) -> bool:
+        """Whether this mention can decide the label (policy rule 4)."""
+        return (self.cls != "normal" and not (self.negated or self.historical or self.hypothetical
+                                              or self.family or self.ignored))
 
 
 @dataclass
@@ -90,47 +77,119 @@ class ReportLabel:
     mentions: list[Mention] = field(default_factory=list)
     uncertain_only: bool = False
 
+    @property
+    def findings(self) -> list[Mention]:
+        """The mentions that count towards the label (all of them are in ``mentions``)."""
+        return [m for m in self.mentions if m.counted]
 
-def normalise(text: str) -> str:
+
+@functools.lru_cache(maxsize=1)
+def load_lexicon() -> dict[str, Any]:
+    """The parsed ``lexicon.yaml`` (checked: known classes, every class present, priority complete)."""
+    import yaml
+
+    text = resources.files("medalign.data").joinpath(LEXICON_FILE).read_text(encoding="utf-8")
+    lex = yaml.safe_load(text)
+    found = set(lex.get("findings", {}))
+    if found != set(CLASSES):
+        raise MedAlignError(f"{LEXICON_FILE}: findings must list exactly the classes {', '.join(CLASSES)} "
+                            f"(got {', '.join(sorted(found))})")
+    if sorted(lex["priority"]) != sorted(c for c in CLASSES if c != "normal"):
+        raise MedAlignError(f"{LEXICON_FILE}: priority must order every class but 'normal'")
+    return lex
+
+
+PRIORITY: tuple[str, ...] = ("tumor", "hemorrhage", "infarct", "others")
+
+
+def _spell(text: str) -> str:
     t = text.lower()
-    for a, b in _SPELLING:
+    for a, b in load_lexicon()["spelling"].items():
         t = re.sub(a, b, t)
     return t
 
 
-def _sentences(text: str) -> list[str]:
-    # "?" does not split: "? glioma" is an uncertainty cue inside its sentence
-    parts = re.split(r"(?<!\d)\.(?!\d)|[;!\n]", text)
-    return [p.strip() for p in parts if p and p.strip()]
+def normalise(text: str) -> str:
+    """Lower case, British -> American spelling, "?" -> "query", new lines -> sentence ends."""
+    t = _spell(text).replace("?", " query ")  # spaCy's sentencizer would glue a leading "?" to the previous sentence
+    return re.sub(r"\s*\n[\s\n]*", " ; ", t)
 
 
-def analyse_report(text: str) -> ReportLabel:
-    """Label one report and return the mentions behind the decision."""
-    if not isinstance(text, str):
-        text = "" if text is None else str(text)
-    mentions: list[Mention] = []
-    for sent in _sentences(normalise(text)):
-        if CONTEXT_SENTENCE.match(sent):
+def _alt(terms: Iterable[str]) -> str:
+    return "|".join(f"(?:{_spell(t)})" for t in terms)
+
+
+def _target_rules(lex: dict[str, Any]) -> list:
+    from medspacy.target_matcher import TargetRule
+
+    rules = []
+    # one regular expression per subtype: medspaCy runs each regex rule over the whole text
+    for cls, subtypes in lex["findings"].items():
+        for sub, terms in subtypes.items():
+            rules.append(TargetRule(f"{cls}/{sub}", cls, pattern=rf"\b(?:{_alt(terms)})\b", metadata={"subtype": sub}))
+    rules.append(TargetRule("blockers", "BLOCK", pattern=rf"\b(?:{_alt(lex['blockers'])})\b"))
+    return rules
+
+
+def _context_rules(lex: dict[str, Any], default_path: str) -> list:
+    from medspacy.context import ConTextRule
+
+    drop = set(lex.get("drop_default_context", []))
+    defaults = [r for r in ConTextRule.from_json(default_path) if r.literal not in drop]
+    fill = {"AGE_NORMAL": _alt(lex["age_normal"]), "SEVERE": _alt(lex["severe"])}
+    ours = []
+    for r in lex["context"]:
+        pat = fill.get(r["pattern"], r["pattern"])
+        ours.append(ConTextRule(r["literal"], r["category"], pattern=rf"(?:{pat})", direction=r["direction"],
+                                max_scope=r.get("max_scope"),
+                                allowed_types=set(r["allowed_types"]) if r.get("allowed_types") else None))
+    return defaults + ours
+
+
+@functools.lru_cache(maxsize=1)
+def pipeline():
+    """The spaCy pipeline (tokenizer, sentencizer, medspaCy target matcher, ConText); built once."""
+    try:
+        import spacy
+        from medspacy.context import ConText  # noqa: F401 - registers the factories
+        from medspacy.target_matcher import TargetMatcher  # noqa: F401
+    except ImportError as e:  # pragma: no cover - medspacy is a dependency
+        raise MedAlignError(f"the report labeller needs medspacy ({e}); pip install medspacy") from None
+    import warnings
+
+    # spaCy warns on every call that medspaCy's (unused) token matcher has no patterns
+    warnings.filterwarnings("ignore", message=r"\[W036\]")
+    lex = load_lexicon()
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer", config={"punct_chars": [".", "!", ";"]})
+    nlp.add_pipe("medspacy_target_matcher").add(_target_rules(lex))
+    ctx = nlp.add_pipe("medspacy_context", config={"rules": None})
+    # medspaCy's default English ConText rules (minus drop_default_context) + ours
+    ctx.add(_context_rules(lex, ctx.DEFAULT_RULES_FILEPATH))
+    return nlp
+
+
+def _mentions(doc) -> list[Mention]:
+    out = []
+    for ent in doc.ents:
+        if ent.label_ == "BLOCK":
             continue
-        for clause in re.split(TERMINATORS, sent):
-            if not clause or re.fullmatch(TERMINATORS, clause):
-                continue
-            mild = any(p.search(clause) for p in _mild)
-            for cls, pats in _concepts.items():
-                spans = []
-                for p in pats:
-                    for m in p.finditer(clause):
-                        if any(m.start() < e and s < m.end() for s, e in spans):
-                            continue  # overlapping matches of one class count once
-                        spans.append((m.start(), m.end()))
-                for s, e in spans:
-                    e += len(re.match(r"[\w-]*", clause[e:]).group())  # to the end of the word
-                    before, after = clause[:s], clause[e:]
-                    neg = any(p.search(before) for p in _pre_neg) or any(p.search(after[:40]) for p in _post_neg)
-                    unc = any(p.search(before) for p in _pre_unc) or after.strip().startswith("?")
-                    mentions.append(Mention(cls, clause[s:e], neg, unc and not neg,
-                                            ignored=(cls == "others" and mild)))
-    live = [m for m in mentions if not m.negated and not m.ignored]
+        cats = {_FLAG_OF.get(m.category, m.category.lower()) for m in ent._.modifiers}
+        sent = ent.sent.text
+        ctx_sent = bool(_CONTEXT_SENTENCE.match(sent))
+        age_normal = ent.label_ == "others" and "age_normal" in cats and "severe" not in cats
+        rule = getattr(ent._, "target_rule", None)
+        sub = (rule.metadata or {}).get("subtype", "") if rule is not None else ""
+        neg = "negated" in cats
+        out.append(Mention(ent.label_, ent.text, neg, "uncertain" in cats and not neg,
+                           ignored=age_normal or ctx_sent, subtype=sub, historical="historical" in cats,
+                           hypothetical="hypothetical" in cats, family="family" in cats,
+                           age_normal=age_normal, context_sentence=ctx_sent, sentence=sent))
+    return out
+
+
+def _decide(mentions: list[Mention]) -> ReportLabel:
+    live = [m for m in mentions if m.counted]
     definite = {m.cls for m in live if not m.uncertain}
     uncertain = {m.cls for m in live if m.uncertain}
     for cls in PRIORITY:
@@ -142,13 +201,28 @@ def analyse_report(text: str) -> ReportLabel:
     return ReportLabel("normal", mentions)
 
 
+def _as_text(text: Any) -> str:
+    return text if isinstance(text, str) else ("" if text is None else str(text))
+
+
+def analyse_report(text: str) -> ReportLabel:
+    """Label one report and return every finding with its modifiers (see module docstring)."""
+    return _decide(_mentions(pipeline()(normalise(_as_text(text)))))
+
+
+def analyse_reports(texts: Iterable[str], batch_size: int = 64) -> list[ReportLabel]:
+    """:func:`analyse_report` for many reports (``nlp.pipe``: the same result, faster)."""
+    docs = pipeline().pipe((normalise(_as_text(t)) for t in texts), batch_size=batch_size)
+    return [_decide(_mentions(d)) for d in docs]
+
+
 def label_report(text: str) -> str:
     """One of ``schema.CLASSES`` for a report text (see module docstring for the rules)."""
     return analyse_report(text).label
 
 
 def label_reports(texts: Iterable[str]) -> list[str]:
-    return [label_report(t) for t in texts]
+    return [r.label for r in analyse_reports(texts)]
 
 
 def confusion_matrix(truth: list[str], pred: list[str], classes: tuple[str, ...] = CLASSES) -> list[list[int]]:
@@ -217,3 +291,32 @@ def select_report_section(text: str, section: str = "full") -> str:
     if section == "impression":
         return extract_impression(text)
     raise ValueError(f"unknown report section '{section}' (expected 'full' or 'impression')")
+
+
+def report_views(text: str, section: str = "full", max_views: int = 6, label_preserving: bool = True) -> list[str]:
+    """Distinct text views of one report for text-side augmentation (first = the ``section`` view).
+
+    Views, in order, duplicates and empty ones dropped: the ``section`` text, the impression
+    (:func:`extract_impression`), the findings (the report before its impression header, without
+    boilerplate), then the findings with one sentence left out (first sentences first), up to
+    ``max_views``. With ``label_preserving`` a view is kept only if the labeller gives it the
+    report's label (dropping "Acute infarct." from an infarct report would pair the image with
+    text that does not name its finding). Deterministic, so every view is encoded once and cached.
+    """
+    text = _as_text(text)
+    views = [select_report_section(text, section), extract_impression(text)]
+    heads = list(_IMPRESSION_HEAD.finditer(text))
+    body = text[:heads[-1].start()] if heads else text
+    sents = [t for t in (_TITLE.sub("", s) for s in _split_sentences_keep(body)) if t and not _BOILERPLATE.match(t)]
+    views.append(" ".join(sents))
+    if len(sents) > 1:
+        views += [" ".join(sents[:i] + sents[i + 1:]) for i in range(len(sents))]
+    out: list[str] = []
+    for v in (v.strip() for v in views):
+        if v and v not in out:
+            out.append(v)
+    if label_preserving and len(out) > 1:
+        labels = label_reports([text, *out])
+        out = [out[0]] + [v for v, lab in zip(out[1:], labels[2:]) if lab == labels[0]]
+    return out[:max_views] or [text]
+

@@ -1,8 +1,17 @@
 """Zero-shot classification with class prompt sets, and the classification metrics.
 
-Score of class c for image i = pool_p cos(image_i, prompt_{c,p}) over the class's presence
-prompts, pool = mean or max. With ``absence="subtract"`` the pooled similarity to the
-class's absence prompts is subtracted (CheXzero-style positive-minus-negative).
+Score of class c for image i, over the class's presence prompts p:
+
+- ``pool="ensemble"`` (the prompt ensemble of CLIP, Radford et al. 2021, section 3.1.4; the
+  default): cos(image_i, normalise(mean_p normalise(prompt_{c,p}))), i.e. the image against the
+  mean prompt embedding of the class;
+- ``pool="mean"`` / ``"max"``: mean / max over p of cos(image_i, prompt_{c,p}).
+
+"ensemble" and "mean" differ by the per-class factor 1 / ||mean_p prompt_{c,p}||, so they rank
+images identically within a class but can pick different classes. The paper's protocol is one
+prompt per class (``one_per_class=True``: the first presence prompt). With
+``absence="subtract"`` the pooled similarity to the class's absence prompts is subtracted
+(CheXzero-style positive-minus-negative).
 """
 from __future__ import annotations
 
@@ -14,7 +23,8 @@ import numpy as np
 from medalign.eval.retrieval import cosine_similarity
 
 PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
-POOLS = ("mean", "max")
+POOLS = ("ensemble", "mean", "max")
+DEFAULT_POOL = "ensemble"
 
 
 def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | None = None,
@@ -47,11 +57,20 @@ def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | Non
 
 
 def pool_scores(sim: np.ndarray, pool: str) -> np.ndarray:
+    """(N, P) similarities to P prompts -> (N,) by mean or max (``ensemble`` pools embeddings, not scores)."""
     if pool == "mean":
         return sim.mean(axis=1)
     if pool == "max":
         return sim.max(axis=1)
-    raise ValueError(f"unknown pool '{pool}'; allowed: {', '.join(POOLS)}")
+    raise ValueError(f"unknown pool '{pool}'; allowed: mean, max (and 'ensemble' in zero_shot_scores)")
+
+
+def ensemble_embedding(prompt_embed: np.ndarray) -> np.ndarray:
+    """(P, E) prompt embeddings -> (1, E): the L2-normalised mean of the L2-normalised prompts."""
+    pe = np.asarray(prompt_embed, dtype=np.float64)
+    pe = pe / np.maximum(np.linalg.norm(pe, axis=1, keepdims=True), 1e-12)  # (P, E)
+    m = pe.mean(axis=0, keepdims=True)  # (1, E)
+    return m / max(float(np.linalg.norm(m)), 1e-12)
 
 
 def zero_shot_scores(
@@ -59,14 +78,22 @@ def zero_shot_scores(
     presence: Sequence[np.ndarray],
     *,
     absence: Sequence[np.ndarray | None] | None = None,
-    pool: str = "mean",
+    pool: str = DEFAULT_POOL,
 ) -> np.ndarray:
     """(N, E) images x per-class prompt embeddings [(P_c, E)] -> (N, C) class scores."""
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool '{pool}'; allowed: {', '.join(POOLS)}")
+
+    def score(pe: np.ndarray) -> np.ndarray:  # (N,)
+        if pool == "ensemble":
+            return cosine_similarity(image_embed, ensemble_embedding(pe))[:, 0]
+        return pool_scores(cosine_similarity(image_embed, pe), pool)
+
     cols = []
     for c, pe in enumerate(presence):
-        s = pool_scores(cosine_similarity(image_embed, pe), pool)  # (N,)
+        s = score(pe)
         if absence is not None and absence[c] is not None and len(absence[c]):
-            s = s - pool_scores(cosine_similarity(image_embed, absence[c]), pool)
+            s = s - score(absence[c])
         cols.append(s)
     return np.stack(cols, axis=1)  # (N, C)
 
@@ -84,7 +111,7 @@ def embed_prompts(prompts: Mapping[str, Mapping[str, list[str]]],
             "class_index": np.asarray(cls), "kind": np.asarray(kind), "embed": emb}
 
 
-def scores_from_prompt_bank(image_embed: np.ndarray, bank: Mapping, *, pool: str = "mean",
+def scores_from_prompt_bank(image_embed: np.ndarray, bank: Mapping, *, pool: str = DEFAULT_POOL,
                             absence: str = "ignore", one_per_class: bool = False) -> np.ndarray:
     """Class scores from a flat prompt bank (as made by :func:`embed_prompts`)."""
     if absence not in ("ignore", "subtract"):

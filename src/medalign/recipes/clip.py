@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.data.reports import select_report_section
+from medalign.data.reports import report_views, select_report_section
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.models.heads import ProjectionHead
@@ -81,6 +81,14 @@ class ClipRecipe(Recipe):
             (:meth:`encode_text`).
         target_temperature: soft contrastive targets from the similarity of the frozen report
             features (see :class:`~medalign.losses.clip.ClipLoss`); ``None`` = one-hot (paper).
+        text_views: in training, each report is replaced by one of its label-preserving views
+            (section text, impression, findings, findings less one sentence; see
+            :func:`medalign.data.reports.report_views`), drawn anew every step; every view is
+            encoded once by :meth:`prepare` (frozen cache). Validation, ``embed`` and evaluation
+            see the ``text_section`` view only. ``False`` = the paper's one text per report.
+        text_adapter: a trainable residual MLP (D -> D -> D, last layer zero-initialised, so
+            training starts from the locked tower) on the frozen text features before the text
+            projection. ``False`` (default) = LiT-style locked text tower with a linear map.
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -88,7 +96,8 @@ class ClipRecipe(Recipe):
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True,
                  text_section: str = "full", jitter: dict | None = None,
-                 target_temperature: float | None = None) -> None:
+                 target_temperature: float | None = None, text_views: bool = False,
+                 text_adapter: bool = False) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -97,6 +106,13 @@ class ClipRecipe(Recipe):
         self._text: list[TextEncoder] = []  # a list, so the frozen encoder is not a submodule
         self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
+        self.text_views = bool(text_views)
+        self.text_adapter: nn.Module | None = None
+        if text_adapter:
+            d = self.text_encoder.dim
+            self.text_adapter = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+            nn.init.zeros_(self.text_adapter[2].weight)
+            nn.init.zeros_(self.text_adapter[2].bias)
         log_init = torch.tensor(math.log(logit_scale_init), dtype=torch.float32)
         self.log_logit_scale = nn.Parameter(log_init, requires_grad=learn_logit_scale)
         self.log_scale_max = math.log(logit_scale_max)
@@ -137,9 +153,15 @@ class ClipRecipe(Recipe):
             enc.to(self._device())  # the frozen transformer follows the recipe (GPU when training on GPU)
         return enc
 
+    def project_text(self, feats: torch.Tensor) -> torch.Tensor:
+        """Frozen features (B, Dt) -> (B, E), L2-normalised (through the adapter when enabled)."""
+        if self.text_adapter is not None:
+            feats = feats + self.text_adapter(feats)  # (B, Dt) residual
+        return F.normalize(self.text_proj(feats), dim=-1)  # (B, E)
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """list of B texts -> (B, E), L2-normalised."""
-        return F.normalize(self.text_proj(self.text_features(texts)), dim=-1)  # (B, E)
+        return self.project_text(self.text_features(texts))
 
     def report_texts(self, reports: Sequence[str]) -> list[str]:
         """The part of each report the text encoder sees (``text_section``)."""
@@ -149,9 +171,29 @@ class ClipRecipe(Recipe):
         """Reports (from a manifest) -> (B, E): like :meth:`encode_text` after ``text_section``."""
         return self.encode_text(self.report_texts(reports))
 
+    def training_texts(self, reports: Sequence[str]) -> list[str]:
+        """The text each report contributes to a training step: one random view with ``text_views``."""
+        if not (self.training and self.text_views):
+            return self.report_texts(reports)
+        out = []
+        for r in reports:
+            views = self._views(r)
+            out.append(views[int(torch.randint(len(views), (1,)))])
+        return out
+
+    def _views(self, report: str) -> list[str]:
+        memo = self.__dict__.setdefault("_view_memo", {})  # report -> views (the labeller is not free)
+        if report not in memo:
+            memo[report] = report_views(report, self.text_section)
+        return memo[report]
+
     def prepare(self, datasets: list) -> None:
-        """Encode every distinct report once (frozen encoder -> disk cache) before training."""
-        texts = sorted({t for ds in datasets for t in self.report_texts(getattr(ds, "texts", None) or [])})
+        """Encode every distinct report (every view, with ``text_views``) once before training."""
+        reports = [r for ds in datasets for r in (getattr(ds, "texts", None) or [])]
+        texts = set(self.report_texts(reports))
+        if self.text_views:
+            texts |= {v for r in set(reports) for v in self._views(r)}
+        texts = sorted(texts)
         if texts:
             self._text_on_device().sentence(texts)
 
@@ -170,10 +212,10 @@ class ClipRecipe(Recipe):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, mask = self.image_inputs(batch)
-        feats = self.text_features(self.report_texts(batch["text"]))  # (B, Dt), frozen
+        feats = self.text_features(self.training_texts(batch["text"]))  # (B, Dt), frozen
         return {
             "image_embed": self.encode_image(image, mask),
-            "text_embed": F.normalize(self.text_proj(feats), dim=-1),  # (B, E), as encode_report
+            "text_embed": self.project_text(feats),  # (B, E), as encode_report
             "text_features": feats,
             "logit_scale": self.logit_scale(),
         }

@@ -99,3 +99,18 @@ def test_labeler_accuracy_on_fresh_cohort(heldout):
     acc = float(np.mean([p == t for p, t in zip(pred, truth)]))
     assert set(truth) == set(CLASSES)
     assert acc >= 0.95, acc
+
+
+def test_radiologist_family_priors_and_order():
+    plans = plan_cohort(200, seed=5, studies_per_patient="1-3", split_counts={"train": 200, "val": 0, "test": 0})
+    reports = [p["report"] for p in plans]
+    # the radiologist family (terse / numbered / templated) is part of training text
+    assert any(r.startswith("1. ") or "\n1. " in r for r in reports)
+    assert any("Findings: " in r for r in reports)
+    # follow-up visits compare with the prior study; first visits never claim "stable"
+    follow = [p["report"] for p in plans if p["visit"] > 0]
+    assert follow and all(any(k in r for k in ("prior", "previous")) for r in follow)
+    assert not any("Stable compared" in p["report"] for p in plans if p["visit"] == 0)
+    # the held-out family never draws radiologist-family lines
+    held = plan_cohort(100, seed=5, heldout_phrasing=True, split_counts={"train": 0, "val": 0, "test": 100})
+    assert not any("c/w" in p["report"] or "\n1. " in p["report"] or p["report"].startswith("1. ") for p in held)

@@ -36,12 +36,12 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet) with a 'report' column."),
         out: Optional[Path] = typer.Option(None, "--out", help="Write study_id,predicted_label[,truth] CSV here."),
     ) -> None:
-        """Label reports with NegEx-style rules; print accuracy + confusion matrix when labels are known."""
+        """Label reports (medspaCy target matcher + ConText); print accuracy + confusion matrix when labels are known."""
         import json
 
         import pandas as pd
 
-        from medalign.data.reports import analyse_report, confusion_matrix, format_confusion
+        from medalign.data.reports import analyse_reports, confusion_matrix, format_confusion
         from medalign.errors import CohortError
         from medalign.utils import atomic_write_text
 
@@ -54,10 +54,12 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         for col in ("study_id", "report"):
             if col not in df.columns:
                 raise CohortError(f"manifest has no '{col}' column", path=str(manifest), column=col)
-        res = [analyse_report(str(r) if r is not None else "") for r in df["report"]]
+        res = analyse_reports([str(r) if r is not None else "" for r in df["report"]])
         pred = [r.label for r in res]
+        # every finding that counted, with its class and hedge: "tumor:meningioma?; others:atrophy"
+        found = ["; ".join(f"{m.cls}:{m.text}{'?' if m.uncertain else ''}" for m in r.findings) for r in res]
         table = pd.DataFrame({"study_id": df["study_id"].astype(str), "predicted_label": pred,
-                              "uncertain_only": [r.uncertain_only for r in res]})
+                              "uncertain_only": [r.uncertain_only for r in res], "findings": found})
         root = manifest.parent
         # ground truth: <study folder>/ground_truth.json, found via any path column of the row
         truths: list[Optional[str]] = []

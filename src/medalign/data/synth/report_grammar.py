@@ -6,10 +6,21 @@ supporting findings, negations of the other classes, optional incidental finding
 hedging, an optional IMPRESSION line, and optional trailing noise ("Page 1 of 1").
 Each report is written in British or American spelling and may use abbreviations.
 
-``heldout=True`` draws the class-defining sentences from a separate phrasing family
-(different nouns and sentence frames: "space-occupying lesion", "intracerebral bleed",
-"cytotoxic oedema ... recent stroke", "unremarkable study", "leukoaraiosis") that the
-standard family never uses, to measure generalisation beyond templates.
+Phrasing families (``FAMILIES``; the family of each report is drawn from its ``rng``):
+
+- ``standard``: full sentences with descriptors, as above.
+- ``radiologist``: how departments write when they are busy (issue 16): terse one-liners,
+  numbered lists, "Findings:" / "Impression:" templates with the impression first or last,
+  abbreviations (ICH, SAH, c/w, NAD), eponymous and colloquial terms ("chronic
+  microangiopathic changes", "ventricles enlarged out of proportion to sulcal widening",
+  "infiltrative T2/FLAIR hyperintense lesion", "age related volume loss").
+- ``heldout`` (``heldout=True``): different nouns and sentence frames ("space-occupying
+  lesion", "intracerebral bleed", "cytotoxic oedema ... recent stroke", "unremarkable study",
+  "leukoaraiosis") that no training family uses, to measure generalisation beyond templates.
+
+Every family may add a comparison with the prior study (follow-up visits say so), incidental
+findings, and supporting sentences in varying order. Text follows the study's truth: the
+findings named are the truth's findings (one class per study, as the images are drawn).
 
 Templates are written in British spelling; ``_americanise`` converts.
 """
@@ -259,6 +270,111 @@ def _normal(t: dict, rng, heldout: bool) -> tuple[list[str], str]:
     return s, imp
 
 
+FAMILIES: tuple[str, ...] = ("standard", "radiologist", "heldout")
+RADIOLOGIST_SHARE = 0.3  # share of training reports written in the radiologist family
+
+_PRIORS_NEW = ["Comparison: MRI of {y}.", "Compared with the previous MRI ({y}).", "Prior MRI {y} reviewed.",
+               "No prior imaging for comparison."]
+_PRIORS_FOLLOW = ["Compared with the prior study, appearances are similar.", "Comparison is made with the previous MRI.",
+                  "Interval follow-up; prior MRI reviewed.", "Stable compared with the previous examination."]
+
+
+def _rad_finding(f: dict, rng, ab: bool) -> str:
+    """One terse radiologist line for a finding (the class is always named)."""
+    label, v = f["class"], f["variant"]
+    side = _side(rng, f.get("side", ""), ab)
+    if label == "infarct":
+        where = f"{side} {_pick(rng, _TERR[f['region']]) if v == 'territorial' else f['region']}"
+        if f["age"] == "acute":
+            if v == "lacunar":
+                return _pick(rng, [f"Acute lacune, {where}.", f"Punctate acute infarct {where}.",
+                                   f"Small acute lacunar infarct, {where}."])
+            return _pick(rng, [f"Acute {where} infarct.", f"Restricted diffusion {where} c/w acute infarct.",
+                               f"Acute ischaemic stroke, {where}.", f"Acute infarct: {where}."])
+        return _pick(rng, [f"Old {where} infarct.", f"Established {where} infarct with gliosis.",
+                           f"Chronic infarct, {where}.", f"Remote {where} infarct."])
+    if label == "tumor":
+        lobe = _LOBE_DESC[f["region"]]
+        if v == "meningioma":
+            return _pick(rng, [f"{_cap(side)} {f['region']} convexity meningioma.",
+                               f"Dural-based enhancing lesion, {side} {f['region']} convexity - meningioma.",
+                               f"Meningioma {side} {f['region']} convexity, mild mass effect."])
+        return _pick(rng, [f"Infiltrative T2/FLAIR hyperintense lesion, {side} {lobe}, likely glioma.",
+                           f"{_cap(side)} {lobe} intra-axial tumour with oedema.",
+                           f"Expansile {side} {lobe} mass - high-grade glioma.", f"{_cap(side)} {f['region']} GBM."])
+    if label == "hemorrhage":
+        region = _LOBE_DESC.get(f["region"], f["region"])
+        if v == "microbleeds":
+            return _pick(rng, [f"{f['count']} microbleeds, {f['region']} pattern.", "Multiple microbleeds on T2*.",
+                               f"Microbleeds ({f['region']} distribution)."])
+        if f["age"] == "acute":
+            return _pick(rng, [f"Acute {side} {region} bleed.", f"{_cap(side)} {region} ICH.",
+                               f"Parenchymal haematoma, {side} {region}."])
+        return _pick(rng, [f"Old {side} {region} haemorrhage with haemosiderin.", f"Chronic {side} {region} haematoma."])
+    if v == "atrophy":
+        if f["region"] == "ventriculomegaly":
+            return _pick(rng, ["Ventricles enlarged out of proportion to sulcal widening - ? NPH.",
+                               "Ventriculomegaly, out of proportion to the sulci."])
+        return _pick(rng, ["Age related volume loss, marked for age.", "Global volume loss, advanced for age.",
+                           "Moderate to severe generalised atrophy."])
+    if v == "wmh":
+        return _pick(rng, ["Chronic microangiopathic changes, Fazekas 3.", "Severe small vessel disease.",
+                           "Extensive white matter disease (small vessel)."])
+    if v == "demyelination":
+        return _pick(rng, [f"{f['count']} periventricular and juxtacortical lesions c/w demyelination.",
+                           "Multiple periventricular plaques, c/w MS."])
+    sd = f["side"] if f["side"] != "bilateral" else "bilateral"
+    return _pick(rng, [f"{_cap(sd)} {f['region']} sinusitis.", f"Mucosal thickening, {sd} {f['region']} sinus."])
+
+
+def _radiologist(truth: dict, rng, ab: bool) -> list[str]:
+    """Main lines of a radiologist-family report (findings or a normal statement)."""
+    if truth["label"] == "normal":
+        lines = [_pick(rng, ["Normal MRI head.", "NAD.", "No acute intracranial abnormality.", "Negative MRI brain.",
+                             "Normal study."])]
+        mild = truth.get("mild_changes")
+        if mild == "involutional":
+            lines.append(_pick(rng, ["Mild involutional change, normal for age.", "Mild age-appropriate volume loss."]))
+        elif mild == "punctate_wmh":
+            lines.append(_pick(rng, ["A few punctate white matter foci, normal for age.", "Minimal small vessel change."]))
+        return lines
+    seen, lines = set(), []
+    for f in truth.get("findings", []):
+        key = (f["variant"], f["region"], f.get("side"))
+        if f["class"] == truth["label"] and key not in seen:
+            seen.add(key)
+            lines.append(_rad_finding(f, rng, ab))
+    return lines
+
+
+def _comparison(truth: dict, rng) -> str | None:
+    if truth.get("visit", 0) > 0:
+        return _pick(rng, _PRIORS_FOLLOW)
+    if rng.random() < 0.25:
+        return _pick(rng, _PRIORS_NEW).format(y=int(rng.integers(2012, 2024)))
+    return None
+
+
+def _radiologist_report(truth: dict, rng, ab: bool) -> str:
+    lines = _radiologist(truth, rng, ab)
+    negs = _NEG_OTHERS[truth["label"]]
+    if rng.random() < 0.6:
+        lines.append(negs[int(rng.integers(len(negs)))])
+    for inc in truth.get("incidental", []):
+        lines.append(_pick(rng, _INCIDENTAL[inc]))
+    comp = _comparison(truth, rng)
+    layout = int(rng.integers(3))
+    if layout == 0:  # terse run-on
+        body = " ".join(lines)
+    elif layout == 1:  # numbered list
+        body = "\n".join(f"{k + 1}. {ln}" for k, ln in enumerate(lines))
+    else:  # template: impression first or last
+        imp = "IMPRESSION: " + lines[0]
+        body = (imp + "\nFindings: " + " ".join(lines[1:]) if rng.random() < 0.5 and len(lines) > 1
+                else "Findings: " + " ".join(lines) + "\n" + imp)
+    return (comp + "\n" + body) if comp else body
+
+
 def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False) -> str:
     """A free-text report for ``truth`` (from ``lesions.sample_truth``/``brain.plan_cohort``).
 
@@ -268,11 +384,15 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
     label = truth["label"]
     american = rng.random() < 0.5
     ab = rng.random() < 0.35
+    if not heldout and rng.random() < RADIOLOGIST_SHARE:
+        text = _radiologist_report(truth, rng, ab)
+        return _americanise(text) if american else text
     parts: list[str] = []
     if rng.random() < 0.35:
         parts.append(_pick(rng, _HEADERS))
     if rng.random() < 0.2:
         parts.append(_pick(rng, _TECHNIQUE))
+    n_head = len(parts)
     imp_bits: list[str] = []
     findings = truth.get("findings", [])
     if label == "normal":
@@ -302,11 +422,16 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
             parts.append("Background mild age-related volume loss.")
     negs = _NEG_OTHERS[label]
     k = 1 if label != "normal" else int(rng.integers(1, 3))
+    support: list[str] = []
     if rng.random() < (0.9 if label == "normal" else 0.6):
         for i in rng.choice(len(negs), size=min(k, len(negs)), replace=False):
-            parts.append(negs[int(i)])
+            support.append(negs[int(i)])
     for inc in truth.get("incidental", []):
-        parts.append(_pick(rng, _INCIDENTAL[inc]))
+        support.append(_pick(rng, _INCIDENTAL[inc]))
+    parts += [support[int(i)] for i in rng.permutation(len(support))]  # sections in varying order
+    comp = _comparison(truth, rng)
+    if comp:
+        parts.insert(n_head if rng.random() < 0.5 else len(parts), comp)  # after the header, or last
     if rng.random() < 0.5:
         imp = "; ".join(imp_bits)
         side = next((f.get("side") for f in findings if f.get("side") in ("left", "right")), None)
