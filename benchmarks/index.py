@@ -1,31 +1,32 @@
-"""Case-index benchmark: FAISS vs brute-force NumPy, and an HTTP load test of the service.
+"""Case-index benchmark: the default index vs NumPy brute force on clustered embeddings, a 10 M
+estimate from the measured scaling, and an HTTP load test of the service. One run, one table.
 
-    python benchmarks/index.py                       # sizes 10k,100k,1M (1M with few queries)
-    python benchmarks/index.py --sizes 10k,100k --queries 200 --threads 1
-    python benchmarks/index.py --skip-http            # index figures only
+    python benchmarks/index.py                                 # 100k,300k,1M + HTTP (about 10 min here)
+    python benchmarks/index.py --sizes 100k,300k --skip-http   # quicker
 
-Per size N (random 256-d Gaussian vectors, L2-normalised; top-10 inner product):
-- build time of IndexFlatIP (exact) and of the approximate index medalign uses above its size
-  threshold (IVF-Flat, parameters from medalign.index.faiss_index.ivf_params),
-- single-query latency p50/p99 for FAISS flat, IVF and NumPy brute force (matmul + argpartition),
-  the NumPy/FAISS latency ratio and IVF recall@10 against the exact answer. Uniform random
-  vectors are IVF's worst case (no cluster structure); real embeddings cluster, so recall is
-  also measured on clustered vectors (one Gaussian cluster per 100 points; sizes below 1M).
-Queries at 1M are bounded (--queries-large, default 20) so the run stays short.
-
-HTTP: the real app (uvicorn, one worker, subprocess) over a 10k-study index with a random
-projection text model, hammered from this process over loopback (bounded by --http-requests
-and --http-seconds) with --http-concurrency clients: requests/s, p50/p99 latency, errors.
+Per size N (clustered 256-d vectors, one Gaussian cluster per 100 points with noise as large as
+the centre, L2-normalised: ``serve_load.clustered``; seed 0; top-10 inner product; 1 thread):
+- the default index ``VectorIndex.build`` picks for N (flat up to 50k, IVF-Flat to 4M, IVF-SQ8
+  above), its build time (training + adding + the recall tuning), estimated memory and the
+  process's resident-memory growth, the nprobe it chose and the recall@10 it measured on its own
+  held-back vectors at build time;
+- single-query latency p50/p99 of that index and of NumPy brute force (matmul + argpartition)
+  on the same held-out queries (fresh points from the same clusters, never indexed), their ratio,
+  and recall@10 of the index on those queries against the exact answer;
+- at the largest size also IVF-SQ8 (the default above 4M) for its memory, latency and recall.
+10 M: build time and p99 extrapolated with the power law fitted to the two largest sizes,
+memory from the size formula (``faiss_index.memory_bytes``); an estimate, not a measurement.
+HTTP: benchmarks/serve_load.py (100k-study index, 16 clients, text alone and with 2 uploaders), once
+per --http-runs entry: the fake encoder (the service alone), MiniLM on unique texts (encoder-bound),
+MiniLM cycling 256 texts (the LRU cache at work).
 Timings depend on the machine and its load; nothing here is asserted.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +42,16 @@ def _parse_sizes(s: str) -> list[int]:
     return out
 
 
-def _pct(ms, q):
-    import numpy as np
+def _rss_mib() -> float:
+    """Current resident memory of this process (Linux /proc), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
-    return float(np.percentile(np.asarray(ms), q))
 
-
-def _timed_queries(fn, queries) -> list[float]:
+def _timed(fn, queries) -> list[float]:
     ms = []
     for q in queries:
         t0 = time.perf_counter()
@@ -56,224 +60,137 @@ def _timed_queries(fn, queries) -> list[float]:
     return ms
 
 
-def bench_size(n: int, n_queries: int, k: int, ann: bool, seed: int = 0) -> dict:
+def _recall(found, exact, k: int) -> float:
     import numpy as np
 
-    from medalign.index.faiss_index import VectorIndex, brute_force_search, l2_normalise
+    return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(found, exact)]))
 
-    rng = np.random.default_rng(seed)
-    db = l2_normalise(rng.standard_normal((n, DIM), dtype=np.float32))  # (N, E)
-    queries = l2_normalise(rng.standard_normal((n_queries, DIM), dtype=np.float32))  # (Q, E)
-    row = {"n": n, "queries": n_queries}
 
+def bench_index(db, queries, k: int, kind: str | None) -> dict:
+    """Build one index over ``db`` and time single queries on it; returns a row of figures."""
+    import numpy as np
+
+    from medalign.index.faiss_index import VectorIndex, exact_neighbours
+
+    rss0 = _rss_mib()
     t0 = time.perf_counter()
-    flat = VectorIndex.build(db, kind="flat")
-    row["flat_build_s"] = time.perf_counter() - t0
-    flat_ms = _timed_queries(lambda q: flat.search(q, k), queries)
-    np_ms = _timed_queries(lambda q: brute_force_search(db, q, k), queries)
-    row.update(flat_p50=_pct(flat_ms, 50), flat_p99=_pct(flat_ms, 99), numpy_p50=_pct(np_ms, 50),
-               numpy_p99=_pct(np_ms, 99))
-    row["numpy_over_flat"] = row["numpy_p50"] / max(row["flat_p50"], 1e-9)
-    _, exact = flat.search(queries, k)
-    _, ref = brute_force_search(db, queries, k)
-    row["flat_equals_numpy"] = bool((exact == ref).all())
-    if ann:
-        t0 = time.perf_counter()
-        ivf = VectorIndex.build(db, kind="ivf")
-        row["ivf_build_s"] = time.perf_counter() - t0
-        row["ivf_params"] = ivf.params
-        ivf_ms = _timed_queries(lambda q: ivf.search(q, k), queries)
-        row.update(ivf_p50=_pct(ivf_ms, 50), ivf_p99=_pct(ivf_ms, 99))
-        row["numpy_over_ivf"] = row["numpy_p50"] / max(row["ivf_p50"], 1e-9)
-        _, approx = ivf.search(queries, k)
-        row["ivf_recall10"] = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
-        del ivf
-        if n < 1_000_000:  # recall on clustered vectors, closer to real embeddings (one cluster per 100)
-            centres = rng.standard_normal((max(n // 100, 1), DIM), dtype=np.float32)  # (M, E)
-            lab = rng.integers(0, len(centres), n + n_queries)
-            pts = l2_normalise(centres[lab] + 1.0 * rng.standard_normal((n + n_queries, DIM), dtype=np.float32))
-            cdb, cq = pts[:n], pts[n:]
-            _, cex = brute_force_search(cdb, cq, k)
-            _, cap = VectorIndex.build(cdb, kind="ivf").search(cq, k)
-            row["ivf_recall10_clustered"] = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(cap, cex)]))
-    del flat, db
+    vi = VectorIndex.build(db, kind=kind)
+    build_s = time.perf_counter() - t0
+    rss = _rss_mib() - rss0
+    ms = _timed(lambda q: vi.search(q, k), queries)
+    _, found = vi.search(queries, k)
+    exact = exact_neighbours(db, queries, k)
+    row = {"kind": vi.kind, "params": dict(vi.params), "build_s": build_s, "mem_mib": vi.memory_bytes / 2**20,
+           "rss_mib": rss, "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+           "recall": _recall(found, exact, k)}
+    del vi
     return row
 
 
-# ---- HTTP load test -----------------------------------------------------------------------------
-class BenchModel:
-    """Random-projection stand-in model (hashed bag of words -> 256-d); no weights needed."""
-
-    model_id = "bench-random-projection"
-    sequences = ["dwi", "t2s", "flair"]
-    preprocess_config = {"note": "benchmark"}
-
-    def __init__(self) -> None:
-        import numpy as np
-
-        self.w = np.random.default_rng(0).standard_normal((512, DIM)).astype(np.float32)
-
-    def encode_text(self, texts):
-        import hashlib
-
-        import numpy as np
-
-        f = np.zeros((len(texts), 512), np.float32)
-        for i, t in enumerate(texts):
-            for w in t.lower().split():
-                f[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 512] += 1
-        return f @ self.w  # (N, E)
-
-    def encode_image(self, x, sequence_mask=None):
-        raise NotImplementedError("the load test queries text and stored studies only")
-
-
-def make_bench_index(root: Path, n: int) -> None:
+def bench_size(n: int, n_queries: int, k: int, compact: bool) -> dict:
     import numpy as np
 
-    from medalign.data.schema import CLASSES
-    from medalign.index.store import write_version
+    from medalign.index.faiss_index import brute_force_search
+    from serve_load import clustered
 
-    rng = np.random.default_rng(1)
-    words = "acute infarct hemorrhage tumor mass edema normal chronic left right frontal parietal".split()
-    records = [{"study_id": f"B{i:06d}", "label": CLASSES[i % 5], "split": "test", "thumbs": {},
-                "report": " ".join(rng.choice(words, 8))} for i in range(n)]
-    model = BenchModel()
-    text = np.concatenate([model.encode_text([r["report"] for r in records[s:s + 4096]])
-                           for s in range(0, n, 4096)])  # (N, E)
-    image = rng.standard_normal((n, DIM), dtype=np.float32)  # (N, E)
-    meta = {"model_id": model.model_id, "preprocess_config": model.preprocess_config,
-            "sequences": model.sequences, "dim": DIM, "run_dir": None}
-    write_version(root, meta=meta, records=records, image_embed=image, image_rows=np.arange(n),
-                  text_embed=text, text_rows=np.arange(n))
+    pts = clustered(n + n_queries, seed=0)  # (N + Q, E): queries come from the same clusters, never indexed
+    db, queries = pts[:n], np.ascontiguousarray(pts[n:])
+    row = {"n": n, "queries": n_queries, "default": bench_index(db, queries, k, None)}
+    np_ms = _timed(lambda q: brute_force_search(db, q, k), queries)
+    row.update(numpy_p50=float(np.percentile(np_ms, 50)), numpy_p99=float(np.percentile(np_ms, 99)))
+    if compact:
+        row["ivfsq"] = bench_index(db, queries, k, "ivfsq")
+    return row
 
 
-def _serve_only(index_dir: str, port: int) -> None:
-    import uvicorn
+def _fmt(r: dict, name: str, d: dict) -> str:
+    p = d["params"]
+    knob = f"nprobe={p['nprobe']}/{p['nlist']}" if "nprobe" in p else "exact"
+    built = f"{p['recall10']:.3f}" if "recall10" in p else "1 (exact)"
+    return (f"| {r['n']:,} | {name} {d['kind']} {knob} | {d['build_s']:.1f} | {d['mem_mib']:.0f} | {d['rss_mib']:.0f} | "
+            f"{built} | {d['recall']:.3f} | {d['p50']:.3f} | {d['p99']:.3f} | {r['numpy_p50']:.1f} | "
+            f"{r['numpy_p99']:.1f} | {r['numpy_p50'] / d['p50']:.0f}x / {r['numpy_p99'] / d['p99']:.0f}x |")
 
-    from medalign.serve.app import create_app
 
-    app = create_app(index_dir, BenchModel())
-    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning")
+def estimate_10m(rows: list[dict]) -> list[str]:
+    """Power-law extrapolation of build time and p99 from the two largest sizes; memory by formula."""
+    from medalign.index.faiss_index import choose_kind, ivf_params, memory_bytes
 
-
-def http_load(n_index: int, n_requests: int, seconds: float, concurrency: int) -> dict:
-    import asyncio
-
-    import httpx
-    import numpy as np
-
-    with tempfile.TemporaryDirectory(prefix="medalign-bench-") as td:
-        t0 = time.perf_counter()
-        make_bench_index(Path(td) / "idx", n_index)
-        build_s = time.perf_counter() - t0
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, __file__, "--serve-only", str(Path(td) / "idx"), "--port", str(port)],
-                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("server did not start")
-                time.sleep(0.2)
-
-            lat: list[float] = []
-            errors = 0
-            rng = np.random.default_rng(2)
-
-            async def worker(client, stop_at, counter):
-                nonlocal errors
-                while counter[0] < n_requests and time.monotonic() < stop_at:
-                    counter[0] += 1
-                    i = counter[0]
-                    t = time.perf_counter()
-                    try:
-                        if i % 2:
-                            r = await client.post("/search/text", json={"text": "acute infarct left frontal", "k": 10})
-                        else:
-                            r = await client.get(f"/search/study/B{int(rng.integers(n_index)):06d}", params={"k": 10})
-                        if r.status_code != 200:
-                            errors += 1
-                    except httpx.HTTPError:
-                        errors += 1
-                    lat.append(1000 * (time.perf_counter() - t))
-
-            async def main():
-                counter = [0]
-                limits = httpx.Limits(max_connections=concurrency)
-                async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-                    for _ in range(20):  # warm-up
-                        await client.get("/health")
-                    t = time.perf_counter()
-                    await asyncio.gather(*(worker(client, time.monotonic() + seconds, counter) for _ in range(concurrency)))
-                    return time.perf_counter() - t
-
-            wall = asyncio.run(main())
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    return {"index_studies": n_index, "index_build_s": build_s, "requests": len(lat), "errors": errors,
-            "concurrency": concurrency, "seconds": wall, "rps": len(lat) / wall,
-            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
+    if len(rows) < 2:
+        return ["(10M estimate needs two sizes)"]
+    a, b = rows[-2], rows[-1]
+    target = 10_000_000
+    out = []
+    for label, key in (("build s", "build_s"), ("p99 ms", "p99")):
+        ya, yb = a["default"][key], b["default"][key]
+        expo = math.log(yb / ya) / math.log(b["n"] / a["n"])
+        out.append(f"{label}: {yb * (target / b['n']) ** expo:.1f} (exponent {expo:.2f} fitted on "
+                   f"{a['n']:,}->{b['n']:,}, IVF-Flat)")
+    kind = choose_kind(target)
+    p = ivf_params(target)
+    out.append(f"memory: default at 10M is {kind} (nlist {p['nlist']}): ~{memory_bytes(kind, target, DIM, p) / 2**30:.1f} "
+               f"GiB; IVF-Flat would be ~{memory_bytes('ivf', target, DIM, p) / 2**30:.1f} GiB, flat "
+               f"{memory_bytes('flat', target, DIM) / 2**30:.1f} GiB (+ the stored embeddings .npy, same as flat)")
+    if "ivfsq" in b:
+        s = b["ivfsq"]
+        ratio = s["p99"] / b["default"]["p99"]
+        out.append(f"IVF-SQ8 at {b['n']:,}: p99 {s['p99']:.2f} ms ({ratio:.2f}x IVF-Flat), recall@10 {s['recall']:.3f}, "
+                   f"{s['mem_mib']:.0f} MiB; the p99 line above times {ratio:.2f} estimates it at 10M")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10k,100k,1M", help="comma list, k/M suffixes (default 10k,100k,1M)")
-    ap.add_argument("--queries", type=int, default=200, help="single queries per size below 1M")
-    ap.add_argument("--queries-large", type=int, default=20, help="single queries per size >= 1M")
+    ap.add_argument("--sizes", default="100k,300k,1M", help="comma list, k/M suffixes")
+    ap.add_argument("--queries", type=int, default=200, help="held-out single queries per size")
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads (1 = fair on a shared machine)")
-    ap.add_argument("--no-ann", action="store_true", help="skip the IVF index")
+    ap.add_argument("--threads", type=int, default=1, help="FAISS/BLAS threads (1 = one thread per query)")
+    ap.add_argument("--no-compact", action="store_true", help="skip IVF-SQ8 at the largest size")
     ap.add_argument("--skip-http", action="store_true")
-    ap.add_argument("--http-index", type=int, default=10_000)
-    ap.add_argument("--http-requests", type=int, default=2000)
-    ap.add_argument("--http-seconds", type=float, default=20.0)
-    ap.add_argument("--http-concurrency", type=int, default=8)
-    ap.add_argument("--serve-only", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--http-index", default="100k")
+    ap.add_argument("--http-clients", type=int, default=16)
+    ap.add_argument("--http-seconds", type=float, default=15.0)
+    ap.add_argument("--http-runs", default="fake:0,minilm:0,minilm:256",
+                    help="comma list of ENCODER:REPEAT (fake|minilm; REPEAT distinct query texts cycled, 0 = all unique)")
     a = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(a.threads)
-    if a.serve_only:
-        _serve_only(a.serve_only, a.port)
-        return 0
     import faiss
 
     faiss.omp_set_num_threads(a.threads)
-    print(f"# medalign index benchmark: dim={DIM}, k={a.k}, threads={a.threads}, faiss {faiss.__version__}")
-    print("| N | queries | flat build s | flat p50 ms | flat p99 ms | numpy p50 ms | numpy p99 ms | numpy/flat | "
-          "IVF build s | IVF p50 ms | IVF p99 ms | numpy/IVF | IVF recall@10 random | IVF recall@10 clustered |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n in _parse_sizes(a.sizes):
-        r = bench_size(n, a.queries_large if n >= 1_000_000 else a.queries, a.k, ann=not a.no_ann)
-        assert r["flat_equals_numpy"], "FAISS flat and NumPy disagree"
-        ivf = (f"{r['ivf_build_s']:.2f} | {r['ivf_p50']:.3f} | {r['ivf_p99']:.3f} | {r['numpy_over_ivf']:.1f}x | "
-               f"{r['ivf_recall10']:.3f} | {r.get('ivf_recall10_clustered', float('nan')):.3f}"
-               if "ivf_p50" in r else "- | - | - | - | - | -")
-        print(f"| {n:,} | {r['queries']} | {r['flat_build_s']:.2f} | {r['flat_p50']:.3f} | {r['flat_p99']:.3f} | "
-              f"{r['numpy_p50']:.3f} | {r['numpy_p99']:.3f} | {r['numpy_over_flat']:.1f}x | {ivf} |", flush=True)
-        if "ivf_params" in r:
-            print(f"|   IVF params at {n:,}: {r['ivf_params']} |")
+    sizes = _parse_sizes(a.sizes)
+    print(f"# medalign index benchmark: clustered {DIM}-d, k={a.k}, threads={a.threads}, faiss {faiss.__version__}, "
+          f"{a.queries} held-out queries per size")
+    print("| N | index | build s | index MiB (est.) | RSS growth MiB | recall@10 at build | recall@10 held-out | "
+          "p50 ms | p99 ms | numpy p50 ms | numpy p99 ms | numpy/index p50 / p99 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n in sizes:
+        r = bench_size(n, a.queries, a.k, compact=not a.no_compact and n == max(sizes))
+        rows.append(r)
+        print(_fmt(r, "default", r["default"]), flush=True)
+        if "ivfsq" in r:
+            print(_fmt(r, "forced", r["ivfsq"]), flush=True)
+    print("\n# 10M estimate (not measured)")
+    for line in estimate_10m(rows):
+        print(f"- {line}")
     if not a.skip_http:
-        h = http_load(a.http_index, a.http_requests, a.http_seconds, a.http_concurrency)
-        print(f"\n# HTTP load test (loopback, 1 uvicorn worker, {h['index_studies']:,}-study index built in "
-              f"{h['index_build_s']:.1f}s; half POST /search/text, half GET /search/study/{{id}}, k=10)")
-        print(f"requests={h['requests']} concurrency={h['concurrency']} seconds={h['seconds']:.1f} "
-              f"rps={h['rps']:.0f} p50={h['p50_ms']:.1f}ms p99={h['p99_ms']:.1f}ms errors={h['errors']}")
-        if h["errors"]:
+        from serve_load import format_load, run_load
+
+        n = _parse_sizes(a.http_index)[0]
+        failed = False
+        for spec in a.http_runs.split(","):
+            encoder, _, repeat = spec.partition(":")
+            h = run_load(n, a.http_clients, a.http_seconds, encoder.strip(), repeat=int(repeat or 0))
+            print()
+            print(format_load(h), flush=True)
+            failed |= bool(h["text"]["errors"] or h["mixed"]["errors"])
+        if failed:
             return 1
     return 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     raise SystemExit(main())

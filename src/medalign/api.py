@@ -168,6 +168,47 @@ class MedAlignModel:
         select = getattr(self.recipe, "report_texts", None)
         return self.encode_text(select(list(reports)) if select else list(reports))
 
+    def classify(self, studies: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
+                 absence: str = "ignore") -> list[dict[str, Any]]:
+        """Zero-shot classification: one dict per study with ``label`` (the top class),
+        ``probabilities`` {class: p} (softmax of the model's logit scale x class scores, summing
+        to 1), and the protocol: ``prompt_set`` (the YAML; default ``medalign/eval/prompts.yaml``,
+        the one ``medalign evaluate`` uses), ``pool`` and ``absence`` (as in
+        :func:`medalign.eval.zeroshot.scores_from_prompt_bank`), ``logit_scale``.
+
+        ``studies``: anything :meth:`encode_image` takes (a study id, a DICOM folder, a dict
+        {sequence: path}, or a list of those).
+        """
+        from medalign.eval.zeroshot import PROMPTS_FILE, embed_prompts, load_prompts, scores_from_prompt_bank
+
+        items = studies if isinstance(studies, (list, tuple)) else [studies]
+        bank = embed_prompts(load_prompts(prompts), self.encode_text)
+        img = np.asarray(self.encode_image(list(items)), dtype=np.float64)  # (N, E)
+        scores = scores_from_prompt_bank(img, bank, pool=pool, absence=absence)  # (N, C)
+        scale = self.logit_scale()
+        z = scale * scores
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)  # (N, C)
+        classes = [str(c) for c in bank["classes"]]
+        out = []
+        for i, item in enumerate(items):
+            name = item if isinstance(item, str) else (str(item) if isinstance(item, Path) else f"study {i + 1}")
+            out.append({"study": name, "label": classes[int(p[i].argmax())],
+                        "probabilities": {c: float(p[i, j]) for j, c in enumerate(classes)},
+                        "prompt_set": str(prompts or PROMPTS_FILE), "pool": pool, "absence": absence,
+                        "logit_scale": scale})
+        return out
+
+    def logit_scale(self) -> float:
+        """The recipe's learned logit scale (CLIP's 1/0.07 when it has none), capped at 100 as open_clip does."""
+        s = getattr(self.recipe, "logit_scale", None)
+        try:
+            s = s() if callable(s) else s
+            s = float(s.detach().cpu()) if hasattr(s, "detach") else (float(s) if s is not None else None)
+        except (TypeError, ValueError, RuntimeError):
+            s = None
+        return float(min(s, 100.0)) if s is not None and np.isfinite(s) and s > 0 else 1 / 0.07
+
     @staticmethod
     def similarity(a: Any, b: Any) -> np.ndarray:
         """Cosine similarity matrix (N, M) between two sets of embeddings (normalised again to be safe)."""

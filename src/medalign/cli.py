@@ -18,8 +18,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("medalign")
+        except PackageNotFoundError:  # a source tree without an install
+            v = "unknown"
+        typer.echo(f"medalign {v}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the installed medalign version and exit."),
+) -> None:
     """medalign: learn joint representations of medical images and their reports or omics."""
 
 

@@ -48,8 +48,9 @@ def test_flat_agrees_with_numpy_brute_force():
 
 def test_size_threshold_and_ivf_parameters():
     assert choose_kind(10, exact_max=100) == "flat" and choose_kind(101, exact_max=100) == "ivf"
+    assert choose_kind(4_000_000) == "ivf" and choose_kind(4_000_001) == "ivfsq"
     p = ivf_params(1_000_000)
-    assert p == {"nlist": 1000, "nprobe": 62, "train_size": 64000, "niter": 10}
+    assert p == {"nlist": 8000, "nprobe": 8, "train_size": 320_000, "niter": 10, "n_trained": 1_000_000}
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -241,6 +242,9 @@ def test_cli_build_add_and_serve_guard(tmp_path, cohort, monkeypatch, capsys):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123 and seen["access_log"] is False
     assert seen["run"] == str(tmp_path.resolve())
     assert main(["serve", str(out), "--host", "0.0.0.0", "--token", "t" * 20]) == 0 and seen["host"] == "0.0.0.0"
+    assert main(["serve", str(out), "--cache-size", "7", "--max-uploads", "2", "--reload-s", "-1"]) == 0
+    state = seen["app"].state.serve
+    assert state.text.cache.size == 7 and state.uploads.limit == 2 + 4 and state.reload_s == -1
 
 
 # ---- with the real model API (tiny CLIP run trained here) -------------------------------------------

@@ -98,7 +98,8 @@ def test_cli_synth_and_ablation(tmp_path):
                "--out", str(tmp_path / "run"), "--rows", "GiMP (all),Aggregator + Triplet"])
     assert rc == 0
     extra = json.loads((tmp_path / "run" / "report_extras" / "gimp_ablation.json").read_text())
-    assert len(extra["tables"][0]["rows"]) == 2
+    rows = extra["tables"][0]["rows"]
+    assert len(rows) == 3 and rows[-1][0].startswith("Majority class")  # 2 ablation rows + the baseline
     assert (tmp_path / "run" / extra["images"][0]).exists()
     assert main(["gimp", "ablation", "--out", str(tmp_path / "r2"), "--manifest", str(tmp_path / "c" / "manifest.csv"),
                  "--rows", "nope"]) == 2

@@ -24,7 +24,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
     def split_cmd(
         manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Output manifest (default: overwrite MANIFEST)."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Seed of the patient-grouped random split."),
         fractions: str = typer.Option("0.8,0.1,0.1", "--fractions", help="train,val,test fractions."),
         counts: Optional[str] = typer.Option(None, "--counts", help="train,val,test study counts, e.g. 211,24,27."),
         stratify: str = typer.Option("label", "--stratify", help="Column to stratify by ('' = none)."),
@@ -52,17 +52,20 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         cache: Path = typer.Option(..., "--cache", help="Cache directory."),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML; keys of PreprocessConfig "
                                               "(top level, under 'preprocess:' or 'data.preprocess:')."),
-        workers: int = typer.Option(2, "--workers"),
+        workers: int = typer.Option(2, "--workers", help="Worker processes."),
         keep_going: bool = typer.Option(False, "--keep-going", help="Process the other studies when one fails."),
         shape: Optional[str] = typer.Option(None, "--shape", help="D,H,W e.g. 16,112,112."),
         sequences: Optional[str] = typer.Option(None, "--sequences", help="e.g. dwi,t2s,flair."),
         no_register: bool = typer.Option(False, "--no-register", help="Skip co-registration."),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with an ETA."),
+        shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only shard K (0-based) of N, by study id "
+                                            "hash (one job of a SLURM array / Kubernetes indexed job)"),
     ) -> None:
         """Orient, co-register, resample, crop/pad and normalise every study into the cache."""
         from medalign.config import load_config
         from medalign.data.cache import preprocess_cohort
         from medalign.data.imaging import PreprocessConfig
+        from medalign.data.shards import parse_shard, select_shard
 
         raw = load_config(config) if config else {}
         if isinstance(raw.get("preprocess"), dict):
@@ -78,6 +81,11 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         if no_register:
             d["register"] = False
         cfg = PreprocessConfig.from_dict(d)
+        part = parse_shard(shard)
+        if part is not None:  # all shards write into one cache (its lock lets them commit side by side)
+            from medalign.data.manifest import load_manifest
+
+            manifest = select_shard(load_manifest(manifest), part)
         summary = preprocess_cohort(manifest, cfg, cache, workers=workers, keep_going=keep_going, progress=progress)
         typer.echo(f"{summary['studies']} studies: {summary['processed']} processed, {summary['cached']} already "
                    f"cached, {summary['failed']} failed in {summary['seconds']} s -> {summary['cache_dir']}")
@@ -93,8 +101,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
         out: Path = typer.Option(..., "--out", help="PNG to write."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Show preprocessed arrays from this cache."),
-        max_studies: int = typer.Option(12, "--max-studies"),
-        seed: int = typer.Option(0, "--seed"),
+        max_studies: int = typer.Option(12, "--max-studies", help="Studies shown (picked evenly across classes)."),
+        seed: int = typer.Option(0, "--seed", help="Seed for picking the studies shown."),
     ) -> None:
         """Write a PNG sheet: mid-axial slices per sequence with report and label, plus cohort stats."""
         from medalign.data.inspect import inspect_summary, inspection_sheet

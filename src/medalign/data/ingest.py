@@ -175,7 +175,8 @@ class Pseudonyms:
 
     def save(self) -> None:
         atomic_write_json(self.path, {"key": self.key.hex(), "patients": self.patients, "studies": self.studies,
-                                      "note": "pseudonym mapping: delete this file to make the cohort irreversible"})
+                                      "note": "pseudonym mapping: delete this file to make the cohort irreversible"},
+                          private=True)  # the key and the real ids: owner-only
 
 
 def read_reports(path: str | Path) -> tuple[dict[str, str], str]:

@@ -1,4 +1,5 @@
-"""Inspection sheet: per study a row of mid-axial slices per sequence with report and label,
+"""Inspection sheet: per study a row of mid-axial slices per sequence with report and label
+(shown in the one display convention of ``medalign.utils.axial_for_display``, with L/R markers),
 plus cohort statistics (class counts per split, report length histogram; the paper's Fig. 3).
 """
 from __future__ import annotations
@@ -11,18 +12,18 @@ import numpy as np
 import pandas as pd
 
 from medalign.errors import CohortError
-from medalign.utils import display_window
+from medalign.utils import axial_for_display, display_window, mark_axes
 
 
 def _mid_axial_raw(path: str) -> np.ndarray:
-    """Middle axial slice of a raw file, radiological view (patient's right on the left, anterior up)."""
+    """Middle axial slice (H, W) of a raw file, its axes running as the code "LPS" says (any stored order)."""
     import SimpleITK as sitk
 
     from medalign.data.volume_io import read_volume
 
     img = sitk.DICOMOrient(read_volume(path), "LPS")  # x -> Left, y -> Posterior, z -> Superior
     arr = sitk.GetArrayFromImage(img)  # (z, y, x); a copy: a view would dangle once img is freed
-    return np.asarray(arr[arr.shape[0] // 2])  # (y, x): rows anterior->posterior, cols right->left
+    return np.asarray(arr[arr.shape[0] // 2])  # (y, x)
 
 
 def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, cache_dir: str | Path | None = None,
@@ -67,12 +68,10 @@ def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, ca
             if arr is not None:
                 if arr["sequence_mask"][c]:
                     vol = arr["image"][c]  # (D, H, W)
-                    sl = np.asarray(vol[vol.shape[0] // 2])
-                    if cache.config.canonical[:2] == "RA":  # RAS: flip to radiological view
-                        sl = sl[::-1, ::-1]
+                    sl = axial_for_display(np.asarray(vol[vol.shape[0] // 2]), cache.config.canonical)
             elif image_column(s) in df.columns and isinstance(row[image_column(s)], str) and row[image_column(s)]:
                 try:
-                    sl = _mid_axial_raw(row[image_column(s)])
+                    sl = axial_for_display(_mid_axial_raw(row[image_column(s)]), "LPS")
                 except CohortError:
                     sl = None
             if sl is None:
@@ -80,6 +79,7 @@ def inspection_sheet(manifest: pd.DataFrame | str | Path, out: str | Path, *, ca
                 ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=8, color="0.4")
             else:
                 ax.imshow(display_window(sl), cmap="gray", vmin=0, vmax=1, aspect="auto")
+                mark_axes(ax, s, fontsize=6)
             if r == 0:
                 ax.set_title(s, fontsize=9)
             if c == 0:

@@ -185,9 +185,11 @@ def lesion_slices(mask, n: int = 1) -> list[int]:
 
 
 def attention_overlay_png(image, heat, mask, path, *, sequences: Sequence[str] | None = None, title: str = "",
-                          slices: Sequence[int] | None = None, n_slices: int = 1):
+                          slices: Sequence[int] | None = None, n_slices: int = 1, orientation: str = "RAS"):
     """PNG: for each chosen axial slice (rows) and each sequence (columns), the image in grey with the
-    upsampled attention ``heat`` (D, H, W) in colour and the lesion ``mask`` outlined in cyan."""
+    upsampled attention ``heat`` (D, H, W) in colour and the lesion ``mask`` outlined in cyan, in the one
+    display convention (``medalign.utils.axial_for_display``; axes as ``orientation`` says), with L/R
+    markers and the sequence name on every panel."""
     import io
 
     import matplotlib
@@ -195,7 +197,7 @@ def attention_overlay_png(image, heat, mask, path, *, sequences: Sequence[str] |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from medalign.utils import atomic_write_bytes
+    from medalign.utils import atomic_write_bytes, axial_for_display, mark_axes
 
     img = np.asarray(image, dtype=np.float32)  # (C, D, H, W)
     h = np.asarray(heat, dtype=np.float64)
@@ -209,12 +211,15 @@ def attention_overlay_png(image, heat, mask, path, *, sequences: Sequence[str] |
     for r, z in enumerate(slices):
         for ch in range(c):
             ax = axes[r, ch]
-            ax.imshow(display_window(img[ch, z]), cmap="gray", origin="lower", vmin=0, vmax=1)
-            ax.imshow(hn[z], cmap="jet", alpha=0.4, origin="lower", vmin=0, vmax=1)
+            ax.imshow(display_window(axial_for_display(img[ch, z], orientation)), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(axial_for_display(hn[z], orientation), cmap="jet", alpha=0.4, vmin=0, vmax=1)
             if mask is not None and np.asarray(mask)[z].any():
-                ax.contour(np.asarray(mask)[z] > 0, levels=[0.5], colors="cyan", linewidths=0.8, origin="lower")
+                ax.contour(axial_for_display(np.asarray(mask)[z] > 0, orientation), levels=[0.5], colors="cyan",
+                           linewidths=0.8)
             ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(f"{names[ch] if ch < len(names) else ch} z={z}", fontsize=7)
+            name = names[ch] if ch < len(names) else f"ch{ch}"
+            mark_axes(ax, name)
+            ax.set_title(f"{name}, axial slice {z}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=8)
     buf = io.BytesIO()

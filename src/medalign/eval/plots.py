@@ -214,9 +214,16 @@ def plot_label_efficiency(curves: dict[str, dict], path: str | Path, *, metric: 
     return save_figure(fig, path)
 
 
-def mid_axial_png(image: np.ndarray, *, size: int = 96) -> bytes:
-    """PNG bytes of the mid-axial slice of each channel of a (C, D, H, W) volume, side by side."""
+def mid_axial_png(image: np.ndarray, *, size: int = 96, orientation: str = "RAS",
+                  sequences: list[str] | None = None) -> bytes:
+    """PNG bytes of the mid-axial slice of each channel of a (C, D, H, W) volume, side by side.
+
+    Each tile is shown in the one display convention (``medalign.utils.axial_for_display``; the
+    volume's axes run as ``orientation`` says) with L/R markers and its sequence name.
+    """
     from PIL import Image
+
+    from medalign.utils import axial_for_display, display_window, mark_image
 
     vol = np.asarray(image, dtype=np.float32)
     if vol.ndim == 3:
@@ -224,14 +231,13 @@ def mid_axial_png(image: np.ndarray, *, size: int = 96) -> bytes:
     c, d = vol.shape[:2]
     tiles = []
     for ch in range(c):
-        sl = vol[ch, d // 2]  # (H, W)
-        lo, hi = np.percentile(sl, [1, 99]) if sl.size else (0, 1)
-        sl = np.clip((sl - lo) / (hi - lo + 1e-6), 0, 1)
-        tiles.append(np.flipud(sl))
-    strip = np.concatenate(tiles, axis=1)  # (H, C*W)
-    im = Image.fromarray((strip * 255).astype(np.uint8))
-    scale = size / max(1, im.height)
-    im = im.resize((max(1, int(im.width * scale)), size))
+        sl = display_window(axial_for_display(vol[ch, d // 2], orientation))  # (H, W) in [0, 1]
+        tile = Image.fromarray((sl * 255).astype(np.uint8))
+        scale = size / max(1, tile.height)
+        tile = tile.resize((max(1, int(tile.width * scale)), size))
+        name = sequences[ch] if sequences and ch < len(sequences) else None
+        tiles.append(np.asarray(mark_image(tile, name)))  # (size, w, 3)
+    im = Image.fromarray(np.concatenate(tiles, axis=1))  # (size, C*w, 3)
     buf = io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()

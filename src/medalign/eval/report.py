@@ -70,7 +70,9 @@ def make_thumbnail_fn(cache_dir: str | None) -> Callable[[str], bytes | None]:
             return None
         if study_id not in memo:
             try:
-                memo[study_id] = mid_axial_png(np.asarray(cache.load(study_id)["image"]))
+                memo[study_id] = mid_axial_png(np.asarray(cache.load(study_id)["image"]),
+                                               orientation=cache.config.canonical,
+                                               sequences=list(cache.config.sequences))
             except Exception:
                 memo[study_id] = None
         return memo[study_id]
@@ -115,13 +117,23 @@ def _summary_rows(name: str, m: dict) -> list[list]:
     return rows
 
 
-def _comparison(doc: Doc, runs: list[tuple[str, dict]]) -> None:
+def _comparison(doc: Doc, runs: list[tuple[str, dict]], unevaluated: Sequence[tuple[str, Path]] = ()) -> None:
+    """Every run given gets a row: one that was not evaluated says so (and how), rather than vanish."""
     from medalign.eval.evaluate import HEADLINE
 
     doc.heading(2, COMPARISON, "comparison")
     cols = ["run"] + [n for _, n in HEADLINE]
     rows = [r for name, m in runs for r in _summary_rows(name, m)]
-    doc.table(cols, rows, caption="value [95% bootstrap CI]; test studies resampled with replacement")
+    rows += [[(f"{name}: not evaluated (run `medalign evaluate {rd}`); its own results are in its section"
+               if (rd / "config.yaml").is_file() and (rd / "checkpoints").is_dir() else
+               f"{name}: an experiment without image-text embeddings; its results are in its section")]
+             + [None] * len(HEADLINE) for name, rd in unevaluated]
+    zs = {str((m.get("zero_shot") or {}).get("n_prompts")) + " " + str((m.get("zero_shot") or {}).get("pool"))
+          for _, m in runs if m.get("zero_shot")}
+    doc.table(cols, rows, caption="value [95% bootstrap CI]; test studies resampled with replacement. Protocol: "
+                                  "`medalign evaluate` for every run (global embeddings; zero-shot with the "
+                                  "prompts.yaml set, " + (", ".join(sorted(zs)).replace(" ", " prompts, ")
+                                                           + "-pooled" if zs else "no zero-shot") + ")")
 
 
 # ----------------------------------------------------------------------------- per-run sections
@@ -159,15 +171,15 @@ def _summary_section(doc: Doc, run: _Run) -> None:
 def _figure_sections(doc: Doc, run: _Run) -> None:
     """Training curves, batch similarity matrix, and rank vs. similarity (with its per-class table)."""
     doc.heading(3, "Training curves")
-    doc.image(run.plots.get("training_curves"), "Fig. 5 — loss per epoch (train, val) and learning rate")
+    doc.image(run.plots.get("training_curves"), f"{run.name}: loss per epoch (train, val) and learning rate")
 
     doc.heading(3, "Batch similarity matrix")
     doc.image(run.plots.get("similarity_matrix"),
-              "Fig. 6 — cosine similarity, report rows × image columns; diagonal = pairs")
+              f"{run.name}: cosine similarity of test reports (rows) and images (columns); diagonal = true pairs")
 
     doc.heading(3, "Rank vs. similarity by class")
     doc.image(run.plots.get("rank_vs_similarity"),
-              "Fig. 7 — report → image rank of the right study vs its similarity")
+              f"{run.name}: report → image rank of the right study vs its similarity, by class")
     bc = (run.ret.get("text_to_image") or {}).get("by_class") or {}
     if bc:
         doc.table(["class", "n", "median rank", "R@1"],
@@ -217,7 +229,9 @@ def _top5_section(doc: Doc, run: _Run) -> None:
                           "✓" if h["correct"] else "", t_h, f'<div class="report">{esc(rep)}</div>'])
             rc.append("ok" if h["correct"] else "")
         doc.table(["#", "study", "class", "similarity", "right study", "slices", "its report"], rows,
-                  html_rows=hrows, row_classes=rc, caption=f"Table 2 — images ranked for query {q['query']}")
+                  html_rows=hrows, row_classes=rc,
+                  caption=f"the 5 images ranked first for the report of {q['query']} (slices: mid-axial, radiological "
+                          "view, R/L marked; green = the right study)")
         if qt_m or "no image" not in qt_h:
             doc.html.append(f"<p>query study slices: {qt_h}</p>")
             doc.md.append(f"query study slices: {qt_m}\n")
@@ -239,12 +253,12 @@ def _rank1_section(doc: Doc, run: _Run) -> None:
         rc.append("ok" if ok else "")
     doc.table(["query report of", "class", "slices", "rank-1 image", "its class", "slices", "similarity",
                "rank of right image", "same class"], rows, html_rows=hrows, row_classes=rc,
-              caption="Table 3 — the top image for every test report (green = the right study)")
+              caption="the top image for every test report (green = the right study)")
 
 
 def _embedding_map_section(doc: Doc, run: _Run) -> None:
     doc.heading(3, "Embedding map")
-    doc.image(run.plots.get("embedding_map"), "t-SNE of test image embeddings, coloured by class")
+    doc.image(run.plots.get("embedding_map"), f"{run.name}: t-SNE of the test image embeddings, coloured by class")
 
 
 def _zero_shot_section(doc: Doc, run: _Run) -> None:
@@ -259,9 +273,27 @@ def _zero_shot_section(doc: Doc, run: _Run) -> None:
     doc.table(["prompts", *keys],
               [[f"{zs['n_prompts']} prompts, {zs['pool']}-pooled (absence: {zs['absence']})",
                 *[ci.get(k) or zs.get(k) for k in keys]],
-               ["one prompt per class", *[oci.get(k) or one.get(k) for k in keys]]])
+               ["one prompt per class", *[oci.get(k) or one.get(k) for k in keys]],
+               _constant_row(zs)],
+              caption="zero-shot with the prompts.yaml set (`medalign evaluate`); the last row is the best "
+                      "constant guess, which every accuracy here must beat")
     doc.table(["class", "AUROC (one vs rest)"], [[c, (zs.get("auroc") or {}).get(c)] for c in run.classes])
-    doc.image(run.plots.get("confusion_zero_shot"), "zero-shot confusion matrix (rows = true class)")
+    doc.image(run.plots.get("confusion_zero_shot"),
+              f"{run.name}: zero-shot confusion matrix (rows = true class; prompts from prompts.yaml)")
+
+
+def _constant_row(zs: dict) -> list:
+    """Always answering the most frequent test class: its accuracy (an upper bound for any constant
+    guess), balanced accuracy 1/classes, AUROC 0.5."""
+    cm = np.asarray(zs.get("confusion") or [[0]])  # (C, C), rows = true class
+    support = cm.sum(axis=1)
+    present = int((support > 0).sum())
+    if not present:
+        return ["constant (most frequent class)", None, None, None, None]
+    names = zs.get("classes") or []
+    top = int(support.argmax())
+    return [f"constant: always '{names[top] if top < len(names) else top}'", float(support.max() / support.sum()),
+            1.0 / present, None, 0.5]
 
 
 def _probe_section(doc: Doc, run: _Run) -> None:
@@ -278,8 +310,8 @@ def _probe_section(doc: Doc, run: _Run) -> None:
                          r.get("balanced_accuracy_ci") or r["balanced_accuracy"], r["macro_f1"], r["auroc_macro"]])
     doc.table(["probe", "labels", "n train", "accuracy", "balanced acc", "macro-F1", "AUROC"], rows,
               caption="frozen image embeddings only (no report at inference); stratified label subsets, seeded")
-    doc.image(run.plots.get("label_efficiency"), "label efficiency: balanced accuracy vs fraction of labels")
-    doc.image(run.plots.get("confusion_probe"), "logreg probe confusion matrix (all labels)")
+    doc.image(run.plots.get("label_efficiency"), f"{run.name}: probe balanced accuracy vs fraction of training labels")
+    doc.image(run.plots.get("confusion_probe"), f"{run.name}: logistic-regression probe confusion matrix (all labels)")
 
 
 def _baseline_row(bname: str, b: dict) -> list:
@@ -339,8 +371,10 @@ def _extras_sections(doc: Doc, run_dir: Path) -> None:
         doc.heading(3, str(x.get("title")))
         if x.get("markdown"):
             doc.markdown(str(x["markdown"]))
+        captions = x.get("captions") or {}
         for img in x.get("images") or []:
-            doc.image(run_dir / img, Path(img).name)
+            # a caption that says what the image is; the file name only as the last resort
+            doc.image(run_dir / img, str(captions.get(img) or f"{x.get('title')}: {Path(img).stem.replace('_', ' ')}"))
         for t in x.get("tables") or []:
             doc.table([str(c) for c in t.get("columns", [])], t.get("rows", []), caption=t.get("caption", ""))
 
@@ -373,8 +407,8 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path = "report.html"
 
     doc.heading(1, "medalign evaluation report")
     doc.para("runs: " + ", ".join(f"{n} ({rd})" for n, rd in [(n, rd) for n, rd, _ in runs] + extras_only))
-    if runs:  # runs with only report extras (GiMP, SSL experiments) have no headline figures
-        _comparison(doc, [(n, m) for n, _, m in runs])
+    if len(runs) + len(extras_only) > 1 or runs:  # one table naming every run given
+        _comparison(doc, [(n, m) for n, _, m in runs], extras_only)
     for name, rd, m in runs:
         thumb = make_thumbnail_fn(m.get("cache_dir")) if thumbnails else (lambda s: None)
         _run_sections(doc, rd, name, m, thumb=thumb)

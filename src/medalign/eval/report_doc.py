@@ -16,6 +16,7 @@ from medalign.utils import atomic_write_bytes
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+.tw{overflow-x:auto;max-width:100%}caption{text-align:left;font-size:13px;padding:2px 0}figcaption{font-size:13px}
 h1{border-bottom:2px solid #444}h2{border-bottom:1px solid #ccc;margin-top:2em}h3{margin-top:1.5em}
 table{border-collapse:collapse;margin:.6em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}
 th{background:#f2f2f2}tr.ok td{background:#eef8ee}img.fig{max-width:100%;border:1px solid #ddd}
@@ -45,10 +46,11 @@ def _data_uri(png: bytes) -> str:
 
 
 def md_to_html(md: str) -> str:
-    """Minimal Markdown: headings, '- ' lists, paragraphs, **bold**, `code` (text is escaped)."""
+    """Minimal Markdown: headings, '- ' lists, paragraphs, **bold**, *italic*, `code` (text is escaped)."""
     def inline(s: str) -> str:
         s = html.escape(s)
         s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", s)  # not 2*3*4, not **
         return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
 
     out, para, items = [], [], []
@@ -82,12 +84,17 @@ def md_to_html(md: str) -> str:
 
 
 class Doc:
-    """Builds the HTML and Markdown versions side by side."""
+    """Builds the HTML and Markdown versions side by side.
+
+    Figures and captioned tables are numbered here, once, in page order ("Fig. 1", "Table 1"):
+    sections give captions without numbers. Tables sit in a horizontally scrolling box, so a wide
+    table never widens the page (readable at 1280 px)."""
 
     def __init__(self, md_dir: Path, files_dir: Path) -> None:
         self.html: list[str] = []
         self.md: list[str] = []
         self.md_dir, self.files_dir = md_dir, files_dir
+        self.n_figures = self.n_tables = 0
         self._n = 0
         self._thumbs: dict[str, str] = {}
 
@@ -110,6 +117,8 @@ class Doc:
             self.para(f"(figure not available: {caption or path})", muted=True)
             return
         png = Path(path).read_bytes()
+        self.n_figures += 1
+        caption = f"Fig. {self.n_figures} — {caption}" if caption else f"Fig. {self.n_figures}"
         self.html.append(f'<figure><img class="fig" src="{_data_uri(png)}" alt="{esc(caption)}">'
                          f"<figcaption>{esc(caption)}</figcaption></figure>")
         self.md.append(f"![{caption}]({os.path.relpath(path, self.md_dir)})\n")
@@ -129,15 +138,17 @@ class Doc:
     def table(self, columns: Sequence[str], rows: Sequence[Sequence], *, caption: str = "",
               html_rows: Sequence[Sequence[str]] | None = None, row_classes: Sequence[str] | None = None) -> None:
         """``rows`` are plain values (escaped); ``html_rows`` (same shape) are pre-rendered HTML cells."""
-        h = ["<table>"]
+        h = ['<div class="tw"><table>']
         if caption:
+            self.n_tables += 1
+            caption = f"Table {self.n_tables} — {caption}"
             h.append(f"<caption>{esc(caption)}</caption>")
         h.append("<tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr>")
         for i, r in enumerate(rows):
             cells = html_rows[i] if html_rows is not None else [esc(_fmt(v)) for v in r]
             cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
             h.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        h.append("</table>")
+        h.append("</table></div>")
         self.html.append("\n".join(h))
         if caption:
             self.md.append(f"*{caption}*\n")

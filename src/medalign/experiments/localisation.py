@@ -96,12 +96,18 @@ def attend_study(run: str | Path, study: str, word: str, *, text: str | None = N
     heat, used_text, used_word = _word_map(model.recipe, image, seq, text, word, image.shape[1:])
     out_p = Path(out) if out else Path(run) / "attention" / f"{study}_{word}.png"
     attention_overlay_png(image.numpy(), heat, mask, out_p, sequences=model.sequences, n_slices=n_slices,
-                          title=f"{study}: attention of '{used_word}'")
+                          title=f"{study}: attention of '{used_word}'", orientation=cc.config.canonical)
     res = {"png": str(out_p), "text": used_text, "word": used_word}
     if mask is not None and mask.any():
         res["scores"] = localisation_scores(heat, mask)
         res["uniform"] = uniform_scores(mask)
     return res
+
+
+def _canonical(ds: Any) -> str:
+    """The orientation code of a dataset's cache (RAS, the preprocessing default, when unknown)."""
+    cache = getattr(ds, "cache", None)
+    return str(getattr(getattr(cache, "config", None), "canonical", "RAS"))
 
 
 def _batches(ds: Any, bs: int = 4) -> Iterator[dict]:
@@ -262,7 +268,9 @@ def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, se
         if len(images_rel) < n_gallery:
             p = gallery_dir / f"{sp.ids[i]}_{used_word}.png"
             attention_overlay_png(s["image"].numpy(), heat, m, p, sequences=sp.model.sequences, n_slices=1,
-                                  title=f"{sp.ids[i]} ({label}): '{used_word}' pointing={g['pointing']:.0f}")
+                                  title=f"{sp.ids[i]} ({label}): attention of '{used_word}' (cyan: lesion mask), "
+                                        f"pointing {'hit' if g['pointing'] else 'miss'}",
+                                  orientation=_canonical(sp.ds))
             images_rel.append(str(p.relative_to(sp.run)))
     loc = {"per_study": rows_meta, "n": len(rows_meta),
            **{k: summarise(v, n_boot=n_boot, seed=seed) for k, v in per.items() if v}}
@@ -279,8 +287,9 @@ def _ci(d: dict | None, *path: str) -> str:
 def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
     """The GLoRIA vs CLIP comparison table (caption, columns, rows) with chance / uniform baselines."""
     G, C, L = res["gloria"], res.get("clip"), res["localisation"]
-    cols = ["metric", "GLoRIA (global+local)", "GLoRIA global only", "CLIP" + (" (Grad-CAM)" if C else " (not given)"),
-            "uniform / chance", "uniform in head"]
+    cols = ["metric", "GLoRIA (global+local similarity)", "GLoRIA global only (as `medalign evaluate`)",
+            "CLIP" + (" (Grad-CAM)" if C else " (not given)"), "uniform / chance", "uniform in head"]
+    n_gen = res.get("n_prompts_per_class")
     rows = []
     for d in ("text_to_image", "image_to_text"):
         for k in ("R@1", "R@5", "MRR"):
@@ -289,14 +298,18 @@ def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
                          _ci(G, "retrieval", "global", d, "ci", k), _ci(C, "retrieval", d, "ci", k) if C else "—",
                          chance, "—"])
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
-        rows.append([f"zero-shot {k} ({pool} of prompts)", _ci(G, "zero_shot", "combined", "ci", k),
+        rows.append([f"zero-shot {k} (generated prompts, {n_gen}/class, {pool}-pooled)",
+                     _ci(G, "zero_shot", "combined", "ci", k),
                      _ci(G, "zero_shot", "global", "ci", k), _ci(C, "zero_shot", "ci", k) if C else "—",
                      "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—"), "—"])
     for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
         rows.append([f"{name} (n={L['n']})", _ci(L, "gloria", k), "—", _ci(L, "clip_gradcam", k) if C else "—",
                      _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
-    return {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); "
-                       "95% bootstrap CIs over studies",
+    return {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); 95% bootstrap CIs "
+                       "over studies. Protocol: zero-shot here uses generated prompts (severity x subtype x "
+                       "location), not the prompts.yaml set of `medalign evaluate` and the comparison table, so "
+                       "its zero-shot figures differ from those by design; retrieval with the global embedding "
+                       "('global only', and CLIP) is the same computation as `medalign evaluate`'s",
             "columns": cols, "rows": rows}
 
 
@@ -321,13 +334,28 @@ def _markdown(res: dict, run: Path, n: int, split: str, pool: str) -> str:
     return "\n\n".join(md)
 
 
+def _captions(res: dict, images_rel: list[str]) -> dict[str, str]:
+    """What each gallery image shows (study, class, word, pointing result), keyed by its path."""
+    rows = {f"{r['study_id']}_{r['word']}.png": r for r in res["localisation"].get("per_study", [])}
+    out = {}
+    for img in images_rel:
+        r = rows.get(Path(img).name)
+        if r:
+            hit = "inside" if r["gloria"].get("pointing") else "outside"
+            out[img] = (f"study {r['study_id']} ({r['label']}): GLoRIA attention of the word '{r['word']}' over the "
+                        f"mid-lesion axial slice of each sequence (radiological view, R/L marked), lesion mask "
+                        f"outlined in cyan; the attention maximum falls {hit} the lesion")
+    return out
+
+
 def _write(res: dict, run: Path, split: str, images_rel: list[str]) -> tuple[Path, Path]:
     """RUN/eval/localisation_<split>.json and the report section; returns both paths."""
     json_p = run / "eval" / f"localisation_{split}.json"
     atomic_write_json(json_p, res)
     extra_p = run / "report_extras" / ("gloria.json" if split == "test" else f"gloria_{split}.json")
     atomic_write_json(extra_p, {"title": f"GLoRIA: retrieval, zero-shot and localisation ({split})",
-                                "markdown": res["markdown"], "images": images_rel, "tables": [res["table"]]})
+                                "markdown": res["markdown"], "images": images_rel, "tables": [res["table"]],
+                                "captions": _captions(res, images_rel)})
     return json_p, extra_p
 
 

@@ -7,7 +7,6 @@ are imported inside the commands so ``medalign --help`` stays instant.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +56,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         dataset: str = typer.Option("pneumoniamnist", help="pneumoniamnist | brain"),
         data_path: Optional[Path] = typer.Option(None, "--data", help="pneumoniamnist: the .npz (default ../shared/data)."),
         manifest: Optional[Path] = typer.Option(None, help="brain: cohort manifest (with train/test split)."),
-        cache_dir: Optional[Path] = typer.Option(None, help="brain: preprocessed cohort cache."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache", "--cache-dir", help="brain: preprocessed cohort cache."),
         methods: str = typer.Option("scratch,simclr,micle,clip", help="Comma list: scratch, simclr, micle, clip."),
         clip_run: Optional[Path] = typer.Option(None, help="A brain-CLIP run dir for the 'clip' baseline."),
         fractions: str = typer.Option("0.01,0.1,1.0", help="Label fractions."),
@@ -66,12 +65,17 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         global_pool: str = typer.Option("avgmax", help="Encoder global pooling: avgmax, avg, max."),
         pool_levels: str = typer.Option("all", help="Pooled levels: all, last, or indices like 1,2."),
         stem_stride: str = typer.Option("1", help="Strided stem: 1 (none), 2, or per axis like 1,2,2 (D,H,W)."),
-        pretrain_epochs: int = typer.Option(15), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
-        finetune_steps: int = typer.Option(150), finetune_lr: float = typer.Option(1e-3),
+        pretrain_epochs: int = typer.Option(15, help="SimCLR/MICLe pretraining epochs."),
+        batch_size: int = typer.Option(128, help="Pretraining batch size."),
+        lr: float = typer.Option(1e-3, help="Pretraining learning rate."),
+        finetune_steps: int = typer.Option(150, help="Fine-tuning steps per label fraction."),
+        finetune_lr: float = typer.Option(1e-3, help="Fine-tuning learning rate."),
         size: Optional[int] = typer.Option(None, help="pneumoniamnist: resize to SIZE x SIZE."),
         limit: Optional[int] = typer.Option(None, help="Keep the first N images per split (smoke tests)."),
-        n_boot: int = typer.Option(200), seed: int = typer.Option(0),
-        test_splits: str = typer.Option("test", help="brain: manifest split(s) used as test set, e.g. val,test."),
+        n_boot: int = typer.Option(200, help="Bootstrap resamples for the 95% CIs."),
+        seed: int = typer.Option(0, help="Seed for pretraining, probes and bootstrap."),
+        test_splits: str = typer.Option("test", "--split", "--test-splits",
+                                        help="brain: manifest split(s) used as test set, e.g. val,test."),
     ) -> None:
         """Pretrain (SimCLR, MICLe), then probe and fine-tune with 1/10/100% labels vs. from scratch."""
         from medalign.errors import MedAlignError
@@ -83,17 +87,22 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
             spatial_dims, in_ch = 2, 1
         elif dataset == "brain":
             if manifest is None or cache_dir is None:
-                raise MedAlignError("--dataset brain needs --manifest and --cache-dir (a preprocessed cohort)")
+                raise MedAlignError("--dataset brain needs --manifest and --cache (a preprocessed cohort)")
             data = _load_cohort(manifest, cache_dir, tuple(t.strip() for t in test_splits.split(",") if t.strip()))
             if limit:
                 data = {s: {k: (v[:limit] if v is not None else None) for k, v in d.items()} for s, d in data.items()}
             spatial_dims, in_ch = 3, int(data["train"]["x"].shape[1])
         else:
             raise MedAlignError(f"unknown --dataset '{dataset}' (pneumoniamnist, brain)")
+        wanted = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if "clip" in wanted and (dataset == "pneumoniamnist" or clip_run is None):
+            # said here, not only in the report's notes: the default method list includes it
+            typer.echo("note: method 'clip' is left out: " + ("PneumoniaMNIST has no reports to train CLIP on"
+                       if dataset == "pneumoniamnist" else "no --clip-run given"))
         summary = run_label_efficiency(
             dataset=dataset, out=out, data=data, spatial_dims=spatial_dims, in_channels=in_ch,
             input_shape=tuple(data["train"]["x"].shape[2:]), channels=tuple(int(c) for c in channels.split(",")),
-            methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+            methods=wanted,
             fractions=tuple(float(f) for f in fractions.split(",")), pretrain_epochs=pretrain_epochs,
             batch_size=batch_size, lr=lr, finetune_steps=finetune_steps, finetune_lr=finetune_lr, seed=seed,
             n_boot=n_boot, clip_run=clip_run, layer_order=layer_order, global_pool=global_pool,
@@ -109,10 +118,12 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
     def hlss_knn_cmd(
         run: Path = typer.Argument(..., help="An HLSS run directory (medalign train with recipe hlss)."),
         manifest: Optional[Path] = typer.Option(None, help="Override the run's data.manifest."),
-        cache_dir: Optional[Path] = typer.Option(None, help="Override the run's data.cache_dir."),
-        k: int = typer.Option(5), n_boot: int = typer.Option(200),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache", "--cache-dir", help="Override the run's data.cache_dir."),
+        k: int = typer.Option(5, "--k", help="Neighbours voting per query."),
+        n_boot: int = typer.Option(200, help="Bootstrap resamples for the 95% CIs."),
         checkpoint: str = typer.Option("best", help="best | last"),
-        test_splits: str = typer.Option("test", help="Query split(s), e.g. val,test (memory = train)."),
+        test_splits: str = typer.Option("test", "--split", "--test-splits",
+                                        help="Query split(s), e.g. val,test (memory = train)."),
         random_init: bool = typer.Option(True, "--random-init/--no-random-init",
                                          help="Also evaluate the run's initial (random) weights as a baseline."),
     ) -> None:
@@ -127,4 +138,4 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
             for lvl, r in (levels or {}).items():
                 typer.echo(f"{name:12s} {lvl:8s} n={r['n_test']:4d}  acc {_fmt(r['accuracy'])}  "
                            f"bacc {_fmt(r['balanced_accuracy'])}")
-        typer.echo(json.dumps({"wrote": str(Path(run) / "report_extras" / "hlss_knn.json")}))
+        typer.echo(f"wrote {Path(run) / 'report_extras' / 'hlss_knn.json'}")

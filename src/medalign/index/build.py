@@ -64,9 +64,12 @@ def _image_paths(row: Any, sequences: Sequence[str]) -> dict[str, str]:
 
 
 # ---- thumbnails ----------------------------------------------------------------------------
-def _to_png(slice2d: np.ndarray, root: Path, study_id: str, sequence: str, size: int = 128) -> str:
+def _to_png(slice2d: np.ndarray, root: Path, study_id: str, sequence: str, size: int = 128, *,
+            orientation: str = "RAS") -> str:
     """Write a thumbnail under its content hash; returns its path relative to ``root``.
 
+    The slice is shown in the one display convention (``medalign.utils.axial_for_display``; its
+    axes run as ``orientation`` says), with L/R markers and the sequence name.
     Why content-addressed: a rebuild or an add never rewrites a file the live version points
     at, so a served report can never sit next to an image written for another version.
     """
@@ -75,12 +78,13 @@ def _to_png(slice2d: np.ndarray, root: Path, study_id: str, sequence: str, size:
 
     from PIL import Image
 
-    from medalign.utils import atomic_write_bytes, display_window
+    from medalign.utils import atomic_write_bytes, axial_for_display, display_window, mark_image
 
-    a = display_window(slice2d)
+    a = display_window(axial_for_display(slice2d, orientation))
     img = Image.fromarray((a * 255).astype(np.uint8), mode="L")
     scale = size / max(img.size)
     img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BILINEAR)
+    img = mark_image(img, sequence)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     data = buf.getvalue()
@@ -102,13 +106,18 @@ def _mid_axial_from_nifti(path: str, study_id: str) -> np.ndarray:
         data = data[..., 0]  # first volume of a 4-D series
     if data.ndim != 3:
         raise CohortError(f"expected a 3-D volume, got shape {data.shape}", study_id=study_id, path=path)
-    # voxel axes are (x, y, z) in NIfTI: take the middle z slice, rotate so anterior is up
-    return np.rot90(data[:, :, data.shape[2] // 2])  # (y, x)
+    # Reorder the voxel axes to the closest of R, A, S (any stored order: RAS, LPS, LAS, sagittal),
+    # so the middle z slice is axial and its axes run as "RAS" says; the display helper flips it.
+    ornt = nib.orientations.io_orientation(img.affine)
+    data = nib.orientations.apply_orientation(data, ornt)
+    return np.ascontiguousarray(data[:, :, data.shape[2] // 2].T)  # (x, y) -> (y, x) = (H, W), code RAS
 
 
 def make_thumbnails(root: Path, study_id: str, *, cached: dict | None, paths: dict[str, str],
-                    sequences: Sequence[str]) -> dict[str, str]:
-    """Write mid-axial PNGs per sequence; returns {sequence: path relative to root}."""
+                    sequences: Sequence[str], orientation: str = "RAS") -> dict[str, str]:
+    """Write mid-axial PNGs per sequence; returns {sequence: path relative to root}.
+
+    ``orientation``: the cache's canonical code (raw NIfTI files are reoriented to RAS here)."""
     out = {}
     if cached is not None:
         image = np.asarray(cached["image"])  # (C, D, H, W)
@@ -116,7 +125,8 @@ def make_thumbnails(root: Path, study_id: str, *, cached: dict | None, paths: di
         for c, seq in enumerate(sequences[: image.shape[0]]):
             if not bool(mask[c]):
                 continue
-            out[seq] = _to_png(image[c, image.shape[1] // 2], root, study_id, seq)  # (H, W) middle axial slice
+            out[seq] = _to_png(image[c, image.shape[1] // 2], root, study_id, seq,  # (H, W) middle axial slice
+                               orientation=orientation)
         return out
     for seq, p in paths.items():
         out[seq] = _to_png(_mid_axial_from_nifti(p, study_id), root, study_id, seq)
@@ -181,7 +191,8 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
                     raise
                 log.warning("a study is not in the cache; encoding its NIfTI files instead")
         emb = _encode_image(model, sid, cached=cached, paths=paths)
-        thumbs = (make_thumbnails(root, sid, cached=cached, paths=paths, sequences=sequences)
+        thumbs = (make_thumbnails(root, sid, cached=cached, paths=paths, sequences=sequences,
+                                  orientation=str(getattr(getattr(cache, "config", None), "canonical", "RAS")))
                   if thumbnails else {})
         records.append({"study_id": sid, "report": _text(row.get("report")), "label": _text(row.get("label")),
                         "split": _text(row.get("split")), "thumbs": thumbs})
@@ -269,6 +280,54 @@ def add_to_index(index_dir: str | Path, model: Any, manifest: Any, *, cache: Any
             exact_max=exact_max, prev=live)
     return {"index": str(index_dir), "version": vdir.name, "added": len(enc["records"]),
             "n_studies": n0 + len(enc["records"]), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def build_from_embeddings(model: Any, paths: Sequence[str | Path], out_dir: str | Path, *,
+                          run_dir: str | None = None, exact_max: int = EXACT_MAX, kind: str | None = None) -> dict:
+    """Merge ``medalign embed [--shard K/N]`` outputs (.npz) into a new index at ``out_dir``.
+
+    Every file must come from ``model`` (its recorded model id) and no study may appear twice;
+    the merged index has no thumbnails (they need the images; ``index add`` from a manifest makes
+    them). Refuses to overwrite an index built by another model.
+    """
+    from medalign.train.embed import load_embeddings
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    parts = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise CohortError("embeddings file not found", path=str(p))
+        e = load_embeddings(p)
+        if str(e.get("model_id", "")) != str(model.model_id):
+            raise MedAlignError(f"{p}: embedded by model {str(e.get('model_id', ''))[:16] or '?'}, not "
+                                f"{str(model.model_id)[:16]}; embed every shard with the same run")
+        if len(e["study_id"]):
+            parts.append(e)
+    if not parts:
+        raise CohortError("the embeddings files hold no studies")
+    cat = {k: np.concatenate([e[k] for e in parts]) for k in ("study_id", "report", "label", "split",
+                                                                "image_embed", "text_embed", "has_report")}
+    ids = [str(x) for x in cat["study_id"]]
+    seen: set[str] = set()
+    for i, sid in enumerate(ids):
+        if not valid_study_id(sid):
+            raise CohortError("study id must match [A-Za-z0-9][A-Za-z0-9_.-]* (max 128, no '..')", study_id=sid)
+        if sid in seen:
+            raise CohortError("study appears in two embeddings files (overlapping shards?)", study_id=sid)
+        seen.add(sid)
+    records = [{"study_id": sid, "report": str(cat["report"][i]), "label": str(cat["label"][i]),
+                "split": str(cat["split"][i]), "thumbs": {}} for i, sid in enumerate(ids)]
+    text_rows = np.flatnonzero(cat["has_report"]).astype(np.int64)
+    meta = _meta(model, cat["image_embed"].shape[1], run_dir)
+    with file_lock(out / LOCK, what=f"index {out}"):
+        if (out / "CURRENT").is_file():
+            IndexStore.open(out).check_model(model)
+        vdir = write_version(out, meta=meta, records=records, image_embed=cat["image_embed"],
+                             image_rows=np.arange(len(ids), dtype=np.int64), text_embed=cat["text_embed"][text_rows],
+                             text_rows=text_rows, exact_max=exact_max, kind=kind)
+    return {"index": str(out), "version": vdir.name, "n_studies": len(ids), "n_reports": int(len(text_rows)),
+            "files": len(paths), "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def _meta(model: Any, dim: int, run_dir: str | None) -> dict:

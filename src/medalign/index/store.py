@@ -34,7 +34,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from medalign.errors import MedAlignError
-from medalign.index.faiss_index import EXACT_MAX, VectorIndex, l2_normalise
+from medalign.index.faiss_index import EXACT_MAX, VectorIndex, choose_kind, l2_normalise
 
 FORMAT_VERSION = 1
 LOCK = ".lock"  # writers' lock file (medalign.utils.file_lock)
@@ -114,7 +114,12 @@ class IndexStore:
         for r in df.to_dict(orient="records"):
             r["thumbs"] = json.loads(r.get("thumbs") or "{}")
             records.append(r)
-        arrays = {n: np.load(vdir / f"{n}.npy") for n in ("image_embed", "image_rows", "text_embed", "text_rows")}
+        # the embeddings are memory-mapped read-only: the FAISS index holds its own copy for search,
+        # so these pages are read only for study->study queries and appends, and server processes
+        # opening the same version share them through the page cache (Linux keeps a mapped file
+        # readable after a writer removes the old version folder)
+        arrays = {n: np.load(vdir / f"{n}.npy", mmap_mode="r" if n.endswith("embed") else None)
+                  for n in ("image_embed", "image_rows", "text_embed", "text_rows")}
         image_index = VectorIndex.load(vdir / "image.faiss", kind=meta["image_index"]["kind"],
                                        params=meta["image_index"]["params"])
         text_index = VectorIndex.load(vdir / "text.faiss", kind=meta["text_index"]["kind"],
@@ -200,7 +205,7 @@ def write_version(root: str | Path, *, meta: dict, records: list[dict], image_em
     """Write a complete new version under ``root`` and make it current atomically.
 
     With ``prev`` given and the same index kind still right for the new size, the previous
-    FAISS indices are extended in place of a rebuild (IVF keeps its trained cells).
+    FAISS indices are extended in place of a rebuild (see :func:`_next_index`).
     """
     import pandas as pd
 
@@ -216,22 +221,11 @@ def write_version(root: str | Path, *, meta: dict, records: list[dict], image_em
     try:
         image_embed = l2_normalise(image_embed) if len(image_embed) else np.zeros((0, meta["dim"]), np.float32)
         text_embed = l2_normalise(text_embed) if len(text_embed) else np.zeros((0, meta["dim"]), np.float32)
-        indices = {}
-        for name, emb in (("image", image_embed), ("text", text_embed)):
-            old = getattr(prev, f"{name}_index", None) if prev is not None else None
-            n_old = old.ntotal if old is not None else 0
-            want = kind or ("flat" if len(emb) <= exact_max else "ivf")
-            if old is not None and old.kind == want and n_old <= len(emb):
-                import faiss
-
-                vi = VectorIndex(index=faiss.clone_index(old.index), kind=old.kind, dim=old.dim, params=old.params)
-                if len(emb) > n_old:
-                    vi.add(emb[n_old:])
-            else:
-                vi = VectorIndex.build(emb if len(emb) else np.zeros((0, meta["dim"]), np.float32),
-                                       kind=want, exact_max=exact_max)
+        indices = {name: _next_index(getattr(prev, f"{name}_index", None) if prev is not None else None, emb,
+                                     kind=kind, exact_max=exact_max, dim=meta["dim"])
+                   for name, emb in (("image", image_embed), ("text", text_embed))}
+        for name, vi in indices.items():
             vi.save(tmp / f"{name}.faiss")
-            indices[name] = vi
         for n, a in (("image_embed", image_embed), ("image_rows", np.asarray(image_rows, np.int64)),
                      ("text_embed", text_embed), ("text_rows", np.asarray(text_rows, np.int64))):
             np.save(tmp / f"{n}.npy", a)
@@ -252,3 +246,28 @@ def write_version(root: str | Path, *, meta: dict, records: list[dict], image_em
     for old in existing:  # readers that opened an old version keep their loaded copy in memory
         shutil.rmtree(root / f"v{old:04d}", ignore_errors=True)
     return root / version
+
+
+def _next_index(old: VectorIndex | None, emb: np.ndarray, *, kind: str | None, exact_max: int,
+                dim: int) -> VectorIndex:
+    """The FAISS index of a new version holding ``emb`` (N, E), normalised.
+
+    Extends ``old`` (a copy; the live one keeps serving) when its kind is still the right one for
+    N and an approximate index has not outgrown twice the size its cells were trained on; the
+    recall is then measured again and ``nprobe``/``efSearch`` raised if it fell. Else a full build.
+    """
+    import faiss
+
+    want = kind or ("hnsw" if old is not None and old.kind == "hnsw" else  # only ever on request: keep it
+                    choose_kind(len(emb), exact_max=exact_max))
+    n_old = old.ntotal if old is not None else 0
+    grown = old is not None and len(emb) > 2 * int(old.params.get("n_trained", len(emb)))
+    if old is not None and old.kind == want and n_old <= len(emb) and not grown:
+        vi = VectorIndex(index=faiss.clone_index(old.index), kind=old.kind, dim=old.dim, params=dict(old.params))
+        vi.apply_params()
+        if len(emb) > n_old:
+            vi.add(emb[n_old:])
+            if vi.kind != "flat":
+                vi.tune_recall(emb)
+        return vi
+    return VectorIndex.build(emb if len(emb) else np.zeros((0, dim), np.float32), kind=want, exact_max=exact_max)

@@ -17,6 +17,7 @@ from fastapi.security import HTTPBearer
 
 from medalign.data.schema import CLASSES, KNOWN_SEQUENCES
 from medalign.errors import MedAlignError
+from medalign.serve.batching import ServerBusy
 from medalign.serve.schemas import Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
 from medalign.serve.security import token_ok
 from medalign.serve.state import ID_PATTERN, MAX_K, STATIC_DIR, ServeState
@@ -36,10 +37,12 @@ def auth_dependencies(state: ServeState) -> list[DependsParam]:
     return [Depends(require_token)]
 
 
-def _hits(state: ServeState, pairs: list[tuple[int, float]]) -> list[Hit]:
+def _hits(state: ServeState, pairs: list[tuple[int, float]], store: Any = None) -> list[Hit]:
+    """Hits for (row, score) pairs; ``store`` is the version the rows came from (default: live)."""
+    store = store if store is not None else state.store
     out = []
     for rank, (row, score) in enumerate(pairs, start=1):
-        r = state.store.record(row)
+        r = store.record(row)
         out.append(Hit(rank=rank, study_id=r["study_id"], score=round(score, 6), label=r["label"] or "",
                        report=r["report"] or "", sequences=sorted(r["thumbs"])))
     return out
@@ -50,8 +53,8 @@ def _zero_shot(state: ServeState, vec: np.ndarray) -> ZeroShot:
     return ZeroShot(classes=list(CLASSES), probs=[round(float(x), 6) for x in p], predicted=CLASSES[int(p.argmax())])
 
 
-def _row_or_404(state: ServeState, study_id: str) -> int:
-    row = state.store.row(study_id)
+def _row_or_404(state: ServeState, study_id: str, store: Any = None) -> int:
+    row = (store if store is not None else state.store).row(study_id)
     if row is None:
         raise HTTPException(404, "unknown study id")
     return row
@@ -60,10 +63,10 @@ def _row_or_404(state: ServeState, study_id: str) -> int:
 def health_router(state: ServeState) -> APIRouter:
     """``GET /health``: open to all (no token), so probes need no secret."""
     router = APIRouter()
-    store = state.store
 
     @router.get("/health", response_model=Health)
     def health() -> Health:
+        store = state.current_store()
         return Health(status="ok", n_studies=len(store), n_reports=int(len(store.text_rows)), model_id=store.model_id,
                       index_kind=store.image_index.kind, version=store.version, auth_required=bool(state.token),
                       sequences=list(state.sequences))
@@ -76,19 +79,25 @@ def search_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
     router = APIRouter()
 
     @router.post("/search/text", response_model=SearchResponse, dependencies=auth)
-    def search_text(q: TextQuery) -> SearchResponse:
-        pairs = state.store.search(state.encode_text(q.text), q.k, target=q.target)
-        return SearchResponse(query={"type": "text", "k": q.k, "target": q.target}, results=_hits(state, pairs))
+    async def search_text(q: TextQuery) -> SearchResponse:
+        # async: the request waits for its (batched) encoding without holding a pool thread, and the
+        # search itself is sub-millisecond; one store version for the whole request (hot reload)
+        store = state.current_store()
+        pairs = store.search(await state.encode_text_async(q.text), q.k, target=q.target)
+        return SearchResponse(query={"type": "text", "k": q.k, "target": q.target},
+                              results=_hits(state, pairs, store))
 
     @router.get("/search/study/{study_id}", response_model=SearchResponse, dependencies=auth,
                 responses={404: {"description": "unknown study id"}})
     def search_study(study_id: str = StudyId, k: int = Query(10, ge=1, le=MAX_K)) -> SearchResponse:
-        row = _row_or_404(state, study_id)
-        vec = state.store.image_vector(row)
+        store = state.current_store()
+        row = _row_or_404(state, study_id, store)
+        vec = store.image_vector(row)
         if vec is None:
             raise HTTPException(404, "study has no image embedding")
-        pairs = state.store.search(vec, k, target="image", exclude_row=row)
-        return SearchResponse(query={"type": "study", "study_id": study_id, "k": k}, results=_hits(state, pairs),
+        pairs = store.search(vec, k, target="image", exclude_row=row)
+        return SearchResponse(query={"type": "study", "study_id": study_id, "k": k},
+                              results=_hits(state, pairs, store),
                               zero_shot=_zero_shot(state, vec))
 
     return router
@@ -121,7 +130,8 @@ def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
 
     # one explicit File parameter per known sequence, so the OpenAPI form lists every field
     @router.post("/search/upload", response_model=SearchResponse, dependencies=auth, description=doc,
-                 responses={400: {"description": "bad or missing NIfTI"}, 413: {"description": "too large"}})
+                 responses={400: {"description": "bad or missing NIfTI"}, 413: {"description": "too large"},
+                            503: {"description": "too many uploads in flight; retry"}})
     def search_upload(k: int = Query(10, ge=1, le=MAX_K),
                       dwi: UploadFile | None = File(None), adc: UploadFile | None = File(None),
                       t2s: UploadFile | None = File(None), flair: UploadFile | None = File(None),
@@ -132,9 +142,15 @@ def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
                  if f is not None and not isinstance(f, str)}
         if not given:
             raise HTTPException(400, "upload at least one NIfTI, in a form field named by its sequence")
-        vec, sequences = _upload_embedding(state, given)
-        pairs = state.store.search(vec, k, target="image")
-        return SearchResponse(query={"type": "upload", "sequences": sequences, "k": k}, results=_hits(state, pairs),
+        try:
+            with state.uploads.slot():  # bounded: text queries never wait behind a queue of uploads
+                vec, sequences = _upload_embedding(state, given)
+        except ServerBusy as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "2"}) from None
+        store = state.current_store()
+        pairs = store.search(vec, k, target="image")
+        return SearchResponse(query={"type": "upload", "sequences": sequences, "k": k},
+                              results=_hits(state, pairs, store),
                               zero_shot=_zero_shot(state, vec))
 
     return router
@@ -147,7 +163,8 @@ def study_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
     @router.get("/study/{study_id}", response_model=StudyDetail, dependencies=auth,
                 responses={404: {"description": "unknown study id"}})
     def study(study_id: str = StudyId) -> StudyDetail:
-        r = state.store.record(_row_or_404(state, study_id))
+        store = state.current_store()
+        r = store.record(_row_or_404(state, study_id, store))
         return StudyDetail(study_id=r["study_id"], label=r["label"] or "", report=r["report"] or "",
                            split=r["split"] or "", sequences=sorted(r["thumbs"]))
 
@@ -155,7 +172,7 @@ def study_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
                 responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such thumbnail"}})
     def thumb(study_id: str = StudyId,
               sequence: Literal["dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"] = PathParam(...)) -> FileResponse:
-        path = state.store.thumb_file(study_id, sequence)  # only paths recorded in the store, inside the index
+        path = state.current_store().thumb_file(study_id, sequence)  # only paths recorded in the store, inside the index
         if path is None:
             raise HTTPException(404, "no such thumbnail")
         return FileResponse(path, media_type="image/png")

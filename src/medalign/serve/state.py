@@ -1,8 +1,11 @@
-"""What every route of the retrieval service shares: limits, the index, the model and its lock,
-and the zero-shot class embeddings. Free of FastAPI, so it can be imported (and tested) alone."""
+"""What every route of the retrieval service shares: limits, the (hot-reloaded) index, the model,
+the batching text encoder, the upload gate and the zero-shot class embeddings. Free of FastAPI,
+so it can be imported (and tested) alone."""
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,9 @@ import numpy as np
 from medalign.data.schema import CLASSES
 from medalign.errors import MedAlignError
 from medalign.index.store import STUDY_ID_RE, IndexStore
+from medalign.serve.batching import BatchingTextEncoder, UploadGate
+
+log = logging.getLogger("medalign.serve")
 
 STATIC_DIR = Path(__file__).with_name("static")
 PROMPTS_FILE = Path(__file__).resolve().parents[1] / "eval" / "prompts.yaml"
@@ -95,6 +101,10 @@ class ServeState:
 
     ``class_embed`` (K, E): per class, the unit mean of its unit prompt embeddings.
     ``sequences``: the model's input sequences; empty = unknown, any upload field is accepted.
+    ``store``: the live index version. :meth:`current_store` notices (at most every
+    ``reload_s`` seconds) that ``CURRENT`` names a newer version, loads it on a background thread
+    and then swaps it in with one assignment: a request takes its store once, at its start, so
+    in-flight requests finish on the version they began with.
     """
 
     store: IndexStore
@@ -102,28 +112,41 @@ class ServeState:
     class_embed: np.ndarray
     scale: float
     sequences: list[str]
+    text: BatchingTextEncoder
+    uploads: UploadGate
     token: str | None = None
     max_file_bytes: int = MAX_FILE_BYTES
-    # encoders are not guaranteed thread-safe (FastAPI runs sync routes in a pool); FAISS reads are
+    reload_s: float = 1.0
+    # encoders are not guaranteed thread-safe: text runs on the batcher's one thread only, images
+    # under this lock (uploads.max_running > 1 only for models whose image encoder allows it)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _checked: float = field(default=0.0, repr=False)
+    _loading: threading.Thread | None = field(default=None, repr=False)
+    reload_error: str | None = None
 
     @classmethod
     def build(cls, store: IndexStore, model: Any, *, token: str | None = None,
-              max_file_bytes: int = MAX_FILE_BYTES, prompts_path: str | Path | None = None) -> ServeState:
-        """Embed the zero-shot class prompts once, with the model behind the new state's lock."""
-        lock = threading.Lock()
+              max_file_bytes: int = MAX_FILE_BYTES, prompts_path: str | Path | None = None,
+              batch_window_s: float = 0.002, cache_size: int = 4096, max_uploads: int = 1,
+              max_waiting_uploads: int = 4, reload_s: float = 1.0) -> ServeState:
+        """Embed the zero-shot class prompts once; set up the text batcher and the upload gate."""
         prompts = load_class_prompts(prompts_path)
-        with lock:
-            # (K, E): each class's (P, E) prompt embeddings, normalised, averaged, normalised again
-            class_embed = np.stack([_unit(_unit(np.asarray(model.encode_text(prompts[c]), dtype=np.float32)).mean(0))
-                                    for c in CLASSES])
+        # (K, E): each class's (P, E) prompt embeddings, normalised, averaged, normalised again
+        class_embed = np.stack([_unit(_unit(np.asarray(model.encode_text(prompts[c]), dtype=np.float32)).mean(0))
+                                for c in CLASSES])
         sequences = list(getattr(model, "sequences", None) or store.meta.get("sequences") or [])
-        return cls(store, model, class_embed, _logit_scale(model), sequences, token, max_file_bytes, lock)
+        text = BatchingTextEncoder(model.encode_text, window_s=batch_window_s, cache_size=cache_size)
+        lock = threading.Lock() if max_uploads == 1 else _NoLock()
+        return cls(store, model, class_embed, _logit_scale(model), sequences, text,
+                   UploadGate(max_uploads, max_waiting_uploads), token, max_file_bytes, reload_s, lock)
 
     def encode_text(self, text: str) -> np.ndarray:
-        """(E,) embedding of one query text."""
-        with self.lock:
-            return np.asarray(self.model.encode_text([text]), dtype=np.float32)[0]  # (E,)
+        """(E,) embedding of one query text (cached; batched with concurrent queries)."""
+        return self.text.encode(text)
+
+    async def encode_text_async(self, text: str) -> np.ndarray:
+        """(E,) embedding of one query text, awaited on the event loop (no worker thread held)."""
+        return await self.text.encode_async(text)
 
     def encode_image(self, paths: dict[str, str]) -> np.ndarray:
         """(E,) embedding of one study given as {sequence: NIfTI path}."""
@@ -134,3 +157,52 @@ class ServeState:
         """(K,) zero-shot class probabilities of an image embedding: softmax of scaled cosines."""
         v = _unit(np.asarray(vec, dtype=np.float32).reshape(-1))  # (E,)
         return _softmax(self.scale * (self.class_embed @ v))  # (K,)
+
+    # ---- hot reload ----------------------------------------------------------------------
+    def current_store(self) -> IndexStore:
+        """The live store; starts a background load when ``CURRENT`` has moved on (never blocks)."""
+        now = time.monotonic()
+        if self.reload_s >= 0 and now - self._checked >= self.reload_s:
+            self._checked = now
+            if self._loading is None or not self._loading.is_alive():
+                if self._current_name() not in (None, self.store.version):
+                    self._loading = threading.Thread(target=self.reload, name="medalign-index-reload", daemon=True)
+                    self._loading.start()
+        return self.store
+
+    def _current_name(self) -> str | None:
+        try:
+            return (Path(self.store.root) / "CURRENT").read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Load the version ``CURRENT`` names and swap it in if it is newer; True when swapped.
+
+        A version built by another model, or one that fails to load, is logged and skipped: the
+        server keeps answering from the version it has.
+        """
+        old = self.store
+        try:
+            new = IndexStore.open(old.root)
+            if new.version == old.version:
+                return False
+            new.check_model(self.model)
+        except (MedAlignError, OSError, RuntimeError, ValueError) as e:
+            self.reload_error = str(e)
+            log.error("index reload skipped, still serving %s: %s", old.version, e)
+            return False
+        self.store = new  # one reference assignment: requests that hold ``old`` finish on it
+        self.reload_error = None
+        log.info("index reloaded: %s -> %s (%d studies)", old.version, new.version, len(new))
+        return True
+
+
+class _NoLock:
+    """Stands in for the image lock when several uploads may encode at once."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None

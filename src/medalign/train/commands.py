@@ -14,27 +14,93 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
 
 
 def train(
-    config: Path = typer.Argument(..., help="YAML config (e.g. configs/brain_clip_cpu.yaml)"),
+    config: Optional[str] = typer.Argument(None, help="YAML config (e.g. configs/brain_clip_cpu.yaml); "
+                                           "with --resume it may be left out (the run's own config is used)"),
     overrides: Optional[List[str]] = typer.Argument(None, help="dotted key=value overrides, e.g. train.lr=0.001"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="output folder (default: runs/<config name>)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --run-dir from its last resume state"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the run already in --run-dir (its outputs are deleted)"),
 ) -> None:
     """Train a recipe; writes config, metrics, checkpoints into the run directory."""
-    from medalign.config import ConfigError, load_config
     from medalign.errors import MedAlignError
     from medalign.train.loop import fit
 
-    try:
-        cfg = load_config(config, overrides or [])
-    except ConfigError as e:
-        raise MedAlignError(str(e)) from None
+    overrides = list(overrides or [])
+    if config is not None and "=" in config and not Path(config).is_file():
+        overrides, config = [config] + overrides, None  # `train --resume --run-dir RUN key=value`
+    if config is None:
+        if not (resume and run_dir is not None):
+            raise MedAlignError("give a config file (e.g. configs/brain_clip_cpu.yaml), or --resume --run-dir RUN")
+        config = str(Path(run_dir) / "config.yaml")
+        if not Path(config).is_file():
+            raise MedAlignError(f"{run_dir} holds no run to resume (no config.yaml); start it with a config file")
+    cfg = _load(config, overrides)
     rd = run_dir or Path(cfg.get("run_dir") or Path("runs") / Path(config).stem)
-    summary = fit(cfg, rd, resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resume_overrides(cfg, overrides, rd)
+    _check_cache_shape(cfg)
+    try:
+        summary = fit(cfg, rd, resume=resume, overwrite=overwrite)
+    except ValueError as e:  # a recipe or sampler refusing its settings: one line naming the config
+        hint = (" (this recipe needs patients with several studies: e.g. `medalign synth brain "
+                "--studies-per-patient 2-4`)" if "patients with >=" in str(e) else "")
+        raise MedAlignError(f"{config}: {e}{hint}") from None
     if summary.get("stopped"):
         typer.echo(f"stopped after {summary['steps']} steps; continue with --resume --run-dir {rd}")
     else:
         typer.echo(f"done: {summary['steps']} steps, {summary['epochs']} epochs, best epoch {summary['best_epoch']} -> {rd}")
+
+
+def _load(config: str, overrides: list[str]) -> dict:
+    from medalign.config import ConfigError, load_config
+    from medalign.errors import MedAlignError
+
+    try:
+        return load_config(config, overrides)
+    except ConfigError as e:
+        raise MedAlignError(str(e)) from None
+
+
+def _check_cache_shape(cfg: dict) -> None:
+    """data.shape must be the cache's grid: the loop reads the cache as it is, so a different
+    data.shape would otherwise be ignored without a word."""
+    from medalign.data.cache import INDEX, CohortCache
+    from medalign.errors import MedAlignError
+
+    data = cfg.get("data") or {}
+    cache_dir, shape = data.get("cache_dir"), data.get("shape")
+    if data.get("kind", "cohort") != "cohort" or not cache_dir or not shape or not (Path(cache_dir) / INDEX).is_file():
+        return
+    have = list(CohortCache(cache_dir).config.shape)
+    if [int(v) for v in shape] != [int(v) for v in have]:
+        raise MedAlignError(f"data.shape={list(shape)} but the cache {cache_dir} holds {have} volumes: set "
+                            f"data.shape={','.join(map(str, have))} (as [D,H,W]) or preprocess with --shape "
+                            f"{','.join(map(str, shape))}")
+
+
+def _check_resume_overrides(cfg: dict, overrides: list[str], run_dir: Path) -> None:
+    """A resumed run keeps its own config: an override that would change it is refused by name, not
+    silently dropped (only the stop hooks, e.g. train.stop_after_steps, may differ)."""
+    import yaml
+
+    from medalign.errors import MedAlignError
+    from medalign.train.loop import STOP_HOOKS
+
+    saved_p = Path(run_dir) / "config.yaml"
+    if not saved_p.is_file():
+        return
+    saved = yaml.safe_load(saved_p.read_text(encoding="utf-8")) or {}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in {f"train.{k}" for k in STOP_HOOKS}:
+            continue
+        new, old = cfg, saved
+        for part in key.split("."):
+            new = new.get(part) if isinstance(new, dict) else None
+            old = old.get(part) if isinstance(old, dict) else None
+        if new != old:
+            raise MedAlignError(f"--resume keeps the run's config, but {key}={new!r} differs from the run's {old!r} "
+                                f"({saved_p}); drop the override, or start a new run (--overwrite or another --run-dir)")
 
 
 def _manifest_and_cache(model, manifest: Optional[Path], cache: Optional[Path]):
@@ -55,16 +121,21 @@ def embed(
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="cohort manifest (default: the run's)"),
     split: Optional[str] = typer.Option(None, "--split", help="only this split"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="preprocessed cache (default: the run's)"),
-    checkpoint: str = typer.Option("best", "--checkpoint"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only shard K (0-based) of N, by study id hash; "
+                                        "writes <split|all>.shard-K-of-N.npz (merge: index build --from-embeddings)"),
 ) -> None:
-    """Write image + report embeddings to RUN/embeddings/<split|all>.npz."""
+    """Write image + report embeddings to RUN/embeddings/<split|all>[.shard-K-of-N].npz."""
     from medalign.api import load
+    from medalign.data.shards import parse_shard
     from medalign.train.embed import embed_manifest, save_embeddings
 
+    part = parse_shard(shard)  # before loading the model: a bad spec fails at once
     model = load(run, checkpoint=checkpoint)
     m, c = _manifest_and_cache(model, manifest, cache)
-    emb = embed_manifest(model, m, c, split=split, progress=True)
-    out = save_embeddings(emb, Path(run) / "embeddings" / f"{split or 'all'}.npz", model_id=model.model_id)
+    emb = embed_manifest(model, m, c, split=split, progress=True, shard=part)
+    name = f"{split or 'all'}" + (f".shard-{part[0]}-of-{part[1]}" if part else "")
+    out = save_embeddings(emb, Path(run) / "embeddings" / f"{name}.npz", model_id=model.model_id)
     typer.echo(f"{len(emb['study_id'])} studies -> {out}")
 
 
@@ -76,8 +147,8 @@ def search(
     k: int = typer.Option(5, "--k", help="how many studies to list"),
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="candidate studies (default: the run's)"),
     split: Optional[str] = typer.Option(None, "--split", help="only candidates of this split"),
-    cache: Optional[Path] = typer.Option(None, "--cache"),
-    checkpoint: str = typer.Option("best", "--checkpoint"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="preprocessed cache (default: the run's)"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
 ) -> None:
     """Rank the cohort's studies against a text, a study or raw images; print a table."""
     import numpy as np

@@ -10,8 +10,10 @@ from medalign.errors import CohortError
 
 
 def embed_manifest(model, manifest, cache_dir: str | Path | None = None, *, split: str | None = None,
-                   batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Image and report embeddings of the studies of ``manifest`` (optionally one split).
+                   batch_size: int = 8, progress: bool = False,
+                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Image and report embeddings of the studies of ``manifest`` (optionally one split, and with
+    ``shard=(K, N)`` only the studies of shard K of N: see :mod:`medalign.data.shards`).
 
     ``model`` is a :class:`medalign.api.MedAlignModel`; ``cache_dir`` defaults to the run's cache.
     Returns dict(study_id (N,) str, patient_id (N,) str, label (N,) str ('' = none),
@@ -31,6 +33,10 @@ def embed_manifest(model, manifest, cache_dir: str | Path | None = None, *, spli
         df = df[df["split"].astype(str) == split]
         if len(df) == 0:
             raise CohortError(f"no studies in split '{split}'", column="split")
+    if shard is not None:
+        from medalign.data.shards import select_shard
+
+        df = select_shard(df, shard)
     cache = CohortCache(cache_dir or model.cache_dir)
     # a cache made with another normalisation / shape / sequences gives wrong embeddings silently
     check_cache_matches(cache.config, getattr(model, "preprocess_config", None), cache_dir=cache.root)
