@@ -59,3 +59,20 @@ def test_old_spellings_still_work(tmp_path: Path) -> None:
     assert main(["synth", "omics", str(tmp_path / "o"), "--n", "8", "--bag-min", "4", "--bag-max", "8",
                  "--n-genes", "16", "--n-gene-groups", "4", "--feat-dim", "4"]) == 0
     assert (tmp_path / "o" / "manifest.csv").is_file()
+
+
+def test_one_default_k_for_cli_api_and_page():
+    """A search returns DEFAULT_TOP_K studies by default whichever door it comes through (issue 21, finding 5)."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from medalign.data.schema import DEFAULT_TOP_K
+    from medalign.serve.schemas import TextQuery
+    from medalign.train.commands import search
+
+    assert inspect.signature(search).parameters["k"].default.default == DEFAULT_TOP_K
+    assert TextQuery(text="x").k == DEFAULT_TOP_K
+    static = Path(__file__).resolve().parents[2] / "src" / "medalign" / "serve" / "static"
+    assert re.search(r'id="k"[^>]*value="(\d+)"', (static / "index.html").read_text()).group(1) == str(DEFAULT_TOP_K)
+    assert f'|| {DEFAULT_TOP_K})' in (static / "app.js").read_text()

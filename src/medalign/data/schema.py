@@ -17,6 +17,9 @@ PAPER_SHAPE: tuple[int, int, int] = (16, 112, 112)
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "label", "report", "mask", "omics", "bag")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+# How many studies a search returns when the caller does not say: the CLI, the HTTP API and the web page.
+DEFAULT_TOP_K = 10
 IMAGE_PREFIX = "image_"
 
 

@@ -15,7 +15,7 @@ from fastapi.params import Depends as DependsParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBearer
 
-from medalign.data.schema import CLASSES, KNOWN_SEQUENCES
+from medalign.data.schema import CLASSES, DEFAULT_TOP_K, KNOWN_SEQUENCES
 from medalign.errors import MedAlignError
 from medalign.serve.batching import ServerBusy
 from medalign.serve.schemas import Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
@@ -89,7 +89,7 @@ def search_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
 
     @router.get("/search/study/{study_id}", response_model=SearchResponse, dependencies=auth,
                 responses={404: {"description": "unknown study id"}})
-    def search_study(study_id: str = StudyId, k: int = Query(10, ge=1, le=MAX_K)) -> SearchResponse:
+    def search_study(study_id: str = StudyId, k: int = Query(DEFAULT_TOP_K, ge=1, le=MAX_K)) -> SearchResponse:
         store = state.current_store()
         row = _row_or_404(state, study_id, store)
         vec = store.image_vector(row)
@@ -132,7 +132,7 @@ def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
     @router.post("/search/upload", response_model=SearchResponse, dependencies=auth, description=doc,
                  responses={400: {"description": "bad or missing NIfTI"}, 413: {"description": "too large"},
                             503: {"description": "too many uploads in flight; retry"}})
-    def search_upload(k: int = Query(10, ge=1, le=MAX_K),
+    def search_upload(k: int = Query(DEFAULT_TOP_K, ge=1, le=MAX_K),
                       dwi: UploadFile | None = File(None), adc: UploadFile | None = File(None),
                       t2s: UploadFile | None = File(None), flair: UploadFile | None = File(None),
                       t1: UploadFile | None = File(None), t2: UploadFile | None = File(None),

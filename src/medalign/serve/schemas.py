@@ -5,12 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from medalign.data.schema import DEFAULT_TOP_K
 from medalign.serve.state import MAX_K
 
 
 class TextQuery(BaseModel):
     text: str = Field(..., min_length=1, max_length=2000, description="free-text query (never logged)")
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: int = Field(DEFAULT_TOP_K, ge=1, le=MAX_K)
     target: Literal["image", "report"] = Field("image", description="search study images or their reports")
 
 

@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from medalign.data.schema import DEFAULT_TOP_K
+
 
 def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
     app.command("train")(train)
@@ -144,7 +146,7 @@ def search(
     text: Optional[str] = typer.Option(None, "--text", help="free-text query (report -> images)"),
     study: Optional[str] = typer.Option(None, "--study", help="a study id (case -> cases)"),
     images: Optional[List[str]] = typer.Option(None, "--images", help="seq=path of a raw study, repeatable (e.g. --images flair=a.nii.gz)"),
-    k: int = typer.Option(5, "--k", help="how many studies to list"),
+    k: int = typer.Option(DEFAULT_TOP_K, "--k", help="how many studies to list"),
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="candidate studies (default: the run's)"),
     split: Optional[str] = typer.Option(None, "--split", help="only candidates of this split"),
     cache: Optional[Path] = typer.Option(None, "--cache", help="preprocessed cache (default: the run's)"),

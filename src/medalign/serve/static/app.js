@@ -70,7 +70,7 @@ function render(data, title) {
   } else { zs.hidden = true; }
 }
 
-function k() { return Math.max(1, Math.min(100, parseInt($("k").value, 10) || 8)); }
+function k() { return Math.max(1, Math.min(100, parseInt($("k").value, 10) || 10)); }
 
 async function searchText(ev) {
   if (ev) ev.preventDefault();
