@@ -71,26 +71,26 @@ class BatchingTextEncoder:
         self._start_lock = threading.Lock()
         self.batches = 0  # encoder calls made (tests and the benchmark read it)
 
-    def encode(self, text: str, timeout: float = 60.0) -> np.ndarray:
+    def _submit(self, text: str) -> np.ndarray | Future:
+        """The cached embedding, or a Future the batching worker will fill."""
         hit = self.cache.get(text)
         if hit is not None:
             return hit
         fut: Future = Future()
         self._ensure_worker()
         self._q.put((text, fut))
-        return fut.result(timeout=timeout)
+        return fut
+
+    def encode(self, text: str, timeout: float = 60.0) -> np.ndarray:
+        got = self._submit(text)
+        return got.result(timeout=timeout) if isinstance(got, Future) else got
 
     async def encode_async(self, text: str, timeout: float = 60.0) -> np.ndarray:
         """:meth:`encode` for ``async`` routes: awaits the batch without holding a worker thread."""
         import asyncio
 
-        hit = self.cache.get(text)
-        if hit is not None:
-            return hit
-        fut: Future = Future()
-        self._ensure_worker()
-        self._q.put((text, fut))
-        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        got = self._submit(text)
+        return await asyncio.wait_for(asyncio.wrap_future(got), timeout) if isinstance(got, Future) else got
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
