@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -18,6 +21,17 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)"),
 ]
+
+
+def _wait_decoded(images, timeout_s: float = 20.0) -> None:
+    """Every image decoded by the browser. Polled from Python: the page's CSP (no 'unsafe-eval') forbids
+    Playwright's string predicates (wait_for_function), which is the point of the CSP."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if all(img.evaluate("i => i.complete && i.naturalWidth > 0") for img in images.all()):
+            return
+        assert time.monotonic() < deadline, "thumbnails not decoded in time"
+        time.sleep(0.1)
 
 
 def _free_port() -> int:
@@ -68,7 +82,7 @@ def _save(page, tmp_path: Path, name: str) -> Path:
 
 
 def test_text_query_shows_cards_with_thumbnails(page, tmp_path):
-    page.wait_for_function("document.getElementById('status').textContent.includes('12 studies')")
+    expect(page.locator("#status")).to_contain_text("12 studies")
     page.fill("#k", "6")
     page.fill("#query", "acute infarct with restricted diffusion")
     page.click("#search")
@@ -81,9 +95,8 @@ def test_text_query_shows_cards_with_thumbnails(page, tmp_path):
     assert "Case S" in first.locator(".report").inner_text()
     float(first.locator(".score").inner_text())
     # every card shows one mid-axial thumbnail per sequence, actually decoded by the browser
-    page.wait_for_function(
-        "[...document.querySelectorAll('#results img')].length == 12 && "
-        "[...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+    expect(page.locator("#results img")).to_have_count(12)
+    _wait_decoded(page.locator("#results img"))
     shot = _save(page, tmp_path, "search_text.png")
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:4] == b"\x89PNG"
 
@@ -94,7 +107,7 @@ def test_click_card_searches_from_that_study(page, tmp_path):
     page.wait_for_selector("#results .card")
     sid = page.locator("#results .card").nth(1).get_attribute("data-study-id")
     page.locator("#results .card").nth(1).click()
-    page.wait_for_function(f"document.getElementById('summary').textContent.includes('similar to {sid}')")
+    expect(page.locator("#summary")).to_contain_text(f"similar to {sid}")
     ids = [c.get_attribute("data-study-id") for c in page.locator("#results .card").all()]
     assert ids and sid not in ids
     assert page.locator("#zeroshot .bar").count() == 5
@@ -106,7 +119,7 @@ def test_upload_one_nifti_per_sequence(page, cohort, tmp_path):
     page.set_input_files("#files", files)
     assert page.locator("#file-list li").count() == 2
     page.click("#upload")
-    page.wait_for_function("document.getElementById('summary').textContent.includes('Uploaded case')")
+    expect(page.locator("#summary")).to_contain_text("Uploaded case")
     assert page.locator("#results .card").first.get_attribute("data-study-id") == "S002"
     assert "Zero-shot" in page.locator("#zeroshot").inner_text()
     _save(page, tmp_path, "search_upload.png")
