@@ -31,3 +31,9 @@ def served_app(built_index, fake_model):
     from medalign.serve.app import create_app
 
     return create_app(built_index, fake_model, max_file_bytes=2 << 20, max_request_bytes=4 << 20)
+
+
+@pytest.fixture
+def session_text_cache(tmp_path_factory, monkeypatch) -> None:
+    """Frozen-text features cached under the session's temp folder, not the user's cache."""
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path_factory.getbasetemp() / "medalign_cache"))

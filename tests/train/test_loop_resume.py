@@ -16,9 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "clip_tiny.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _text_cache(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path_factory.getbasetemp() / "medalign_cache"))
+pytestmark = pytest.mark.usefixtures("session_text_cache")
 
 
 def _cfg(*overrides: str) -> dict:
