@@ -9,13 +9,17 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from medalign.data.schema import canonical_sequence
 from medalign.errors import CohortError, MedAlignError
+
+_LOG = logging.getLogger("medalign.api")
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -94,12 +98,25 @@ class MedAlignModel:
                 raise MedAlignError(f"run {self.run_dir} records no preprocessing settings; cannot read raw images")
             from medalign.data.imaging import preprocess_study
 
-            unknown = [k for k in x if k not in self.preprocess_config.sequences]
-            if unknown:
-                raise CohortError(f"sequence(s) {unknown} are not inputs of this model (it uses {list(self.preprocess_config.sequences)})",
-                                  study_id=str(x.get("study_id", "?")))
-            study = preprocess_study({k: v for k, v in x.items()}, self.preprocess_config,
-                                     study_id=str(x.get("study_id", "upload")))
+            study_id = str(x.get("study_id", "upload"))
+            known = self.preprocess_config.sequences
+            series: dict[str, Any] = {}
+            for k, v in x.items():
+                if k == "study_id":
+                    continue
+                name = canonical_sequence(k) or str(k)  # "swi" -> "t2s", "T1ce" -> "t1c"
+                if name in series:
+                    raise CohortError(f"sequence '{name}' given twice (as {sorted(j for j in x if (canonical_sequence(j) or j) == name)})",
+                                      study_id=study_id)
+                series[name] = v
+            unknown = sorted(k for k in series if k not in known)
+            if unknown:  # a study may bring more series than the model reads: skip them, say which
+                _LOG.warning("skipping sequence(s) %s: not inputs of this model (it reads %s)", unknown, list(known))
+            usable = {k: v for k, v in series.items() if k in known}
+            if not usable:
+                raise CohortError(f"no usable sequence: the study has {sorted(series)}, this model reads {list(known)}",
+                                  study_id=study_id)
+            study = preprocess_study(usable, self.preprocess_config, study_id=study_id)
             return torch.from_numpy(np.ascontiguousarray(study.image)), torch.from_numpy(np.asarray(study.sequence_mask, dtype=bool))
         raise TypeError(f"cannot encode {type(x).__name__}: give a study id, a dict sequence->path, or a tensor")
 

@@ -296,3 +296,27 @@ def test_head_regions_mask_and_attention(tmp_path):
     assert build_recipe(_cfg(tmp_path)).head_regions is None  # paper default: off
     with pytest.raises(ValueError, match="head_regions"):
         build_recipe(_cfg(tmp_path, head_regions=1.5))
+
+
+def test_attention_fusion_encoder_feeds_the_local_branch(tmp_path):
+    """A study-level encoder (one shared encoder per series) gives GLoRIA its local map too, and a
+    study with one series missing trains: every parameter gets a gradient."""
+    from medalign.eval.localisation import gradcam_map
+    from medalign.models.fusion import SeriesFusionEncoder
+
+    cfg = _cfg(tmp_path)
+    cfg["recipe"]["image_encoder"]["fusion"] = "attention"
+    torch.manual_seed(0)
+    rec = build_recipe(cfg)
+    assert isinstance(rec.image_encoder, SeriesFusionEncoder)
+    batch = _batch()
+    batch["sequence_mask"][1, 0] = False
+    rec.train()
+    out = rec.training_step(batch)
+    sum(v for k, v in out.items() if k.endswith("_loss")).backward()
+    for name, p in rec.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    rec.eval()
+    cam = gradcam_map(rec, batch["image"][0], batch["sequence_mask"][0], TEXTS[0])
+    assert cam.shape == (2, 8, 8) and np.isfinite(cam).all()

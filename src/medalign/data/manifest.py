@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medalign.data.schema import (CLASSES, IMAGE_PREFIX, KNOWN_SEQUENCES, REQUIRED_COLUMNS, SPLITS,
-                                  image_column)
+                                  SEQUENCE_ALIASES, canonical_sequence, image_column)
 from medalign.errors import CohortError
 
 PATH_COLUMNS_EXTRA = ("mask", "omics", "bag")
@@ -80,13 +80,33 @@ def _cell_to_str(v: object) -> object:
 
 def load_manifest(path: str | Path, *, check_files: bool = True, absolute_paths: bool = True) -> pd.DataFrame:
     """Read and validate a manifest (CSV or Parquet); paths made absolute unless told not to."""
-    df = read_table(path)
+    df = canonical_image_columns(read_table(path))
     base = Path(path).resolve().parent
     resolved = resolve_paths(df, base)
     validate_manifest(resolved, check_files=check_files)
     out = resolved if absolute_paths else df
     out.attrs["manifest_path"] = str(Path(path).resolve())
     return out
+
+
+def canonical_image_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``image_swi`` -> ``image_t2s``, ``image_T1ce`` -> ``image_t1c`` (:data:`SEQUENCE_ALIASES`);
+    two columns naming one sequence are an error naming both. Unknown names are left for
+    :func:`validate_manifest` to refuse."""
+    rename: dict[str, str] = {}
+    for c in df.columns:
+        if isinstance(c, str) and c.lower().startswith(IMAGE_PREFIX):
+            canon = canonical_sequence(c[len(IMAGE_PREFIX):])
+            if canon is not None and image_column(canon) != c:
+                rename[c] = image_column(canon)
+    if not rename:
+        return df
+    targets = Counter([rename.get(c, c) for c in df.columns])
+    dup = [c for c in df.columns if targets[rename.get(c, c)] > 1 and c in rename]
+    if dup:
+        both = sorted(c for c in df.columns if rename.get(c, c) == rename[dup[0]])
+        raise CohortError(f"columns {both} name the same sequence '{rename[dup[0]][len(IMAGE_PREFIX):]}'", column=dup[0])
+    return df.rename(columns=rename)
 
 
 def resolve_paths(df: pd.DataFrame, base: str | Path) -> pd.DataFrame:
@@ -114,7 +134,8 @@ def validate_manifest(df: pd.DataFrame, *, check_files: bool = True) -> None:
         raise CohortError("column appears more than once", column=dup_cols[0])
     for c in cols:
         if c.startswith(IMAGE_PREFIX) and c[len(IMAGE_PREFIX):] not in KNOWN_SEQUENCES:
-            raise CohortError(f"unknown sequence '{c[len(IMAGE_PREFIX):]}'; known: {', '.join(KNOWN_SEQUENCES)}",
+            raise CohortError(f"unknown sequence '{c[len(IMAGE_PREFIX):]}'; known: {', '.join(KNOWN_SEQUENCES)} "
+                              f"(aliases: {', '.join(sorted(SEQUENCE_ALIASES))})",
                               column=c)
     img_cols = [image_column(s) for s in manifest_sequences(df)]
     if not img_cols:

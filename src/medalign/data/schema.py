@@ -8,6 +8,22 @@ CLASSES: tuple[str, ...] = ("infarct", "tumor", "hemorrhage", "normal", "others"
 # dwi = DWI b1000, adc, t2s = T2* (GRE), flair, t1, t2, t1c = post-contrast T1.
 KNOWN_SEQUENCES: tuple[str, ...] = ("dwi", "adc", "t2s", "flair", "t1", "t2", "t1c")
 
+# Other names for the known sequences (BraTS "t1ce", SWI read as T2*-weighted, ...): a manifest
+# column, an API dict key or a DICOM identification may use them; they are read as the canonical name.
+SEQUENCE_ALIASES: dict[str, str] = {
+    "swi": "t2s", "t2star": "t2s", "gre": "t2s",
+    "t1ce": "t1c", "t1gd": "t1c", "t1post": "t1c",
+    "trace": "dwi", "b1000": "dwi",
+}
+
+
+def canonical_sequence(name: str) -> str | None:
+    """A sequence name (any case, an alias allowed) -> its canonical name, or None if unknown."""
+    n = str(name).strip().lower()
+    n = SEQUENCE_ALIASES.get(n, n)
+    return n if n in KNOWN_SEQUENCES else None
+
+
 # The paper's three input channels, in this order.
 PAPER_SEQUENCES: tuple[str, ...] = ("dwi", "t2s", "flair")
 

@@ -162,12 +162,13 @@ def gradcam_map(recipe, image, sequence_mask, text: str, *, encoder=None) -> np.
             score.backward()
     finally:
         handle.remove()
-    a = captured["local"]                       # (1, C_l, d, h, w)
+    a = captured["local"]                       # (N, C_l, d, h, w): N = 1, or one per series (late fusion)
     g = a.grad
     if g is None:
         raise ValueError("no gradient reached the encoder's local features")
-    w = g.mean(dim=tuple(range(2, g.dim())), keepdim=True)  # (1, C_l, 1, 1, 1)
-    cam = torch.relu((w * a).sum(1))[0]         # (d, h, w)
+    w = g.mean(dim=tuple(range(2, g.dim())), keepdim=True)  # (N, C_l, 1, 1, 1)
+    # per-series maps (each already weighted by its share in the score) add up to the study's map
+    cam = torch.relu((w * a).sum(1)).sum(0)     # (d, h, w)
     return cam.detach().double().numpy()
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from medalign.data.masking import mask_sequences
 from medalign.registry import Registry
 
 IMAGE_ENCODERS: Registry[nn.Module] = Registry("image encoder")
@@ -193,14 +194,15 @@ class UNetEncoder(nn.Module):
             out.append(s)
         return tuple(out)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``sequence_mask`` (B, C) bool: absent sequences' channels are zeroed (early fusion)."""
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNetEncoder expects (B, {self.in_channels}, *{self.spatial_dims} spatial dims), got {tuple(x.shape)}"
             )
         if self.global_pool == "flatten" and tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"UNetEncoder(global_pool='flatten') was built for input {self.input_shape}, got {tuple(x.shape[2:])}")
-        h = self.stem(x)
+        h = self.stem(mask_sequences(x, sequence_mask))
         local = h
         maps: list[torch.Tensor] = []
         for i, level in enumerate(self.levels):
@@ -232,16 +234,31 @@ def build_image_encoder(spec: dict | nn.Module | None, *, in_channels: int, inpu
     used unless the spec sets its own. ``default`` is the preset when the spec names none:
     the paper's ``"unet3d"`` (CLIP, GLoRIA, supervised); the SSL recipes pass ``"unet3d_cpu"``.
     A 2D encoder is ``{"spatial_dims": 2, ...}`` with a 2-value ``input_shape``.
+
+    ``fusion`` (in the spec): ``"early"`` (default; the paper) stacks the sequences as input
+    channels; ``"late_mean"`` / ``"attention"`` build the named encoder with one input channel
+    and wrap it in :class:`~medalign.models.fusion.SeriesFusionEncoder` (one shared encoder per
+    series, pooled over the present series; ``attn_dim`` sizes its attention scorer).
     """
     if isinstance(spec, nn.Module):
         return spec
     kwargs = dict(spec or {})
     name = kwargs.pop("name", default)
+    fusion = kwargs.pop("fusion", "early")
+    attn_dim = kwargs.pop("attn_dim", 64)
     kwargs.setdefault("input_shape", input_shape)
     if kwargs["input_shape"] is not None:
         kwargs["input_shape"] = tuple(kwargs["input_shape"])
-    kwargs.setdefault("in_channels", in_channels)
-    return IMAGE_ENCODERS.build(name, **kwargs)
+    if fusion == "early":
+        kwargs.setdefault("in_channels", in_channels)
+        return IMAGE_ENCODERS.build(name, **kwargs)
+    from medalign.models.fusion import FUSIONS, SeriesFusionEncoder
+
+    if fusion not in FUSIONS:
+        raise ValueError(f"image_encoder.fusion must be one of {FUSIONS}, got '{fusion}'")
+    kwargs["in_channels"] = 1  # one series at a time
+    return SeriesFusionEncoder(IMAGE_ENCODERS.build(name, **kwargs), in_channels=in_channels, fusion=fusion,
+                               attn_dim=attn_dim)
 
 
 @IMAGE_ENCODERS.register("unet3d")

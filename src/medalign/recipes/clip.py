@@ -12,7 +12,6 @@ from medalign.data.reports import report_views, select_report_section
 from medalign.data.schema import PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.models.heads import ProjectionHead
-from medalign.data.masking import mask_sequences
 from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
 from medalign.recipes import RECIPES, Recipe
@@ -140,7 +139,7 @@ class ClipRecipe(Recipe):
 
     def encode_image(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, E), L2-normalised; missing sequences are zeroed first."""
-        g = self.image_encoder(mask_sequences(image, sequence_mask))["global"]  # (B, F)
+        g = self.image_encoder(image, sequence_mask)["global"]  # (B, F); absent sequences zeroed or skipped
         return F.normalize(self.image_proj(g), dim=-1)  # (B, E)
 
     def text_features(self, texts: list[str]) -> torch.Tensor:

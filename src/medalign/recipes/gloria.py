@@ -147,7 +147,7 @@ class GloriaRecipe(ClipRecipe):
         """-> image_embed (B, E) normalised, image_local (B, R, E), local_grid (d, h, w), and
         region_mask (B, R) bool (sub-regions the words may attend to; None = all)."""
         x = mask_sequences(image, sequence_mask)
-        out = self.image_encoder(x)
+        out = self.image_encoder(x, sequence_mask)
         g = F.normalize(self.image_proj(out["global"]), dim=-1)  # (B, E)
         loc = out["local"]  # (B, C_l, d, h, w)
         grid = tuple(loc.shape[2:])

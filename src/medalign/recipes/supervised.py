@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
-from medalign.data.masking import mask_sequences
 from medalign.models.image3d import build_image_encoder
 from medalign.recipes import RECIPES, Recipe
 
@@ -40,7 +39,7 @@ class SupervisedRecipe(Recipe):
         self.label_smoothing = float(label_smoothing)
 
     def _features(self, image: torch.Tensor, sequence_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.image_encoder(mask_sequences(image, sequence_mask))["global"]  # (B, F)
+        return self.image_encoder(image, sequence_mask)["global"]  # (B, F)
 
     def logits(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, n_classes)."""

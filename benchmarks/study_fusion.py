@@ -1,0 +1,104 @@
+"""Early vs late/attention fusion on a held-out synthetic cohort, and what each loses per missing sequence.
+
+    python benchmarks/study_fusion.py --model NAME RUN CACHE [--model NAME RUN CACHE ...] \
+        --manifest HELDOUT/manifest.csv [--train-manifest TRAIN/manifest.csv --train-cache C ...]
+
+Each ``--model`` is a run and the held-out cohort's cache preprocessed with that run's settings
+(an early-fusion run needs a co-registered cache of its 3 sequences, a study-level run reads a
+cache of all seven). Every study of the held-out manifest is evaluated (no split is used).
+
+Per model: report->image R@5 and one-prompt-per-class zero-shot accuracy (the shipped prompts,
+``medalign/eval/prompts.yaml``; one prompt per class as in the paper's protocol), with 95%
+percentile-bootstrap CIs over studies, for the full study, each sequence alone, and each
+leave-one-out; and a logistic-regression probe (fit on the run's own training split, full
+studies) on the full held-out studies. A sequence left out is hidden through the sequence mask:
+early fusion sees a zeroed channel (what it was trained with under sequence dropout), the
+study-level encoder does not encode that series at all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def embed(model, cache, ids: list[str], keep: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Image embeddings (N, E) with only the sequences in ``keep`` (C,) bool shown to the model."""
+    out = []
+    for i in range(0, len(ids), batch):
+        items = [cache.load(s) for s in ids[i : i + batch]]
+        x = np.stack([np.asarray(s["image"], np.float32) for s in items])  # (b, C, D, H, W)
+        m = np.stack([np.asarray(s["sequence_mask"], bool) for s in items]) & keep[None]  # (b, C)
+        if not m.any(1).all():
+            raise SystemExit(f"a study has none of the kept sequences {keep}")
+        out.append(model.encode_image(x, m))
+    return np.concatenate(out)
+
+
+def scores(model, img: np.ndarray, txt: np.ndarray, y: np.ndarray, bank: dict, n_boot: int) -> dict:
+    from medalign.eval.bootstrap import bootstrap_ci
+    from medalign.eval.zeroshot import scores_from_prompt_bank
+
+    sim = txt @ img.T  # (N, N) report x image
+    rank = (sim > np.diag(sim)[:, None]).sum(1)  # (N,) images above the true one
+    r5 = (rank < 5).astype(float)
+    zs = (scores_from_prompt_bank(img, bank, one_per_class=True).argmax(1) == y).astype(float)
+    mean = lambda v: float(np.mean(v))  # noqa: E731
+    return {"R@5": bootstrap_ci(mean, r5, n=n_boot, seed=0), "zero_shot": bootstrap_ci(mean, zs, n=n_boot, seed=0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs=3, action="append", metavar=("NAME", "RUN", "CACHE"), required=True)
+    ap.add_argument("--manifest", required=True, help="held-out cohort manifest (all studies evaluated)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--no-subsets", action="store_true", help="full studies only")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    a = ap.parse_args()
+
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    import medalign
+    from medalign.data.cache import CohortCache
+    from medalign.data.schema import CLASSES
+    from medalign.eval.bootstrap import bootstrap_ci, format_ci
+    from medalign.eval.zeroshot import PROMPTS_FILE, embed_prompts, load_prompts
+    from medalign.train.embed import embed_manifest
+
+    df = pd.read_csv(a.manifest, dtype=str, keep_default_na=False)
+    ids, y = df["study_id"].tolist(), np.array([CLASSES.index(v) for v in df["label"]])
+    results: dict = {"manifest": a.manifest, "n": len(ids), "models": {}}
+    for name, run, cache_dir in a.model:
+        model = medalign.load(run)
+        cache = CohortCache(cache_dir)
+        seqs = list(model.sequences)
+        txt = model.encode_report(df["report"].tolist())  # (N, E)
+        bank = embed_prompts(load_prompts(str(PROMPTS_FILE)), model.encode_text)
+        rows = {"full": np.ones(len(seqs), bool)}
+        if not a.no_subsets:
+            for i, s in enumerate(seqs):
+                rows[f"{s} alone"] = np.eye(len(seqs), dtype=bool)[i]
+            for i, s in enumerate(seqs):
+                rows[f"without {s}"] = ~np.eye(len(seqs), dtype=bool)[i]
+        res: dict = {"sequences": seqs, "rows": {}}
+        for row, keep in rows.items():
+            img = embed(model, cache, ids, keep)
+            res["rows"][row] = scores(model, img, txt, y, bank, a.n_boot)
+            if row == "full":  # probe: fit on the run's own training split (full studies)
+                tr = embed_manifest(model, model.config["data"]["manifest"], split="train")
+                clf = LogisticRegression(max_iter=2000, C=1.0).fit(tr["image_embed"], tr["label_index"])
+                ok = (clf.predict(img) == y).astype(float)
+                res["probe"] = bootstrap_ci(lambda v: float(np.mean(v)), ok, n=a.n_boot, seed=0)
+            r = res["rows"][row]
+            print(f"{name:<22} {row:<18} R@5 {format_ci(r['R@5'])}  zero-shot {format_ci(r['zero_shot'])}", flush=True)
+        print(f"{name:<22} {'probe (logreg)':<18} {format_ci(res['probe'])}", flush=True)
+        results["models"][name] = res
+    if a.out:
+        Path(a.out).write_text(json.dumps(results, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
