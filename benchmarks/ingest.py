@@ -5,7 +5,8 @@
     python benchmarks/ingest.py --manifest cohort/manifest.csv --n 100   # an existing synthetic cohort
 
 Printed: the confusion matrix truth x identified over every MR image series, overall accuracy,
-how many wanted series (the one per sequence the choice rule should pick) were chosen, and
+how many wanted series (the one per sequence the choice rule should pick) were chosen, how many
+series the study rule made t1c by acquisition order (and how many of them truly are), and
 throughput: files/s and studies/min of `ingest` (header scan + identification + conversion),
 timed separately from generating the export. Half the studies use the flat layout (random file
 names, no extension), half the nested PATIENT/ACCESSION/SERIES layout.
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import pandas as pd
 
-    from medalign.data.dicom_identify import SEQUENCE_TYPES
+    from medalign.data.dicom_identify import POST_BY_ORDER, SEQUENCE_TYPES
     from medalign.data.ingest import ingest
     from medalign.data.synth.dicom_export import export_study
 
@@ -73,16 +74,20 @@ def main(argv: list[str] | None = None) -> dict:
     acc = float((tr["truth"] == tr["sequence"]).mean())
     wanted = tr[tr["wanted"]]
     found = int(wanted["chosen"].fillna(False).astype(bool).sum())
+    by_order = tr["reason"].fillna("").str.contains(POST_BY_ORDER, regex=False)  # the study rule t1c_by_order
     wrong_rows = tr[tr["truth"] != tr["sequence"]][["vendor", "kind", "description", "truth", "sequence", "reason"]]
     res = {"studies": int(len(df)), "series": int(len(tr)), "files": summary["files"], "accuracy": round(acc, 4),
            "wanted": int(len(wanted)), "wanted_found": found, "errors": len(summary["errors"]),
            "ingest_s": round(t_ingest, 2), "files_per_s": round(summary["files"] / t_ingest, 1),
            "studies_per_min": round(len(df) / t_ingest * 60, 1), "export_s": round(t_export, 2),
            "synth_s": round(t_synth, 2), "workers": args.workers, "seed": args.seed,
+           "t1c_by_order": int(by_order.sum()), "t1c_by_order_correct": int((by_order & (tr["truth"] == "t1c")).sum()),
            "confusion": cm.to_dict()}
     print(cm.to_string())
     print(f"\naccuracy {acc:.4f} over {len(tr)} series of {len(df)} studies; wanted series chosen {found}/{len(wanted)}; "
           f"{len(summary['errors'])} conversion errors")
+    print(f"t1c by acquisition order (study rule, no contrast tag or words): {res['t1c_by_order']} series, "
+          f"{res['t1c_by_order_correct']} truly t1c")
     if len(wrong_rows):
         print("misidentified:\n" + wrong_rows.to_string())
     print(f"ingest: {summary['files']} files in {t_ingest:.1f} s = {res['files_per_s']} files/s, "

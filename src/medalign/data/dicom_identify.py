@@ -8,6 +8,10 @@ reason recorded in series.csv. A T1 decision becomes t1c when a contrast agent i
 description says post-contrast. Thresholds are the usual clinical ranges at 1.5-3 T (TI of FLAIR
 ~1800-2800 ms, of MPRAGE ~800-1100 ms; T2* GRE TE ~15-30 ms).
 
+One study-level rule follows (:func:`contrast_by_order`): two T1 series of one protocol with no
+contrast evidence, another acquisition between them and no sign of a repeat -> the later is t1c
+(pre-contrast T1 first, injection, post-contrast T1 after: how contrast protocols are acquired).
+
 :func:`choose` picks one series per sequence in a study: axial over other planes, original over
 derived, most slice positions, then the latest repeat (highest SeriesNumber, then SeriesTime).
 """
@@ -148,6 +152,94 @@ def identify(h: H) -> tuple[str, str]:
             if r.when(h):
                 return _contrast(h, r.sequence, f"{kind} rule {r.name}: {r.why.format(**_fmt(h))}")
     return "other", "no rule fired (no decisive header fields, description unhelpful)"
+
+
+# --------------------------------------------------------------------------- the study rule
+POST_BY_ORDER = "later of two identical T1 series: post-contrast by acquisition order"
+PRE_BY_ORDER = "earlier of two identical T1 series: pre-contrast"
+REPEAT_WORDS = r" (rpt|repeat|redo|rescan|wdh)\b"  # a description that says 'repeat'
+PROTOCOL_TOL = 0.1  # TR/TE/TI/flip within 10 % of each other: the same protocol
+
+
+def _seconds(t: str) -> float | None:
+    """DICOM TM 'HHMMSS.ffffff' (or the old 'HH:MM:SS') -> seconds since midnight; None if absent."""
+    m = re.fullmatch(r"(\d\d)(\d\d)?(\d\d(?:\.\d*)?)?", t.strip().replace(":", ""))
+    return None if m is None else int(m[1]) * 3600 + int(m[2] or 0) * 60 + float(m[3] or 0)
+
+
+def acquisition_order(headers: list[H]) -> list[int]:
+    """Indices of ``headers`` in acquisition order: by AcquisitionTime, else SeriesTime (when every
+    series has one: a missing time cannot be placed), else SeriesNumber; SeriesNumber breaks ties."""
+    for key in ("acquisition_time", "series_time"):
+        t = [_seconds(str(h.get(key) or "")) for h in headers]
+        if all(x is not None for x in t):
+            return sorted(range(len(headers)), key=lambda i: (t[i], headers[i].get("series_number", 0)))
+    return sorted(range(len(headers)), key=lambda i: headers[i].get("series_number", 0))
+
+
+def same_protocol(a: H, b: H) -> bool:
+    """Same plane, acquisition type, scanning sequence and TR/TE/TI/flip (within :data:`PROTOCOL_TOL`).
+    False when TR or TE is missing on either: stripped physics cannot show two series are alike."""
+    if (a.get("plane"), a.get("acq_type"), sorted(a.get("scanning_sequence") or [])) != (
+            b.get("plane"), b.get("acq_type"), sorted(b.get("scanning_sequence") or [])):
+        return False
+    if not all(_num(h.get(k)) for h in (a, b) for k in ("tr", "te")):
+        return False
+    for k in ("tr", "te", "ti", "flip"):
+        x, y = a.get(k), b.get(k)
+        if _num(x) != _num(y) or (_num(x) and abs(x - y) > PROTOCOL_TOL * max(abs(x), abs(y))):
+            return False
+    return True
+
+
+def _repeat(a: H, b: H, between: int) -> str | None:
+    """Why the later T1 ``b`` looks like a repeat of ``a`` rather than a post-contrast series, or None."""
+    if between == 0:
+        return "acquired back to back (no other acquisition between them)"
+    if a.get("description") and a.get("description") == b.get("description"):
+        return f"same description '{a['description']}'"
+    if re.search(REPEAT_WORDS, _text(b)):
+        return f"description '{b.get('description', '')}' says repeat"
+    return None
+
+
+def contrast_by_order(headers: list[H], decisions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Study rule ``t1c_by_order``: one study's (sequence, reason) per series, with the later of two
+    identical T1 series made t1c when the study shows a contrast protocol's pattern.
+
+    Fires for each group of exactly two series identified t1 (no ContrastBolusAgent, no
+    post-contrast words: else they were t1c already) with :func:`same_protocol`, when
+    (1) no series of the study is t1c already (then the protocol's post-contrast T1 is known and a
+    second identical T1 is a repeat), (2) at least one other original (not derived) acquisition lies
+    between them in :func:`acquisition_order` (the injection and the wait for enhancement), and
+    (3) nothing marks a repeat: a repeat is acquired back to back, keeps its description, or says
+    'repeat'/'rpt'. Three or more identical T1 series are left alone (which one is post?).
+    """
+    out = list(decisions)
+    if any(seq == "t1c" for seq, _ in decisions):
+        return out
+    order = acquisition_order(headers)
+    groups: list[list[int]] = []
+    for i in (i for i in order if decisions[i][0] == "t1"):
+        g = next((g for g in groups if same_protocol(headers[g[0]], headers[i])), None)
+        if g is None:
+            groups.append([i])
+        else:
+            g.append(i)
+    for g in (g for g in groups if len(g) == 2):
+        a, b = g  # in acquisition order
+        ra, rb = order.index(a), order.index(b)
+        between = sum("DERIVED" not in (headers[j].get("image_type") or []) for j in order[ra + 1:rb])
+        na, nb = headers[a].get("series_number"), headers[b].get("series_number")
+        why_repeat = _repeat(headers[a], headers[b], between)
+        if why_repeat:
+            out[b] = ("t1", f"{out[b][1]}; study rule t1c_by_order not applied: same T1 protocol as series {na}, "
+                            f"taken as a repeat ({why_repeat})")
+            continue
+        out[b] = ("t1c", f"{out[b][1]}; study rule t1c_by_order: {POST_BY_ORDER} (series {na} pre, series {nb} post, "
+                         f"{between} acquisition(s) between, no t1c otherwise)")
+        out[a] = ("t1", f"{out[a][1]}; study rule t1c_by_order: {PRE_BY_ORDER} (series {nb} post)")
+    return out
 
 
 # --------------------------------------------------------------------------- choosing

@@ -134,6 +134,7 @@ def _header(ds: Any) -> dict[str, Any]:
         "protocol": str(_get(ds, "ProtocolName", "") or "").strip(),
         "series_number": int(_float(_get(ds, "SeriesNumber")) or 0),
         "series_time": str(_get(ds, "SeriesTime", "") or ""),
+        "acquisition_time": str(_get(ds, "AcquisitionTime", "") or ""),
         "manufacturer": str(_get(ds, "Manufacturer", "") or ""),
         "sop_class": str(_get(ds, "SOPClassUID", "") or ""),
         "image_type": _strs(_get(ds, "ImageType")),

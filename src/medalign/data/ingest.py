@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medalign.data.dicom_identify import choose, identify, plane, why_not
+from medalign.data.dicom_identify import choose, contrast_by_order, identify, plane, why_not
 from medalign.data.dicom_scan import FileRecord, Series, group_series, plan_stack, read_headers, walk
 from medalign.data.schema import KNOWN_SEQUENCES, image_column
 from medalign.errors import CohortError
@@ -77,16 +77,19 @@ def series_header(s: Series) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- one study
-def process_study(series: list[Series], study_dir: Path, study_id: str, root: str) -> dict[str, Any]:
+def process_study(series: list[Series], study_dir: Path, study_id: str, root: str,
+                  only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Identify, choose, check and convert one study's series into ``study_dir``; returns its
-    series rows, the manifest image paths (relative to the cohort) and the errors."""
+    series rows, the manifest image paths (relative to the cohort) and the errors. ``only``: convert
+    just these sequences (every series is still identified, so the study rule sees the whole study)."""
     from medalign.data.dicom_convert import convert
 
     rel = (lambda p: os.path.relpath(p, root)) if os.path.isdir(root) else os.path.basename
     rows, by_seq = [], {}
-    for s in sorted(series, key=lambda x: x.header.get("series_number", 0)):
-        h = series_header(s)
-        seq, reason = identify(h)
+    series = sorted(series, key=lambda x: x.header.get("series_number", 0))
+    headers = [series_header(s) for s in series]
+    decisions = contrast_by_order(headers, [identify(h) for h in headers])  # the study rule after the table
+    for s, h, (seq, reason) in zip(series, headers, decisions):
         row = {"study_id": study_id, "study_uid": s.study_uid, "series_uid": s.series_uid,
                "series_number": h["series_number"], "description": h["description"], "sequence": seq,
                "chosen": False, "reason": reason, "n_files": s.n_files}
@@ -95,6 +98,8 @@ def process_study(series: list[Series], study_dir: Path, study_id: str, root: st
             by_seq.setdefault(seq, []).append({**h, "row": row, "series": s})
     images, errors, geometry = {}, [], {}
     for seq, cands in by_seq.items():
+        if only is not None and seq not in only:
+            continue
         left = list(cands)
         while left:
             best, others = choose(left)
@@ -293,7 +298,7 @@ def study_volumes(folder: str | Path, out_dir: str | Path, sequences: tuple[str,
     uids = {k[0] for k in groups}
     if len(uids) != 1:
         raise CohortError(f"expected one DICOM study, found {len(uids)}", path=str(folder))
-    res = process_study(list(groups.values()), Path(out_dir), "upload", str(folder))
+    res = process_study(list(groups.values()), Path(out_dir), "upload", str(folder), only=sequences or None)
     paths = {s: str(Path(out_dir) / f"{s}.nii.gz") for s in res["images"] if not sequences or s in sequences}
     if not paths:
         why = "; ".join(res["errors"]) or "no series identified as " + ", ".join(sequences or KNOWN_SEQUENCES)

@@ -21,7 +21,7 @@ from medalign.serve.batching import ServerBusy
 from medalign.serve.schemas import Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
 from medalign.serve.security import token_ok
 from medalign.serve.state import ID_PATTERN, MAX_K, STATIC_DIR, ServeState
-from medalign.serve.uploads import read_upload
+from medalign.serve.uploads import read_dicom_zip, read_upload
 
 StudyId = PathParam(..., pattern=ID_PATTERN, max_length=128, description="study id from the index")
 
@@ -122,34 +122,67 @@ def _upload_embedding(state: ServeState, given: dict[str, UploadFile]) -> tuple[
     return vec, sorted(paths)
 
 
+def _dicom_embedding(state: ServeState, upload: UploadFile) -> tuple[np.ndarray, list[str]]:
+    """(E,) embedding of a zipped DICOM study and the sequences found: unpacked under limits, then
+    the identification and choice of ``medalign ingest`` (``study_volumes``), as ``encode_image`` of a
+    DICOM folder does. Messages carry no file paths, patient names or UIDs; the folder is removed."""
+    from medalign.data.ingest import study_volumes
+
+    with tempfile.TemporaryDirectory(prefix="medalign-upload-") as td:
+        folder = read_dicom_zip(upload.file, Path(td), state.max_file_bytes)
+        try:
+            paths = study_volumes(folder, Path(td) / "nifti", sequences=tuple(state.sequences) or None)
+        except MedAlignError as e:  # "file <tmp>/dicom: no readable DICOM ..." -> the problem only
+            msg = str(e).replace(f"file {folder}: ", "").replace(td + "/", "")
+            raise HTTPException(400, f"upload 'dicom': {msg}") from None
+        try:
+            vec = state.encode_image(paths)  # (E,)
+        except MedAlignError as e:
+            raise HTTPException(400, f"upload could not be processed: {str(e).replace(td + '/', '')}") from None
+        except (ValueError, OSError, RuntimeError, EOFError) as e:
+            raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
+    if not np.all(np.isfinite(vec)):
+        raise HTTPException(400, "upload gave a non-finite embedding (empty or constant volume?)")
+    return vec, sorted(paths)
+
+
 def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
-    """``POST /search/upload``: one NIfTI per sequence form field -> similar studies + zero-shot classes."""
+    """``POST /search/upload``: one NIfTI per sequence form field, or one zipped DICOM study in the
+    field ``dicom`` -> similar studies + zero-shot classes."""
     router = APIRouter()
     doc = ("One NIfTI file per sequence, each in a form field named by the sequence "
-           f"(model uses: {', '.join(state.sequences) or 'any'}). Max {state.max_file_bytes >> 20} MiB per file.")
+           f"(model uses: {', '.join(state.sequences) or 'any'}); or one zip of a DICOM study (any layout) in the "
+           "field 'dicom': its series are identified as by `medalign ingest`. "
+           f"Max {state.max_file_bytes >> 20} MiB per file.")
 
     # one explicit File parameter per known sequence, so the OpenAPI form lists every field
     @router.post("/search/upload", response_model=SearchResponse, dependencies=auth, description=doc,
-                 responses={400: {"description": "bad or missing NIfTI"}, 413: {"description": "too large"},
+                 responses={400: {"description": "bad or missing NIfTI / DICOM zip"}, 413: {"description": "too large"},
                             503: {"description": "too many uploads in flight; retry"}})
     def search_upload(k: int = Query(DEFAULT_TOP_K, ge=1, le=MAX_K),
                       dwi: UploadFile | None = File(None), adc: UploadFile | None = File(None),
                       t2s: UploadFile | None = File(None), flair: UploadFile | None = File(None),
                       t1: UploadFile | None = File(None), t2: UploadFile | None = File(None),
-                      t1c: UploadFile | None = File(None)) -> SearchResponse:
+                      t1c: UploadFile | None = File(None),
+                      dicom: UploadFile | None = File(None, description="a zip of one DICOM study")) -> SearchResponse:
         # a plain string in a file field (a form value, not a file) counts as absent
         given = {s: f for s, f in zip(KNOWN_SEQUENCES, (dwi, adc, t2s, flair, t1, t2, t1c))
                  if f is not None and not isinstance(f, str)}
-        if not given:
-            raise HTTPException(400, "upload at least one NIfTI, in a form field named by its sequence")
+        study = dicom if dicom is not None and not isinstance(dicom, str) else None
+        if study is not None and given:
+            raise HTTPException(400, "send either one DICOM study zip ('dicom') or NIfTI files per sequence, not both")
+        if not given and study is None:
+            raise HTTPException(400, "upload at least one NIfTI, in a form field named by its sequence, "
+                                     "or a zipped DICOM study in the field 'dicom'")
         try:
             with state.uploads.slot():  # bounded: text queries never wait behind a queue of uploads
-                vec, sequences = _upload_embedding(state, given)
+                vec, sequences = _dicom_embedding(state, study) if study else _upload_embedding(state, given)
         except ServerBusy as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "2"}) from None
         store = state.current_store()
         pairs = store.search(vec, k, target="image")
-        return SearchResponse(query={"type": "upload", "sequences": sequences, "k": k},
+        query = {"type": "upload", "sequences": sequences, "k": k, **({"source": "dicom"} if study else {})}
+        return SearchResponse(query=query,
                               results=_hits(state, pairs, store),
                               zero_shot=_zero_shot(state, vec))
 

@@ -1,15 +1,24 @@
 """Uploaded NIfTI files: sniff the header, spool to a temporary folder under a size limit, check
-the volume shape. The name a file gets on disk comes from the sequence field, never the request."""
+the volume shape. A DICOM study arrives as one zip: unpacked under limits (file count, total
+size) into numbered files. The name a file gets on disk comes from the sequence field or a
+counter, never the request (so no zip-slip, and no patient names from folder names)."""
 from __future__ import annotations
 
+import os
+import stat
 import struct
+import zipfile
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
 
 from medalign.serve.state import MAX_VOXELS
+
+ZIP_EXPANSION = 16          # a study zip may unpack to at most 16 x the per-file upload limit (zip bombs)
+MAX_ZIP_MEMBERS = 20_000    # files in one study zip (a long brain MR study has a few thousand)
+ZIP_JUNK = ("__MACOSX",)    # folders archivers add that hold no DICOM
 
 
 def nifti_suffix(head: bytes) -> str | None:
@@ -63,3 +72,72 @@ def read_upload(seq: str, f: BinaryIO, tmpdir: Path, max_file_bytes: int) -> str
     if len(shape) not in (3, 4) or min(shape) < 1 or int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
         raise HTTPException(400, f"upload '{seq}': expected a 3-D volume, got shape {shape}")
     return str(dest)
+
+
+def _path(info: zipfile.ZipInfo) -> PurePosixPath:
+    return PurePosixPath(info.filename.replace("\\", "/"))  # archivers on Windows may write backslashes
+
+
+def _unsafe(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member must not be unpacked (zip-slip path, link, encryption), or None."""
+    name = str(_path(info))
+    if name.startswith("/") or ".." in _path(info).parts or (len(name) > 1 and name[1] == ":"):
+        return "an unsafe path (absolute or with '..')"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "a symbolic link"
+    if info.flag_bits & 0x1:
+        return "encryption (not supported)"
+    return None
+
+
+def read_dicom_zip(f: BinaryIO, tmpdir: Path, max_file_bytes: int) -> Path:
+    """Unpack a zip holding one DICOM study (any layout) into ``tmpdir/dicom`` as numbered files
+    (``00000``, ``00001``, ...; ingest reads any file name) and return that folder.
+
+    Raises HTTPException 413 (zip larger than ``max_file_bytes``, more than :data:`MAX_ZIP_MEMBERS`
+    files, or more than :data:`ZIP_EXPANSION` x ``max_file_bytes`` unpacked, by the declared sizes and
+    again by the bytes written) or 400 (not a zip, an unsafe member, no files, a corrupt member: one
+    that inflates past its declared size fails zipfile's CRC check). Messages name members by
+    number only: their paths may hold patient names.
+    """
+    from fastapi import HTTPException  # lazily: this package imports without the serve extra
+
+    f.seek(0, os.SEEK_END)
+    if f.tell() > max_file_bytes:
+        raise HTTPException(413, f"upload 'dicom': zip larger than {max_file_bytes} bytes")
+    f.seek(0)
+    max_unzipped = ZIP_EXPANSION * max_file_bytes
+    try:
+        zf = zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise HTTPException(400, "upload 'dicom': not a zip archive (zip one DICOM study folder)") from None
+    with zf:
+        members = [i for i in zf.infolist() if not i.is_dir()]
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise HTTPException(413, f"upload 'dicom': {len(members)} files in the zip, more than {MAX_ZIP_MEMBERS}")
+        for k, info in enumerate(members):
+            why = _unsafe(info)
+            if why:
+                raise HTTPException(400, f"upload 'dicom': zip member {k + 1} has {why}; refused")
+        # archivers' metadata, dot-files and DICOMDIR hold no images (ingest's walk skips them by name too)
+        keep = [i for i in members if not set(_path(i).parts) & set(ZIP_JUNK) and not _path(i).name.startswith(".")
+                and _path(i).name.upper() != "DICOMDIR"]
+        if not keep:
+            raise HTTPException(400, "upload 'dicom': the zip holds no files")
+        if sum(i.file_size for i in keep) > max_unzipped:
+            raise HTTPException(413, f"upload 'dicom': the zip unpacks to more than {max_unzipped} bytes")
+        out = tmpdir / "dicom"
+        out.mkdir()
+        total = 0
+        for k, info in enumerate(keep):
+            try:
+                with zf.open(info) as src, open(out / f"{k:05d}", "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        total += len(chunk)
+                        if total > max_unzipped:
+                            raise HTTPException(413, f"upload 'dicom': the zip unpacks to more than {max_unzipped} bytes")
+                        dst.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError):
+                raise HTTPException(400, f"upload 'dicom': zip member {k + 1} is corrupt or uses an unsupported "
+                                         "compression") from None
+    return out

@@ -2,7 +2,7 @@
 "use strict";
 const SEQS = ["dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"];
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("medalign-token") || "", files: {}, thumbUrls: [] };
+const state = { token: sessionStorage.getItem("medalign-token") || "", files: {}, dicom: null, thumbUrls: [] };
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -102,6 +102,9 @@ function guessSequence(name) {
 
 function addFiles(list) {
   for (const f of list) {
+    // a .zip is one DICOM study (the server identifies its series); a zip and NIfTI files exclude each other
+    if (/\.zip$/i.test(f.name)) { state.dicom = f; state.files = {}; continue; }
+    state.dicom = null;
     const seq = guessSequence(f.name) || SEQS.find((s) => !state.files[s]);
     if (seq) state.files[seq] = f;
   }
@@ -110,6 +113,11 @@ function addFiles(list) {
 
 function renderFiles() {
   const ul = $("file-list"); ul.innerHTML = "";
+  if (state.dicom) {
+    const rm = el("button", { type: "button", text: "×", title: "remove" });
+    rm.addEventListener("click", () => { state.dicom = null; renderFiles(); });
+    ul.appendChild(el("li", {}, [el("span", { text: state.dicom.name + " → DICOM study (series identified on the server) " }), rm]));
+  }
   for (const [seq, f] of Object.entries(state.files)) {
     const sel = el("select", { "aria-label": "sequence of " + f.name });
     for (const s of SEQS) { const o = el("option", { value: s, text: s }); if (s === seq) o.selected = true; sel.appendChild(o); }
@@ -118,16 +126,18 @@ function renderFiles() {
     rm.addEventListener("click", () => { delete state.files[seq]; renderFiles(); });
     ul.appendChild(el("li", {}, [el("span", { text: f.name + " → " }), sel, el("span", { text: " " }), rm]));
   }
-  $("upload").disabled = Object.keys(state.files).length === 0;
+  $("upload").disabled = !state.dicom && Object.keys(state.files).length === 0;
 }
 
 async function searchUpload() {
   const form = new FormData();
-  for (const [seq, f] of Object.entries(state.files)) form.append(seq, f, f.name);
+  if (state.dicom) form.append("dicom", state.dicom, state.dicom.name);
+  else for (const [seq, f] of Object.entries(state.files)) form.append(seq, f, f.name);
   $("summary").textContent = "uploading…";
   try {
     const res = await api("/search/upload?k=" + k(), { method: "POST", body: form });
-    render(await res.json(), "Uploaded case (" + Object.keys(state.files).join(", ") + ")");
+    const body = await res.json();
+    render(body, "Uploaded case (" + (state.dicom ? "DICOM study: " : "") + body.query.sequences.join(", ") + ")");
   } catch (e) { showError(e.message); }
 }
 
