@@ -126,8 +126,12 @@ def test_upload_rejects_garbage_missing_unused_and_oversize(client, served_app, 
     assert r.status_code == 400
     assert client.post("/search/upload", data={"note": "x"}).status_code == 400
     good = _nifti_bytes(tmp_path, "t1.nii.gz", make_volume(0, 1))
+    # a sequence the model does not read is skipped and listed; a study left with none is refused
     r = client.post("/search/upload", files={"t1": ("t1.nii.gz", good)})
-    assert r.status_code == 400 and "not used by this model" in r.json()["detail"]
+    assert r.status_code == 400 and "no usable sequence" in r.json()["detail"]
+    r = client.post("/search/upload", files={"t1": ("t1.nii.gz", good), "dwi": ("dwi.nii.gz", good)})
+    assert r.status_code == 200 and r.json()["query"]["sequences"] == ["dwi"]
+    assert r.json()["query"]["skipped"] == ["t1"]
     # per-file limit (2 MiB in the fixture app) and whole-request limit
     small = TestClient(create_app(built_index, fake_model, max_file_bytes=1000, max_request_bytes=1 << 20))
     r = small.post("/search/upload", files={"dwi": ("dwi.nii.gz", good)})

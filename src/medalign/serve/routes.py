@@ -104,11 +104,13 @@ def search_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
 
 
 def _upload_embedding(state: ServeState, given: dict[str, UploadFile]) -> tuple[np.ndarray, list[str]]:
-    """(E,) embedding of the uploaded study and its sequences; HTTPException 400/413 when refused."""
-    unused = [s for s in given if state.sequences and s not in state.sequences]
-    if unused:
-        raise HTTPException(400, f"sequence(s) {', '.join(unused)} not used by this model "
-                                 f"(uses {', '.join(state.sequences)})")
+    """(E,) embedding of the uploaded study and its sequences; HTTPException 400/413 when refused.
+
+    Sequences the model does not read are skipped (the caller lists them in the response), as
+    ``encode_image`` skips them; a study left with none is refused."""
+    given = {s: f for s, f in given.items() if not state.sequences or s in state.sequences}
+    if not given:
+        raise HTTPException(400, f"no usable sequence: this model reads {', '.join(state.sequences)}")
     with tempfile.TemporaryDirectory(prefix="medalign-upload-") as td:
         paths = {s: read_upload(s, f.file, Path(td), state.max_file_bytes) for s, f in given.items()}
         try:
@@ -181,7 +183,9 @@ def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
             raise HTTPException(503, str(e), headers={"Retry-After": "2"}) from None
         store = state.current_store()
         pairs = store.search(vec, k, target="image")
-        query = {"type": "upload", "sequences": sequences, "k": k, **({"source": "dicom"} if study else {})}
+        skipped = sorted(s for s in given if state.sequences and s not in state.sequences)
+        query = {"type": "upload", "sequences": sequences, "k": k, **({"source": "dicom"} if study else {}),
+                 **({"skipped": skipped} if skipped else {})}
         return SearchResponse(query=query,
                               results=_hits(state, pairs, store),
                               zero_shot=_zero_shot(state, vec))
