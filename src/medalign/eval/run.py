@@ -58,6 +58,30 @@ def _saved_or_embed(run_dir: Path, model, manifest, cache, split, *, required: b
     return _embed(model, manifest, cache, split, required=required)
 
 
+def prompt_bank(model, prompts: str | None = None) -> dict:
+    """The zero-shot prompt bank of ``medalign evaluate``: the prompts YAML (default
+    ``medalign/eval/prompts.yaml``) embedded with the model's text encoder."""
+    from medalign.eval.zeroshot import embed_prompts, load_prompts
+
+    return embed_prompts(load_prompts(prompts), model.encode_text)
+
+
+def split_metrics(model, manifest: str | Path, cache: str | Path, split: str, *, prompts: str | None = None,
+                  pool: str = "mean", absence: str = "ignore", n_boot: int = 1000,
+                  seed: int = 0) -> tuple[dict, dict]:
+    """Retrieval and zero-shot of ``model`` on one split, computed exactly as ``medalign evaluate``
+    computes them (``embed_manifest`` embeddings, :func:`prompt_bank`, ``evaluate_embeddings`` with
+    the same bootstrap seed), without probes or baselines. Returns (embeddings, metrics).
+
+    Why: another command that reports these numbers (``medalign localise``) calls this, so both
+    pages give the same figures for the same model, split and prompt set (issue 21, finding 4).
+    """
+    test = _embed(model, manifest, cache, split)
+    metrics = evaluate_embeddings(test, prompt_bank=prompt_bank(model, prompts), pool=pool, absence=absence,
+                                  n_boot=n_boot, seed=seed)
+    return test, metrics
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -77,7 +101,6 @@ def evaluate_run(
     """Embed ``split`` (and train, for probes) with the run's model and evaluate everything."""
     from medalign import api
     from medalign.errors import MedAlignError
-    from medalign.eval.zeroshot import embed_prompts, load_prompts
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -105,7 +128,7 @@ def evaluate_run(
     save_embeddings(eval_dir / f"embeddings_{split}.npz", test)
     if train is not None:
         save_embeddings(eval_dir / "embeddings_train.npz", train)
-    bank = None if image_only else embed_prompts(load_prompts(prompts), model.encode_text)
+    bank = None if image_only else prompt_bank(model, prompts)
     if bank is not None:
         save_embeddings(eval_dir / "prompts.npz", bank)
     say(f"evaluating {len(test['study_id'])} {split} studies (bootstrap n={n_boot})")
@@ -119,7 +142,7 @@ def evaluate_run(
 
         metrics["baselines"] = run_baselines(run_dir, manifest_p, cache_p, test=test, train=train, split=split,
                                              prompt_bank_fn=None if image_only else
-                                             (lambda m: embed_prompts(load_prompts(prompts), m.encode_text)),
+                                             (lambda m: prompt_bank(m, prompts)),
                                              pool=pool, n_boot=n_boot, seed=seed, supervised_epochs=supervised_epochs,
                                              say=say)
     metrics["plots"] = write_plots(eval_dir, test, metrics, run_dir=run_dir, seed=seed)

@@ -1,11 +1,15 @@
 """GLoRIA experiment drivers: the word-attention overlay of one study and the localisation run.
 
 :func:`localise_run` evaluates a GLoRIA run on one split: retrieval (global / local / combined
-similarity), zero-shot with generated severity x subtype x location prompts (mean-pooled per
-class), and localisation of the lesion word's attention against the lesion masks, with
-bootstrap CIs; ``clip_run`` adds a CLIP run (global retrieval, zero-shot with the same prompts,
-Grad-CAM maps) to one comparison table. Outputs: RUN/eval/localisation_<split>.json and the
-report section RUN/report_extras/gloria.json (gloria_<split>.json for other splits) + gallery PNGs.
+similarity), zero-shot with two prompt sets (the prompts.yaml set of ``medalign evaluate`` and
+generated severity x subtype x location prompts, mean-pooled per class), and localisation of the
+lesion word's attention against the lesion masks, with bootstrap CIs; ``clip_run`` adds a CLIP
+run (global retrieval, zero-shot with the same prompts, Grad-CAM maps) to one comparison table.
+The global-embedding figures (GLoRIA global, CLIP) are ``medalign evaluate``'s own computation
+(``eval.run.split_metrics``), so both commands report the same numbers for the same model, split
+and prompt set; every other figure names its protocol. Outputs: RUN/eval/localisation_<split>.json
+and the report section RUN/report_extras/gloria.json (gloria_<split>.json for other splits) +
+gallery PNGs.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from medalign.eval.gloria_prompts import CLASS_WORDS, LESION_CLASSES, find_class
 from medalign.eval.localisation import (attention_overlay_png, gradcam_map, head_uniform_scores,
                                         localisation_scores, summarise, uniform_scores, upsample_map)
 from medalign.eval.retrieval import cosine_similarity, match_ranks, rank_summary
-from medalign.eval.zeroshot import classification_metrics, pool_scores
+from medalign.eval.run import split_metrics
+from medalign.eval.zeroshot import classification_metrics, load_prompts, pool_scores
 from medalign.utils import atomic_write_json
 
 RETRIEVAL_CI_KS: tuple[int, ...] = (1, 5)  # R@K given CIs (the comparison table shows R@1, R@5, MRR)
@@ -125,7 +130,8 @@ def _retrieval(sim_ti: np.ndarray, ids: np.ndarray, n_boot: int, seed: int) -> d
     ``evaluate_embeddings``; the protocol differs in that the similarity is given rather than
     the cosine of two embeddings (GLoRIA's local and combined scores have no embedding), CIs
     cover R@1, R@5 and MRR only, and no per-query ranks, class precision or per-class
-    breakdown are stored. CLIP goes through here too so that both columns are computed alike.
+    breakdown are stored. Global embeddings (GLoRIA global, CLIP) go through ``split_metrics``
+    instead: ``medalign evaluate``'s computation.
     """
     out = {}
     for name, s in (("text_to_image", sim_ti), ("image_to_text", sim_ti.T)):
@@ -144,6 +150,9 @@ def _zero_shot(sim_ip: np.ndarray, prompt_class: np.ndarray, y: np.ndarray, n_cl
     bootstrap pass); the protocol differs in that the (I, P) similarity is given (GLoRIA local /
     combined scores are not cosines of embeddings), prompts are the generated presence prompts
     only (no absence subtraction, no one-prompt-per-class variant) and classes are not named.
+    With the prompts.yaml presence prompts it is ``medalign evaluate``'s statistic (absence
+    ``ignore``) on another similarity; the global-embedding figures themselves come from
+    ``split_metrics``, so they equal ``medalign evaluate``'s exactly.
     """
     s = np.stack([pool_scores(sim_ip[:, prompt_class == c], pool) for c in range(n_classes)], 1)  # (N, C)
     lab = y >= 0
@@ -160,6 +169,9 @@ class _Split:
     """One split of a GLoRIA run: the model, the dataset and its per-study arrays."""
 
     run: Path
+    split: str
+    manifest: Path
+    cache: Path
     model: Any
     ds: Any
     ids: np.ndarray  # (N,) study ids
@@ -181,14 +193,16 @@ def _load_split(run: Path, split: str, manifest: str | None, cache: str | None, 
     reports = list(ds.texts)
     # what the recipe was trained on (text_section, e.g. the impression): retrieval and word maps
     texts = rec.report_texts(reports) if hasattr(rec, "report_texts") else reports
-    return _Split(run, model, ds, np.asarray(ds.study_ids), np.asarray(ds.labels), reports, texts)
+    return _Split(run, split, manifest_p, cache_p, model, ds, np.asarray(ds.study_ids), np.asarray(ds.labels),
+                  reports, texts)
 
 
-def _embed(sp: _Split, n_prompts: int, seed: int) -> dict:
+def _embed(sp: _Split, n_prompts: int, seed: int, prompt_set: str | None = None) -> dict:
     """GLoRIA similarities of every study (small splits: kept in memory) to the reports and to the prompts.
 
-    Returns {"sims": {kind: (I, T)}, "psims": {kind: (I, P)}, "prompts", "p_texts", "p_class" (P,)}
-    with kind in global / local / combined.
+    Returns {"sims": {kind: (I, T)}, "psims": {kind: (I, P)}, "prompts", "p_texts", "p_class" (P,),
+    "ysims": {kind: (I, Y)}, "y_texts", "y_class" (Y,)} with kind in global / local / combined;
+    p = the generated prompts, y = the presence prompts of ``prompt_set`` (prompts.yaml by default).
     """
     model, rec = sp.model, sp.model.recipe
     img_parts, loc_parts, rm_parts = [], [], []
@@ -208,28 +222,54 @@ def _embed(sp: _Split, n_prompts: int, seed: int) -> dict:
         p_class = np.asarray([i for i, c in enumerate(CLASSES) for _ in prompts[c]["presence"]])
         ptx = rec.text_word_features(p_texts)
         psims = {k: v.numpy().astype(np.float64) for k, v in rec.pair_similarity(im, ptx).items()}  # (I, P)
+        yaml_prompts = load_prompts(prompt_set)
+        y_texts = [t for c in CLASSES for t in yaml_prompts[c]["presence"]]
+        y_class = np.asarray([i for i, c in enumerate(CLASSES) for _ in yaml_prompts[c]["presence"]])
+        ysims = {k: v.numpy().astype(np.float64)
+                 for k, v in rec.pair_similarity(im, rec.text_word_features(y_texts)).items()}  # (I, Y)
     rec.to(model.device)
-    return {"sims": sims, "psims": psims, "prompts": prompts, "p_texts": p_texts, "p_class": p_class}
+    return {"sims": sims, "psims": psims, "prompts": prompts, "p_texts": p_texts, "p_class": p_class,
+            "ysims": ysims, "y_texts": y_texts, "y_class": y_class}
+
+
+def _as_evaluate(model: Any, sp: _Split, prompt_set: str | None, n_boot: int, seed: int,
+                 pool: str) -> tuple[dict, np.ndarray]:
+    """``medalign evaluate``'s retrieval and prompts.yaml zero-shot of ``model`` on this split
+    (eval.run.split_metrics) -> ({text_to_image, image_to_text}, zero_shot), and the image
+    embeddings (I, E) in the split's dataset order, for the generated-prompt zero-shot."""
+    test, m = split_metrics(model, sp.manifest, sp.cache, sp.split, prompts=prompt_set, pool=pool,
+                            n_boot=n_boot, seed=seed)
+    row = {str(s): i for i, s in enumerate(test["study_id"])}
+    order = np.asarray([row[str(s)] for s in sp.ids])  # embed_manifest and the dataset both follow the manifest
+    ret = {d: m["retrieval"][d] for d in ("text_to_image", "image_to_text") if d in m.get("retrieval", {})}
+    return {"retrieval": ret, "zero_shot": m.get("zero_shot")}, np.asarray(test["image_embed"])[order]
 
 
 def _similarity_metrics(sp: _Split, emb: dict, clip: Any, clip_run: str | None, n_boot: int, seed: int,
-                       pool: str) -> dict:
-    """Retrieval and zero-shot of GLoRIA (global / local / combined) and, when given, of CLIP."""
-    p_class, n_cls = emb["p_class"], len(CLASSES)
-    out: dict = {"gloria": {"retrieval": {}, "zero_shot": {}}}
+                       pool: str, prompt_set: str | None = None) -> dict:
+    """Retrieval and zero-shot of GLoRIA (global / local / combined) and, when given, of CLIP.
+
+    ``zero_shot`` uses the generated prompts (this command's protocol); ``zero_shot_prompts_yaml``
+    the prompts.yaml set. Global-embedding retrieval and prompts.yaml zero-shot are ``medalign
+    evaluate``'s numbers (:func:`_as_evaluate`)."""
+    p_class, y_class, n_cls = emb["p_class"], emb["y_class"], len(CLASSES)
+    ev, _ = _as_evaluate(sp.model, sp, prompt_set, n_boot, seed, pool)
+    g: dict = {"retrieval": {"global": ev["retrieval"]}, "zero_shot": {},
+               "zero_shot_prompts_yaml": {"global": ev["zero_shot"]}}
+    for k in ("local", "combined"):
+        g["retrieval"][k] = _retrieval(emb["sims"][k].T, sp.ids, n_boot, seed)
+        g["zero_shot_prompts_yaml"][k] = _zero_shot(emb["ysims"][k], y_class, sp.y, n_cls, n_boot, seed, pool,
+                                                    with_ci=k != "local")
     for k in ("global", "local", "combined"):
-        out["gloria"]["retrieval"][k] = _retrieval(emb["sims"][k].T, sp.ids, n_boot, seed)
-        out["gloria"]["zero_shot"][k] = _zero_shot(emb["psims"][k], p_class, sp.y, n_cls, n_boot, seed, pool,
-                                                   with_ci=k != "local")
+        g["zero_shot"][k] = _zero_shot(emb["psims"][k], p_class, sp.y, n_cls, n_boot, seed, pool,
+                                       with_ci=k != "local")
+    out: dict = {"gloria": g}
     if clip is not None:
-        with torch.no_grad():
-            ci = np.concatenate([clip.recipe.encode_image(b["image"].to(clip.device), b["sequence_mask"].to(clip.device))
-                                 .float().cpu().numpy() for b in _batches(sp.ds)])  # (I, E)
-        ct = clip.encode_report(sp.reports)  # (T, E)
+        cev, ci = _as_evaluate(clip, sp, prompt_set, n_boot, seed, pool)
         cp = clip.encode_text(emb["p_texts"])  # (P, E)
-        out["clip"] = {"run": str(clip_run),
-                       "retrieval": _retrieval(cosine_similarity(ct, ci), sp.ids, n_boot, seed),
-                       "zero_shot": _zero_shot(cosine_similarity(ci, cp), p_class, sp.y, n_cls, n_boot, seed, pool)}
+        out["clip"] = {"run": str(clip_run), "retrieval": cev["retrieval"],
+                       "zero_shot": _zero_shot(cosine_similarity(ci, cp), p_class, sp.y, n_cls, n_boot, seed, pool),
+                       "zero_shot_prompts_yaml": cev["zero_shot"]}
     return out
 
 
@@ -285,11 +325,16 @@ def _ci(d: dict | None, *path: str) -> str:
 
 
 def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
-    """The GLoRIA vs CLIP comparison table (caption, columns, rows) with chance / uniform baselines."""
+    """The GLoRIA vs CLIP comparison table (caption, columns, rows) with chance / uniform baselines.
+
+    Columns say which similarity they use; rows say which prompt set (the protocol) they use, so a
+    figure that differs from ``medalign evaluate``'s page is never shown without its reason."""
     G, C, L = res["gloria"], res.get("clip"), res["localisation"]
-    cols = ["metric", "GLoRIA (global+local similarity)", "GLoRIA global only (as `medalign evaluate`)",
-            "CLIP" + (" (Grad-CAM)" if C else " (not given)"), "uniform / chance", "uniform in head"]
-    n_gen = res.get("n_prompts_per_class")
+    cols = ["metric", "GLoRIA global+local similarity (this command only)",
+            "GLoRIA global embedding (= `medalign evaluate`)",
+            "CLIP global embedding (= `medalign evaluate`; Grad-CAM maps)" if C else "CLIP (not given)",
+            "uniform / chance", "uniform in head"]
+    n_gen, n_yaml = res.get("n_prompts_per_class"), res.get("n_prompts_yaml")
     rows = []
     for d in ("text_to_image", "image_to_text"):
         for k in ("R@1", "R@5", "MRR"):
@@ -297,19 +342,23 @@ def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
             rows.append([f"{d.replace('_', ' ')} {k}", _ci(G, "retrieval", "combined", d, "ci", k),
                          _ci(G, "retrieval", "global", d, "ci", k), _ci(C, "retrieval", d, "ci", k) if C else "—",
                          chance, "—"])
-    for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
-        rows.append([f"zero-shot {k} (generated prompts, {n_gen}/class, {pool}-pooled)",
-                     _ci(G, "zero_shot", "combined", "ci", k),
-                     _ci(G, "zero_shot", "global", "ci", k), _ci(C, "zero_shot", "ci", k) if C else "—",
-                     "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—"), "—"])
+    protocols = (("zero_shot_prompts_yaml", f"prompts.yaml, {n_yaml} presence prompts, {pool}-pooled; "
+                                            "= `medalign evaluate`"),
+                 ("zero_shot", f"generated prompts, {n_gen}/class, {pool}-pooled; this command only"))
+    for key, proto in protocols:
+        for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro"):
+            chance = "0.500" if k == "auroc_macro" else (f"{1 / len(CLASSES):.3f}" if k != "accuracy" else "—")
+            rows.append([f"zero-shot {k} ({proto})", _ci(G, key, "combined", "ci", k), _ci(G, key, "global", "ci", k),
+                         _ci(C, key, "ci", k) if C else "—", chance, "—"])
     for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
         rows.append([f"{name} (n={L['n']})", _ci(L, "gloria", k), "—", _ci(L, "clip_gradcam", k) if C else "—",
                      _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
     return {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); 95% bootstrap CIs "
-                       "over studies. Protocol: zero-shot here uses generated prompts (severity x subtype x "
-                       "location), not the prompts.yaml set of `medalign evaluate` and the comparison table, so "
-                       "its zero-shot figures differ from those by design; retrieval with the global embedding "
-                       "('global only', and CLIP) is the same computation as `medalign evaluate`'s",
+                       "over studies. Protocol: the global-embedding columns (GLoRIA global, CLIP) are computed by "
+                       "`medalign evaluate`'s own code and equal its page for the same run, split and prompt set; "
+                       "'global+local' is GLoRIA's combined similarity, which `medalign evaluate` does not use. "
+                       "Zero-shot rows name their prompt set: prompts.yaml (as `medalign evaluate`) or generated "
+                       "prompts (severity x subtype x location, this command only), whose figures differ by design",
             "columns": cols, "rows": rows}
 
 
@@ -321,8 +370,10 @@ def _markdown(res: dict, run: Path, n: int, split: str, pool: str) -> str:
     md = [
         f"GLoRIA run `{run}` on split **{split}** ({n} studies; {L['n']} lesion studies with masks).",
         "Retrieval/zero-shot similarity: *global+local* = mean of the z-scored global cosine and local "
-        "(word-region) score; zero-shot pools each class's generated severity x subtype x location prompts by "
-        f"the **{pool}**. Localisation: attention of the lesion word (from the report, else the class name) "
+        "(word-region) score; the *global embedding* columns are `medalign evaluate`'s computation (same "
+        "numbers as its page). Zero-shot pools each class's prompts by the "
+        f"**{pool}**, with two prompt sets, named on each row: the prompts.yaml set of `medalign evaluate` and "
+        "generated severity x subtype x location prompts (this command only). Localisation: attention of the lesion word (from the report, else the class name) "
         "upsampled to the voxel grid; the uniform baseline is closed form (pointing = mass = lesion fraction, "
         "AUROC = 0.5); *uniform in head* spreads it evenly over the head only (a map that merely finds the "
         "head scores this). CLIP maps are Grad-CAM on the same encoder level.",
@@ -361,15 +412,21 @@ def _write(res: dict, run: Path, split: str, images_rel: list[str]) -> tuple[Pat
 
 def localise_run(run: str | Path, *, split: str = "test", clip_run: str | None = None, manifest: str | None = None,
                  cache: str | None = None, n_prompts: int = 20, n_gallery: int = 6, n_boot: int = 1000, seed: int = 0,
-                 checkpoint: str = "best", pool: str = "mean") -> dict:
-    """Everything ``medalign localise`` computes; returns the results dict (+ table rows, output paths)."""
+                 checkpoint: str = "best", pool: str = "mean", prompts: str | None = None) -> dict:
+    """Everything ``medalign localise`` computes; returns the results dict (+ table rows, output paths).
+
+    ``prompts``: the prompts YAML of the ``medalign evaluate`` protocol (default its prompts.yaml);
+    ``n_prompts`` generated prompts per class make the second, localise-only zero-shot protocol."""
+    from medalign.eval.zeroshot import PROMPTS_FILE
+
     run = Path(run)
     sp = _load_split(run, split, manifest, cache, checkpoint)
-    emb = _embed(sp, n_prompts, seed)
+    emb = _embed(sp, n_prompts, seed, prompts)
     res: dict = {"split": split, "checkpoint": checkpoint, "n": int(len(sp.ids)), "pool": pool,
-                 "n_prompts_per_class": n_prompts, "prompts": emb["prompts"]}
+                 "n_prompts_per_class": n_prompts, "prompts": emb["prompts"],
+                 "prompt_set": str(prompts or PROMPTS_FILE), "n_prompts_yaml": len(emb["y_texts"])}
     clip = api.load(clip_run, checkpoint=checkpoint) if clip_run else None
-    res.update(_similarity_metrics(sp, emb, clip, clip_run, n_boot, seed, pool))
+    res.update(_similarity_metrics(sp, emb, clip, clip_run, n_boot, seed, pool, prompts))
     res["localisation"], images_rel = _localise(sp, clip, split, n_gallery, n_boot, seed)
     res["table"] = _table(res, len(sp.ids), split, checkpoint, pool)
     res["markdown"] = _markdown(res, run, len(sp.ids), split, pool)
