@@ -47,12 +47,17 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         n_boot: int = typer.Option(1000, help="bootstrap resamples for the 95% CIs"),
         seed: int = typer.Option(0, help="seed for prompts and bootstrap"),
         checkpoint: str = typer.Option("best", help="best or last"),
+        prompts: Optional[str] = typer.Option(None, "--prompts", help="prompts YAML of the `medalign evaluate` "
+                                              "protocol (default: medalign/eval/prompts.yaml)"),
+        pool: str = typer.Option("mean", "--pool", help="zero-shot pooling over a class's prompts: mean or max "
+                                 "(as `medalign evaluate --pool`)"),
     ) -> None:
         """Localisation (pointing game, mass, voxel AUROC) + retrieval + zero-shot, GLoRIA vs CLIP."""
         from medalign.experiments.localisation import localise_run
 
         res = localise_run(run, split=split, clip_run=clip, manifest=manifest, cache=cache, n_prompts=n_prompts,
-                           n_gallery=gallery, n_boot=n_boot, seed=seed, checkpoint=checkpoint)
+                           n_gallery=gallery, n_boot=n_boot, seed=seed, checkpoint=checkpoint, prompts=prompts,
+                           pool=pool)
         for row in res["table_rows"]:
             typer.echo(f"{row[0]:34s} " + "  ".join(f"{str(c):26s}" for c in row[1:]))
         typer.echo(f"wrote {res['json']} and {res['extra']}")
