@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         for i, r in enumerate(df.to_dict("records")):
             vols = {}
-            for s in ("dwi", "adc", "t2s", "flair", "t1", "t2"):
+            for s in ("dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"):
+                if not str(r.get(f"image_{s}") or "").strip():
+                    continue  # cohorts made before the generator wrote t1c: export fakes it from T1
                 img = nib.load(r[f"image_{s}"])
                 vols[s] = (np.asarray(img.dataobj, dtype=np.float32), img.affine)
             truth += export_study(vols, root / "dicom", i, seed=args.seed, layout="flat" if i % 2 else "nested")

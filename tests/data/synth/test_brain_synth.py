@@ -12,13 +12,14 @@ import pytest
 from medalign.data.schema import CLASSES
 from medalign.data.synth.brain import generate_brain_cohort, plan_cohort, split_counts_for
 from medalign.data.synth.lesions import sample_truth
-from medalign.data.synth.sequences import SEQUENCES
+from medalign.data.synth.sequences import POST_CONTRAST, SEQUENCES
 from medalign.errors import MedAlignError
 
 nib = pytest.importorskip("nibabel")
 
 N = 20
 NOISE = 0.1
+ALL = (*SEQUENCES, *POST_CONTRAST)  # what a study holds: the six + t1c
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,11 @@ def _truth(manifest: Path, sid: str) -> dict:
 
 def test_manifest_columns_and_paths(cohort):
     df = pd.read_csv(cohort, keep_default_na=False)
-    expected = ["study_id", "patient_id", "split", "label", "report", *[f"image_{s}" for s in SEQUENCES], "mask"]
+    expected = ["study_id", "patient_id", "split", "label", "report", *[f"image_{s}" for s in ALL], "mask"]
     assert list(df.columns) == expected
     assert len(df) == N and df["study_id"].is_unique
     for _, row in df.iterrows():
-        for c in [*[f"image_{s}" for s in SEQUENCES], "mask"]:
+        for c in [*[f"image_{s}" for s in ALL], "mask"]:
             p = Path(row[c])
             assert not p.is_absolute()  # relative to the manifest folder
             assert (cohort.parent / p).exists(), row[c]
@@ -49,7 +50,7 @@ def test_files_readable_shapes_and_affines(cohort):
     df = pd.read_csv(cohort, keep_default_na=False)
     row = df.iloc[0]
     gt = _truth(cohort, row["study_id"])
-    for s in SEQUENCES:
+    for s in ALL:
         img = nib.load(cohort.parent / row[f"image_{s}"])
         acq = gt["acquisition"][s]
         assert img.shape == tuple(acq["shape"]) == (32, 32, 8)
@@ -65,8 +66,8 @@ def test_files_readable_shapes_and_affines(cohort):
 def test_sequences_are_not_voxel_aligned(cohort):
     """Small rigid offsets between sequences: co-registration must matter."""
     gt = _truth(cohort, "S00001")
-    motions = {tuple(gt["acquisition"][s]["motion_mm"]) for s in ("t2s", "flair", "t1", "t2")}
-    assert len(motions) == 4
+    motions = {tuple(gt["acquisition"][s]["motion_mm"]) for s in ("t2s", "flair", "t1", "t2", "t1c")}
+    assert len(motions) == 5
     assert gt["acquisition"]["adc"] == gt["acquisition"]["dwi"]  # ADC is computed from DWI
 
 
@@ -75,7 +76,7 @@ def test_deterministic_by_seed(cohort, tmp_path):
                                   studies_per_patient="1-3", heldout_phrasing=True, workers=2)
     assert cohort.read_text(encoding="utf-8") == again.read_text(encoding="utf-8")
     for sid in ("S00001", "S00007"):
-        for name in ("flair.nii.gz", "dwi.nii.gz", "lesion_mask.nii.gz", "ground_truth.json"):
+        for name in ("flair.nii.gz", "dwi.nii.gz", "t1c.nii.gz", "lesion_mask.nii.gz", "ground_truth.json"):
             assert (cohort.parent / sid / name).read_bytes() == (again.parent / sid / name).read_bytes(), (sid, name)
     other = plan_cohort(N, seed=4)
     assert [t["report"] for t in other] != pd.read_csv(cohort)["report"].tolist()

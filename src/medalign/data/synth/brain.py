@@ -18,6 +18,12 @@ vectorised numpy / scipy.ndimage):
    (rotation, scale, shift) and a small per-sequence rigid motion, so the sequences are *not*
    aligned voxel-to-voxel. Sampled with one ``affine_transform`` each; then a multiplicative
    bias field and Rician noise; stored as int16 NIfTI (ADC in 1e-6 mm^2/s).
+5. **Post-contrast T1** (``synth.enhancement``): t1c = the T1 contrast plus enhancement
+   (glioma ring/solid, meningioma + dural tail, some early subacute infarcts, some active
+   plaques, sinus mucosa, normal dura; never haemorrhage, chronic infarct, WMH or normal
+   parenchyma), warped with the rest, acquired last on its own grid. Every random draw of
+   t1c comes from its own stream (``T1C_STREAM``), so the six other sequences, the mask and
+   the reports are byte-identical with and without it (``with_t1c=False``).
 
 ``synth.realism`` checks the synthetic tumours against real BraTS cases.
 
@@ -37,12 +43,14 @@ import numpy as np
 
 from medalign.data.schema import CLASSES
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy
+from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import _lesions, sample_truth
-from medalign.data.synth.sequences import (MASK_GRID, SEQUENCES, _acquisition, _grid_affine, _record, _rigid,
-                                           _sample_grid, _signal)
+from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
+                                           _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
 
 PAPER_SPLIT = {"train": 211, "val": 24, "test": 27}  # brain-CLIP Table 1 (n = 262)
+T1C_STREAM = 7  # t1c's random stream: truth["seed"] + [T1C_STREAM] (the shared one is truth["seed"])
 
 
 # ----------------------------------------------------------------------------- planning
@@ -167,10 +175,12 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
 
 
 # ----------------------------------------------------------------------------- synthesis
-def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool = False) -> dict[str, Any]:
+def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool = False,
+                     with_t1c: bool = True) -> dict[str, Any]:
     """Images for one planned study (no files): dict seq -> (array, affine), ``mask`` ->
     (uint8 array, affine) on the FLAIR grid, plus ``acquisition`` and ``lesion_volume_ml``;
-    ``with_wm`` adds ``wm_on_mask_grid`` (true WM probability, float32) for realism checks."""
+    ``with_wm`` adds ``wm_on_mask_grid`` (true WM probability, float32) for realism checks;
+    ``with_t1c`` adds ``t1c`` and ``t1c_enhancement`` (what enhances) and changes nothing else."""
     import scipy.ndimage as ndi
 
     anat = load_anatomy(4 if shape_mode == "small" else 2)
@@ -181,12 +191,17 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     comps, lmask, masses = _lesions(anat, truth, tissue, lesion_rng)
     if any(f["kind"] == "others" and f["variant"] == "atrophy" for f in truth["findings"]):
         lmask = np.maximum(lmask, (atrophy_map > 0.5).astype(np.float32))
-    img = _signal(anat, tissue, comps, rng_anat)  # (S, X, Y, Z)
+    img, tex = _signal(anat, tissue, comps, rng_anat)  # (S, X, Y, Z), (X, Y, Z)
+    rng_c = np.random.default_rng(list(truth["seed"]) + [T1C_STREAM]) if with_t1c else None
+    extra: list[np.ndarray] = []
+    if rng_c is not None:
+        c_comps, enhancement = post_contrast(anat, tissue, comps, truth, rng_c)
+        extra.append(t1c_signal(tissue, c_comps, tex))  # (X, Y, Z)
     # subject warp on the template grid: elastic + mass effect, one map_coordinates per channel
     u = _elastic(anat, rng_anat, amp_mm=3.0, masses=masses)
     grid = np.indices(anat["mask"].shape, dtype=np.float32)  # (3, X, Y, Z)
     coords = grid + u
-    chans = list(img) + [lmask] + ([tissue["wm"]] if with_wm else [])
+    chans = list(img) + [lmask] + ([tissue["wm"]] if with_wm else []) + extra  # t1c last
     warped = [ndi.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0) for ch in chans]
     # head pose (template mm -> scanner mm): patient-specific head size, study-specific pose
     head_c = anat["affine"][:3, :3] @ (np.array(anat["mask"].shape) / 2) + anat["affine"][:3, 3]
@@ -214,6 +229,13 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
             if with_wm:
                 out["wm_on_mask_grid"] = _sample_grid(warped[len(SEQUENCES) + 1], T, a["shape"])
             out["lesion_volume_ml"] = float(out["mask"][0].sum() * np.prod(a["spacing"]) / 1000.0)
+    if rng_c is not None:  # post-contrast T1, acquired last: own grid, motion, bias, noise, gain
+        a = acq["t1c"] = _acquisition_t1c(rng_c, shape_mode, acq["t1"]["orientation"])
+        A = _grid_affine(a, head_c)
+        motion = _rigid(a["motion_deg"], a["motion_mm"], head_c)
+        T = inv_t @ np.linalg.inv(pose) @ np.linalg.inv(motion) @ A
+        out["t1c"] = (_record(_sample_grid(warped[-1], T, a["shape"]), "t1c", a["shape"], rng_c, None), A)
+        out["t1c_enhancement"] = enhancement
     return out
 
 
@@ -229,17 +251,18 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
-FILE_NAMES = {**{s: f"{s}.nii.gz" for s in SEQUENCES}, "mask": "lesion_mask.nii.gz"}
+FILE_NAMES = {**{s: f"{s}.nii.gz" for s in (*SEQUENCES, *POST_CONTRAST)}, "mask": "lesion_mask.nii.gz"}
 
 
-def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical") -> dict:
+def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical", with_t1c: bool = True) -> dict:
     """Synthesise one study and write its NIfTI files + ground_truth.json atomically."""
     from medalign.utils import atomic_write_bytes, atomic_write_json
 
-    res = synthesize_study(truth, shape_mode=shape_mode)
+    res = synthesize_study(truth, shape_mode=shape_mode, with_t1c=with_t1c)
     sdir = Path(out_dir) / truth["study_id"]
     sdir.mkdir(parents=True, exist_ok=True)
-    for key in (*SEQUENCES, "mask"):
+    keys = (*SEQUENCES, "mask", *(POST_CONTRAST if with_t1c else ()))
+    for key in keys:
         data, aff = res[key]
         atomic_write_bytes(sdir / FILE_NAMES[key], _nifti_bytes(data, aff))
     gt = dict(truth)
@@ -247,26 +270,30 @@ def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical") -> dic
     gt["lesion_volume_ml"] = round(res["lesion_volume_ml"], 3)
     gt["mask_grid"] = MASK_GRID
     gt["shape_mode"] = shape_mode
-    gt["files"] = {k: FILE_NAMES[k] for k in (*SEQUENCES, "mask")}
+    gt["files"] = {k: FILE_NAMES[k] for k in keys}
+    if with_t1c:
+        gt["t1c_enhancement"] = res["t1c_enhancement"]
     atomic_write_json(sdir / "ground_truth.json", gt)
     return gt
 
 
-def _worker(args: tuple[str, dict, str]) -> dict:
-    out_dir, truth, mode = args
-    return write_study(Path(out_dir), truth, mode)
+def _worker(args: tuple[str, dict, str, bool]) -> dict:
+    out_dir, truth, mode, with_t1c = args
+    return write_study(Path(out_dir), truth, mode, with_t1c)
 
 
 def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int = 0,
                           shape_mode: str = "clinical", label_noise: float = 0.0,
                           studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                           split_counts: dict[str, int] | None = None, workers: int = 2,
-                          progress: bool = False) -> Path:
+                          progress: bool = False, with_t1c: bool = True) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
-    Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
+    Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
     grid; empty for normal), ``ground_truth.json`` (true class, findings, acquisition, the
-    possibly noisy manifest label), plus ``manifest.csv`` and ``cohort.json``.
+    possibly noisy manifest label, ``t1c_enhancement``), plus ``manifest.csv`` and ``cohort.json``.
+    ``with_t1c=False`` leaves out t1c (its file, manifest column and ground-truth keys); every
+    other output is byte-identical either way.
     """
     import pandas as pd
 
@@ -279,7 +306,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
-    jobs = [(str(out), p, shape_mode) for p in plans]
+    jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
     bar: Callable[[Any], Any] = (lambda it: it)
     if progress:
@@ -299,7 +326,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         sid = t["study_id"]
         row = {"study_id": sid, "patient_id": t["patient_id"], "split": t["split"],
                "label": t["manifest_label"], "report": t["report"]}
-        for s in SEQUENCES:
+        for s in (*SEQUENCES, *(POST_CONTRAST if with_t1c else ())):
             row[f"image_{s}"] = f"{sid}/{FILE_NAMES[s]}"
         row["mask"] = f"{sid}/{FILE_NAMES['mask']}"
         rows.append(row)

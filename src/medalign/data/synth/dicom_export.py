@@ -243,8 +243,9 @@ def _plan(vendor: str, rng: np.random.Generator) -> list[tuple[str, str, bool]]:
 
 def export_study(volumes: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, index: int, *, seed: int = 0,
                  vendor: str | None = None, layout: str = "nested", phi: dict | None = None) -> list[dict[str, Any]]:
-    """Write one study's series under ``out``; ``volumes`` maps dwi/adc/t2s/flair/t1/t2 to (data, RAS affine)
-    (t1c is derived from t1 when absent). Returns one truth row per image series."""
+    """Write one study's series under ``out``; ``volumes`` maps dwi/adc/t2s/flair/t1/t2[/t1c] to (data, RAS
+    affine). A synthetic cohort brings its own t1c; without one (phantoms) it is the T1 brightened 1.2x on
+    the T1 grid. Returns one truth row per image series."""
     rng = np.random.default_rng([seed, index])
     vendor = vendor or VENDORS[index % 3]
     study = {"study_uid": _uid(seed, index, "study"), "frame_uid": _uid(seed, index, "frame"),
@@ -311,7 +312,7 @@ def export_cohort(manifest: str | Path, out: str | Path, *, seed: int = 0, layou
     for i, row in enumerate(df.head(limit).itertuples(index=False)):
         r = row._asdict()
         vols = {}
-        for s in ("dwi", "adc", "t2s", "flair", "t1", "t2"):
+        for s in ("dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"):  # a cohort without t1c: derived from t1
             p = r.get(f"image_{s}")
             if p:
                 img = nib.load(p)

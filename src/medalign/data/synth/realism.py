@@ -64,7 +64,7 @@ def realism_synthetic_tumours(n: int = 6, seed: int = 0, shape_mode: str = "clin
         while t["findings"][0]["variant"] != "glioma":
             t = sample_truth("tumor", rng)
         t.update(study_id=f"R{i:03d}", seed=[seed, 12, i], anatomy_seed=[seed, 13, i])
-        res = synthesize_study(t, shape_mode=shape_mode, with_wm=True)
+        res = synthesize_study(t, shape_mode=shape_mode, with_wm=True, with_t1c=False)  # t1c unused here
         flair = res["flair"][0].astype(np.float32)
         les = res["mask"][0] > 0
         wm = (res["wm_on_mask_grid"] > 0.9) & (ndi.maximum_filter(les.astype(np.uint8), size=11) == 0)

@@ -11,6 +11,11 @@ Per sequence this makes:
   per-sequence rigid motion, so the sequences are *not* aligned voxel-to-voxel;
 - the recorded image (``_record``): a multiplicative bias field, Rician noise and scanner gain,
   as int16 (ADC in 1e-6 mm^2/s).
+
+The post-contrast T1 (``POST_CONTRAST``; its contrast in ``synth.enhancement``) is acquired
+last, after the injection: its own axial grid and field of view (``_acquisition_t1c``), a
+larger motion, its own bias field and noise, all from the study's own t1c random stream, so
+adding it leaves the ``SEQUENCES`` (drawn from the shared study stream) unchanged.
 """
 from __future__ import annotations
 
@@ -22,8 +27,10 @@ import numpy as np
 from medalign.data.synth.anatomy import TISSUES
 
 SEQUENCES: tuple[str, ...] = ("dwi", "adc", "t2s", "flair", "t1", "t2")
+POST_CONTRAST: tuple[str, ...] = ("t1c",)  # written after SEQUENCES, from their own random stream
 MASK_GRID = "flair"  # the lesion mask is written on the FLAIR grid
-NOISE_SD = {"dwi": 0.06, "adc": 0.0, "t2s": 0.04, "flair": 0.04, "t1": 0.03, "t2": 0.035}  # signal units (WM ~0.5)
+NOISE_SD = {"dwi": 0.06, "adc": 0.0, "t2s": 0.04, "flair": 0.04, "t1": 0.03, "t2": 0.035,
+            "t1c": 0.03}  # signal units (WM ~0.5)
 
 # Normal tissue signal per sequence (arbitrary units, WM ~0.5; ADC in 1e-3 mm^2/s).
 # CSF: dark on FLAIR/DWI, bright on T2/ADC; WM brighter than GM on T1, darker on T2/FLAIR.
@@ -58,8 +65,9 @@ BLOOMING = {"hematoma_acute", "hematoma_chronic", "microbleed"}
 
 # ----------------------------------------------------------------------------- signal
 def _signal(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[str, np.ndarray]],
-            rng_anat: np.random.Generator) -> np.ndarray:
-    """Noise-free signal (S, X, Y, Z) of every sequence on the template grid."""
+            rng_anat: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free signal (S, X, Y, Z) of every sequence on the template grid, and the tissue
+    texture (X, Y, Z) it was multiplied by (t1c uses the same one)."""
     import scipy.ndimage as ndi
 
     # (S, X, Y, Z) = sum over tissues of contrast x probability
@@ -79,7 +87,7 @@ def _signal(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[str, np
     tex = ndi.gaussian_filter(rng_anat.standard_normal(anat["mask"].shape, dtype=np.float32), 1.0)
     tex *= 0.12 / max(float(tex.std()), 1e-6)
     img *= 1 + tex[None]  # (S, X, Y, Z)
-    return img
+    return img, tex
 
 
 # ----------------------------------------------------------------------------- acquisition
@@ -111,20 +119,34 @@ def _acquisition(rng: np.random.Generator, shape_mode: str) -> dict[str, dict]:
         if seq == "adc":  # ADC is computed from the DWI: same grid, same motion
             acq[seq] = dict(acq["dwi"])
             continue
-        if shape_mode == "small":
-            shape = [32, 32, 8]
-            spacing = [fov / 32, fov / 32 * float(rng.uniform(0.95, 1.05)), cover / 8]
-        else:
-            ip = float(rng.uniform(1.2, 1.8) if seq == "dwi" else rng.uniform(0.8, 1.2))
-            th = float(rng.uniform(4.0, 6.0) if seq == "dwi" else rng.uniform(3.0, 6.0))
-            phase = float(rng.choice([1.0, 0.875, 0.8]))
-            shape = [int(round(fov / ip)), int(round(fov * phase / ip)), int(round(cover / th))]
-            spacing = [ip, ip, th]
-        acq[seq] = {"shape": shape, "spacing": [round(v, 4) for v in spacing], "orientation": orient,
-                    "motion_deg": [round(float(v), 2) for v in rng.normal(0, 1.2, 3)],
-                    "motion_mm": [round(float(v), 2) for v in rng.normal(0, 1.5, 3)],
-                    "fov_shift_mm": [round(float(v), 2) for v in rng.normal(0, 5, 3)]}
+        acq[seq] = _axial_grid(rng, shape_mode, fov, cover, orient, dwi=seq == "dwi")
     return acq
+
+
+def _axial_grid(rng: np.random.Generator, shape_mode: str, fov: float, cover: float, orient: str, *,
+                dwi: bool = False, motion_sd: tuple[float, float] = (1.2, 1.5)) -> dict:
+    """One sequence's axial grid (shape, spacing, orientation) and its motion (deg, mm)."""
+    if shape_mode == "small":
+        shape = [32, 32, 8]
+        spacing = [fov / 32, fov / 32 * float(rng.uniform(0.95, 1.05)), cover / 8]
+    else:
+        ip = float(rng.uniform(1.2, 1.8) if dwi else rng.uniform(0.8, 1.2))
+        th = float(rng.uniform(4.0, 6.0) if dwi else rng.uniform(3.0, 6.0))
+        phase = float(rng.choice([1.0, 0.875, 0.8]))
+        shape = [int(round(fov / ip)), int(round(fov * phase / ip)), int(round(cover / th))]
+        spacing = [ip, ip, th]
+    return {"shape": shape, "spacing": [round(v, 4) for v in spacing], "orientation": orient,
+            "motion_deg": [round(float(v), 2) for v in rng.normal(0, motion_sd[0], 3)],
+            "motion_mm": [round(float(v), 2) for v in rng.normal(0, motion_sd[1], 3)],
+            "fov_shift_mm": [round(float(v), 2) for v in rng.normal(0, 5, 3)]}
+
+
+def _acquisition_t1c(rng: np.random.Generator, shape_mode: str, orient: str) -> dict:
+    """The post-contrast axial T1 SE, acquired last: the study's orientation code, its own
+    field of view and slices, and more motion than the others (the injection in between)."""
+    fov = float(rng.uniform(200, 230))
+    cover = float(rng.uniform(130, 160))
+    return _axial_grid(rng, shape_mode, fov, cover, orient, motion_sd=(1.8, 2.2))
 
 
 def _grid_affine(a: dict, center: np.ndarray) -> np.ndarray:
