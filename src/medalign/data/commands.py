@@ -99,14 +99,40 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
     @app.command("inspect")
     def inspect_cmd(
         manifest: Path = typer.Argument(..., help="Manifest (CSV or Parquet)."),
-        out: Path = typer.Option(..., "--out", help="PNG to write."),
+        out: Path = typer.Option(..., "--out", help="PNG to write; with --compare a .png (JSON beside it) or a "
+                                 "folder (realism.png + realism.json; `medalign report RUN` shows RUN/realism "
+                                 "or CACHE/realism)."),
         cache: Optional[Path] = typer.Option(None, "--cache", help="Show preprocessed arrays from this cache."),
         max_studies: int = typer.Option(12, "--max-studies", help="Studies shown (picked evenly across classes)."),
         seed: int = typer.Option(0, "--seed", help="Seed for picking the studies shown."),
+        compare: Optional[Path] = typer.Option(None, "--compare", help="Real-cases manifest: write the realism "
+                                               "report (histograms, lesion contrast/volume, SNR) instead of the "
+                                               "sheet."),
+        compare_cache: Optional[Path] = typer.Option(None, "--compare-cache", help="Cache of the --compare "
+                                                     "manifest (default: preprocess it with --cache's config into "
+                                                     "real_cache_<hash> beside --out)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier realism report at --out."),
     ) -> None:
-        """Write a PNG sheet: mid-axial slices per sequence with report and label, plus cohort stats."""
-        from medalign.data.inspect import inspect_summary, inspection_sheet
+        """Write a PNG sheet: mid-axial slices per sequence with report and label, plus cohort stats.
+
+        With --compare: the realism report of the cohort (in --cache) against real cases instead.
+        """
         from medalign.data.manifest import load_manifest
+
+        if compare is not None:
+            from medalign.data.realism_compare import realism_report, verdict_table
+            from medalign.errors import MedAlignError
+
+            if cache is None:
+                raise MedAlignError("--compare needs --cache (the cohort's preprocessed cache: the comparison "
+                                    "is on what the model sees)")
+            png, js, res = realism_report(manifest, cache, compare, out, real_cache=compare_cache, overwrite=overwrite)
+            for e in res["real"].get("failed") or []:
+                typer.echo(f"  real case not preprocessed: {e['error']}", err=True)
+            typer.echo(verdict_table(res).to_string(index=False))
+            typer.echo(f"wrote {png}\nwrote {js}")
+            return
+        from medalign.data.inspect import inspect_summary, inspection_sheet
 
         df = load_manifest(manifest, check_files=cache is None)
         path = inspection_sheet(df, out, cache_dir=cache, max_studies=max_studies, seed=seed)

@@ -1,6 +1,7 @@
 """Inspection sheet: per study a row of mid-axial slices per sequence with report and label
 (shown in the one display convention of ``medalign.utils.axial_for_display``, with L/R markers),
-plus cohort statistics (class counts per split, report length histogram; the paper's Fig. 3).
+plus cohort statistics (class counts per split, report length histogram; the paper's Fig. 3);
+and ``realism_figure``, the figure of ``medalign inspect --compare`` (``data/realism_compare.py``).
 """
 from __future__ import annotations
 
@@ -150,3 +151,104 @@ def inspect_summary(df: pd.DataFrame) -> dict[str, Any]:
         "patients": int(df["patient_id"].nunique()),
         "sequences": {s: int((df[image_column(s)].astype(str) != "").sum()) for s in manifest_sequences(df)},
     }
+
+
+# ----------------------------------------------------------------------------- realism figure
+def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
+    """Write (atomically) the realism PNG of ``realism_compare.compare_cohorts``'s result.
+
+    Per sequence a row: head-intensity histograms (synthetic mean with its 5-95% band across
+    studies, each real study), then lesion contrast, lesion volume and SNR as strip plots
+    (synthetic grey, real green inside / red outside the synthetic [p1, p99] band, shaded).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medalign.utils import atomic_path
+
+    seqs = list(result["sequences"])
+    fig, axes = plt.subplots(len(seqs), 4, figsize=(15, 3.1 * len(seqs)), squeeze=False)
+    for r, s in enumerate(seqs):
+        sq = result["sequences"][s]
+        h, cov = sq["histogram"], sq["coverage"]
+        ax = axes[r, 0]
+        edges = np.asarray(h["edges"], float)
+        mid = (edges[:-1] + edges[1:]) / 2
+        ax.fill_between(mid, h["synthetic_p05"], h["synthetic_p95"], color="0.8", step="mid",
+                        label="synthetic 5-95%")
+        ax.step(mid, h["synthetic_mean"], where="mid", color="0.3", lw=1.5,
+                label=f"synthetic mean (n={len(sq['studies']['synthetic'])})")
+        for k, (sid, hv) in enumerate(h["real"].items()):
+            ax.step(mid, hv, where="mid", lw=0.9, color=plt.cm.tab10(k % 10), label=f"real {sid}"[:28])
+        pv = ", ".join(f"{m[-3:]} {cov[m]['inside']}/{cov[m]['n_real']}"
+                       for m in ("intensity_p05", "intensity_p50", "intensity_p95"))
+        ax.set_title(f"{s}: intensity inside the head\n(real inside synthetic range: {pv})", fontsize=8)
+        ax.set_xlabel("normalised intensity", fontsize=7)
+        ax.set_ylabel("fraction of head voxels", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5, loc="upper right")
+        for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
+                                             ("lesion_volume", "lesion volume (fraction of head)", True),
+                                             ("snr", "SNR (signal SD / residual noise SD)", False)), start=1):
+            _strip(axes[r, c], sq["studies"], cov[m], m, f"{s}: {title}", log=log,
+                   by_label=(sq.get("coverage_by_label") or {}).get(m) or {})
+    fig.suptitle(f"Realism: synthetic ({result['synthetic'].get('n_studies')} studies) vs real "
+                 f"({result['real'].get('n_studies')} studies), per sequence, on the preprocessed arrays",
+                 fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return out
+
+
+def _strip(ax: Any, studies: dict[str, list[dict]], cov: dict[str, Any], metric: str, title: str, *, log: bool,
+           by_label: dict[str, dict] | None = None) -> None:
+    """Synthetic values (jittered, coloured by class) at x=0, real ones at x=1: green inside /
+    red outside the synthetic [p1, p99] band of their class (of all studies where the class has
+    no synthetic band; the all-studies band is shaded); per-class verdicts in the title."""
+    rng = np.random.default_rng(0)
+    syn = [(row.get("label") or "", row[metric]) for row in studies["synthetic"] if row[metric] is not None]
+    real = [(row["study_id"], row[metric]) for row in studies["real"] if row[metric] is not None]
+    if log:
+        ax.set_yscale("log")
+        syn = [(lab, v) for lab, v in syn if v > 0]
+        real = [(sid, v) for sid, v in real if v > 0]
+    if cov.get("synthetic_range"):
+        lo, hi = cov["synthetic_range"]
+        if not log or lo > 0:
+            ax.axhspan(lo, hi, color="0.9", zorder=0)
+    for k, lab in enumerate(sorted({lab for lab, _ in syn})):
+        v = np.asarray([v for la, v in syn if la == lab], float)
+        ax.scatter(rng.uniform(-0.15, 0.15, v.size), v, s=9, color=plt_colour(k), label=lab or "(no label)")
+    # red = outside the band of the synthetic studies of the same class where the class has one, else of all
+    judged = {lab: c for lab, c in (by_label or {}).items() if c.get("synthetic_range")}
+    in_class = {r["study_id"] for r in studies["real"] if r["label"] in judged}
+    outside = {o["study_id"] for c in judged.values() for o in c["outside"]}
+    outside |= {o["study_id"] for o in cov.get("outside", []) if o["study_id"] not in in_class}
+    for sid, v in real:
+        ax.scatter([1 + rng.uniform(-0.1, 0.1)], [v], s=24, marker="D", edgecolor="k", lw=0.4,
+                   color="tab:red" if sid in outside else "tab:green")
+        ax.annotate(sid[:18], (1.12, v), fontsize=5, va="center")
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([f"synthetic (n={len(syn)})", f"real (n={len(real)})"], fontsize=7)
+    ax.set_xlim(-0.5, 1.9)
+    ax.tick_params(labelsize=6)
+    if syn and len({lab for lab, _ in syn}) > 1:
+        ax.legend(fontsize=5, loc="best", markerscale=0.8)
+    per = "; ".join(f"{lab} {c['inside']}/{c['n_real']}" for lab, c in (by_label or {}).items())
+    ax.set_title(f"{title}\n{cov['verdict']} ({cov['inside']}/{cov['n_real']} real inside)"
+                 + (f"; same class: {per}" if per else ""), fontsize=8)
+    if not syn and not real:
+        ax.text(0.5, 0.5, "no lesion masks" if metric.startswith("lesion") else "no data",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
+
+
+def plt_colour(k: int) -> Any:
+    """k-th colour of the tab10 cycle (one colour per class in the strip plots)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"](k % 10)

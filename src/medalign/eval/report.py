@@ -362,7 +362,41 @@ def _run_sections(doc: Doc, run_dir: Path, name: str, m: dict, *, thumb: Callabl
     doc.heading(2, f"Run: {name}", f"run-{name}")
     for section in _RUN_SECTIONS:
         section(doc, run)
+    _realism_section(doc, run)
     _extras_sections(doc, run_dir)
+
+
+# ---- realism of the training cohort (issue 20): `medalign inspect --compare REAL --out RUN/realism`
+REALISM = "Realism: synthetic vs real cases"
+
+
+def _realism_section(doc: Doc, run: _Run) -> None:
+    """The realism figure + verdict table when RUN/realism/ or CACHE/realism/ (the run's cache)
+    holds realism.json + realism.png; nothing otherwise (it needs real cases the user may lack)."""
+    places = [run.run_dir / "realism"] + ([Path(run.m["cache_dir"]) / "realism"] if run.m.get("cache_dir") else [])
+    found = next((p for p in places if (p / "realism.json").is_file()), None)
+    if found is None:
+        return
+    doc.heading(3, REALISM)
+    try:
+        r = json.loads((found / "realism.json").read_text(encoding="utf-8"))
+        verdicts, syn, real = r["verdicts"], r["synthetic"], r["real"]
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        doc.para(f"(could not read {found / 'realism.json'}: {e})", muted=True)
+        return
+    other = run.m.get("cache_dir") and Path(str(syn.get("cache"))).resolve() != Path(run.m["cache_dir"]).resolve()
+    doc.para(f"{found} · synthetic {syn.get('n_studies')} studies ({syn.get('cache')}"
+             + (", not the cache this run trained on" if other else "")
+             + f") vs real {real.get('n_studies')} studies · "
+             f"coverage = real values inside the synthetic [p{r.get('coverage_percentiles', [1, 99])[0]:g}, "
+             f"p{r.get('coverage_percentiles', [1, 99])[1]:g}] range, per sequence (lesion metrics also per class)")
+    doc.image(found / "realism.png", f"{run.name}: intensity histograms inside the head, lesion contrast, lesion "
+              "volume and SNR per sequence, synthetic vs real, on the preprocessed arrays")
+    rows = [[v.get("sequence"), v.get("metric"), v.get("class", "all"),
+             "—" if not v.get("synthetic_range") else "[{:.3g}, {:.3g}]".format(*v["synthetic_range"]),
+             f"{v.get('inside')}/{v.get('n_real')}", v.get("verdict")] for v in verdicts]
+    doc.table(["sequence", "metric", "class", "synthetic [p1, p99]", "real inside", "verdict"], rows,
+              caption="does the synthetic cohort cover the real cases?")
 
 
 def _extras_sections(doc: Doc, run_dir: Path) -> None:
