@@ -35,6 +35,20 @@ def test_nprobe_is_raised_until_measured_recall_holds():
     assert _recall(untuned, db, fresh) < 0.9  # the tuning was needed
 
 
+def test_tuning_asks_the_lower_bound_not_the_sample_mean_to_reach_the_target():
+    from medalign.index.faiss_index import recall_lower_bound
+
+    per_query = np.array([1.0] * 90 + [0.5] * 10)  # mean 0.95, SE 0.015
+    assert per_query.mean() == pytest.approx(0.95)
+    assert recall_lower_bound(per_query) == pytest.approx(0.95 - 1.645 * per_query.std(ddof=1) / 10)
+    assert recall_lower_bound(per_query) < 0.95 and recall_lower_bound(np.ones(50)) == 1.0
+    rng = np.random.default_rng(1)
+    db = l2_normalise(rng.standard_normal((5000, 32)))
+    p = VectorIndex.build(db, kind="ivf", recall_queries=128).params
+    # the margin is kept: the lower bound reached the target, so the mean sits above it
+    assert p["recall10_lower"] >= 0.95 and p["recall10"] > p["recall10_lower"]
+
+
 @pytest.mark.parametrize("kind", ["ivfsq", "hnsw"])
 def test_compact_and_graph_kinds_reach_target_recall(kind):
     rng = np.random.default_rng(2)

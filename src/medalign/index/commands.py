@@ -30,7 +30,8 @@ def _echo_index_summary(index_dir: Path) -> None:
         vi = getattr(store, f"{name}_index")
         p = vi.params
         knob = next((f"{k}={p[k]}" for k in ("nprobe", "efSearch") if k in p), "exact")
-        rec = f"recall@10 {p['recall10']:.3f} on {p['recall_queries']} held-back vectors" if "recall10" in p else \
+        low = f" (95% lower bound {p['recall10_lower']:.3f})" if "recall10_lower" in p else ""
+        rec = f"recall@10 {p['recall10']:.3f}{low} on {p['recall_queries']} held-back vectors" if "recall10" in p else \
             "recall@10 1.000 (exact)"
         mib = memory_bytes(vi.kind, vi.ntotal, vi.dim, p) / 2**20
         typer.echo(f"  {name}: {vi.kind} {knob}, {vi.ntotal} vectors, {rec}, ~{mib:.1f} MiB in memory")
