@@ -284,6 +284,14 @@ def extract_impression(text: str) -> str:
     return out or src
 
 
+def report_sentences(text: str) -> list[str]:
+    """The report's sentences, in order and in its own wording (the splitting of :func:`extract_impression`),
+    without administrative / context sentences ("Indication: ...", "Dictated ...") or a leading "MRI head:"
+    title. Section headers stay on their sentence ("Impression: Acute infarct.")."""
+    sents = (_TITLE.sub("", s) for s in _split_sentences_keep(_as_text(text)))
+    return [t for t in sents if t and not _BOILERPLATE.match(t)]
+
+
 def select_report_section(text: str, section: str = "full") -> str:
     """``section`` = "full" (text unchanged) or "impression" (:func:`extract_impression`)."""
     if section == "full":

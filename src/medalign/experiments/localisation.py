@@ -76,32 +76,44 @@ def _word_map(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: st
     return upsample_map(res["attention"][idx], shape), text, res["words"][idx]
 
 
-def attend_study(run: str | Path, study: str, word: str, *, text: str | None = None, out: str | None = None,
-                 n_slices: int = 3, manifest: str | None = None, cache: str | None = None,
-                 checkpoint: str = "best") -> dict:
-    """Write the attention overlay PNG of ``word`` for one study; returns paths and (with a mask) scores."""
+def study_inputs(model: Any, study: str, manifest: str | None = None, cache: str | None = None,
+                 *, with_report: bool = True) -> dict:
+    """One study of a run's cohort: image (C, D, H, W) and sequence_mask (C,) tensors, mask (D, H, W) numpy
+    or None, the cache's orientation code and (``with_report``) its whole report from the manifest ('' if none)."""
     from medalign.data.cache import CohortCache
 
-    model = _load_gloria(run, checkpoint)
     manifest_p, cache_p = _resolve(model, manifest, cache)
     cc = CohortCache(cache_p)
     if study not in cc:
         raise CohortError(f"not in the cohort cache {cache_p}", study_id=study)
     arr = cc.load(study)
-    image = torch.from_numpy(np.array(arr["image"], dtype=np.float32))  # (C, D, H, W)
-    seq = torch.from_numpy(np.asarray(arr["sequence_mask"], dtype=bool))
-    mask = None if arr["mask"] is None else np.array(arr["mask"])
-    if text is None:
+    out = {"image": torch.from_numpy(np.array(arr["image"], dtype=np.float32)),  # (C, D, H, W)
+           "sequence_mask": torch.from_numpy(np.asarray(arr["sequence_mask"], dtype=bool)),  # (C,)
+           "mask": None if arr["mask"] is None else np.array(arr["mask"]), "orientation": cc.config.canonical,
+           "report": ""}
+    if with_report:
         from medalign.data.manifest import load_manifest
 
         df = load_manifest(manifest_p, check_files=False)
         row = df[df["study_id"].astype(str) == study]
-        text = str(row["report"].iloc[0]) if len(row) and "report" in df.columns and isinstance(row["report"].iloc[0], str) else ""
-        text = model.recipe.report_texts([text])[0] if text else text  # the section it was trained on
+        if len(row) and "report" in df.columns and isinstance(row["report"].iloc[0], str):
+            out["report"] = str(row["report"].iloc[0])
+    return out
+
+
+def attend_study(run: str | Path, study: str, word: str, *, text: str | None = None, out: str | None = None,
+                 n_slices: int = 3, manifest: str | None = None, cache: str | None = None,
+                 checkpoint: str = "best") -> dict:
+    """Write the attention overlay PNG of ``word`` for one study; returns paths and (with a mask) scores."""
+    model = _load_gloria(run, checkpoint)
+    s = study_inputs(model, study, manifest, cache, with_report=text is None)
+    image, seq, mask = s["image"], s["sequence_mask"], s["mask"]
+    if text is None:
+        text = model.recipe.report_texts([s["report"]])[0] if s["report"] else ""  # the section it was trained on
     heat, used_text, used_word = _word_map(model.recipe, image, seq, text, word, image.shape[1:])
     out_p = Path(out) if out else Path(run) / "attention" / f"{study}_{word}.png"
     attention_overlay_png(image.numpy(), heat, mask, out_p, sequences=model.sequences, n_slices=n_slices,
-                          title=f"{study}: attention of '{used_word}'", orientation=cc.config.canonical)
+                          title=f"{study}: attention of '{used_word}'", orientation=s["orientation"])
     res = {"png": str(out_p), "text": used_text, "word": used_word}
     if mask is not None and mask.any():
         res["scores"] = localisation_scores(heat, mask)

@@ -8,6 +8,8 @@ Endpoints (all JSON unless noted; OpenAPI at /openapi.json; no /docs: Swagger UI
 - ``POST /search/upload``               multipart, one NIfTI per sequence field -> studies + zero-shot classes
 - ``GET /study/{study_id}``             report, label, thumbnails of one study
 - ``GET /thumb/{study_id}/{sequence}.png``  mid-axial thumbnail
+- ``POST /attention/{study_id}``        {text, slices} -> PNG: the query's attention over the study's most
+                                        attended axial slice(s) (GLoRIA word attention / CLIP Grad-CAM)
 - ``GET /``                              the web page (static/index.html)
 
 A new index version (``medalign index add`` / ``build`` into the same folder) is picked up
@@ -20,7 +22,8 @@ reading the body; every response carries CSP / X-Frame-Options / nosniff headers
 name the field and the problem, never echo the input.
 
 Layout: state.py (limits, prompts, the shared ServeState), schemas.py (bodies), uploads.py (NIfTI
-checks), routes.py (one router per concern); this module assembles them and runs uvicorn.
+checks), attention.py (overlays: maps, volumes, cache), routes.py (one router per concern); this module
+assembles them and runs uvicorn.
 """
 from __future__ import annotations
 
@@ -45,14 +48,18 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
                max_file_bytes: int = MAX_FILE_BYTES, max_request_bytes: int = MAX_REQUEST_BYTES,
                max_json_bytes: int = MAX_JSON_BYTES, prompts_path: str | Path | None = None,
                hosts: list[str] | None = None, batch_window_s: float = 0.002, cache_size: int = 4096,
-               max_uploads: int = 1, max_waiting_uploads: int = 4, reload_s: float = 1.0) -> Any:
+               max_uploads: int = 1, max_waiting_uploads: int = 4, reload_s: float = 1.0,
+               volumes: str | Path | None = None, overlay_dir: str | Path | None = None,
+               overlay_cache_size: int = 256) -> Any:
     """Build the ASGI app. ``model`` defaults to ``medalign.api.load(meta['run_dir'])``.
 
     Throughput knobs (state.py, batching.py): concurrent text queries are encoded together after
     waiting up to ``batch_window_s``; ``cache_size`` query embeddings are kept (LRU); at most
     ``max_uploads`` uploads preprocess at once and ``max_waiting_uploads`` queue (more get 503).
     The index directory is re-checked at most every ``reload_s`` seconds (negative: never) and a
-    new version is swapped in without a restart.
+    new version is swapped in without a restart. Attention overlays are drawn on ``volumes`` (the
+    preprocessed cohort cache the index was built from; default the run's ``data.cache_dir``), kept
+    in memory (``overlay_cache_size`` PNGs) and, when ``overlay_dir`` is given, on disk.
 
     ``hosts``: allowed Host headers (default: loopback names and ``testserver``, the in-process
     test client's; ``serve`` passes :func:`security.allowed_hosts` of its bind address).
@@ -69,7 +76,8 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
     install_log_filter()
     state = ServeState.build(store, model, token=token, max_file_bytes=max_file_bytes, prompts_path=prompts_path,
                              batch_window_s=batch_window_s, cache_size=cache_size, max_uploads=max_uploads,
-                             max_waiting_uploads=max_waiting_uploads, reload_s=reload_s)
+                             max_waiting_uploads=max_waiting_uploads, reload_s=reload_s, volumes=volumes,
+                             overlay_dir=overlay_dir, overlay_cache_size=overlay_cache_size)
 
     app = FastAPI(title="medalign case retrieval", version="1", docs_url=None, redoc_url=None,
                   description="Similar-case search over a medalign index: text, study and upload queries.")
@@ -77,7 +85,7 @@ def create_app(index: str | Path | IndexStore, model: Any = None, *, token: str 
     app.state.store, app.state.model = store, model
     auth = routes.auth_dependencies(state)
     for router in (routes.health_router(state), routes.search_router(state, auth), routes.upload_router(state, auth),
-                   routes.study_router(state, auth), routes.page_router()):
+                   routes.study_router(state, auth), routes.attention_router(state, auth), routes.page_router()):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_middleware(app, max_request_bytes, max_json_bytes, token,

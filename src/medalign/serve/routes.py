@@ -12,13 +12,14 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, File, HTTPException, Path as PathParam, Query, Request, UploadFile
 from fastapi.params import Depends as DependsParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPBearer
 
 from medalign.data.schema import CLASSES, DEFAULT_TOP_K, KNOWN_SEQUENCES
 from medalign.errors import MedAlignError
 from medalign.serve.batching import ServerBusy
-from medalign.serve.schemas import Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
+from medalign.serve.attention import OverlayUnavailable
+from medalign.serve.schemas import AttentionQuery, Health, Hit, SearchResponse, StudyDetail, TextQuery, ZeroShot
 from medalign.serve.security import token_ok
 from medalign.serve.state import ID_PATTERN, MAX_K, STATIC_DIR, ServeState
 from medalign.serve.uploads import read_dicom_zip, read_upload
@@ -69,7 +70,8 @@ def health_router(state: ServeState) -> APIRouter:
         store = state.current_store()
         return Health(status="ok", n_studies=len(store), n_reports=int(len(store.text_rows)), model_id=store.model_id,
                       index_kind=store.image_index.kind, version=store.version, auth_required=bool(state.token),
-                      sequences=list(state.sequences))
+                      sequences=list(state.sequences),
+                      attention=bool(state.overlays is not None and state.overlays.available))
 
     return router
 
@@ -213,6 +215,39 @@ def study_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
         if path is None:
             raise HTTPException(404, "no such thumbnail")
         return FileResponse(path, media_type="image/png")
+
+    return router
+
+
+def attention_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
+    """``POST /attention/{study_id}``: the query's attention overlay on the study's most attended slice(s).
+
+    POST, with the query in the JSON body: a query string would put the text into every access log and
+    browser history. The same map again is served from memory (serve/attention.py)."""
+    router = APIRouter()
+
+    @router.post("/attention/{study_id}", dependencies=auth, response_class=Response,
+                 responses={200: {"content": {"image/png": {}},
+                                  "description": "PNG: grey image, query attention in colour, L/R markers"},
+                            404: {"description": "unknown study id, or no preprocessed volume for it"},
+                            501: {"description": "this model draws no attention maps"},
+                            503: {"description": "the map could not be drawn now; retry"}})
+    def attention(q: AttentionQuery, study_id: str = StudyId) -> Response:
+        store = state.current_store()
+        _row_or_404(state, study_id, store)  # only studies of the index: never an arbitrary cache entry
+        if state.overlays is None:
+            raise HTTPException(501, "attention overlays are not set up on this server")
+        try:
+            png, info = state.overlays.get(study_id, q.text, q.slices)
+        except OverlayUnavailable as e:
+            raise HTTPException(e.status, str(e)) from None
+        except (ValueError, RuntimeError) as e:  # e.g. Grad-CAM lost its hook to an interleaved upload
+            raise HTTPException(503, f"attention map failed ({type(e).__name__}); retry",
+                                headers={"Retry-After": "1"}) from None
+        headers = {"Cache-Control": "no-store", "X-Attention-Method": str(info.get("method", "")),
+                   "X-Overlay-Cache": str(info.get("cache", "")),
+                   "X-Attention-Slices": ",".join(str(z) for z in info.get("slices", []))}
+        return Response(png, media_type="image/png", headers=headers)
 
     return router
 

@@ -15,6 +15,7 @@ import numpy as np
 from medalign.data.schema import CLASSES
 from medalign.errors import MedAlignError
 from medalign.index.store import STUDY_ID_RE, IndexStore
+from medalign.serve.attention import AttentionOverlays
 from medalign.serve.batching import BatchingTextEncoder, UploadGate
 
 log = logging.getLogger("medalign.serve")
@@ -120,6 +121,9 @@ class ServeState:
     # encoders are not guaranteed thread-safe: text runs on the batcher's one thread only, images
     # under this lock (uploads.max_running > 1 only for models whose image encoder allows it)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # held by the text batcher around each batch, and by an attention overlay (which runs the text encoder too)
+    text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    overlays: Any = field(default=None, repr=False)  # attention.AttentionOverlays
     _checked: float = field(default=0.0, repr=False)
     _loading: threading.Thread | None = field(default=None, repr=False)
     reload_error: str | None = None
@@ -128,17 +132,30 @@ class ServeState:
     def build(cls, store: IndexStore, model: Any, *, token: str | None = None,
               max_file_bytes: int = MAX_FILE_BYTES, prompts_path: str | Path | None = None,
               batch_window_s: float = 0.002, cache_size: int = 4096, max_uploads: int = 1,
-              max_waiting_uploads: int = 4, reload_s: float = 1.0) -> ServeState:
-        """Embed the zero-shot class prompts once; set up the text batcher and the upload gate."""
+              max_waiting_uploads: int = 4, reload_s: float = 1.0, volumes: str | Path | None = None,
+              overlay_dir: str | Path | None = None, overlay_cache_size: int = 256) -> ServeState:
+        """Embed the zero-shot class prompts once; set up the text batcher, the upload gate and the
+        attention overlays (``volumes``: the preprocessed cohort cache; default the run's ``data.cache_dir``)."""
         prompts = load_class_prompts(prompts_path)
         # (K, E): each class's (P, E) prompt embeddings, normalised, averaged, normalised again
         class_embed = np.stack([_unit(_unit(np.asarray(model.encode_text(prompts[c]), dtype=np.float32)).mean(0))
                                 for c in CLASSES])
         sequences = list(getattr(model, "sequences", None) or store.meta.get("sequences") or [])
-        text = BatchingTextEncoder(model.encode_text, window_s=batch_window_s, cache_size=cache_size)
+        text_lock = threading.Lock()
+
+        def encode_batch(texts: list[str]) -> np.ndarray:
+            with text_lock:
+                return model.encode_text(texts)
+
+        text = BatchingTextEncoder(encode_batch, window_s=batch_window_s, cache_size=cache_size)
         lock = threading.Lock() if max_uploads == 1 else _NoLock()
+        # overlays take a real lock even when uploads run in parallel, so two maps are never drawn at once (a
+        # Grad-CAM hook sees every forward pass of the encoder; an upload's may still interleave: that map is 503)
+        overlays = AttentionOverlays(model, volumes=volumes, overlay_dir=overlay_dir, cache_size=overlay_cache_size,
+                                     image_lock=lock if max_uploads == 1 else threading.Lock(), text_lock=text_lock)
         return cls(store, model, class_embed, _logit_scale(model), sequences, text,
-                   UploadGate(max_uploads, max_waiting_uploads), token, max_file_bytes, reload_s, lock)
+                   UploadGate(max_uploads, max_waiting_uploads), token, max_file_bytes, reload_s, lock,
+                   text_lock=text_lock, overlays=overlays)
 
     def encode_text(self, text: str) -> np.ndarray:
         """(E,) embedding of one query text (cached; batched with concurrent queries)."""

@@ -2,7 +2,7 @@
 "use strict";
 const SEQS = ["dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"];
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("medalign-token") || "", files: {}, dicom: null, thumbUrls: [] };
+const state = { token: sessionStorage.getItem("medalign-token") || "", files: {}, dicom: null, thumbUrls: [], attention: false };
 
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -36,9 +36,40 @@ async function loadThumb(img, studyId, seq) {
   } catch (e) { img.alt = "no thumbnail"; }
 }
 
+function attentionToggle(studyId, thumbs, queryText) {
+  // the query's attention over the study's most attended slice, drawn by the server on demand (POST: the
+  // query stays out of URLs and logs); shown in place of the thumbnails, fetched once per card
+  const img = el("img", { class: "overlay", alt: "attention of the query on " + studyId });
+  const caption = el("figcaption", { text: "loading attention…" });
+  const box = el("figure", { class: "overlay-box" }, [img, caption]);
+  box.hidden = true;
+  const btn = el("button", { type: "button", class: "attn-toggle", "aria-pressed": "false", text: "show attention" });
+  let loaded = false;
+  btn.addEventListener("click", async (ev) => {
+    ev.stopPropagation(); // the card's own click searches similar cases
+    const on = btn.getAttribute("aria-pressed") !== "true";
+    btn.setAttribute("aria-pressed", String(on));
+    btn.textContent = on ? "hide attention" : "show attention";
+    thumbs.hidden = on; box.hidden = !on;
+    if (!on || loaded) return;
+    loaded = true;
+    try {
+      const res = await api("/attention/" + encodeURIComponent(studyId), { method: "POST",
+        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text: queryText }) });
+      const method = res.headers.get("X-Attention-Method") || "attention";
+      const url = URL.createObjectURL(await res.blob());
+      state.thumbUrls.push(url);
+      img.src = url;
+      caption.textContent = method + " of the query, most attended slice";
+    } catch (e) { loaded = false; caption.textContent = ""; caption.appendChild(el("span", { class: "error", text: e.message })); }
+  });
+  box.addEventListener("click", (ev) => ev.stopPropagation());
+  return [btn, box];
+}
+
 function showError(msg) { $("summary").innerHTML = ""; $("summary").appendChild(el("span", { class: "error", text: msg })); }
 
-function render(data, title) {
+function render(data, title, queryText) {
   state.thumbUrls.forEach((u) => URL.revokeObjectURL(u)); state.thumbUrls = [];
   const box = $("results"); box.innerHTML = "";
   $("summary").textContent = title + " — " + data.results.length + " result(s)";
@@ -49,10 +80,13 @@ function render(data, title) {
       thumbs.appendChild(el("figure", {}, [img, el("figcaption", { text: seq })]));
       loadThumb(img, hit.study_id, seq);
     }
+    const attn = queryText && state.attention ? attentionToggle(hit.study_id, thumbs, queryText) : [];
     const card = el("article", { class: "card", "data-study-id": hit.study_id, title: "click: find cases similar to this one" }, [
       el("h3", {}, [el("span", { class: "sid", text: hit.rank + ". " + hit.study_id }), el("span", { class: "score", text: hit.score.toFixed(3) })]),
       el("span", { class: "label", text: hit.label || "unlabelled" }),
+      ...attn.slice(0, 1),
       thumbs,
+      ...attn.slice(1),
       el("p", { class: "report", text: hit.report || "(no report)" }),
     ]);
     card.addEventListener("click", () => searchStudy(hit.study_id));
@@ -79,7 +113,7 @@ async function searchText(ev) {
   try {
     const res = await api("/search/text", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ text, k: k(), target: $("target").value }) });
-    render(await res.json(), "Text query");
+    render(await res.json(), "Text query", text);
   } catch (e) { showError(e.message); }
 }
 
@@ -156,6 +190,7 @@ async function init() {
     const h = await (await fetch("/health")).json();
     $("status").textContent = h.n_studies + " studies · model " + h.model_id.slice(0, 10) + " · " + h.index_kind;
     if (h.auth_required && !state.token) $("auth").hidden = false;
+    state.attention = Boolean(h.attention);
   } catch (e) { $("status").textContent = "service unavailable"; }
 }
 

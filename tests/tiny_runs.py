@@ -1,0 +1,43 @@
+"""Tiny trained GLoRIA and CLIP runs on the 12-study lesion cohort of tests/recipes/test_gloria.py
+(1 epoch, 2 sequences of 4x16x16), shared by the attention-overlay tests of the service and of
+``medalign attend --report``. No network: the text encoder is the packaged MiniLM.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
+from test_gloria import _tiny_cohort  # noqa: E402  (the tiny lesion cohort with masks, reused)
+
+SEQUENCES = ["dwi", "flair"]
+SHAPE = [4, 16, 16]
+
+
+def run_config(name: str, manifest: Path, root: Path) -> dict:
+    """The tiny training config of ``recipe: name`` (as in tests/recipes/test_gloria.py)."""
+    return {"seed": 0,
+            "data": {"kind": "cohort", "manifest": str(manifest), "cache_dir": str(root / "cache"),
+                     "sequences": SEQUENCES, "shape": SHAPE, "val_split": None},
+            "recipe": {"name": name, "embed_dim": 8, "text_encoder": {"cache_dir": str(root / "text")},
+                       "image_encoder": {"name": "unet3d_cpu", "channels": [4, 8], "stem_stride": 1,
+                                         "local_level": 1, "global_pool": "avg", "out_dim": 16}},
+            "train": {"epochs": 1, "batch_size": 3, "optimizer": "adamw", "lr": 0.003, "scheduler": "constant",
+                      "progress": False, "amp": False}}
+
+
+def make_tiny_runs(root: Path, recipes: tuple[str, ...] = ("gloria", "clip")) -> dict[str, Path]:
+    """Cohort + cache + one trained run per recipe under ``root``.
+
+    Returns {"manifest", "cache", <recipe name>: run dir, ...}."""
+    from medalign.data.cache import preprocess_cohort
+    from medalign.train.loop import fit
+
+    man = _tiny_cohort(root / "cohort")
+    preprocess_cohort(man, {"sequences": SEQUENCES, "shape": SHAPE, "reference": "flair", "register": False},
+                      root / "cache", workers=1, progress=False)
+    out: dict[str, Path] = {"manifest": man, "cache": root / "cache"}
+    for name in recipes:
+        fit(run_config(name, man, root), root / f"run_{name}")
+        out[name] = root / f"run_{name}"
+    return out
