@@ -118,3 +118,22 @@ def test_manifest_aliases_and_duplicate_columns(cohort, tmp_path) -> None:
     df.to_csv(p, index=False)
     with pytest.raises(CohortError, match=r"name the same sequence 'dwi'"):
         load_manifest(p, check_files=False)
+
+
+def test_series_on_another_grid_and_orientation(model, cohort, tmp_path) -> None:
+    """Each series is resampled on its own to the common grid: a t1 stored in another orientation
+    (x and y reversed: LPS instead of the others' RAS) embeds like the same t1 stored as the others."""
+    import nibabel as nib
+
+    d = cohort["root"] / "s03"
+    t1 = nib.load(str(d / "t1.nii.gz"))
+    arr = np.asarray(t1.dataobj, dtype=np.float32)  # (x, y, z) on 2 x 2 x 4 mm
+    # flip x and y (LPS instead of RAS storage) and keep the world position of every voxel
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:3, 3] = [arr.shape[0] - 1, arr.shape[1] - 1, 0.0]  # voxel units, before the affine
+    other = tmp_path / "t1_lps.nii.gz"
+    nib.save(nib.Nifti1Image(arr[::-1, ::-1].copy(), t1.affine @ flip), str(other))
+    base = {s: str(d / f"{s}.nii.gz") for s in ("dwi", "flair")}
+    a = model.encode_image({**base, "t1": str(d / "t1.nii.gz")})
+    b = model.encode_image({**base, "t1": str(other)})
+    assert np.isfinite(b).all() and float(a @ b.T) > 0.99

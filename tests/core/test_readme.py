@@ -37,6 +37,8 @@ SHORT: dict[str, list] = {
     "preprocess": [("--shape", "8,32,32"), ("--no-register", None), ("--workers", "1"), ("--no-progress", None)],
     "train": SMALL_BRAIN,
     "train configs/hlss_cpu.yaml": SMALL_BRAIN + ["recipe.n_slabs=2"],  # 8 slices: 2 slabs of 4
+    # its 2x4x4 stem + 4 levels need >= 16 slices; 8 slices: keep every slice in the stem
+    "train configs/brain_clip_study_cpu.yaml": SMALL_BRAIN + ["recipe.image_encoder.stem_stride=[1,4,4]"],
     "evaluate": [("--n-boot", "20"), ("--supervised-epochs", "1")],
     "report": [],
     "classify": [],
