@@ -245,8 +245,12 @@ def test_cli_attend_and_localise(tmp_path):
     res = json.loads((gl / "eval" / "localisation_test.json").read_text())
     loc = res["localisation"]
     assert loc["n"] == 5  # test split s02 s05 s08 s09 s10 have lesions; s11 is normal
-    for k in ("gloria", "uniform", "uniform_head", "clip_gradcam"):
+    for k in ("gloria", "gloria_prior", "uniform", "uniform_head", "clip_gradcam"):
         assert set(loc[k]) == {"pointing", "mass", "auroc"}
+    # the normative prior was fitted on the two normal training studies and kept in the run
+    assert res["normative_prior"]["normal_studies"] == 2 and (gl / "normative.npz").is_file()
+    assert sum(v["n"] for v in loc["by_class"].values()) == 5 and sum(v["n"] for v in loc["by_size"].values()) == 5
+    assert any("normative prior" in row[0] for row in res["table"]["rows"])
     assert loc["uniform"]["auroc"]["value"] == 0.5
     assert {"global", "local", "combined"} == set(res["gloria"]["retrieval"])
     assert res["clip"]["zero_shot"]["pool"] == "mean"

@@ -17,7 +17,7 @@ separates head from background already beats the plain uniform one).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -117,6 +117,25 @@ def summarise(per_study: Sequence[dict], *, n_boot: int = 1000, seed: int = 0) -
         ci["n"] = int(len(vals))
         out[k] = ci
     return out
+
+
+SIZE_BUCKETS = ((0.005, "lesion < 0.5% of the volume"), (0.02, "0.5-2%"), (float("inf"), "> 2%"))
+
+
+def size_bucket(row: dict) -> str:
+    """The lesion-size bucket of a per-study row (by its ``lesion_fraction`` of the volume)."""
+    return next(name for top, name in SIZE_BUCKETS if row["lesion_fraction"] < top)
+
+
+def breakdown(rows: list[dict], key: Any, *, n_boot: int = 1000, seed: int = 0,
+              methods: Sequence[str] = ("gloria", "gloria_prior", "clip_gradcam")) -> dict:
+    """{group: {method: summary with CIs, "n": count}} for the maps scored per study, grouped by ``key(row)``."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    return {g: {"n": len(rs), **{m: summarise([r[m] for r in rs], n_boot=n_boot, seed=seed)
+                                 for m in methods if all(m in r for r in rs)}}
+            for g, rs in sorted(groups.items())}
 
 
 def find_image_encoder(module):

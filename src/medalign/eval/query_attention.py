@@ -67,13 +67,27 @@ def _device(recipe: Any) -> Any:
     return p.device if p is not None else torch.device("cpu")
 
 
-def query_map(recipe: Any, image: Any, sequence_mask: Any, text: str) -> dict[str, Any]:
+def query_map(recipe: Any, image: Any, sequence_mask: Any, text: str, *, prior: Any = None) -> dict[str, Any]:
     """The map of ``text`` over one study on the model's local grid.
 
     image (C, D, H, W), sequence_mask (C,) (tensors or arrays). Returns dict(map (d, h, w) float64
     numpy, non-negative; method (:func:`map_method`); words: the words averaged, GLoRIA only).
-    Raises ValueError when the recipe can draw no map, or the text has no word.
+    ``prior``: a :class:`~medalign.eval.normative.NormativePrior`; the map is then re-weighted by the
+    study's anomaly (:func:`~medalign.eval.normative.grounded_map`, on the prior's grid) and
+    ``method`` says so. Raises ValueError when the recipe can draw no map, or the text has no word.
     """
+    out = _raw_query_map(recipe, image, sequence_mask, text)
+    if prior is not None:
+        from medalign.eval.normative import grounded_map
+
+        anomaly = prior.anomaly(np.asarray(image, dtype=np.float32),
+                                None if sequence_mask is None else np.asarray(sequence_mask, dtype=bool))
+        out = {**out, "map": grounded_map(out["map"], anomaly).astype(np.float64),
+               "method": f"{out['method']} x normative prior"}
+    return out
+
+
+def _raw_query_map(recipe: Any, image: Any, sequence_mask: Any, text: str) -> dict[str, Any]:
     import torch
 
     method = map_method(recipe)

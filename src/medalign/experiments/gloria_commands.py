@@ -32,6 +32,8 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         manifest: Optional[str] = typer.Option(None, help="manifest (default: the run's data.manifest)"),
         cache: Optional[str] = typer.Option(None, help="cache dir (default: the run's data.cache_dir)"),
         checkpoint: str = typer.Option("best", help="best or last"),
+        prior: bool = typer.Option(True, "--prior/--no-prior", help="word attention x the normative prior fitted on "
+                                   "the run's normal training studies (single-word mode)"),
     ) -> None:
         """Overlay the upsampled attention of WORD on the mid-lesion slices of each sequence; with --report,
         one row per finding sentence of the report."""
@@ -40,7 +42,7 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
             return
         from medalign.experiments.localisation import attend_study
 
-        res = attend_study(run, study, word, text=text, out=out, n_slices=slices or 3, manifest=manifest,
+        res = attend_study(run, study, word, text=text, out=out, n_slices=slices or 3, manifest=manifest, prior=prior,
                            cache=cache, checkpoint=checkpoint)
         typer.echo(f"{res['png']}  (word '{res['word']}' in: {res['text'][:80]!r})")
         if res.get("scores"):
@@ -64,13 +66,15 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
                                               "protocol (default: medalign/eval/prompts.yaml)"),
         pool: str = typer.Option("mean", "--pool", help="zero-shot pooling over a class's prompts: mean or max "
                                  "(as `medalign evaluate --pool`)"),
+        prior: bool = typer.Option(True, "--prior/--no-prior", help="also score word attention x the normative "
+                                   "prior fitted on the run's normal training studies"),
     ) -> None:
         """Localisation (pointing game, mass, voxel AUROC) + retrieval + zero-shot, GLoRIA vs CLIP."""
         from medalign.experiments.localisation import localise_run
 
         res = localise_run(run, split=split, clip_run=clip, manifest=manifest, cache=cache, n_prompts=n_prompts,
                            n_gallery=gallery, n_boot=n_boot, seed=seed, checkpoint=checkpoint, prompts=prompts,
-                           pool=pool)
+                           pool=pool, prior=prior)
         for row in res["table_rows"]:
             typer.echo(f"{row[0]:34s} " + "  ".join(f"{str(c):26s}" for c in row[1:]))
         typer.echo(f"wrote {res['json']} and {res['extra']}")

@@ -26,8 +26,9 @@ from medalign.errors import CohortError, MedAlignError
 from medalign.eval.bootstrap import format_ci
 from medalign.eval.evaluate import class_cis, rank_cis
 from medalign.eval.gloria_prompts import CLASS_WORDS, LESION_CLASSES, find_class_word, generate_prompts
-from medalign.eval.localisation import (attention_overlay_png, gradcam_map, head_uniform_scores,
-                                        localisation_scores, summarise, uniform_scores, upsample_map)
+from medalign.eval.localisation import (attention_overlay_png, breakdown, gradcam_map, head_uniform_scores,
+                                        localisation_scores, size_bucket, summarise, uniform_scores, upsample_map)
+from medalign.eval.normative import grounded_map, run_prior
 from medalign.eval.retrieval import cosine_similarity, match_ranks, rank_summary
 from medalign.eval.run import split_metrics
 from medalign.eval.zeroshot import classification_metrics, load_prompts, pool_scores
@@ -55,7 +56,14 @@ def _resolve(model: Any, manifest: str | None, cache: str | None) -> tuple[Path,
 
 def _word_map(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: str, word: str,
               shape: Sequence[int]) -> tuple[np.ndarray, str, str]:
-    """Upsampled (D, H, W) attention of ``word`` (or a synonym of that class) in ``text``.
+    """Upsampled (D, H, W) attention of ``word`` (or a synonym of that class) in ``text`` (see :func:`_word_grid`)."""
+    att, text, used = _word_grid(recipe, image, seq_mask, text, word)
+    return upsample_map(att, shape), text, used
+
+
+def _word_grid(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: str,
+               word: str) -> tuple[np.ndarray, str, str]:
+    """Attention (d, h, w) on the local grid of ``word`` (or a synonym of that class) in ``text``.
 
     Falls back to the text "<word>" when the word is not in ``text``. Returns (map, text, word used).
     """
@@ -73,7 +81,7 @@ def _word_map(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: st
         res, idx = locate(text)
         if idx is None:  # the tokenizer split the word; take its first piece-word
             idx = 0
-    return upsample_map(res["attention"][idx], shape), text, res["words"][idx]
+    return res["attention"][idx], text, res["words"][idx]
 
 
 def study_inputs(model: Any, study: str, manifest: str | None = None, cache: str | None = None,
@@ -103,18 +111,28 @@ def study_inputs(model: Any, study: str, manifest: str | None = None, cache: str
 
 def attend_study(run: str | Path, study: str, word: str, *, text: str | None = None, out: str | None = None,
                  n_slices: int = 3, manifest: str | None = None, cache: str | None = None,
-                 checkpoint: str = "best") -> dict:
-    """Write the attention overlay PNG of ``word`` for one study; returns paths and (with a mask) scores."""
+                 checkpoint: str = "best", prior: bool = True) -> dict:
+    """Write the attention overlay PNG of ``word`` for one study (x the run's normative prior unless
+    ``prior`` is False or none can be fitted); returns paths and (with a mask) scores."""
     model = _load_gloria(run, checkpoint)
     s = study_inputs(model, study, manifest, cache, with_report=text is None)
     image, seq, mask = s["image"], s["sequence_mask"], s["mask"]
     if text is None:
         text = model.recipe.report_texts([s["report"]])[0] if s["report"] else ""  # the section it was trained on
-    heat, used_text, used_word = _word_map(model.recipe, image, seq, text, word, image.shape[1:])
+    att, used_text, used_word = _word_grid(model.recipe, image, seq, text, word)
+    norm = None
+    if prior:
+        try:
+            norm = run_prior(run, *_resolve(model, None, None))
+            att = grounded_map(att, norm.anomaly(image.numpy(), seq.numpy()))
+        except MedAlignError:  # too few normal training studies: the attention alone
+            norm = None
+    heat = upsample_map(att, image.shape[1:])
     out_p = Path(out) if out else Path(run) / "attention" / f"{study}_{word}.png"
     attention_overlay_png(image.numpy(), heat, mask, out_p, sequences=model.sequences, n_slices=n_slices,
-                          title=f"{study}: attention of '{used_word}'", orientation=s["orientation"])
-    res = {"png": str(out_p), "text": used_text, "word": used_word}
+                          title=f"{study}: attention of '{used_word}'{' x normative prior' if norm else ''}",
+                          orientation=s["orientation"])
+    res = {"png": str(out_p), "text": used_text, "word": used_word, "prior": norm is not None}
     if mask is not None and mask.any():
         res["scores"] = localisation_scores(heat, mask)
         res["uniform"] = uniform_scores(mask)
@@ -285,11 +303,13 @@ def _similarity_metrics(sp: _Split, emb: dict, clip: Any, clip_run: str | None, 
     return out
 
 
-def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, seed: int) -> tuple[dict, list[str]]:
-    """Lesion-word attention (and CLIP Grad-CAM) vs the masks of lesion-class studies, with the uniform
-    and uniform-in-head baselines; writes the gallery PNGs. Returns (localisation results, gallery paths
-    relative to the run)."""
-    per: dict[str, list] = {"gloria": [], "uniform": [], "uniform_head": [], "clip_gradcam": []}
+def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, seed: int,
+              prior: Any = None) -> tuple[dict, list[str]]:
+    """Lesion-word attention (with ``prior``, a :class:`~medalign.eval.normative.NormativePrior`, also the
+    attention x normative prior) and CLIP Grad-CAM vs the masks of lesion-class studies, with the uniform
+    and uniform-in-head baselines; writes the gallery PNGs (of the grounded map when there is a prior).
+    Returns (localisation results, gallery paths relative to the run)."""
+    per: dict[str, list] = {"gloria": [], "gloria_prior": [], "uniform": [], "uniform_head": [], "clip_gradcam": []}
     rows_meta = []
     gallery_dir = sp.run / "report_extras" / f"gloria_gallery_{split}"
     images_rel: list[str] = []
@@ -302,14 +322,18 @@ def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, se
         if m is None or not bool(m.any()):
             continue
         m = m.numpy()
-        heat, used_text, used_word = _word_map(sp.model.recipe, s["image"], s["sequence_mask"], sp.texts[i], label,
-                                               m.shape)
+        att, used_text, used_word = _word_grid(sp.model.recipe, s["image"], s["sequence_mask"], sp.texts[i], label)
+        heat = upsample_map(att, m.shape)
         g = localisation_scores(heat, m)
         per["gloria"].append(g)
         per["uniform"].append(uniform_scores(m))
         per["uniform_head"].append(head_uniform_scores(s["image"].numpy(), m))
         row = {"study_id": sp.ids[i], "label": label, "word": used_word, "from_report": used_text == sp.texts[i],
                "lesion_fraction": float((m > 0).mean()), "gloria": g}
+        if prior is not None:
+            heat = upsample_map(grounded_map(att, prior.anomaly(s["image"].numpy(), s["sequence_mask"].numpy())), m.shape)
+            g = row["gloria_prior"] = localisation_scores(heat, m)
+            per["gloria_prior"].append(g)
         if clip is not None:
             cam = upsample_map(gradcam_map(clip.recipe, s["image"].to(clip.device), s["sequence_mask"].to(clip.device),
                                            used_text), m.shape)
@@ -320,12 +344,15 @@ def _localise(sp: _Split, clip: Any, split: str, n_gallery: int, n_boot: int, se
         if len(images_rel) < n_gallery:
             p = gallery_dir / f"{sp.ids[i]}_{used_word}.png"
             attention_overlay_png(s["image"].numpy(), heat, m, p, sequences=sp.model.sequences, n_slices=1,
-                                  title=f"{sp.ids[i]} ({label}): attention of '{used_word}' (cyan: lesion mask), "
+                                  title=f"{sp.ids[i]} ({label}): attention of '{used_word}'"
+                                        f"{' x normative prior' if prior is not None else ''} (cyan: lesion mask), "
                                         f"pointing {'hit' if g['pointing'] else 'miss'}",
                                   orientation=_canonical(sp.ds))
             images_rel.append(str(p.relative_to(sp.run)))
     loc = {"per_study": rows_meta, "n": len(rows_meta),
-           **{k: summarise(v, n_boot=n_boot, seed=seed) for k, v in per.items() if v}}
+           **{k: summarise(v, n_boot=n_boot, seed=seed) for k, v in per.items() if v},
+           "by_class": breakdown(rows_meta, lambda r: r["label"], n_boot=n_boot, seed=seed),
+           "by_size": breakdown(rows_meta, size_bucket, n_boot=n_boot, seed=seed)}
     return loc, images_rel
 
 
@@ -363,8 +390,11 @@ def _table(res: dict, n: int, split: str, checkpoint: str, pool: str) -> dict:
             rows.append([f"zero-shot {k} ({proto})", _ci(G, key, "combined", "ci", k), _ci(G, key, "global", "ci", k),
                          _ci(C, key, "ci", k) if C else "—", chance, "—"])
     for k, name in (("pointing", "pointing game"), ("mass", "attention mass in lesion"), ("auroc", "voxel AUROC")):
-        rows.append([f"{name} (n={L['n']})", _ci(L, "gloria", k), "—", _ci(L, "clip_gradcam", k) if C else "—",
-                     _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
+        rows.append([f"{name} (n={L['n']}; word attention)", _ci(L, "gloria", k), "—",
+                     _ci(L, "clip_gradcam", k) if C else "—", _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
+        if L.get("gloria_prior"):
+            rows.append([f"{name} (word attention x normative prior)", _ci(L, "gloria_prior", k), "—", "—",
+                         _ci(L, "uniform", k), _ci(L, "uniform_head", k)])
     return {"caption": f"GLoRIA vs CLIP on split '{split}' (n={n}, checkpoint '{checkpoint}'); 95% bootstrap CIs "
                        "over studies. Protocol: the global-embedding columns (GLoRIA global, CLIP) are computed by "
                        "`medalign evaluate`'s own code and equal its page for the same run, split and prompt set; "
@@ -424,11 +454,13 @@ def _write(res: dict, run: Path, split: str, images_rel: list[str]) -> tuple[Pat
 
 def localise_run(run: str | Path, *, split: str = "test", clip_run: str | None = None, manifest: str | None = None,
                  cache: str | None = None, n_prompts: int = 20, n_gallery: int = 6, n_boot: int = 1000, seed: int = 0,
-                 checkpoint: str = "best", pool: str = "mean", prompts: str | None = None) -> dict:
+                 checkpoint: str = "best", pool: str = "mean", prompts: str | None = None, prior: bool = True) -> dict:
     """Everything ``medalign localise`` computes; returns the results dict (+ table rows, output paths).
 
     ``prompts``: the prompts YAML of the ``medalign evaluate`` protocol (default its prompts.yaml);
-    ``n_prompts`` generated prompts per class make the second, localise-only zero-shot protocol."""
+    ``n_prompts`` generated prompts per class make the second, localise-only zero-shot protocol.
+    ``prior``: also score the word attention x the run's normative prior (:mod:`medalign.eval.normative`,
+    fitted once on the run's own training studies labelled normal)."""
     from medalign.eval.zeroshot import PROMPTS_FILE
 
     run = Path(run)
@@ -439,7 +471,15 @@ def localise_run(run: str | Path, *, split: str = "test", clip_run: str | None =
                  "prompt_set": str(prompts or PROMPTS_FILE), "n_prompts_yaml": len(emb["y_texts"])}
     clip = api.load(clip_run, checkpoint=checkpoint) if clip_run else None
     res.update(_similarity_metrics(sp, emb, clip, clip_run, n_boot, seed, pool, prompts))
-    res["localisation"], images_rel = _localise(sp, clip, split, n_gallery, n_boot, seed)
+    norm = None
+    if prior:
+        run_manifest, run_cache = _resolve(sp.model, None, None)
+        try:
+            norm = run_prior(run, run_manifest, run_cache)
+            res["normative_prior"] = {"normal_studies": norm.n, "grid": list(norm.grid)}
+        except MedAlignError as e:  # e.g. too few normal training studies: the attention alone is still scored
+            res["normative_prior"] = {"skipped": str(e)}
+    res["localisation"], images_rel = _localise(sp, clip, split, n_gallery, n_boot, seed, prior=norm)
     res["table"] = _table(res, len(sp.ids), split, checkpoint, pool)
     res["markdown"] = _markdown(res, run, len(sp.ids), split, pool)
     json_p, extra_p = _write(res, run, split, images_rel)

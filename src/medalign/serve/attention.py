@@ -76,11 +76,12 @@ class OverlayLRU:
 
 
 def render_overlay(model: Any, image: np.ndarray, sequence_mask: np.ndarray, text: str, *, orientation: str,
-                   n_slices: int) -> tuple[bytes, dict]:
+                   n_slices: int, prior: Any = None) -> tuple[bytes, dict]:
     """Compute one overlay (the slow part: a forward pass, or a forward and backward for Grad-CAM, and a
     matplotlib figure). Returns (PNG bytes, {method, slices})."""
-    m = query_map(model.recipe, image, sequence_mask, text)
-    title = "attention of the query" if m["method"] != "grad-cam" else "Grad-CAM of the query"
+    m = query_map(model.recipe, image, sequence_mask, text, prior=prior)
+    title = ("attention of the query" if not m["method"].startswith("grad-cam") else "Grad-CAM of the query") + \
+        (" x normative prior" if prior is not None else "")
     png, slices = overlay_png(image, m["map"], sequences=list(model.sequences), orientation=orientation,
                               n_slices=n_slices, title=title)
     return png, {"method": m["method"], "slices": slices}
@@ -103,6 +104,21 @@ class AttentionOverlays:
         self._cache: Any = None
         self._cache_mtime = 0.0
         self.unavailable = self._why_unavailable()
+        self.prior = self._load_prior()
+
+    def _load_prior(self) -> Any:
+        """The run's normative prior (RUN/normative.npz, written by ``medalign localise``/``attend``), if any:
+        maps are then the word attention x the study's anomaly (:mod:`medalign.eval.normative`)."""
+        from medalign.eval.normative import FILE_NAME, NormativePrior
+
+        path = Path(getattr(self.model, "run_dir", "") or "") / FILE_NAME
+        if self.unavailable or not path.is_file():
+            return None
+        prior = NormativePrior.load(path)
+        if tuple(prior.sequences) != tuple(self.model.sequences):
+            log.warning("normative prior ignored: fitted on other sequences than the model's")
+            return None
+        return prior
 
     def _why_unavailable(self) -> str | None:
         """None when maps can be drawn, else the one-line reason (said in every 404/501)."""
@@ -139,7 +155,8 @@ class AttentionOverlays:
         return self.unavailable is None
 
     def key(self, study_id: str, text: str, n_slices: int) -> str:
-        return sha256_text("\0".join((str(self.model.model_id), study_id, str(int(n_slices)), text)))
+        prior = "prior" if self.prior is not None else "attention"  # a map with the prior is another map
+        return sha256_text("\0".join((str(self.model.model_id), prior, study_id, str(int(n_slices)), text)))
 
     def _volume(self, study_id: str) -> tuple[np.ndarray, np.ndarray, str]:
         cache = self._open_cache()
@@ -173,7 +190,8 @@ class AttentionOverlays:
             if hit is not None:
                 return hit
             t0 = time.perf_counter()
-            png, info = render_overlay(self.model, image, seq, text, orientation=orientation, n_slices=n_slices)
+            png, info = render_overlay(self.model, image, seq, text, orientation=orientation, n_slices=n_slices,
+                                       prior=self.prior)
             self.computed += 1
             log.info("attention overlay drawn in %.0f ms", 1000 * (time.perf_counter() - t0))  # no id, no text
             self.memory.put(key, (png, info))  # inside the lock: a waiting twin request finds it
