@@ -71,6 +71,27 @@ def test_gloria_overlay_png(gloria):
     assert "/attention/{study_id}" in gloria.get("/openapi.json").json()["paths"]
 
 
+def test_run_with_a_normative_prior_serves_the_grounded_map(runs, tmp_path):
+    """A run holding RUN/normative.npz (written by `medalign localise`/`attend`) serves word attention x prior."""
+    import shutil
+
+    import medalign
+    from medalign.eval.normative import run_prior
+
+    run = tmp_path / "gloria_with_prior"
+    shutil.copytree(runs["gloria"], run)
+    prior = run_prior(run, runs["manifest"], runs["cache"])
+    assert (run / "normative.npz").is_file() and prior.n >= 2
+    from medalign.serve.app import create_app
+
+    c = TestClient(create_app(runs["gloria_index"], medalign.load(run)))
+    r = c.post("/attention/s00", json={"text": QUERY})
+    assert r.status_code == 200 and r.headers["x-attention-method"] == "word attention x normative prior"
+    assert coloured_fraction(r.content) > 0.05
+    plain = TestClient(_app(runs, "gloria")).post("/attention/s00", json={"text": QUERY})
+    assert plain.headers["x-attention-method"] == "word attention" and plain.content != r.content
+
+
 def test_clip_overlay_is_grad_cam(runs):
     c = TestClient(_app(runs, "clip"))
     r = c.post("/attention/s05", json={"text": QUERY})
