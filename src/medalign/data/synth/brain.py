@@ -25,6 +25,13 @@ vectorised numpy / scipy.ndimage):
    t1c comes from its own stream (``T1C_STREAM``), so the six other sequences, the mask and
    the reports are byte-identical with and without it (``with_t1c=False``).
 
+6. **Domain randomisation** (``synth.randomise``; ``randomise=True``, the default): per study
+   tissue contrast and lesion conspicuity, slice thickness / in-plane voxel / partial coverage,
+   skull stripping, bias, noise, ghosting and motion, per patient the atrophy slope and the
+   white-matter disease shapes (``synth.wm_disease``: Fazekas grades, Dawson's fingers), all
+   drawn at planning time from new random streams into ``truth["domain"]`` (and the findings),
+   so the reports name them and ``randomise=False`` leaves the cohort byte-identical.
+
 ``synth.realism`` checks the synthetic tumours against real BraTS cases.
 
 ``generate_brain_cohort`` plans the whole cohort (classes, splits, patients, lesion
@@ -45,6 +52,7 @@ from medalign.data.schema import CLASSES
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import _lesions, sample_truth
+from medalign.data.synth.randomise import apply_grid, artefacts, coverage_target, study_contrast
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
@@ -95,13 +103,16 @@ def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
 
 def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
-                split_counts: dict[str, int] | None = None) -> list[dict]:
+                split_counts: dict[str, int] | None = None, randomise: bool = True) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
+    ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
+    streams, so ``randomise=False`` plans exactly what the generator planned before it).
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
     """
+    from medalign.data.synth.randomise import randomise_truth
     from medalign.data.synth.report_grammar import generate_report
 
     if not (20 <= n <= 10_000):
@@ -167,6 +178,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         else:
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
+        if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
+            randomise_truth(truth)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
@@ -180,9 +193,13 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     """Images for one planned study (no files): dict seq -> (array, affine), ``mask`` ->
     (uint8 array, affine) on the FLAIR grid, plus ``acquisition`` and ``lesion_volume_ml``;
     ``with_wm`` adds ``wm_on_mask_grid`` (true WM probability, float32) for realism checks;
-    ``with_t1c`` adds ``t1c`` and ``t1c_enhancement`` (what enhances) and changes nothing else."""
+    ``with_t1c`` adds ``t1c`` and ``t1c_enhancement`` (what enhances) and changes nothing else.
+    A ``truth["domain"]`` (``synth.randomise``) sets the study's contrast, grids, artefacts,
+    bias, noise and skull stripping; without one the study is what it was before randomisation."""
     import scipy.ndimage as ndi
 
+    dom = truth.get("domain")
+    con = study_contrast(dom) if dom else None
     anat = load_anatomy(4 if shape_mode == "small" else 2)
     rng_anat = np.random.default_rng(truth["anatomy_seed"])
     rng = np.random.default_rng(truth["seed"])
@@ -191,50 +208,78 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     comps, lmask, masses = _lesions(anat, truth, tissue, lesion_rng)
     if any(f["kind"] == "others" and f["variant"] == "atrophy" for f in truth["findings"]):
         lmask = np.maximum(lmask, (atrophy_map > 0.5).astype(np.float32))
-    img, tex = _signal(anat, tissue, comps, rng_anat)  # (S, X, Y, Z), (X, Y, Z)
+    sig_kw = {} if con is None else {"tissue_contrast": con["tissue"], "lesion_contrast": con["lesion"],
+                                     "tex_cv": float(dom["texture_cv"])}
+    img, tex = _signal(anat, tissue, comps, rng_anat, **sig_kw)  # (S, X, Y, Z), (X, Y, Z)
     rng_c = np.random.default_rng(list(truth["seed"]) + [T1C_STREAM]) if with_t1c else None
     extra: list[np.ndarray] = []
     if rng_c is not None:
         c_comps, enhancement = post_contrast(anat, tissue, comps, truth, rng_c)
-        extra.append(t1c_signal(tissue, c_comps, tex))  # (X, Y, Z)
+        extra.append(t1c_signal(tissue, c_comps, tex, *((con["t1c_tissue"], con["t1c"]) if con else ())))  # (X, Y, Z)
+    strip = bool(dom and dom["skull_stripped"])
     # subject warp on the template grid: elastic + mass effect, one map_coordinates per channel
     u = _elastic(anat, rng_anat, amp_mm=3.0, masses=masses)
     grid = np.indices(anat["mask"].shape, dtype=np.float32)  # (3, X, Y, Z)
     coords = grid + u
-    chans = list(img) + [lmask] + ([tissue["wm"]] if with_wm else []) + extra  # t1c last
+    # brain (+ any lesion reaching out of it, e.g. a meningioma) for skull stripping
+    chans = (list(img) + [lmask] + ([tissue["wm"]] if with_wm else [])
+             + ([np.maximum(anat["mask"], lmask)] if strip else []) + extra)  # t1c last
     warped = [ndi.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0) for ch in chans]
+    i_strip = len(SEQUENCES) + 1 + int(with_wm)
     # head pose (template mm -> scanner mm): patient-specific head size, study-specific pose
     head_c = anat["affine"][:3, :3] @ (np.array(anat["mask"].shape) / 2) + anat["affine"][:3, 3]
     scale = rng_anat.uniform(0.93, 1.07, 3)
     pose = _rigid(rng.normal(0, [6, 3, 4]), rng.normal(0, 5, 3), head_c, scale)
     acq = _acquisition(rng, shape_mode)
+    target = coverage_target(truth, anat, head_c) if dom else None
+    if dom:
+        acq = {seq: apply_grid(a, dom["acquisition"][seq], shape_mode, target) for seq, a in acq.items()}
     inv_t = np.linalg.inv(anat["affine"])
     out: dict[str, Any] = {"acquisition": acq}
+
+    def record(src: np.ndarray, seq: str, T: np.ndarray, a: dict, r: np.random.Generator,
+               head: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Sample, add the domain's artefacts, record; zero outside the brain when stripped."""
+        vol = _sample_grid(src, T, a["shape"])
+        g = dom["acquisition"][seq] if dom else None
+        if g is not None:
+            vol = artefacts(vol, g, a["spacing"])
+        dwi = vol > 0.03 if seq == "dwi" else None  # ADC shares the DWI grid: computed only where DWI has signal
+        rec_kw = {} if g is None else {"bias_amp": float(g["bias_amp"]), "noise_scale": float(g["noise_scale"])}
+        data = _record(vol, seq, a["shape"], r, head, **rec_kw)
+        brain = _sample_grid(warped[i_strip], T, a["shape"]) > 0.5 if strip else None
+        if brain is not None:
+            data[~brain] = 0
+        return data, dwi, brain
+
     dwi_head: np.ndarray | None = None
     for si, seq in enumerate(SEQUENCES):
         a = acq[seq]
         A = _grid_affine(a, head_c)
         motion = _rigid(a["motion_deg"], a["motion_mm"], head_c)
         T = inv_t @ np.linalg.inv(pose) @ np.linalg.inv(motion) @ A  # acq voxel -> template voxel
-        vol = _sample_grid(warped[si], T, a["shape"])
-        if seq == "dwi":
-            dwi_head = vol > 0.03  # ADC shares the DWI grid: computed only where DWI has signal
-        out[seq] = (_record(vol, seq, a["shape"], rng, dwi_head), A)
+        data, dwi, brain = record(warped[si], seq, T, a, rng, dwi_head)
+        dwi_head = dwi if dwi is not None else dwi_head
+        out[seq] = (data, A)
         if seq == MASK_GRID:
             mk = _sample_grid(warped[len(SEQUENCES)], T, a["shape"])
             binm = mk > 0.5
             if not binm.any() and mk.max() > 0.05:  # tiny lesions (microbleeds) on a coarse grid
                 binm = mk >= 0.5 * mk.max()
+            if brain is not None:  # the mask follows the image: nothing outside the stripped brain
+                binm &= brain
             out["mask"] = (binm.astype(np.uint8), A)
             if with_wm:
                 out["wm_on_mask_grid"] = _sample_grid(warped[len(SEQUENCES) + 1], T, a["shape"])
             out["lesion_volume_ml"] = float(out["mask"][0].sum() * np.prod(a["spacing"]) / 1000.0)
     if rng_c is not None:  # post-contrast T1, acquired last: own grid, motion, bias, noise, gain
         a = acq["t1c"] = _acquisition_t1c(rng_c, shape_mode, acq["t1"]["orientation"])
+        if dom:
+            a = acq["t1c"] = apply_grid(a, dom["acquisition"]["t1c"], shape_mode, target)
         A = _grid_affine(a, head_c)
         motion = _rigid(a["motion_deg"], a["motion_mm"], head_c)
         T = inv_t @ np.linalg.inv(pose) @ np.linalg.inv(motion) @ A
-        out["t1c"] = (_record(_sample_grid(warped[-1], T, a["shape"]), "t1c", a["shape"], rng_c, None), A)
+        out["t1c"] = (record(warped[-1], "t1c", T, a, rng_c, None)[0], A)
         out["t1c_enhancement"] = enhancement
     return out
 
@@ -286,14 +331,17 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           shape_mode: str = "clinical", label_noise: float = 0.0,
                           studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                           split_counts: dict[str, int] | None = None, workers: int = 2,
-                          progress: bool = False, with_t1c: bool = True) -> Path:
+                          progress: bool = False, with_t1c: bool = True, randomise: bool = True) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
     grid; empty for normal), ``ground_truth.json`` (true class, findings, acquisition, the
     possibly noisy manifest label, ``t1c_enhancement``), plus ``manifest.csv`` and ``cohort.json``.
     ``with_t1c=False`` leaves out t1c (its file, manifest column and ground-truth keys); every
-    other output is byte-identical either way.
+    other output is byte-identical either way. ``randomise`` (default) draws each study's domain
+    (``synth.randomise``: contrast, grids, coverage, skull stripping, bias, noise, artefacts,
+    atrophy slope, white-matter disease shapes; recorded under ``domain``); ``randomise=False``
+    writes byte for byte the cohort of the generator before domain randomisation.
     """
     import pandas as pd
 
@@ -304,7 +352,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
-                        heldout_phrasing=heldout_phrasing, split_counts=split_counts)
+                        heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -332,11 +380,13 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         rows.append(row)
     df = pd.DataFrame(rows)
     atomic_write_text(out / "manifest.csv", df.to_csv(index=False))
-    atomic_write_json(out / "cohort.json", {
-        "generator": "medalign.data.synth.brain", "n": n, "seed": seed, "shape_mode": shape_mode,
-        "label_noise": label_noise, "studies_per_patient": str(studies_per_patient),
-        "heldout_phrasing": heldout_phrasing, "split_counts": split_counts or split_counts_for(n),
-        "classes": list(CLASSES)})
+    info = {"generator": "medalign.data.synth.brain", "n": n, "seed": seed, "shape_mode": shape_mode,
+            "label_noise": label_noise, "studies_per_patient": str(studies_per_patient),
+            "heldout_phrasing": heldout_phrasing, "split_counts": split_counts or split_counts_for(n),
+            "classes": list(CLASSES)}
+    if randomise:  # absent without randomisation: that cohort.json stays as it was
+        info["randomise"] = True
+    atomic_write_json(out / "cohort.json", info)
     return out / "manifest.csv"
 
 

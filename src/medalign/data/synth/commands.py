@@ -18,6 +18,9 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         studies_per_patient: str = typer.Option("1", "--studies-per-patient", help="K or A-B studies per patient (follow-ups share the class)."),
         heldout_phrasing: bool = typer.Option(False, "--heldout-phrasing", help="Test-split reports use the held-out phrasing family."),
         workers: int = typer.Option(2, "--workers", help="Worker processes."),
+        randomise: bool = typer.Option(True, "--randomise/--no-randomise",
+                                       help="Domain randomisation (contrast, grids, coverage, skull stripping, bias, noise, "
+                                            "artefacts, lesion shapes), recorded in ground_truth.json; off = the unrandomised cohort."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import time
@@ -27,7 +30,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
-                                         workers=workers, progress=True)
+                                         workers=workers, progress=True, randomise=randomise)
         dt = time.perf_counter() - t0
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
 

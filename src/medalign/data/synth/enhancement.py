@@ -126,13 +126,18 @@ def post_contrast(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[s
 
 
 def t1c_signal(tissue: dict[str, np.ndarray], comps: list[tuple[str, np.ndarray]],
-               tex: np.ndarray) -> np.ndarray:
+               tex: np.ndarray, tissue_contrast: dict[str, float] | None = None,
+               component_contrast: dict[str, float] | None = None) -> np.ndarray:
     """Noise-free t1c (X, Y, Z) on the template grid; ``tex`` is the study's tissue texture
-    (the same multiplicative field as the other sequences')."""
-    contrast = np.array([T1C_TISSUE[t] for t in TISSUES], np.float32)  # (T,)
+    (the same multiplicative field as the other sequences'). ``tissue_contrast`` /
+    ``component_contrast`` replace ``T1C_TISSUE`` / ``T1C_CONTRAST`` for one study (domain
+    randomisation, ``synth.randomise``)."""
+    tt = T1C_TISSUE if tissue_contrast is None else tissue_contrast
+    cc = T1C_CONTRAST if component_contrast is None else component_contrast
+    contrast = np.array([tt[t] for t in TISSUES], np.float32)  # (T,)
     tstack = np.stack([tissue[t] for t in TISSUES])  # (T, X, Y, Z)
     img = np.tensordot(contrast, tstack, axes=1)  # (T,) . (T, X, Y, Z) -> (X, Y, Z)
     for name, m in comps:
-        img += (np.float32(T1C_CONTRAST[name]) - img) * m
+        img += (np.float32(cc[name]) - img) * m
     img *= 1 + tex
     return img

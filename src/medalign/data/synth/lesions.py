@@ -4,11 +4,11 @@
 region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
 ``_lesions`` draws those findings on the template grid as lesion components (irregular
 ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
-sources of mass effect (used by ``anatomy._elastic``).
+sources of mass effect (used by ``anatomy._elastic``). White-matter findings refined by domain
+randomisation (a Fazekas grade, MS lesion locations) are drawn by ``synth.wm_disease``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from medalign.data.schema import CLASSES
 from medalign.data.synth.anatomy import _mm_to_vox
+from medalign.data.synth.shapes import blob as _blob
 from medalign.errors import MedAlignError
 
 # Region centres in MNI mm for the right hemisphere (x > 0); the left side flips x.
@@ -172,33 +173,6 @@ def sample_truths(n: int, seed: int = 0, *, classes: Sequence[str] = CLASSES) ->
 
 
 # ----------------------------------------------------------------------------- lesion maps
-def _blob(shape: tuple[int, ...], center_vox: np.ndarray, radii_vox: Sequence[float],
-          rng: np.random.Generator, irregular: float = 0.2, soft: float = 0.6) -> np.ndarray:
-    """Soft irregular ellipsoid (values 0..1) with random orientation, full-size float32."""
-    import scipy.ndimage as ndi
-
-    out = np.zeros(shape, np.float32)
-    r = np.asarray(radii_vox, float)
-    ext = int(math.ceil(r.max() * (1 + irregular) + 2))
-    c = np.asarray(center_vox, float)
-    lo = np.maximum(np.floor(c - ext).astype(int), 0)
-    hi = np.minimum(np.ceil(c + ext).astype(int) + 1, shape)
-    if np.any(hi <= lo):
-        return out
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # random rotation
-    zz = np.stack(np.meshgrid(*[np.arange(a, b, dtype=np.float32) for a, b in zip(lo, hi)], indexing="ij"))
-    d = zz - c.astype(np.float32)[:, None, None, None]  # (3, x, y, z)
-    loc = np.einsum("ij,jxyz->ixyz", q.T.astype(np.float32), d)  # (3, x, y, z) in blob axes
-    rho = np.sqrt(np.sum((loc / r.astype(np.float32)[:, None, None, None]) ** 2, axis=0))  # (x, y, z)
-    if irregular > 0:
-        noise = ndi.gaussian_filter(rng.normal(size=rho.shape).astype(np.float32), max(r.min() / 2, 1.0))
-        noise /= max(float(np.abs(noise).max()), 1e-6)
-        rho = rho * (1 + irregular * noise)
-    val = np.clip((1 - rho) * (r.mean() / soft) + 0.5, 0, 1)
-    out[tuple(slice(a, b) for a, b in zip(lo, hi))] = val
-    return out
-
-
 def _surface_point(anat: dict, center_vox: np.ndarray) -> np.ndarray:
     """Walk from the brain centre through ``center_vox`` to the brain surface."""
     mask = anat["mask"]
@@ -295,6 +269,10 @@ def _draw_others(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np
     """WMH caps/bands, demyelinating plaques, or sinus mucosa; atrophy draws nothing here."""
     shape, vox, brain, rng, tissue, anat = canvas.shape, canvas.vox, canvas.brain, canvas.rng, canvas.tissue, canvas.anat
     var = f["variant"]
+    if "fazekas" in f or "locations" in f:  # white-matter disease drawn by shape (domain randomisation)
+        from medalign.data.synth.wm_disease import draw_wmd
+
+        return draw_wmd(canvas, f)
     if var == "wmh":
         import scipy.ndimage as ndi
 

@@ -216,6 +216,10 @@ def _hemorrhage(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
 
 def _others(f: dict, rng, ab: bool, heldout: bool, atrophy: float) -> tuple[list[str], str]:
     v = f["variant"]
+    if "fazekas" in f or "locations" in f:  # drawn by shape (synth.wm_disease): name the grade / locations
+        from medalign.data.synth.wm_disease import wmd_sentence
+
+        return wmd_sentence(f, rng, "heldout" if heldout else "standard")
     if v == "atrophy":
         if heldout:
             main = ["Involutional change out of keeping with the patient's age, with widened sulci and enlarged ventricles.",
@@ -311,6 +315,10 @@ def _rad_finding(f: dict, rng, ab: bool) -> str:
             return _pick(rng, [f"Acute {side} {region} bleed.", f"{_cap(side)} {region} ICH.",
                                f"Parenchymal haematoma, {side} {region}."])
         return _pick(rng, [f"Old {side} {region} haemorrhage with haemosiderin.", f"Chronic {side} {region} haematoma."])
+    if "fazekas" in f or "locations" in f:
+        from medalign.data.synth.wm_disease import wmd_sentence
+
+        return wmd_sentence(f, rng, "radiologist")[0][0]
     if v == "atrophy":
         if f["region"] == "ventriculomegaly":
             return _pick(rng, ["Ventricles enlarged out of proportion to sulcal widening - ? NPH.",

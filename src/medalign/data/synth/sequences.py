@@ -65,18 +65,24 @@ BLOOMING = {"hematoma_acute", "hematoma_chronic", "microbleed"}
 
 # ----------------------------------------------------------------------------- signal
 def _signal(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[str, np.ndarray]],
-            rng_anat: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+            rng_anat: np.random.Generator, tissue_contrast: dict[str, dict[str, float]] | None = None,
+            lesion_contrast: dict[str, tuple[float, ...]] | None = None,
+            tex_cv: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free signal (S, X, Y, Z) of every sequence on the template grid, and the tissue
-    texture (X, Y, Z) it was multiplied by (t1c uses the same one)."""
+    texture (X, Y, Z) it was multiplied by (t1c uses the same one). ``tissue_contrast`` /
+    ``lesion_contrast`` / ``tex_cv`` replace ``TISSUE_CONTRAST`` / ``LESION_CONTRAST`` / the
+    12 % texture for one study (domain randomisation, ``synth.randomise``)."""
     import scipy.ndimage as ndi
 
+    tc = TISSUE_CONTRAST if tissue_contrast is None else tissue_contrast
+    lc = LESION_CONTRAST if lesion_contrast is None else lesion_contrast
     # (S, X, Y, Z) = sum over tissues of contrast x probability
-    contrast = np.array([[TISSUE_CONTRAST[s][t] for t in TISSUES] for s in SEQUENCES], np.float32)  # (S, T)
+    contrast = np.array([[tc[s][t] for t in TISSUES] for s in SEQUENCES], np.float32)  # (S, T)
     tstack = np.stack([tissue[t] for t in TISSUES])  # (T, X, Y, Z)
     img = np.tensordot(contrast, tstack, axes=1)  # (S, T) . (T, X, Y, Z) -> (S, X, Y, Z)
     t2s_i = SEQUENCES.index("t2s")
     for name, m in comps:
-        vals = np.asarray(LESION_CONTRAST[name], np.float32)
+        vals = np.asarray(lc[name], np.float32)
         for si in range(len(SEQUENCES)):
             mm = m
             if si == t2s_i and name in BLOOMING:  # susceptibility blooms beyond the clot
@@ -85,7 +91,7 @@ def _signal(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[str, np
     # tissue texture (microstructure, partial volume): smooth multiplicative field, ~12 % CV,
     # sized so FLAIR lesion/WM contrast matches the real BraTS cases (see synth.realism)
     tex = ndi.gaussian_filter(rng_anat.standard_normal(anat["mask"].shape, dtype=np.float32), 1.0)
-    tex *= 0.12 / max(float(tex.std()), 1e-6)
+    tex *= tex_cv / max(float(tex.std()), 1e-6)
     img *= 1 + tex[None]  # (S, X, Y, Z)
     return img, tex
 
@@ -177,18 +183,19 @@ def _bias(shape: Sequence[int], rng: np.random.Generator, amp: float) -> np.ndar
 
 
 def _record(vol: np.ndarray, seq: str, shape: Sequence[int], rng: np.random.Generator,
-            dwi_head: np.ndarray | None) -> np.ndarray:
+            dwi_head: np.ndarray | None, bias_amp: float = 0.15, noise_scale: float = 1.0) -> np.ndarray:
     """What the scanner stores for one sampled sequence (int16; ``vol`` is overwritten).
 
     ADC is computed from the DWI: Gaussian noise, 1e-6 mm^2/s, only inside ``dwi_head``
-    (where the DWI has signal). Every other sequence: bias field, Rician noise, scanner gain.
+    (where the DWI has signal). Every other sequence: bias field (log-coefficients' sd
+    ``bias_amp``), Rician noise (``NOISE_SD`` x ``noise_scale``), scanner gain.
     """
     if seq == "adc":
-        vol = (vol + rng.standard_normal(vol.shape, dtype=np.float32) * 0.04) * dwi_head
+        vol = (vol + rng.standard_normal(vol.shape, dtype=np.float32) * (0.04 * noise_scale)) * dwi_head
         data = np.clip(vol * 1000.0, 0, 32000)
     else:
-        vol *= _bias(shape, rng, 0.15)
-        sd = NOISE_SD[seq]
+        vol *= _bias(shape, rng, bias_amp)
+        sd = NOISE_SD[seq] * noise_scale
         # Rician magnitude noise sqrt((s + n1)^2 + n2^2), computed in place (big arrays)
         n1 = rng.standard_normal(vol.shape, dtype=np.float32)
         n1 *= sd

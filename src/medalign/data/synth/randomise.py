@@ -1,0 +1,246 @@
+"""Domain randomisation of the synthetic brain cohort (issue 20: sim-to-real).
+
+A model trained on one clean scanner's images fails on another's; SynthSeg / SynthStrip
+showed that aggressively randomised synthetic images transfer. With ``randomise=True``
+(``medalign synth brain``'s default) every study draws, and records in
+``ground_truth.json["domain"]``:
+
+- **tissue contrast** per sequence: GM, CSF and scalp as ratios to WM drawn from
+  ``CONTRAST_RANGES`` (around ``sequences.TISSUE_CONTRAST``; FLAIR and T1c widened to cover
+  the real cases measured in ``../shared/data``, see ``CONTRAST_RANGES``), WM x ``WM_GAIN``;
+  lesion **conspicuity** ``k``: every lesion value v becomes wm' * (v / wm) ** k;
+  tissue **texture** CV;
+- **acquisition**: protocol (standard 2D, thick 2D, one 3D sequence), slice thickness
+  (0.9-8 mm) and in-plane voxel (0.45-2 mm), **partial coverage** (a 60-110 mm slab that
+  misses the top or the bottom of the brain, kept over the lesion), **skull-stripped** or
+  not (zero outside the brain, as BraTS and the real clinical FLAIRs), smooth **bias field**
+  strength, **Rician noise** level, N/2 **ghosting** and k-space **motion** (a translation
+  part way through the phase-encode lines);
+- per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
+  age**, and the white-matter disease shapes (Fazekas grade, MS lesion locations;
+  ``synth.wm_disease``).
+
+Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
+``truth["anatomy_seed"] + [PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing
+here runs and the cohort is byte-identical to the generator without this module.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
+
+DOMAIN_STREAM = 11   # study stream: truth["seed"] + [11] (t1c uses 7)
+PATIENT_STREAM = 11  # patient stream: truth["anatomy_seed"] + [11] (lesion shapes use 5)
+ALL_SEQUENCES = (*SEQUENCES, *POST_CONTRAST)
+
+# Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every
+# range. Measured on the real cases (3-class Gaussian mixture on brain voxels away from the lesion;
+# /tmp/h20b/measure_real.py in the issue-20 report):
+#   clinical FLAIR (real_dev wmh_*): GM/WM 1.07-1.14, CSF/WM 0.59-0.79 (ventricle 1st percentile
+#   0.31-0.48 of the brain median), (GM-WM)/(WM-CSF) 0.16-0.55; BraTS FLAIR (z-scored, so only the
+#   affine-invariant ratio): (GM-WM)/(WM-CSF) 0.13-0.51; today's synthetic FLAIR: GM/WM 1.29,
+#   CSF/WM 0.17, (GM-WM)/(WM-CSF) 0.35;
+#   BraTS T1c: (GM-WM)/(WM-CSF) -0.35..-0.60 (today's T1: -0.44).
+# The other sequences have no real reference in ../shared/data: +-20-30 % around today's value.
+CONTRAST_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "dwi":   {"gm": (1.05, 1.35), "csf": (0.10, 0.40), "scalp": (0.10, 0.40)},
+    "adc":   {"gm": (1.05, 1.30), "csf": (3.60, 4.60), "scalp": (0.40, 0.70)},
+    "t2s":   {"gm": (1.10, 1.40), "csf": (1.40, 2.40), "scalp": (0.50, 1.00)},
+    "flair": {"gm": (1.05, 1.40), "csf": (0.10, 0.80), "scalp": (0.60, 1.30)},
+    "t1":    {"gm": (0.55, 0.80), "csf": (0.10, 0.40), "scalp": (0.80, 1.50)},
+    "t2":    {"gm": (1.10, 1.50), "csf": (1.60, 2.80), "scalp": (0.80, 1.60)},
+    "t1c":   {"gm": (0.55, 0.80), "csf": (0.10, 0.40), "scalp": (0.90, 1.60)},
+}
+WM_GAIN = (0.9, 1.1)
+# Lesion conspicuity k. Real WMH on clinical FLAIR: mean lesion / WM 1.37-1.41, (L-WM)/(WM-CSF)
+# 0.99-1.77; BraTS FLAIR tumours (L-WM)/(WM-CSF) 0.52-2.28. Synthetic WMH at k = 1 are ~2x WM.
+CONSPICUITY = (0.45, 1.1)
+TEXTURE_CV = (0.03, 0.14)        # today 0.12; the real FLAIRs look smoother than today's synthetic ones
+BIAS_AMP = (0.0, 0.25)           # sd of the log bias field's coefficients; today 0.15
+# x sequences.NOISE_SD, log-uniform; today 1. The real FLAIRs are much cleaner than today's synthetic
+# ones: noise (robust sd of the in-plane Laplacian) / (WM - CSF) 0.029-0.040 on the clinical WMH FLAIRs
+# (BraTS FLAIR 0.024-0.065) vs 0.12-0.35 on synthetic FLAIRs with today's noise and contrast; the
+# realism report (benchmarks/realism.py) gives FLAIR SNR 3.7-4.5 (clinical WMH) and 8.9-15.3 (BraTS)
+# vs 2.0-13.1 on a cohort with noise x 0.2-1.5 and texture 0.04-0.14.
+NOISE_SCALE = (0.1, 1.5)
+PROTOCOL_P = {"standard": 0.45, "thick": 0.35, "3d": 0.20}
+THICKNESS_MM = {"standard": (3.0, 6.0), "thick": (5.0, 8.0), "3d": (0.9, 1.3),
+                "dwi": (4.0, 6.0), "dwi_thick": (5.0, 7.5)}  # real clinical WMH FLAIR: 7.5-8 mm, 16 slices
+INPLANE_MM = {"standard": (0.7, 1.3), "dwi": (1.2, 2.0), "fine": (0.45, 0.6)}  # fine: real FLAIR 0.47 mm
+FINE_FLAIR_P = 0.4               # thick protocol: FLAIR on an interpolated 512-like matrix
+PARTIAL_P = 0.15                 # per sequence; the real volunteer DWI is a 64 mm slab
+PARTIAL_COVER_MM = (60.0, 110.0)
+FULL_COVER_MM = 150.0
+SKULL_STRIP_P = 0.4
+GHOST_P, GHOST = 0.25, (0.02, 0.10)
+MOTION_P, MOTION_MM = 0.15, 2.0  # k-space motion: translation sd (mm) after a random line
+ATROPHY_SLOPE = (0.6, 1.8)       # x today's age slope of atrophy, per patient
+ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
+
+
+def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return round(float(rng.uniform(*lo_hi)), 4)
+
+
+def _contrast(rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    from medalign.data.synth.enhancement import T1C_TISSUE
+
+    out = {}
+    for s in ALL_SEQUENCES:
+        base = T1C_TISSUE if s == "t1c" else TISSUE_CONTRAST[s]
+        wm = round(base["wm"] * float(rng.uniform(*WM_GAIN)), 4)
+        out[s] = {"wm": wm, **{t: round(wm * float(rng.uniform(*CONTRAST_RANGES[s][t])), 4)
+                               for t in ("gm", "csf", "scalp")}}
+    return out
+
+
+def _acquisition(rng: np.random.Generator, protocol: str, three_d: str, fine: bool) -> dict[str, dict]:
+    """Per sequence: slice thickness, in-plane voxel, coverage, bias, noise, ghosting, motion."""
+    out: dict[str, dict] = {}
+    for s in ALL_SEQUENCES:
+        u = rng.random(12)  # fixed number of draws per sequence: the stream never depends on a branch
+        iso = protocol == "3d" and s == three_d  # a 3D sequence: isotropic voxels
+        if s == "dwi":
+            th, ip = THICKNESS_MM["dwi_thick" if protocol == "thick" else "dwi"], INPLANE_MM["dwi"]
+        else:
+            th = THICKNESS_MM["3d" if iso else "thick" if protocol == "thick" else "standard"]
+            ip = INPLANE_MM["fine" if (fine and protocol == "thick" and s == "flair") else "standard"]
+        thick = th[0] + u[0] * (th[1] - th[0])
+        inplane = thick if iso else ip[0] + u[1] * (ip[1] - ip[0])
+        partial = bool(u[2] < PARTIAL_P)
+        motion = None
+        if u[8] < MOTION_P:
+            motion = {"from": round(0.3 + 0.6 * float(u[9]), 4),
+                      "shift_mm": [round(MOTION_MM * math.sqrt(-2 * math.log(max(u[10], 1e-9))) * c, 3)
+                                   for c in (math.cos(2 * math.pi * u[11]), math.sin(2 * math.pi * u[11]))]}
+        out[s] = {
+            "thickness_mm": round(thick, 3), "inplane_mm": round(inplane, 3), "partial": partial,
+            "cover_mm": round(PARTIAL_COVER_MM[0] + u[3] * (PARTIAL_COVER_MM[1] - PARTIAL_COVER_MM[0]), 1) if partial else None,
+            "direction": ("top" if u[4] < 0.5 else "bottom") if partial else None,
+            "offset": round(0.5 + 0.5 * float(u[5]), 4) if partial else None,
+            "bias_amp": round(BIAS_AMP[0] + float(u[6]) * (BIAS_AMP[1] - BIAS_AMP[0]), 4),
+            "noise_scale": round(math.exp(math.log(NOISE_SCALE[0]) + float(u[7]) * math.log(NOISE_SCALE[1] / NOISE_SCALE[0])), 4),
+            "ghost": 0.0, "motion": motion,
+        }
+        g = rng.random(2)
+        if g[0] < GHOST_P:
+            out[s]["ghost"] = round(GHOST[0] + float(g[1]) * (GHOST[1] - GHOST[0]), 4)
+    out["adc"] = dict(out["dwi"])  # ADC is computed from the DWI: same grid and artefacts
+    return out
+
+
+def draw_domain(truth: dict) -> dict[str, Any]:
+    """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``."""
+    rng = np.random.default_rng(list(truth["seed"]) + [DOMAIN_STREAM])
+    protocol = str(rng.choice(list(PROTOCOL_P), p=list(PROTOCOL_P.values())))
+    three_d = str(rng.choice(["t1", "flair", "t1c"]))
+    fine = bool(rng.random() < FINE_FLAIR_P)
+    strip_u = float(rng.random())
+    dom: dict[str, Any] = {
+        "protocol": protocol, "three_d": three_d if protocol == "3d" else None, "fine_flair": fine and protocol == "thick",
+        "contrast": _contrast(rng), "conspicuity": _u(rng, CONSPICUITY), "texture_cv": _u(rng, TEXTURE_CV),
+    }
+    dom["acquisition"] = _acquisition(rng, protocol, three_d, fine)
+    sinus = any(f.get("variant") == "sinus" for f in truth.get("findings", []))
+    dom["skull_stripped"] = bool(strip_u < SKULL_STRIP_P) and not sinus  # a sinus finding lies outside the brain
+    return dom
+
+
+def randomise_truth(truth: dict) -> dict:
+    """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
+    slope and white-matter disease shapes, then the study's ``domain``."""
+    from medalign.data.synth.wm_disease import refine_wmd
+
+    rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
+    slope = float(rp.uniform(*ATROPHY_SLOPE))
+    offset = float(rp.normal(0, ATROPHY_SD))
+    wmd = refine_wmd(truth["findings"], rp)
+    base = float(truth["atrophy"])
+    if not any(f.get("variant") == "atrophy" for f in truth["findings"]):
+        truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
+    dom = draw_domain(truth)
+    dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
+                      **wmd}
+    truth["domain"] = dom
+    return truth
+
+
+# ----------------------------------------------------------------------------- applying
+def study_contrast(dom: dict) -> dict[str, Any]:
+    """The study's contrast tables: ``tissue`` / ``lesion`` (for ``sequences._signal``) and
+    ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k."""
+    from medalign.data.synth.enhancement import T1C_CONTRAST, T1C_TISSUE
+
+    c, k = dom["contrast"], float(dom["conspicuity"])
+    tissue = {s: dict(c[s]) for s in SEQUENCES}
+    lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** k for s, v in zip(SEQUENCES, vals))
+              for name, vals in LESION_CONTRAST.items()}
+    t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
+    return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
+
+
+def apply_grid(a: dict, g: dict, shape_mode: str, target_mm: float | None) -> dict:
+    """One sequence's acquisition (from ``sequences._axial_grid``) on the drawn grid: slice
+    thickness, in-plane voxel and coverage; a partial slab is moved towards the top or the
+    bottom, but kept over ``target_mm`` (head-centre-relative z of the finding; None: free)."""
+    a = {**a, "fov_shift_mm": list(a["fov_shift_mm"])}
+    fov_x, fov_y = a["shape"][0] * a["spacing"][0], a["shape"][1] * a["spacing"][1]
+    cover = float(g["cover_mm"]) if g["partial"] else a["shape"][2] * a["spacing"][2]
+    if shape_mode == "small":  # tests: the grid keeps its 32 x 32 x 8 voxels
+        shape, spacing = [32, 32, 8], [fov_x / 32, fov_y / 32, cover / 8]
+    else:
+        ip, th = float(g["inplane_mm"]), float(g["thickness_mm"])
+        shape = [max(8, int(round(fov_x / ip))), max(8, int(round(fov_y / ip))), max(1, int(round(cover / th)))]
+        spacing = [ip, ip, th]
+    if g["partial"]:
+        s = (FULL_COVER_MM - cover) / 2 * float(g["offset"]) * (1 if g["direction"] == "top" else -1)
+        room = max(cover / 2 - min(15.0, cover / 4), 0.0)
+        base = a["fov_shift_mm"][2]
+        if target_mm is not None:
+            s = float(np.clip(s, target_mm - base - room, target_mm - base + room))
+        a["fov_shift_mm"][2] = round(base + s, 2)
+    a["shape"], a["spacing"] = shape, [round(v, 4) for v in spacing]
+    return a
+
+
+def coverage_target(truth: dict, anat: dict, head_c: np.ndarray) -> float | None:
+    """Head-centre-relative z (mm) a partial slab must keep: the first lesion centre, a sinus,
+    or the lateral ventricles (white-matter disease); None (anywhere) for normal studies and
+    diffuse findings (atrophy, microbleeds)."""
+    from medalign.data.synth.lesions import SINUSES
+    from medalign.data.synth.wm_disease import _lateral, _mni
+
+    for f in truth.get("findings", []):
+        if f.get("center_mm"):
+            return float(f["center_mm"][2]) - float(head_c[2])
+        if f.get("variant") == "sinus":
+            return float(SINUSES[f["region"]][2]) - float(head_c[2])
+        if f.get("variant") in ("wmh", "demyelination"):
+            lat, _ = _lateral(anat)
+            return float(_mni(anat, 2)[np.nonzero(lat)[2]].mean()) - float(head_c[2])
+    return None
+
+
+def artefacts(vol: np.ndarray, g: dict, spacing: list[float]) -> np.ndarray:
+    """Ghosting and motion on one sampled (noise-free) volume (X, Y, Z); axis 1 is the
+    phase-encode direction."""
+    if g.get("ghost"):  # Nyquist N/2 ghost: a faint copy shifted by half the field of view
+        vol = vol + np.float32(g["ghost"]) * np.roll(vol, vol.shape[1] // 2, axis=1)
+    m = g.get("motion")
+    if m:  # the head moves after a fraction of the phase-encode lines: those lines carry a phase ramp
+        import scipy.fft as sfft
+
+        k = sfft.fftshift(sfft.fft2(vol, axes=(0, 1), workers=1), axes=(0, 1))  # (X, Y, Z) complex64
+        nx, ny = vol.shape[:2]
+        dx, dy = (float(v) / float(sp) for v, sp in zip(m["shift_mm"], spacing[:2]))  # voxels
+        kx = (np.arange(nx) - nx // 2)[:, None] / nx
+        ky = (np.arange(ny) - ny // 2)[None, :] / ny
+        ramp = np.exp(-2j * np.pi * (kx * dx + ky * dy)).astype(np.complex64)  # (X, Y)
+        after = int(round(float(m["from"]) * ny))
+        k[:, after:, :] *= ramp[:, after:, None]
+        vol = np.abs(sfft.ifft2(sfft.ifftshift(k, axes=(0, 1)), axes=(0, 1), workers=1)).astype(np.float32)
+    return vol

@@ -1,0 +1,227 @@
+"""Domain randomisation of the synthetic brain cohort (issue 20): every factor recorded and in
+its range, ``randomise=False`` byte-identical to the generator before randomisation, skull
+stripping, thick slices in the affine, partial coverage, artefacts, contrast tables."""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalign.data.synth import randomise as R
+from medalign.data.synth.brain import generate_brain_cohort, plan_cohort, synthesize_study
+from medalign.data.synth.sequences import LESION_CONTRAST, SEQUENCES, TISSUE_CONTRAST
+
+nib = pytest.importorskip("nibabel")
+
+N = 20
+KW = dict(n=N, seed=3, shape_mode="small", label_noise=0.1, studies_per_patient="1-3", heldout_phrasing=True,
+          workers=1)
+# Digest of the cohort ``generate_brain_cohort(**KW)`` written by the generator BEFORE domain
+# randomisation existed (commit 689a69b, numpy 1.26.4 / scipy 1.17.1): sha256 over every file's
+# relative path and content (.nii.gz decompressed, so the zlib build does not matter).
+BEFORE_DIGEST = "acf71c3e87957bb8e0a4de7899edbe70aadc3f1032bf583c0ccf05c3189b5cd2"
+BEFORE_MANIFEST = "52c52f1a9e024f7ccd904e185b7012246e61a75325e94f2658326a07b504f89c"
+BEFORE_VERSIONS = {"numpy": "1.26", "scipy": "1.17"}
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        b = p.read_bytes()
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(gzip.decompress(b) if p.name.endswith(".gz") else b)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """A randomised cohort (the default)."""
+    return generate_brain_cohort(tmp_path_factory.mktemp("rnd") / "on", **KW)
+
+
+def _gt(manifest: Path, sid: str) -> dict:
+    return json.loads((manifest.parent / sid / "ground_truth.json").read_text(encoding="utf-8"))
+
+
+def test_randomise_false_is_byte_identical_to_the_generator_before(tmp_path):
+    import scipy
+
+    got = {"numpy": ".".join(np.__version__.split(".")[:2]), "scipy": ".".join(scipy.__version__.split(".")[:2])}
+    if got != BEFORE_VERSIONS:
+        pytest.skip(f"reference digest recorded with {BEFORE_VERSIONS}, running {got}: float results may differ")
+    off = generate_brain_cohort(tmp_path / "off", randomise=False, **KW)
+    assert hashlib.sha256(off.read_bytes()).hexdigest() == BEFORE_MANIFEST  # ids, splits, labels, reports
+    assert "domain" not in _gt(off, "S00001") and "randomise" not in json.loads((off.parent / "cohort.json").read_text())
+    assert _digest(off.parent) == BEFORE_DIGEST
+
+
+def test_cli_randomises_by_default_and_no_randomise_matches_the_library(tmp_path, cohort):
+    from medalign.cli import main
+
+    args = ["synth", "brain", "--n", str(N), "--seed", "3", "--shape-mode", "small", "--label-noise", "0.1",
+            "--studies-per-patient", "1-3", "--heldout-phrasing", "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "cli_on")]) == 0
+    assert main([*args, "--out", str(tmp_path / "cli_off"), "--no-randomise"]) == 0
+    assert _digest(tmp_path / "cli_on") == _digest(cohort.parent)
+    off = generate_brain_cohort(tmp_path / "lib_off", randomise=False, **KW)
+    assert _digest(tmp_path / "cli_off") == _digest(off.parent)
+    assert _digest(tmp_path / "cli_off") != _digest(cohort.parent)
+
+
+def _in(v: float, lo_hi: tuple[float, float], tol: float = 1e-3) -> bool:
+    return lo_hi[0] - tol <= v <= lo_hi[1] + tol
+
+
+def test_every_factor_recorded_and_within_its_range():
+    plans = plan_cohort(300, seed=8)
+    protocols, stripped, partial, ghost, motion = set(), [], [], [], []
+    for t in plans:
+        d = t["domain"]
+        assert set(d) >= {"protocol", "contrast", "conspicuity", "texture_cv", "acquisition", "skull_stripped", "patient"}
+        assert _in(d["conspicuity"], R.CONSPICUITY) and _in(d["texture_cv"], R.TEXTURE_CV)
+        protocols.add(d["protocol"])
+        stripped.append(d["skull_stripped"])
+        for s in R.ALL_SEQUENCES:
+            c = d["contrast"][s]
+            for tissue in ("gm", "csf", "scalp"):
+                assert _in(c[tissue] / c["wm"], R.CONTRAST_RANGES[s][tissue], 2e-3), (s, tissue)
+            g = d["acquisition"][s]
+            assert _in(g["thickness_mm"], (0.9, 8.0)) and _in(g["inplane_mm"], (0.45, 2.0))
+            assert _in(g["bias_amp"], R.BIAS_AMP) and _in(g["noise_scale"], R.NOISE_SCALE)
+            assert g["ghost"] == 0 or _in(g["ghost"], R.GHOST)
+            if g["partial"]:
+                assert _in(g["cover_mm"], R.PARTIAL_COVER_MM, 0.1) and g["direction"] in ("top", "bottom")
+            partial.append(g["partial"])
+            ghost.append(g["ghost"] > 0)
+            motion.append(g["motion"] is not None)
+            if d["protocol"] == "thick" and s not in ("dwi", "adc"):
+                assert g["thickness_mm"] >= 5.0
+            if d["protocol"] == "3d" and s == d["three_d"]:
+                assert g["thickness_mm"] == g["inplane_mm"] <= 1.3
+        assert d["acquisition"]["adc"] == d["acquisition"]["dwi"]
+        if any(f["variant"] == "sinus" for f in t["findings"]):
+            assert not d["skull_stripped"]  # the finding lies outside the brain
+        if not any(f["variant"] == "atrophy" for f in t["findings"]):
+            assert 0 <= t["atrophy"] <= R.ATROPHY_MAX
+        assert d["patient"]["atrophy_base"] <= 1.0 and _in(d["patient"]["atrophy_slope"], R.ATROPHY_SLOPE)
+    assert protocols == set(R.PROTOCOL_P)
+    for seen, p in ((stripped, R.SKULL_STRIP_P), (partial, R.PARTIAL_P), (ghost, R.GHOST_P), (motion, R.MOTION_P)):
+        assert 0.5 * p < np.mean(seen) < 1.5 * p  # drawn at about the stated rate: neither never nor always
+
+
+def test_cohort_files_follow_the_recorded_domain(cohort):
+    df = pd.read_csv(cohort, keep_default_na=False)
+    info = json.loads((cohort.parent / "cohort.json").read_text())
+    assert info["randomise"] is True
+    for sid in df["study_id"]:
+        gt = _gt(cohort, sid)
+        assert gt["domain"]["acquisition"]["flair"]["thickness_mm"] > 0
+        for s in (*SEQUENCES, "t1c"):
+            img = nib.load(cohort.parent / sid / f"{s}.nii.gz")
+            a = gt["acquisition"][s]
+            assert img.shape == tuple(a["shape"]) == (32, 32, 8)
+            assert np.allclose(img.header.get_zooms()[:3], a["spacing"], atol=1e-3)
+            g = gt["domain"]["acquisition"][s]
+            if g["partial"]:  # small grids keep their 8 slices: a partial slab is 8 more closely spaced ones
+                assert a["spacing"][2] * 8 == pytest.approx(g["cover_mm"], abs=0.01)
+        mask = nib.load(cohort.parent / sid / "lesion_mask.nii.gz")
+        assert np.allclose(mask.affine, nib.load(cohort.parent / sid / "flair.nii.gz").affine)
+
+
+def _one(label: str | None = None, n: int = 60, seed: int = 4, **want) -> dict:
+    """The first planned study (randomised) whose domain / findings match ``want``."""
+    for t in plan_cohort(n, seed=seed):
+        d = t["domain"]
+        if label and t["label"] != label:
+            continue
+        if all(d.get(k) == v for k, v in want.items()):
+            return copy.deepcopy(t)
+    raise AssertionError(f"no planned study with {label} {want}")
+
+
+def test_skull_stripped_is_zero_outside_the_brain_and_the_mask_follows():
+    t = _one("tumor", skull_stripped=False)
+    on = copy.deepcopy(t)
+    on["domain"]["skull_stripped"] = True
+    a, b = synthesize_study(t, shape_mode="small"), synthesize_study(on, shape_mode="small")
+    for s in (*SEQUENCES, "t1c"):
+        full, stripped = a[s][0], b[s][0]
+        assert np.array_equal(a[s][1], b[s][1])  # same grid
+        kept = stripped != 0
+        assert np.array_equal(stripped[kept], full[kept])  # inside the brain: the same voxels
+        removed = (stripped == 0) & (full > 0)
+        assert removed.sum() > 0.05 * full.size, s  # scalp (and background noise) zeroed
+        assert kept.sum() > 0.1 * full.size, s      # the brain stays
+    m = b["mask"][0] > 0
+    assert m.any() and not (m & (b["flair"][0] == 0) & (a["flair"][0] > 0)).any()  # no lesion voxel outside the stripped brain
+
+
+def test_thick_slices_are_in_the_nifti_affine(tmp_path):
+    from medalign.data.synth.brain import write_study
+
+    t = _one("others", protocol="thick")
+    gt = write_study(tmp_path, t, shape_mode="clinical", with_t1c=False)
+    for s in ("flair", "t1", "t2"):
+        img = nib.load(tmp_path / t["study_id"] / f"{s}.nii.gz")
+        th = t["domain"]["acquisition"][s]["thickness_mm"]
+        assert 5.0 <= th <= 8.0
+        assert np.linalg.norm(img.affine[:3, 2]) == pytest.approx(th, abs=1e-3)  # slice direction column
+        assert img.header.get_zooms()[2] == pytest.approx(th, abs=1e-3)
+        assert gt["acquisition"][s]["spacing"][2] == pytest.approx(th, abs=1e-3)
+        g = t["domain"]["acquisition"][s]
+        cover = g["cover_mm"] if g["partial"] else None
+        if cover:
+            assert img.shape[2] == max(1, round(cover / th))
+
+
+def test_partial_coverage_keeps_the_lesion():
+    base = _one("tumor", skull_stripped=False)
+    for direction in ("top", "bottom"):
+        t = copy.deepcopy(base)
+        for s in R.ALL_SEQUENCES:
+            t["domain"]["acquisition"][s].update(partial=True, cover_mm=60.0, direction=direction, offset=1.0)
+        res = synthesize_study(t, shape_mode="clinical", with_t1c=False)
+        assert res["acquisition"]["flair"]["shape"][2] * res["acquisition"]["flair"]["spacing"][2] == pytest.approx(60, abs=4)
+        assert res["mask"][0].sum() > 0, direction  # the slab was kept over the tumour
+    a = {"shape": [200, 180, 30], "spacing": [1.0, 1.0, 5.0], "fov_shift_mm": [1.0, 2.0, 3.0], "orientation": "RAS"}
+    g = {"partial": True, "cover_mm": 60.0, "direction": "top", "offset": 1.0, "inplane_mm": 1.0, "thickness_mm": 5.0}
+    free = R.apply_grid(a, g, "clinical", None)  # nothing to keep (a normal study): the slab misses the bottom
+    assert free["shape"] == [200, 180, 12] and free["fov_shift_mm"] == [1.0, 2.0, 3.0 + (R.FULL_COVER_MM - 60) / 2]
+    kept = R.apply_grid(a, {**g, "direction": "bottom"}, "clinical", 20.0)  # a lesion 20 mm above the centre
+    assert abs(kept["fov_shift_mm"][2] - 20.0) <= 30 - 15 + 1e-6 and a["fov_shift_mm"] == [1.0, 2.0, 3.0]
+
+
+def test_artefacts_known_values():
+    rng = np.random.default_rng(0)
+    vol = rng.random((16, 12, 3)).astype(np.float32)
+    none = {"ghost": 0.0, "motion": None}
+    assert R.artefacts(vol, none, [1, 1, 1]) is vol
+    ghost = R.artefacts(vol, {"ghost": 0.1, "motion": None}, [1, 1, 1])
+    assert np.allclose(ghost, vol + 0.1 * np.roll(vol, 6, axis=1))  # N/2 ghost along the phase-encode axis
+    still = R.artefacts(vol, {"ghost": 0.0, "motion": {"from": 0.5, "shift_mm": [0.0, 0.0]}}, [1, 1, 1])
+    assert np.allclose(still, vol, atol=1e-5)
+    moved = R.artefacts(vol, {"ghost": 0.0, "motion": {"from": 0.5, "shift_mm": [2.0, 1.5]}}, [1, 1, 1])
+    assert not np.allclose(moved, vol, atol=1e-2)
+    assert float((moved.astype(np.float64) ** 2).sum()) <= float((vol.astype(np.float64) ** 2).sum()) * (1 + 1e-4)
+
+
+def test_contrast_tables_scale_lesions_by_conspicuity():
+    from medalign.data.synth.enhancement import T1C_CONTRAST, T1C_TISSUE
+
+    dom = {"contrast": {**{s: dict(v) for s, v in TISSUE_CONTRAST.items()}, "t1c": dict(T1C_TISSUE)}, "conspicuity": 1.0}
+    c = R.study_contrast(dom)  # today's contrast and k = 1: today's tables
+    for name, vals in LESION_CONTRAST.items():
+        assert np.allclose(c["lesion"][name], vals)
+    assert all(c["t1c"][k] == pytest.approx(v) for k, v in T1C_CONTRAST.items())
+    dom["conspicuity"] = 0.5
+    half = R.study_contrast(dom)
+    fl = SEQUENCES.index("flair")
+    wm = TISSUE_CONTRAST["flair"]["wm"]
+    assert half["lesion"]["wmh"][fl] == pytest.approx(wm * (LESION_CONTRAST["wmh"][fl] / wm) ** 0.5)
+    assert wm < half["lesion"]["wmh"][fl] < LESION_CONTRAST["wmh"][fl]  # fainter, still brighter than WM
