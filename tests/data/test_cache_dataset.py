@@ -178,3 +178,23 @@ def test_cli_preprocess_and_inspect(tmp_path):
         out = tmp_path / f"sheet{len(extra)}.png"
         assert main(["inspect", str(m), "--out", str(out), "--max-studies", "4", *extra]) == 0
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_artefact_augmentation_keeps_laterality_mask_and_missing_channels():
+    """The "artefacts" recipe (bias, ghosting, motion, blur, noise, gamma) changes intensities but never
+    moves the anatomy across the midline (no flip) and keeps a missing sequence all-zero."""
+    img = torch.zeros(2, 6, 16, 16)  # (C, D, H, W)
+    img[0, :, 4:12, 2:6] = 1.0  # a bright block on the W < 8 side
+    sample = {"image": img, "sequence_mask": torch.tensor([True, False]),
+              "mask": (img[0] > 0).to(torch.uint8)}
+    aug = build_augment("artefacts", seed=3, p=1.0)
+    changed = 0
+    for _ in range(6):
+        out = aug(sample)
+        x = out["image"]
+        assert x.shape == img.shape and torch.isfinite(x).all() and not x[1].any()
+        assert torch.equal(out["mask"], sample["mask"])  # intensity-only: the mask does not move
+        left, right = x[0, :, :, :8].abs().sum(), x[0, :, :, 8:].abs().sum()
+        assert left > right  # the block stays on its side
+        changed += int(not torch.allclose(x, img))
+    assert changed >= 3

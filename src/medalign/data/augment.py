@@ -32,6 +32,23 @@ def paper_transform(p: float = 0.5):
     ], p=p)
 
 
+@AUGMENTS.register("artefacts")
+def artefact_transform(p: float = 0.8):
+    """Scanner-side variation at training time (the library counterpart of the generator's domain
+    randomisation, issue 20): bias field, ghosting, motion, blur, noise and gamma, each with its own
+    probability; no flip (it would contradict "left"/"right" in the reports) and no affine."""
+    import torchio as tio
+
+    return tio.Compose([
+        tio.RandomBiasField(coefficients=0.3, p=0.5),
+        tio.RandomGhosting(num_ghosts=(2, 6), intensity=(0.1, 0.4), p=0.2),
+        tio.RandomMotion(degrees=3, translation=3, num_transforms=1, p=0.15),
+        tio.RandomBlur(std=(0, 1.0), p=0.3),
+        tio.RandomNoise(std=(0, 0.15), p=0.5),
+        tio.RandomGamma(log_gamma=(-0.3, 0.3), p=0.5),
+    ], p=p)
+
+
 @AUGMENTS.register("none")
 def no_transform():
     return None
@@ -82,5 +99,5 @@ class Augment:
 
 
 def build_augment(name: str = "paper", *, seed: int | None = None, **kwargs: Any) -> Callable[[dict], dict]:
-    """Augmentation callable by registry name ("paper", "none")."""
+    """Augmentation callable by registry name ("paper", "artefacts", "none")."""
     return Augment(AUGMENTS.build(name, **kwargs), seed=seed)
