@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from medalign.errors import MedAlignError
 from medalign.eval.query_attention import map_method, overlay_png, query_map
+from medalign.serve.batching import LRUCache
 from medalign.utils import atomic_write_bytes, sha256_text
 
 log = logging.getLogger("medalign.serve")
@@ -45,34 +45,6 @@ class OverlayUnavailable(MedAlignError):
     def __init__(self, message: str, status: int = 404) -> None:
         super().__init__(message)
         self.status = status
-
-
-class OverlayLRU:
-    """A thread-safe least-recently-used map of key -> (PNG bytes, info) (at most ``size`` entries)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = int(size)
-        self._d: OrderedDict[str, tuple[bytes, dict]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[bytes, dict] | None:
-        with self._lock:
-            v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
-
-    def put(self, key: str, value: tuple[bytes, dict]) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 def render_overlay(model: Any, image: np.ndarray, sequence_mask: np.ndarray, text: str, *, orientation: str,
@@ -94,7 +66,7 @@ class AttentionOverlays:
                  cache_size: int = 256, image_lock: Any = None, text_lock: Any = None) -> None:
         self.model = model
         self.method = map_method(getattr(model, "recipe", None))
-        self.memory = OverlayLRU(cache_size)
+        self.memory = LRUCache(cache_size)  # key -> (PNG bytes, info)
         self.overlay_dir = Path(overlay_dir) if overlay_dir else None
         self.image_lock = image_lock if image_lock is not None else threading.Lock()
         self.text_lock = text_lock if text_lock is not None else threading.Lock()

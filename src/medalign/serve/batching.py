@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -25,15 +25,18 @@ from medalign.errors import MedAlignError
 
 
 class LRUCache:
-    """A thread-safe least-recently-used map of query text -> read-only embedding."""
+    """A thread-safe least-recently-used map (at most ``size`` entries; ``size`` <= 0 keeps nothing).
+
+    Used for query text -> embedding (values are numpy arrays, made read-only: they are shared
+    between requests) and for overlay key -> (PNG bytes, info)."""
 
     def __init__(self, size: int) -> None:
         self.size = int(size)
-        self._d: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._d: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> Any:
         with self._lock:
             v = self._d.get(key)
             if v is None:
@@ -43,10 +46,11 @@ class LRUCache:
             self.hits += 1
             return v
 
-    def put(self, key: str, value: np.ndarray) -> None:
+    def put(self, key: str, value: Any) -> None:
         if self.size <= 0:
             return
-        value.setflags(write=False)  # shared between requests: nobody may change it
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)  # shared between requests: nobody may change it
         with self._lock:
             self._d[key] = value
             self._d.move_to_end(key)

@@ -115,15 +115,20 @@ def _upload_embedding(state: ServeState, given: dict[str, UploadFile]) -> tuple[
         raise HTTPException(400, f"no usable sequence: this model reads {', '.join(state.sequences)}")
     with tempfile.TemporaryDirectory(prefix="medalign-upload-") as td:
         paths = {s: read_upload(s, f.file, Path(td), state.max_file_bytes) for s, f in given.items()}
-        try:
-            vec = state.encode_image(paths)  # (E,)
-        except MedAlignError as e:  # the message names the spooled file: keep its name, not the server's folder
-            raise HTTPException(400, f"upload could not be processed: {str(e).replace(td + '/', '')}") from None
-        except (ValueError, OSError, RuntimeError, EOFError) as e:
-            raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
+        return _encode_upload(state, paths, td), sorted(paths)
+
+
+def _encode_upload(state: ServeState, paths: dict[str, str], td: str) -> np.ndarray:
+    """(E,) embedding of spooled files; 400 with the problem (never the server's folder) when refused."""
+    try:
+        vec = state.encode_image(paths)  # (E,)
+    except MedAlignError as e:  # the message names the spooled file: keep its name, not the server's folder
+        raise HTTPException(400, f"upload could not be processed: {str(e).replace(td + '/', '')}") from None
+    except (ValueError, OSError, RuntimeError, EOFError) as e:
+        raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
     if not np.all(np.isfinite(vec)):
         raise HTTPException(400, "upload gave a non-finite embedding (empty or constant volume?)")
-    return vec, sorted(paths)
+    return vec
 
 
 def _dicom_embedding(state: ServeState, upload: UploadFile) -> tuple[np.ndarray, list[str]]:
@@ -139,15 +144,7 @@ def _dicom_embedding(state: ServeState, upload: UploadFile) -> tuple[np.ndarray,
         except MedAlignError as e:  # "file <tmp>/dicom: no readable DICOM ..." -> the problem only
             msg = str(e).replace(f"file {folder}: ", "").replace(td + "/", "")
             raise HTTPException(400, f"upload 'dicom': {msg}") from None
-        try:
-            vec = state.encode_image(paths)  # (E,)
-        except MedAlignError as e:
-            raise HTTPException(400, f"upload could not be processed: {str(e).replace(td + '/', '')}") from None
-        except (ValueError, OSError, RuntimeError, EOFError) as e:
-            raise HTTPException(400, f"upload could not be processed: {type(e).__name__}") from None
-    if not np.all(np.isfinite(vec)):
-        raise HTTPException(400, "upload gave a non-finite embedding (empty or constant volume?)")
-    return vec, sorted(paths)
+        return _encode_upload(state, paths, td), sorted(paths)
 
 
 def upload_router(state: ServeState, auth: list[DependsParam]) -> APIRouter:
