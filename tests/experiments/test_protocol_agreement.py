@@ -14,39 +14,22 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-from test_gloria import _tiny_cohort  # noqa: E402  (the tiny lesion cohort with masks, reused)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_runs import make_tiny_runs  # noqa: E402  (tiny GLoRIA + CLIP runs on the lesion cohort, shared)
 
 N_BOOT = 40
-
-
-def _cfg(name: str, man: Path, root: Path) -> dict:
-    return {"seed": 0,
-            "data": {"kind": "cohort", "manifest": str(man), "cache_dir": str(root / "cache"),
-                     "sequences": ["dwi", "flair"], "shape": [4, 16, 16], "val_split": None},
-            "recipe": {"name": name, "embed_dim": 8, "text_encoder": {"cache_dir": str(root / "text")},
-                       "image_encoder": {"name": "unet3d_cpu", "channels": [4, 8], "stem_stride": 1,
-                                         "local_level": 1, "global_pool": "avg", "out_dim": 16}},
-            "train": {"epochs": 1, "batch_size": 3, "optimizer": "adamw", "lr": 0.003, "scheduler": "constant",
-                      "progress": False, "amp": False}}
 
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory) -> dict:
     """Train GLoRIA and CLIP, then `medalign evaluate` both and `medalign localise` GLoRIA vs CLIP."""
     from medalign.cli import main
-    from medalign.data.cache import preprocess_cohort
-    from medalign.train.loop import fit
 
     root = tmp_path_factory.mktemp("agree")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
-        man = _tiny_cohort(root / "cohort")
-        preprocess_cohort(man, {"sequences": ["dwi", "flair"], "shape": [4, 16, 16], "reference": "flair",
-                                "register": False}, root / "cache", workers=1, progress=False)
-        gl, cl = root / "run_gloria", root / "run_clip"
-        fit(_cfg("gloria", man, root), gl)
-        fit(_cfg("clip", man, root), cl)
+        runs = make_tiny_runs(root)
+        gl, cl = runs["gloria"], runs["clip"]
         for run in (gl, cl):
             assert main(["evaluate", str(run), "--no-baselines", "--n-boot", str(N_BOOT)]) == 0
         assert main(["localise", str(gl), "--clip", str(cl), "--n-boot", str(N_BOOT), "--n-prompts", "3",
