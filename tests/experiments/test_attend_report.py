@@ -62,7 +62,11 @@ def test_own_report_from_manifest_with_scores(runs):
     from medalign.experiments.attend_report import attend_report
 
     res = attend_report(runs["gloria"], "s00")  # "Acute infarct in the left hemisphere."
-    assert res["method"] == "word attention" and not res["every_sentence"]
+    # the run's normative prior (fitted on its normal training studies) grounds the maps by default
+    assert res["method"] == "word attention x normative prior" and not res["every_sentence"]
+    assert (runs["gloria"] / "normative.npz").is_file()
+    plain = attend_report(runs["gloria"], "s00", out=str(runs["gloria"] / "plain.png"), prior=False)
+    assert plain["method"] == "word attention" and plain["rows"][0]["scores"] != res["rows"][0]["scores"]
     assert len(res["rows"]) == 1 and panel_rows(Path(res["png"])) == 1
     assert Path(res["png"]) == runs["gloria"] / "attention" / "s00_report.png"
     row = res["rows"][0]
@@ -78,7 +82,7 @@ def test_clip_run_draws_grad_cam_rows(runs, tmp_path):
 
     from medalign.experiments.attend_report import attend_report
 
-    res = attend_report(runs["clip"], "s00", text=REPORT, out=str(tmp_path / "clip.png"), n_slices=2)
+    res = attend_report(runs["clip"], "s00", text=REPORT, out=str(tmp_path / "clip.png"), n_slices=2, prior=False)
     assert res["method"] == "grad-cam" and len(res["rows"]) == 2
     assert all(len(r["slices"]) == 2 for r in res["rows"])
     assert panel_rows(tmp_path / "clip.png") == 4  # 2 sentences x 2 slices

@@ -38,13 +38,14 @@ def finding_sentences(report: str, *, all_sentences: bool = False) -> tuple[list
 
 def attend_report(run: str | Path, study: str, *, text: str | None = None, out: str | None = None,
                   n_slices: int = 1, manifest: str | None = None, cache: str | None = None,
-                  checkpoint: str = "best", all_sentences: bool = False) -> dict:
+                  checkpoint: str = "best", all_sentences: bool = False, prior: bool = True) -> dict:
     """Write the one-row-per-sentence attention PNG of a report over ``study``'s image.
 
     ``text``: the report (default: the study's own report in the manifest). Returns dict(png, method,
     rows: one {sentence (1-based), words, slices, scores?} per row, every_sentence: True when the
     report had no finding sentence). Scores (pointing, mass, auroc vs the study's lesion mask) and the
-    uniform baseline come with a mask."""
+    uniform baseline come with a mask. ``prior``: each map x the run's normative prior (as ``attend``),
+    when one can be fitted."""
     model = api.load(run, checkpoint=checkpoint)
     method = map_method(model.recipe)
     if method is None:
@@ -57,11 +58,20 @@ def attend_report(run: str | Path, study: str, *, text: str | None = None, out: 
     sentences, every = finding_sentences(report, all_sentences=all_sentences)
     image, mask = s["image"].numpy(), s["mask"]
     has_mask = mask is not None and bool(np.asarray(mask).any())
+    norm = None
+    if prior:
+        from medalign.eval.normative import run_prior
+        from medalign.experiments.localisation import run_data
+
+        try:
+            norm = run_prior(run, *run_data(model))
+        except MedAlignError:  # too few normal training studies: the attention alone
+            norm = None
     rows: list[dict[str, Any]] = []
     pngs: list[bytes] = []
     titles: list[str] = []
     for i, sent in enumerate(sentences, start=1):
-        m = query_map(model.recipe, image, s["sequence_mask"], sent)
+        m = query_map(model.recipe, image, s["sequence_mask"], sent, prior=norm)
         heat = upsample_map(m["map"], image.shape[1:])  # (D, H, W)
         png, slices = overlay_png(image, heat, sequences=list(model.sequences), orientation=s["orientation"],
                                   n_slices=n_slices, mask=mask)
@@ -73,7 +83,8 @@ def attend_report(run: str | Path, study: str, *, text: str | None = None, out: 
         titles.append(f"{i}. {sent}")
     out_p = Path(out) if out else Path(run) / "attention" / f"{study}_report.png"
     atomic_write_bytes(out_p, stack_png_rows(pngs, titles))
-    res = {"png": str(out_p), "method": method, "rows": rows, "every_sentence": every}
+    res = {"png": str(out_p), "method": method + (" x normative prior" if norm is not None else ""), "rows": rows,
+           "every_sentence": every}
     if has_mask:
         res["uniform"] = uniform_scores(mask)
     return res

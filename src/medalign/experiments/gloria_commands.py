@@ -33,12 +33,12 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         cache: Optional[str] = typer.Option(None, help="cache dir (default: the run's data.cache_dir)"),
         checkpoint: str = typer.Option("best", help="best or last"),
         prior: bool = typer.Option(True, "--prior/--no-prior", help="word attention x the normative prior fitted on "
-                                   "the run's normal training studies (single-word mode)"),
+                                   "the run's normal training studies"),
     ) -> None:
         """Overlay the upsampled attention of WORD on the mid-lesion slices of each sequence; with --report,
         one row per finding sentence of the report."""
         if report:
-            _attend_report(run, study, text, out, slices or 1, manifest, cache, checkpoint, all_sentences)
+            _attend_report(run, study, text, out, slices or 1, manifest, cache, checkpoint, all_sentences, prior)
             return
         from medalign.experiments.localisation import attend_study
 
@@ -81,13 +81,14 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
 
 
 def _attend_report(run: str, study: str, text: Optional[str], out: Optional[str], slices: int,
-                   manifest: Optional[str], cache: Optional[str], checkpoint: str, all_sentences: bool) -> None:
+                   manifest: Optional[str], cache: Optional[str], checkpoint: str, all_sentences: bool,
+                   prior: bool = True) -> None:
     """``attend --report``: print where the PNG went and each row's scores (never the sentences: they
     are in the PNG, the user's own file)."""
     from medalign.experiments.attend_report import attend_report
 
     res = attend_report(run, study, text=text, out=out, n_slices=slices, manifest=manifest, cache=cache,
-                        checkpoint=checkpoint, all_sentences=all_sentences)
+                        checkpoint=checkpoint, all_sentences=all_sentences, prior=prior)
     kind = "sentences (no finding sentence in the report)" if res["every_sentence"] else "finding sentences"
     typer.echo(f"{res['png']}  ({len(res['rows'])} rows = {kind}; {res['method']})")
     for r in res["rows"]:

@@ -84,6 +84,11 @@ def _word_grid(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: s
     return res["attention"][idx], text, res["words"][idx]
 
 
+def run_data(model: Any) -> tuple[Path, Path]:
+    """(manifest, cache) the run was trained on (where its normative prior is fitted)."""
+    return _resolve(model, None, None)
+
+
 def study_inputs(model: Any, study: str, manifest: str | None = None, cache: str | None = None,
                  *, with_report: bool = True) -> dict:
     """One study of a run's cohort: image (C, D, H, W) and sequence_mask (C,) tensors, mask (D, H, W) numpy
