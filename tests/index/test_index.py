@@ -245,6 +245,10 @@ def test_cli_build_add_and_serve_guard(tmp_path, cohort, monkeypatch, capsys):
     assert main(["serve", str(out), "--cache-size", "7", "--max-uploads", "2", "--reload-s", "-1"]) == 0
     state = seen["app"].state.serve
     assert state.text.cache.size == 7 and state.uploads.limit == 2 + 4 and state.reload_s == -1
+    # --volumes / --overlay-dir reach the attention overlays
+    assert main(["serve", str(out), "--volumes", str(tmp_path / "vols"), "--overlay-dir", str(tmp_path / "ov")]) == 0
+    ov = seen["app"].state.serve.overlays
+    assert ov.volumes_dir == tmp_path / "vols" and ov.overlay_dir == tmp_path / "ov"
 
 
 # ---- with the real model API (tiny CLIP run trained here) -------------------------------------------

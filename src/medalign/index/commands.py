@@ -93,7 +93,12 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
                   cache_size: int = typer.Option(4096, help="query embeddings kept (LRU; 0 = off)"),
                   max_uploads: int = typer.Option(1, help="uploads preprocessed at once (more queue, then 503)"),
                   reload_s: float = typer.Option(1.0, help="check the index for a new version this often "
-                                                           "(negative = never)")) -> None:
+                                                           "(negative = never)"),
+                  volumes: Optional[Path] = typer.Option(None, "--volumes", help="preprocessed cohort cache for the "
+                                                         "attention overlays (default: the run's data.cache_dir)"),
+                  overlay_dir: Optional[Path] = typer.Option(None, "--overlay-dir", help="also keep drawn overlays "
+                                                             "on disk here (off by default: a file per query is "
+                                                             "a trace of what was searched)")) -> None:
         """Serve the case-retrieval API and web page for INDEX_DIR (new index versions are picked up live)."""
         from medalign.serve.app import serve
         from medalign.serve.security import check_bind
@@ -103,4 +108,4 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         typer.echo(f"serving {index_dir} on http://{host}:{port}/ (Ctrl-C to stop)")
         serve(index_dir, host=host, port=port, token=tok, run_dir=str(run) if run else None,
               extra_hosts=tuple(allowed_host or ()), batch_window_s=batch_window_ms / 1000, cache_size=cache_size,
-              max_uploads=max_uploads, reload_s=reload_s)
+              max_uploads=max_uploads, reload_s=reload_s, volumes=volumes, overlay_dir=overlay_dir)
