@@ -123,3 +123,16 @@ def test_upload_one_nifti_per_sequence(page, cohort, tmp_path):
     assert page.locator("#results .card").first.get_attribute("data-study-id") == "S002"
     assert "Zero-shot" in page.locator("#zeroshot").inner_text()
     _save(page, tmp_path, "search_upload.png")
+
+
+def test_upload_with_a_sequence_the_model_does_not_read(page, cohort, tmp_path):
+    """The extra series is skipped, not refused, and the page says which one."""
+    import shutil
+
+    t1 = tmp_path / "t1.nii.gz"
+    shutil.copy(cohort.parent / "S002" / "flair.nii.gz", t1)
+    page.reload()  # a fresh file list (the page is shared by this module's tests)
+    page.set_input_files("#files", [str(cohort.parent / "S002" / "dwi.nii.gz"), str(t1)])
+    assert page.locator("#file-list li").count() == 2
+    page.click("#upload")
+    expect(page.locator("#summary")).to_contain_text("skipped, not read by this model: t1")

@@ -171,7 +171,8 @@ async function searchUpload() {
   try {
     const res = await api("/search/upload?k=" + k(), { method: "POST", body: form });
     const body = await res.json();
-    render(body, "Uploaded case (" + (state.dicom ? "DICOM study: " : "") + body.query.sequences.join(", ") + ")");
+    const skipped = body.query.skipped ? "; skipped, not read by this model: " + body.query.skipped.join(", ") : "";
+    render(body, "Uploaded case (" + (state.dicom ? "DICOM study: " : "") + body.query.sequences.join(", ") + skipped + ")");
   } catch (e) { showError(e.message); }
 }
 
