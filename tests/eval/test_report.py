@@ -87,7 +87,7 @@ def test_evaluate_saved_metrics(two_runs):
                                 "confusion_zero_shot", "label_efficiency", "confusion_probe"}
     for p in mg["plots"].values():
         assert (good / "eval" / p).stat().st_size > 1000
-    assert mg["zero_shot"]["pool"] == "mean" and "one_prompt_per_class" in mg["zero_shot"]
+    assert mg["zero_shot"]["pool"] == "ensemble" and "one_prompt_per_class" in mg["zero_shot"]
     assert mg["probe"]["logreg"]["1.0"]["n_train"] == 40
     assert mg["probe"]["logreg"]["0.01"]["n_train"] == 5  # one per class
     assert mg["probe"]["logreg"]["1.0"]["balanced_accuracy"] > 0.9  # separable class clusters

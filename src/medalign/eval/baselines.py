@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from medalign.eval.zeroshot import DEFAULT_POOL
 
 
 def text_only_classifier(train_reports: Sequence[str], train_y: Sequence[int], test_reports: Sequence[str],
@@ -152,7 +153,7 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
 
 
 def run_baselines(run_dir: str | Path, manifest: Path, cache: Path, *, test: dict, train: dict | None,
-                  split: str = "test", prompt_bank_fn=None, pool: str = "mean", n_boot: int = 1000, seed: int = 0,
+                  split: str = "test", prompt_bank_fn=None, pool: str = DEFAULT_POOL, n_boot: int = 1000, seed: int = 0,
                   supervised_epochs: int | None = None, which: Sequence[str] = ("untrained", "supervised_3d_cnn", "text_only"),
                   say=print) -> dict:
     """Every baseline; one that fails is recorded as {"skipped": reason} and the rest still run."""

@@ -15,7 +15,8 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         manifest: Optional[str] = typer.Option(None, help="manifest (default: the run's data.manifest)"),
         cache: Optional[str] = typer.Option(None, help="preprocessed cache dir (default: the run's data.cache_dir)"),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="also run the sanity-check baselines"),
-        pool: str = typer.Option("mean", help="zero-shot pooling over a class's prompts: mean or max"),
+        pool: str = typer.Option("ensemble", help="zero-shot pooling over a class's prompts: ensemble (mean prompt "
+                                  "embedding, as `classify`), mean or max of the scores"),
         absence: str = typer.Option("ignore", help="absence prompts: ignore or subtract"),
         prompts: Optional[str] = typer.Option(None, help="prompts YAML (default: medalign/eval/prompts.yaml)"),
         n_boot: int = typer.Option(1000, help="bootstrap resamples for the 95% CIs"),
@@ -33,8 +34,8 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         from medalign.eval.bootstrap import format_ci
         from medalign.eval.run import evaluate_run
 
-        if pool not in ("mean", "max"):
-            raise MedAlignError(f"--pool must be mean or max, got '{pool}'")
+        if pool not in ("ensemble", "mean", "max"):
+            raise MedAlignError(f"--pool must be ensemble, mean or max, got '{pool}'")
         if absence not in ("ignore", "subtract"):
             raise MedAlignError(f"--absence must be ignore or subtract, got '{absence}'")
         if manifest is not None and _external(run, manifest, cache):

@@ -19,6 +19,7 @@ from medalign.errors import MedAlignError
 from medalign.eval.bootstrap import bootstrap_cis
 from medalign.eval.evaluate import label_ints, label_names, load_embeddings
 from medalign.eval.retrieval import cosine_similarity, match_ranks
+from medalign.eval.zeroshot import DEFAULT_POOL
 
 
 def _load(run: Path, split: str) -> tuple[dict, dict | None, dict]:
@@ -30,7 +31,7 @@ def _load(run: Path, split: str) -> tuple[dict, dict | None, dict]:
     return load_embeddings(emb_p), (load_embeddings(bank_p) if bank_p.is_file() else None), metrics
 
 
-def per_study_outcomes(emb: dict, bank: dict | None, *, k: int = 5, pool: str = "mean", absence: str = "ignore",
+def per_study_outcomes(emb: dict, bank: dict | None, *, k: int = 5, pool: str = DEFAULT_POOL, absence: str = "ignore",
                        classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """{study_id (N,), hit (N,) report->image rank <= k, rr (N,) 1/rank, zs_correct (N,) or absent}."""
     from medalign.data.schema import CLASSES

@@ -21,6 +21,7 @@ import numpy as np
 from medalign.eval.bootstrap import bootstrap_ci
 from medalign.eval.retrieval import DEFAULT_KS, case_retrieval, cosine_similarity, cross_modal_retrieval, top_k
 from medalign.utils import atomic_path
+from medalign.eval.zeroshot import DEFAULT_POOL
 
 EMBED_KEYS = ("study_id", "patient_id", "label", "report", "image_embed", "text_embed")
 
@@ -131,7 +132,7 @@ def evaluate_embeddings(
     train: dict | None = None,
     prompt_bank: dict | None = None,
     classes: Sequence[str] | None = None,
-    pool: str = "mean",
+    pool: str = DEFAULT_POOL,
     absence: str = "ignore",
     ks: Sequence[int] = DEFAULT_KS,
     n_boot: int = 1000,

@@ -17,6 +17,7 @@ import numpy as np
 
 from medalign.errors import MedAlignError
 from medalign.utils import atomic_write_json
+from medalign.eval.zeroshot import DEFAULT_POOL
 
 
 def cache_holds(cache_dir: str | Path | None, df: Any) -> bool:
@@ -43,7 +44,7 @@ def cache_holds(cache_dir: str | Path | None, df: Any) -> bool:
 
 def evaluate_external(run_dir: str | Path, manifest: str | Path, *, out: str | Path | None = None,
                       cache: str | Path | None = None, split: str | None = "test", prompts: str | None = None,
-                      pool: str = "mean", absence: str = "ignore", n_boot: int = 1000, seed: int = 0,
+                      pool: str = DEFAULT_POOL, absence: str = "ignore", n_boot: int = 1000, seed: int = 0,
                       checkpoint: str = "best", workers: int = 2, say=print) -> dict:
     """Evaluate ``run_dir``'s model on ``manifest``; returns the metrics dict (also in OUT/metrics.json).
 

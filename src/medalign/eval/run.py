@@ -10,6 +10,7 @@ from pathlib import Path
 from medalign.eval.evaluate import (_embed, evaluate_embeddings, headline_cis, load_embeddings, save_embeddings,
                                     write_plots)
 from medalign.utils import atomic_write_json
+from medalign.eval.zeroshot import DEFAULT_POOL
 
 
 def resolve_data(run_dir: Path, config: dict, manifest: str | None, cache: str | None) -> tuple[Path, Path]:
@@ -67,7 +68,7 @@ def prompt_bank(model, prompts: str | None = None) -> dict:
 
 
 def split_metrics(model, manifest: str | Path, cache: str | Path, split: str, *, prompts: str | None = None,
-                  pool: str = "mean", absence: str = "ignore", n_boot: int = 1000,
+                  pool: str = DEFAULT_POOL, absence: str = "ignore", n_boot: int = 1000,
                   seed: int = 0) -> tuple[dict, dict]:
     """Retrieval and zero-shot of ``model`` on one split, computed exactly as ``medalign evaluate``
     computes them (``embed_manifest`` embeddings, :func:`prompt_bank`, ``evaluate_embeddings`` with
@@ -89,7 +90,7 @@ def evaluate_run(
     manifest: str | None = None,
     cache: str | None = None,
     baselines: bool = True,
-    pool: str = "mean",
+    pool: str = DEFAULT_POOL,
     absence: str = "ignore",
     prompts: str | None = None,
     n_boot: int = 1000,
@@ -153,7 +154,7 @@ def evaluate_run(
     return metrics
 
 
-def evaluate_saved(run_dir: str | Path, *, split: str = "test", pool: str = "mean", n_boot: int = 1000,
+def evaluate_saved(run_dir: str | Path, *, split: str = "test", pool: str = DEFAULT_POOL, n_boot: int = 1000,
                    seed: int = 0) -> dict:
     """Recompute metrics + plots from saved embeddings (RUN/eval/*.npz or RUN/embeddings/*.npz), no model."""
     from medalign.errors import MedAlignError

@@ -64,7 +64,7 @@ def register(app: typer.Typer, synth: typer.Typer | None = None) -> None:
         checkpoint: str = typer.Option("best", help="best or last"),
         prompts: Optional[str] = typer.Option(None, "--prompts", help="prompts YAML of the `medalign evaluate` "
                                               "protocol (default: medalign/eval/prompts.yaml)"),
-        pool: str = typer.Option("mean", "--pool", help="zero-shot pooling over a class's prompts: mean or max "
+        pool: str = typer.Option("ensemble", "--pool", help="zero-shot pooling over a class's prompts: ensemble, mean or max "
                                  "(as `medalign evaluate --pool`)"),
         prior: bool = typer.Option(True, "--prior/--no-prior", help="also score word attention x the normative "
                                    "prior fitted on the run's normal training studies"),

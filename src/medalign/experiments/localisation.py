@@ -31,7 +31,7 @@ from medalign.eval.localisation import (attention_overlay_png, breakdown, gradca
 from medalign.eval.normative import grounded_map, run_prior
 from medalign.eval.retrieval import cosine_similarity, match_ranks, rank_summary
 from medalign.eval.run import split_metrics
-from medalign.eval.zeroshot import classification_metrics, load_prompts, pool_scores
+from medalign.eval.zeroshot import DEFAULT_POOL, classification_metrics, load_prompts, pool_scores
 from medalign.utils import atomic_write_json
 
 RETRIEVAL_CI_KS: tuple[int, ...] = (1, 5)  # R@K given CIs (the comparison table shows R@1, R@5, MRR)
@@ -189,6 +189,9 @@ def _zero_shot(sim_ip: np.ndarray, prompt_class: np.ndarray, y: np.ndarray, n_cl
     ``ignore``) on another similarity; the global-embedding figures themselves come from
     ``split_metrics``, so they equal ``medalign evaluate``'s exactly.
     """
+    # the prompt ensemble averages prompt *embeddings*; a given (I, P) score matrix (GLoRIA local /
+    # combined, generated prompts) has none, so its nearest counterpart, the mean of the scores, is used
+    pool = "mean" if pool == "ensemble" else pool
     s = np.stack([pool_scores(sim_ip[:, prompt_class == c], pool) for c in range(n_classes)], 1)  # (N, C)
     lab = y >= 0
     m = classification_metrics(y[lab], s[lab], n_classes=n_classes)
@@ -459,7 +462,7 @@ def _write(res: dict, run: Path, split: str, images_rel: list[str]) -> tuple[Pat
 
 def localise_run(run: str | Path, *, split: str = "test", clip_run: str | None = None, manifest: str | None = None,
                  cache: str | None = None, n_prompts: int = 20, n_gallery: int = 6, n_boot: int = 1000, seed: int = 0,
-                 checkpoint: str = "best", pool: str = "mean", prompts: str | None = None, prior: bool = True) -> dict:
+                 checkpoint: str = "best", pool: str = DEFAULT_POOL, prompts: str | None = None, prior: bool = True) -> dict:
     """Everything ``medalign localise`` computes; returns the results dict (+ table rows, output paths).
 
     ``prompts``: the prompts YAML of the ``medalign evaluate`` protocol (default its prompts.yaml);
