@@ -5,7 +5,11 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from test_gloria import _tiny_cohort  # noqa: E402  (the tiny lesion cohort with masks, reused)
@@ -41,3 +45,12 @@ def make_tiny_runs(root: Path, recipes: tuple[str, ...] = ("gloria", "clip")) ->
         fit(run_config(name, man, root), root / f"run_{name}")
         out[name] = root / f"run_{name}"
     return out
+
+
+@contextmanager
+def isolated_tiny_runs(root: Path) -> Iterator[dict[str, Path]]:
+    """:func:`make_tiny_runs` under ``root`` with the text-feature cache (``MEDALIGN_CACHE``) there too, kept
+    set while the block runs, so tests never write to the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
+        yield make_tiny_runs(root)

@@ -2,6 +2,7 @@
 `medalign embed` -> `medalign search` (text, study, raw FLAIR-only NIfTI)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 
 from medalign.cli import main
 from medalign.data.schema import CLASSES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_volumes import head_with_lesion, write_nifti  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "clip_tiny.yaml"
@@ -22,12 +26,6 @@ REPORTS = {
     "normal": "Normal study.",
     "others": "Nonspecific white matter changes.",
 }
-
-
-def _write_nifti(path: Path, arr: np.ndarray) -> None:
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(arr.astype(np.float32), np.diag([2.0, 2.0, 4.0, 1.0])), str(path))
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +41,9 @@ def cohort(tmp_path_factory) -> dict:
         label = CLASSES[i % 5]
         sid = f"s{i:02d}"
         (root / sid).mkdir()
-        vol = np.zeros((32, 32, 8), np.float32)  # (x, y, z)
-        vol[6:26, 6:26, 1:7] = 1.0 + 0.1 * rng.standard_normal((20, 20, 6))  # a 'head'
-        vol[8 + 3 * (i % 5): 12 + 3 * (i % 5), 10:14, 3:5] += 2.0  # class-dependent 'lesion'
-        _write_nifti(root / sid / "dwi.nii.gz", vol)
-        _write_nifti(root / sid / "flair.nii.gz", vol * 0.5 + 0.2)
+        vol = head_with_lesion(i, rng)
+        write_nifti(root / sid / "dwi.nii.gz", vol)
+        write_nifti(root / sid / "flair.nii.gz", vol * 0.5 + 0.2)
         rows.append({"study_id": sid, "patient_id": f"p{i:02d}", "split": "train" if i < 6 else "val",
                      "label": label, "report": REPORTS[label], "image_dwi": f"{sid}/dwi.nii.gz",
                      "image_flair": f"{sid}/flair.nii.gz"})

@@ -4,6 +4,7 @@ aliases, and refuses duplicates, empty studies and ambiguous 4D files with a cle
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,12 @@ import pytest
 from medalign.cli import main
 from medalign.data.schema import CLASSES
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_volumes import head_with_lesion, write_nifti  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny" / "clip_tiny.yaml"
 SEQS = ("dwi", "flair", "t1")
-
-
-def _nifti(path: Path, arr: np.ndarray) -> str:
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(arr.astype(np.float32), np.diag([2.0, 2.0, 4.0, 1.0])), str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +34,11 @@ def cohort(tmp_path_factory) -> dict:
     for i in range(6):
         sid, label = f"s{i:02d}", CLASSES[i % 5]
         (root / sid).mkdir()
-        vol = np.zeros((32, 32, 8), np.float32)  # (x, y, z)
-        vol[6:26, 6:26, 1:7] = 1.0 + 0.1 * rng.standard_normal((20, 20, 6))
-        vol[8 + 3 * (i % 5): 12 + 3 * (i % 5), 10:14, 3:5] += 2.0
+        vol = head_with_lesion(i, rng)
         row = {"study_id": sid, "patient_id": f"p{i}", "split": "train" if i < 4 else "val", "label": label,
-               "report": f"{label} study.", "image_dwi": _nifti(root / sid / "dwi.nii.gz", vol),
-               "image_flair": _nifti(root / sid / "flair.nii.gz", vol * 0.5 + 0.2)}
-        row["image_t1"] = "" if i == 5 else _nifti(root / sid / "t1.nii.gz", 1.5 - vol * 0.3)
+               "report": f"{label} study.", "image_dwi": write_nifti(root / sid / "dwi.nii.gz", vol),
+               "image_flair": write_nifti(root / sid / "flair.nii.gz", vol * 0.5 + 0.2)}
+        row["image_t1"] = "" if i == 5 else write_nifti(root / sid / "t1.nii.gz", 1.5 - vol * 0.3)
         rows.append(row)
     manifest = root / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
@@ -102,7 +97,7 @@ def test_aliases_duplicates_and_empty_studies(model, cohort, tmp_path) -> None:
     # a 2-volume DWI file (b0 + b1000) is ambiguous: refused, naming the file, unless volume_index picks one
     four_d = np.stack([np.ones((32, 32, 8)), np.ones((32, 32, 8)) * 2], axis=-1)
     with pytest.raises(CohortError, match="dwi4d"):
-        model.encode_image({"dwi": _nifti(tmp_path / "dwi4d.nii.gz", four_d)})
+        model.encode_image({"dwi": write_nifti(tmp_path / "dwi4d.nii.gz", four_d)})
 
 
 def test_manifest_aliases_and_duplicate_columns(cohort, tmp_path) -> None:

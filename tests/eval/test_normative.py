@@ -21,7 +21,7 @@ def _normal(rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def prior() -> NormativePrior:
     rng = np.random.default_rng(0)
-    return NormativePrior.fit([_normal(rng) for _ in range(12)], ("dwi", "flair"), grid=GRID)
+    return NormativePrior.fit([(_normal(rng), None) for _ in range(12)], ("dwi", "flair"), grid=GRID)
 
 
 def test_anomaly_peaks_at_a_lesion_on_any_present_sequence(prior) -> None:
@@ -58,7 +58,7 @@ def test_save_load_and_bad_input(prior, tmp_path) -> None:
     q = NormativePrior.load(p)
     assert q.grid == GRID and q.sequences == ("dwi", "flair") and q.n == 12 and np.allclose(q.mean, prior.mean)
     with pytest.raises(MedAlignError, match="at least 2 normal studies"):
-        NormativePrior.fit([np.zeros((2, *SHAPE))], ("dwi", "flair"), grid=GRID)
+        NormativePrior.fit([(np.zeros((2, *SHAPE)), None)], ("dwi", "flair"), grid=GRID)
     with pytest.raises(MedAlignError, match="2 sequences"):
         prior.anomaly(np.zeros((3, *SHAPE), np.float32))
     with pytest.raises(MedAlignError, match="no present sequence"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import make_tiny_runs  # noqa: E402
+from tiny_runs import isolated_tiny_runs  # noqa: E402
 
 REPORT = ("Clinical details: left weakness. Findings: There is an acute infarct in the left hemisphere "
           "with restricted diffusion. No haemorrhage. Impression: Acute left hemispheric infarct.")
@@ -20,9 +20,8 @@ REPORT = ("Clinical details: left weakness. Findings: There is an acute infarct 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("attend_report")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
-        yield make_tiny_runs(root)
+    with isolated_tiny_runs(root) as runs:
+        yield runs
 
 
 def panel_rows(png: Path) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import make_tiny_runs  # noqa: E402  (tiny GLoRIA + CLIP runs on the lesion cohort, shared)
+from tiny_runs import isolated_tiny_runs  # noqa: E402  (tiny GLoRIA + CLIP runs on the lesion cohort, shared)
 
 N_BOOT = 40
 
@@ -26,9 +26,7 @@ def both(tmp_path_factory) -> dict:
     from medalign.cli import main
 
     root = tmp_path_factory.mktemp("agree")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
-        runs = make_tiny_runs(root)
+    with isolated_tiny_runs(root) as runs:
         gl, cl = runs["gloria"], runs["clip"]
         for run in (gl, cl):
             assert main(["evaluate", str(run), "--no-baselines", "--n-boot", str(N_BOOT)]) == 0

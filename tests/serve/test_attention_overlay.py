@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import make_tiny_runs  # noqa: E402
+from tiny_runs import isolated_tiny_runs  # noqa: E402
 
 QUERY = "acute infarct in the left hemisphere"
 TOKEN = "attention-token-0123456789"
@@ -29,9 +29,7 @@ def runs(tmp_path_factory) -> dict:
     from medalign.index.build import build_index
 
     root = tmp_path_factory.mktemp("attention")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
-        r = make_tiny_runs(root)
+    with isolated_tiny_runs(root) as r:
         for name in ("gloria", "clip"):
             r[f"{name}_model"] = medalign.load(r[name])
             r[f"{name}_index"] = root / f"index_{name}"

@@ -57,15 +57,14 @@ class NormativePrior:
         return tuple(int(g) for g in self.mean.shape[1:])
 
     @classmethod
-    def fit(cls, images: Iterable[np.ndarray], sequences: Sequence[str], *, grid: Sequence[int] = DEFAULT_GRID,
-            masks: Iterable[np.ndarray] | None = None) -> "NormativePrior":
-        """Fit on normal studies' images (C, D, H, W); ``masks`` (C,) bool: sequences present (absent
-        channels do not enter that sequence's statistics)."""
+    def fit(cls, studies: Iterable[tuple[np.ndarray, Sequence[bool] | None]], sequences: Sequence[str], *,
+            grid: Sequence[int] = DEFAULT_GRID) -> "NormativePrior":
+        """Fit on normal studies, given as (image (C, D, H, W), sequence_mask (C,) bool or None = all present);
+        streamed: only each study's cell means are kept. Absent channels do not enter their sequence's statistics."""
         cells, present = [], []
-        masks_it = iter(masks) if masks is not None else None
-        for img in images:
+        for img, mask in studies:
             cells.append(_cells(img, grid))  # (C, *grid)
-            present.append(np.ones(len(sequences), bool) if masks_it is None else np.asarray(next(masks_it), bool))
+            present.append(np.ones(len(sequences), bool) if mask is None else np.asarray(mask, bool))
         if len(cells) < 2:
             raise MedAlignError(f"a normative prior needs at least 2 normal studies, got {len(cells)}")
         x = np.stack(cells)  # (n, C, *grid)
@@ -135,9 +134,9 @@ def run_prior(run_dir: str | Path, manifest: str | Path, cache_dir: str | Path, 
         if prior.grid == tuple(grid):
             return prior
     ds = CohortDataset(manifest, cache_dir, split="train")
-    pairs = list(normal_studies(ds))
-    if not pairs:
-        raise MedAlignError(f"{manifest}: no training study labelled normal, so no normative prior can be fitted")
-    prior = NormativePrior.fit((p[0] for p in pairs), ds.sequences, grid=grid, masks=(p[1] for p in pairs))
+    try:
+        prior = NormativePrior.fit(normal_studies(ds), ds.sequences, grid=grid)
+    except MedAlignError as e:
+        raise MedAlignError(f"{manifest}: too few training studies labelled normal ({e})") from None
     prior.save(path)
     return prior

@@ -54,13 +54,6 @@ def _resolve(model: Any, manifest: str | None, cache: str | None) -> tuple[Path,
     return resolve_data(model.run_dir, model.config, manifest, cache)
 
 
-def _word_map(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: str, word: str,
-              shape: Sequence[int]) -> tuple[np.ndarray, str, str]:
-    """Upsampled (D, H, W) attention of ``word`` (or a synonym of that class) in ``text`` (see :func:`_word_grid`)."""
-    att, text, used = _word_grid(recipe, image, seq_mask, text, word)
-    return upsample_map(att, shape), text, used
-
-
 def _word_grid(recipe: Any, image: torch.Tensor, seq_mask: torch.Tensor, text: str,
                word: str) -> tuple[np.ndarray, str, str]:
     """Attention (d, h, w) on the local grid of ``word`` (or a synonym of that class) in ``text``.
