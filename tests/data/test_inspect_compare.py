@@ -35,6 +35,13 @@ def test_lesion_contrast_and_volume_known_values():
     m = study_metrics(vol, head, lesion)
     assert m["lesion_contrast"] == pytest.approx(2.5)
     assert m["lesion_volume"] == pytest.approx(50 / 5400)
+    assert m["lesion_largest_share"] == pytest.approx(1.0)
+    split = lesion.copy()
+    split[2:4, 25:28, 25:28] = 1  # a second, separate lesion of 18 voxels
+    assert study_metrics(vol, head, split)["lesion_largest_share"] == pytest.approx(50 / 68)
+    touching = lesion.copy()
+    touching[4, 20, 20] = 1  # diagonal neighbour of the first lesion: one 26-connected lesion
+    assert study_metrics(vol, head, touching)["lesion_largest_share"] == pytest.approx(1.0)
     # normal-appearing tissue leaves out the 1-voxel rim around the lesion: a rim at another value
     # (partial volume) must not move the contrast
     from scipy import ndimage
@@ -46,7 +53,7 @@ def test_lesion_contrast_and_volume_known_values():
     # no lesion voxels / no mask: no lesion figures (not zeros that would drag the range down)
     for les in (np.zeros_like(lesion), None):
         m0 = study_metrics(vol, head, les)
-        assert m0["lesion_contrast"] is None and m0["lesion_volume"] is None
+        assert m0["lesion_contrast"] is None and m0["lesion_volume"] is None and m0["lesion_largest_share"] is None
     assert m0["intensity_p50"] == pytest.approx(1.0)
 
 

@@ -169,7 +169,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
     from medalign.utils import atomic_path
 
     seqs = list(result["sequences"])
-    fig, axes = plt.subplots(len(seqs), 4, figsize=(15, 3.1 * len(seqs)), squeeze=False)
+    fig, axes = plt.subplots(len(seqs), 5, figsize=(18.5, 3.1 * len(seqs)), squeeze=False)
     for r, s in enumerate(seqs):
         sq = result["sequences"][s]
         h, cov = sq["histogram"], sq["coverage"]
@@ -191,6 +191,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
         ax.legend(fontsize=5, loc="upper right")
         for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
                                              ("lesion_volume", "lesion volume (fraction of head)", True),
+                                             ("lesion_largest_share", "largest lesion / lesion volume", False),
                                              ("snr", "SNR (signal SD / residual noise SD)", False)), start=1):
             _strip(axes[r, c], sq["studies"], cov[m], m, f"{s}: {title}", log=log,
                    by_label=(sq.get("coverage_by_label") or {}).get(m) or {})

@@ -6,6 +6,8 @@ Per sequence present in both cohorts and per study (``study_metrics``), inside t
 - lesion contrast = mean lesion intensity - mean normal-appearing head intensity (head minus
   the lesion dilated by one in-plane voxel, to leave out partial-volume borders);
 - lesion volume = lesion voxels / head voxels (grid-independent, unlike ml on a fitted grid);
+- lesion largest share = voxels of the largest connected lesion / lesion voxels (one continuous
+  periventricular ring vs separate confluent patches of white-matter disease);
 - SNR = SD of the tissue signal (in-plane Gaussian, sigma 1 voxel) / noise SD (1.4826 x MAD of
   the residual image - smoothed), inside the head eroded by 2 in-plane voxels. A ratio of two
   spreads, so it survives the per-study z-scoring (a mean / SD SNR is ~0 in z-scored units).
@@ -26,8 +28,8 @@ import pandas as pd
 from medalign.errors import MedAlignError
 
 METRICS: tuple[str, ...] = ("intensity_p05", "intensity_p50", "intensity_p95", "lesion_contrast",
-                            "lesion_volume", "snr")
-LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume")  # also judged per class
+                            "lesion_volume", "lesion_largest_share", "snr")
+LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share")  # also per class
 COVERAGE_PCT: tuple[float, float] = (1.0, 99.0)
 N_BINS = 60
 DEFINITIONS = {
@@ -36,6 +38,7 @@ DEFINITIONS = {
     "intensity_pXX": "percentile of the normalised intensities inside the head",
     "lesion_contrast": "mean(lesion) - mean(head minus lesion dilated by 1 in-plane voxel), normalised units",
     "lesion_volume": "lesion voxels / head voxels",
+    "lesion_largest_share": "voxels of the largest 26-connected lesion component / lesion voxels",
     "snr": "SD of in-plane Gaussian-smoothed (sigma 1 voxel) signal / (1.4826 x MAD of image - smoothed), "
            "inside the head eroded by 2 in-plane voxels",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
@@ -78,6 +81,8 @@ def study_metrics(vol: np.ndarray, head: np.ndarray, lesion: np.ndarray | None =
         if normal.sum() >= 10:
             out["lesion_contrast"] = float(x[les].mean() - x[normal].mean())
         out["lesion_volume"] = float(les.sum() / head.sum())
+        comp, n = ndimage.label(les, structure=np.ones((3, 3, 3), bool))
+        out["lesion_largest_share"] = float(np.bincount(comp.ravel())[1:].max() / les.sum())
     inner = ndimage.binary_erosion(head, structure=_inplane(), iterations=2)
     if inner.sum() >= 50:
         smooth = ndimage.gaussian_filter(x, sigma=(0.0, 1.0, 1.0))

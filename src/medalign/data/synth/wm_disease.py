@@ -6,8 +6,8 @@ With domain randomisation on (``synth.randomise``) the two white-matter findings
 - **small vessel disease** (``variant="wmh"``) by Fazekas grade (``f["fazekas"]``):
   periventricular caps at the frontal and occipital horns and a band along the lateral
   ventricles (1: caps / pencil-thin lining, 2: smooth halo, 3: irregular, extending into the
-  deep white matter) plus deep white-matter foci (1: punctate, 2: beginning confluence, 3:
-  large confluent areas);
+  deep white matter), broken into separate confluent patches at grades 2-3 (``PATCHES``), plus
+  deep white-matter foci (1: punctate, 2: beginning confluence, 3: large confluent areas);
 - **multiple sclerosis** (``variant="demyelination"``, ``f["locations"]``): ovoid
   periventricular lesions with their long axis perpendicular to the ventricle wall (Dawson's
   fingers: along the gradient of the distance to the ventricles), juxtacortical lesions at the
@@ -36,6 +36,13 @@ SVD_SHAPE: dict[int, dict[str, tuple[float, float]]] = {
     2: {"band": (1.0, 2.5), "cap": (4.0, 7.0), "rough": (1.0, 1.0), "foci": (8, 20), "radius": (2.0, 3.5)},
     3: {"band": (2.5, 4.5), "cap": (6.0, 10.0), "rough": (2.5, 2.5), "foci": (6, 14), "radius": (3.0, 5.0)},
 }
+# Periventricular signal broken into separate confluent patches (grade: (noise sigma mm, share kept)).
+# Real confluent WMH are several separate areas: on the three real clinical FLAIRs (real_dev, manual
+# masks) the largest connected lesion is 20-34 % of the lesion volume (2.2 of 11, 7.1 of 24, 11.7 of
+# 34 ml); one continuous ring around the ventricles (this generator before: 53-87 % on the template grid,
+# grades 2-3) reads as one big lesion. The realism report measures it (lesion_largest_share).
+PATCHES: dict[int, tuple[float, float]] = {2: (4.0, 0.5), 3: (4.0, 0.6)}
+_NORMAL_Q = {0.5: 0.0, 0.6: -0.2533}  # standard-normal quantile of 1 - keep: threshold for that share
 PV_Z_MM = (-10.0, 45.0)  # periventricular and confluent signal: MNI z, around the lateral ventricles
 MS_COUNTS = {"periventricular": (4, 12), "juxtacortical": (0, 4), "infratentorial": (0, 3)}
 _LATERAL_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -143,6 +150,10 @@ def _draw_svd(canvas: Any, f: dict) -> np.ndarray:
     if g == 3:  # large confluent areas joining the periventricular signal
         conf = _smooth_noise(shape, rng, 4.0 / vox)
         foci = np.maximum(foci, np.clip(conf - 1.4 + (12.0 - d) / 12.0, 0, 1) * (d < 15.0) * zband)
+    if g in PATCHES:  # drawn last, so every earlier draw of the stream is unchanged
+        sigma_mm, keep = PATCHES[g]
+        patch = _smooth_noise(shape, rng, sigma_mm / vox)  # (X, Y, Z), unit SD
+        pv = pv * np.clip((patch - _NORMAL_Q[keep]) / 0.25 + 0.5, 0, 1)  # soft edge ~0.25 SD
     return np.maximum(pv, foci * wm_like).astype(np.float32)
 
 
