@@ -110,6 +110,9 @@ def test_every_factor_recorded_and_within_its_range():
         if not any(f["variant"] == "atrophy" for f in t["findings"]):
             assert 0 <= t["atrophy"] <= R.ATROPHY_MAX
         assert d["patient"]["atrophy_base"] <= 1.0 and _in(d["patient"]["atrophy_slope"], R.ATROPHY_SLOPE)
+        assert _in(d["patient"]["glioma_scale"], R.GLIOMA_SCALE)
+    gliomas = [f["size_mm"] for t in plans for f in t["findings"] if f["variant"] == "glioma"]
+    assert max(gliomas) > 50 * 1.15 and min(gliomas) < 28 * 1.1  # planned 28-50 mm, scaled per patient
     assert protocols == set(R.PROTOCOL_P)
     for seen, p in ((stripped, R.SKULL_STRIP_P), (partial, R.PARTIAL_P), (ghost, R.GHOST_P), (motion, R.MOTION_P)):
         assert 0.5 * p < np.mean(seen) < 1.5 * p  # drawn at about the stated rate: neither never nor always

@@ -17,8 +17,8 @@ showed that aggressively randomised synthetic images transfer. With ``randomise=
   strength, **Rician noise** level, N/2 **ghosting** and k-space **motion** (a translation
   part way through the phase-encode lines);
 - per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
-  age**, and the white-matter disease shapes (Fazekas grade, MS lesion locations;
-  ``synth.wm_disease``).
+  age**, the white-matter disease shapes (Fazekas grade, MS lesion locations;
+  ``synth.wm_disease``) and a glioma's size (``GLIOMA_SCALE``).
 
 Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
 ``truth["anatomy_seed"] + [PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing
@@ -81,6 +81,9 @@ GHOST_P, GHOST = 0.25, (0.02, 0.10)
 MOTION_P, MOTION_MM = 0.15, 2.0  # k-space motion: translation sd (mm) after a random line
 ATROPHY_SLOPE = (0.6, 1.8)       # x today's age slope of atrophy, per patient
 ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
+# x the glioma's planned diameter (28-50 mm), per patient: one BraTS 2015 whole tumour is 17 % of the
+# head, the largest synthetic ones were 10 % (realism report, lesion_volume of class tumor)
+GLIOMA_SCALE = (0.85, 1.35)
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -160,12 +163,16 @@ def randomise_truth(truth: dict) -> dict:
     slope = float(rp.uniform(*ATROPHY_SLOPE))
     offset = float(rp.normal(0, ATROPHY_SD))
     wmd = refine_wmd(truth["findings"], rp)
+    glioma = float(rp.uniform(*GLIOMA_SCALE))  # drawn last and whatever the class: earlier draws unchanged
+    for f in truth["findings"]:
+        if f.get("variant") == "glioma":
+            f["size_mm"] = round(float(f["size_mm"]) * glioma, 1)
     base = float(truth["atrophy"])
     if not any(f.get("variant") == "atrophy" for f in truth["findings"]):
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
     dom = draw_domain(truth)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
-                      **wmd}
+                      "glioma_scale": round(glioma, 4), **wmd}
     truth["domain"] = dom
     return truth
 
