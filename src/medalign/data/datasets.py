@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalign.data.cache import CohortCache
-from medalign.data.schema import CLASSES
+from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.errors import CohortError
 
 
@@ -24,21 +24,29 @@ class CohortDataset(Dataset):
     """One item per manifest row (optionally one split) whose arrays are in the cache.
 
     Sample: ``image`` float32 (C, D, H, W), ``sequence_mask`` bool (C,), ``text`` str (report,
-    "" if none), ``label`` int (-1 if none), ``study_id``, ``patient_id``, and ``mask`` uint8
-    (D, H, W) when the cache holds one. ``augment`` (e.g. ``build_augment("paper")``) is applied
-    last; pass it for the train split only.
+    "" if none), ``label`` int (-1 if none), ``study_id``, ``patient_id``, ``mask`` uint8
+    (D, H, W) when the cache holds one, and ``paraphrases`` (list of str: other wordings of the
+    report, for training-only text views) when the manifest has a ``report_paraphrases``
+    column (``self.paraphrases`` is then the list per row, else None). ``augment`` (e.g.
+    ``build_augment("paper")``) is applied last; pass it for the train split only.
     """
 
     def __init__(self, manifest: pd.DataFrame | str | Path, cache_dir: str | Path, *, split: str | None = None,
                  augment: Callable[[dict], dict] | None = None) -> None:
-        from medalign.data.manifest import load_manifest
+        from medalign.data.manifest import load_manifest, parse_paraphrases
 
         df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest, check_files=False)
+        paras: list[list[str]] | None = None
+        if PARAPHRASES_COLUMN in df.columns:  # parsed before the split is taken, so errors name the file's row
+            paras = [parse_paraphrases(v, row=k, study_id=str(s))
+                     for k, (v, s) in enumerate(zip(df[PARAPHRASES_COLUMN], df["study_id"]), start=1)]
         if split is not None:
             if "split" not in df.columns:
                 raise CohortError(f"manifest has no 'split' column (asked for split '{split}'); "
                                   "run `medalign split` first", column="split")
-            df = df[df["split"].astype(str) == split]
+            keep = (df["split"].astype(str) == split).tolist()
+            df = df[keep]
+            paras = None if paras is None else [p for p, k in zip(paras, keep) if k]
         self.df = df.reset_index(drop=True)
         self.cache = CohortCache(cache_dir)
         missing = [s for s in self.df["study_id"].astype(str) if s not in self.cache]
@@ -52,6 +60,7 @@ class CohortDataset(Dataset):
         self.texts = [str(v) if isinstance(v, str) else "" for v in
                       (self.df["report"] if "report" in self.df.columns else [""] * len(self.df))]
         self.patient_ids = self.df["patient_id"].astype(str).tolist()
+        self.paraphrases = paras
 
     def __len__(self) -> int:
         return len(self.df)
@@ -67,6 +76,8 @@ class CohortDataset(Dataset):
             "study_id": sid,
             "patient_id": self.patient_ids[i],
         }
+        if self.paraphrases is not None:
+            sample["paraphrases"] = list(self.paraphrases[i])
         if arr["mask"] is not None:
             sample["mask"] = torch.from_numpy(np.array(arr["mask"], dtype=np.uint8))
         if self.augment is not None:

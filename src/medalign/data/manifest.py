@@ -1,13 +1,16 @@
 """The cohort manifest: one row per study; validation, patient-grouped splits, leakage checks.
 
 Columns (see DESIGN.md): ``study_id``, ``patient_id`` (required); ``split``, ``label``,
-``report``, ``mask``, ``omics``, ``bag`` (optional); ``image_<seq>`` for ``seq`` in
-``schema.KNOWN_SEQUENCES`` (a path, empty = missing). Other columns are kept untouched.
+``report``, ``report_paraphrases`` (a JSON list of other wordings of the report, e.g.
+``["Acute left MCA infarct.", "..."]``: training-only text views), ``mask``, ``omics``, ``bag``
+(optional); ``image_<seq>`` for ``seq`` in ``schema.KNOWN_SEQUENCES`` (a path, empty =
+missing). Other columns are kept untouched.
 Relative paths are relative to the manifest file's folder. Errors name the row (1-based data
 row, the header is not counted) and the column.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -15,16 +18,34 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from medalign.data.schema import (CLASSES, IMAGE_PREFIX, KNOWN_SEQUENCES, REQUIRED_COLUMNS, SPLITS,
-                                  SEQUENCE_ALIASES, canonical_sequence, image_column)
+from medalign.data.schema import (CLASSES, IMAGE_PREFIX, KNOWN_SEQUENCES, PARAPHRASES_COLUMN, REQUIRED_COLUMNS,
+                                  SPLITS, SEQUENCE_ALIASES, canonical_sequence, image_column)
 from medalign.errors import CohortError
 
 PATH_COLUMNS_EXTRA = ("mask", "omics", "bag")
-TEXT_COLUMNS = ("study_id", "patient_id", "split", "label", "report")
+TEXT_COLUMNS = ("study_id", "patient_id", "split", "label", "report", PARAPHRASES_COLUMN)
 
 
 def _empty(v: object) -> bool:
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and v.strip() == "")
+
+
+def parse_paraphrases(value: object, *, row: int | None = None, study_id: str | None = None) -> list[str]:
+    """A ``report_paraphrases`` cell -> its texts; empty cell -> []. Anything but a JSON list of
+    strings is a :class:`CohortError` naming the row (1-based data row) and the column."""
+    if _empty(value):
+        return []
+    try:
+        texts = json.loads(str(value))
+    except ValueError as e:
+        raise CohortError(f"not a JSON list of texts ({e}); write e.g. "
+                          '["Acute left MCA infarct.", "Left MCA territory infarct."]',
+                          study_id=study_id, row=row, column=PARAPHRASES_COLUMN) from None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise CohortError(f"expected a JSON list of texts, got {type(texts).__name__}"
+                          + (" with a non-text item" if isinstance(texts, list) else ""),
+                          study_id=study_id, row=row, column=PARAPHRASES_COLUMN)
+    return [t for t in texts if t.strip()]
 
 
 def manifest_sequences(df: pd.DataFrame) -> list[str]:
@@ -168,6 +189,8 @@ def validate_manifest(df: pd.DataFrame, *, check_files: bool = True) -> None:
                               study_id=sid, row=i, column="label")
         if "report" in cols and _empty(r["report"]):
             raise CohortError("empty report", study_id=sid, row=i, column="report")
+        if PARAPHRASES_COLUMN in cols:
+            parse_paraphrases(r[PARAPHRASES_COLUMN], row=i, study_id=sid)
         if all(_empty(r[c]) for c in img_cols):
             raise CohortError(f"no image path in any of {', '.join(img_cols)}", study_id=sid, row=i)
         if check_files:

@@ -35,7 +35,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from medalign.data.schema import CLASSES
 from medalign.errors import MedAlignError
@@ -301,7 +301,8 @@ def select_report_section(text: str, section: str = "full") -> str:
     raise ValueError(f"unknown report section '{section}' (expected 'full' or 'impression')")
 
 
-def report_views(text: str, section: str = "full", max_views: int = 6, label_preserving: bool = True) -> list[str]:
+def report_views(text: str, section: str = "full", max_views: int = 6, label_preserving: bool = True,
+                 paraphrases: Sequence[str] = ()) -> list[str]:
     """Distinct text views of one report for text-side augmentation (first = the ``section`` view).
 
     Views, in order, duplicates and empty ones dropped: the ``section`` text, the impression
@@ -310,6 +311,10 @@ def report_views(text: str, section: str = "full", max_views: int = 6, label_pre
     ``max_views``. With ``label_preserving`` a view is kept only if the labeller gives it the
     report's label (dropping "Acute infarct." from an infarct report would pair the image with
     text that does not name its finding). Deterministic, so every view is encoded once and cached.
+
+    ``paraphrases`` (other wordings of the same report, e.g. a manifest's ``report_paraphrases``)
+    add the ``section`` view of each, after the report's own views and on top of ``max_views``,
+    under the same label check.
     """
     text = _as_text(text)
     views = [select_report_section(text, section), extract_impression(text)]
@@ -323,8 +328,15 @@ def report_views(text: str, section: str = "full", max_views: int = 6, label_pre
     for v in (v.strip() for v in views):
         if v and v not in out:
             out.append(v)
-    if label_preserving and len(out) > 1:
-        labels = label_reports([text, *out])
-        out = [out[0]] + [v for v, lab in zip(out[1:], labels[2:]) if lab == labels[0]]
-    return out[:max_views] or [text]
+    extra: list[str] = []
+    for v in (select_report_section(_as_text(p), section).strip() for p in paraphrases):
+        if v and v not in extra:
+            extra.append(v)
+    if label_preserving and (len(out) > 1 or extra):
+        labels = label_reports([text, *out, *extra])
+        ref, n = labels[0], len(out)
+        out = out[:1] + [v for v, lab in zip(out[1:], labels[2:n + 1]) if lab == ref]  # the first is always kept
+        extra = [v for v, lab in zip(extra, labels[n + 1:]) if lab == ref]
+    out = out[:max_views] or [text]
+    return out + [v for v in extra if v not in out]
 

@@ -31,7 +31,9 @@ PAPER_SEQUENCES: tuple[str, ...] = ("dwi", "t2s", "flair")
 PAPER_SHAPE: tuple[int, int, int] = (16, 112, 112)
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("study_id", "patient_id")
-OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "label", "report", "mask", "omics", "bag")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("split", "label", "report", "report_paraphrases", "mask", "omics", "bag")
+# Other wordings of a study's report (a JSON list of texts): extra text views in training only.
+PARAPHRASES_COLUMN = "report_paraphrases"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 # How many studies a search returns when the caller does not say: the CLI, the HTTP API and the web page.

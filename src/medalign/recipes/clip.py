@@ -53,6 +53,19 @@ def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: f
     return out
 
 
+TEXT_VIEW_MODES = ("none", "sections", "paraphrases")
+
+
+def _text_view_mode(text_views: bool | str) -> str:
+    """``text_views`` as one of :data:`TEXT_VIEW_MODES` (False -> none, True -> sections)."""
+    if isinstance(text_views, bool) or text_views is None:
+        return "sections" if text_views else "none"
+    if str(text_views) not in TEXT_VIEW_MODES:
+        raise ValueError(f"recipe.text_views must be true, false or one of {', '.join(TEXT_VIEW_MODES)}; "
+                         f"got '{text_views}'")
+    return str(text_views)
+
+
 @RECIPES.register("clip")
 class ClipRecipe(Recipe):
     """Image-report contrastive learning (brain-CLIP, METHODS.md section 1).
@@ -80,11 +93,16 @@ class ClipRecipe(Recipe):
             (:meth:`encode_text`).
         target_temperature: soft contrastive targets from the similarity of the frozen report
             features (see :class:`~medalign.losses.clip.ClipLoss`); ``None`` = one-hot (paper).
-        text_views: in training, each report is replaced by one of its label-preserving views
-            (section text, impression, findings, findings less one sentence; see
-            :func:`medalign.data.reports.report_views`), drawn anew every step; every view is
-            encoded once by :meth:`prepare` (frozen cache). Validation, ``embed`` and evaluation
-            see the ``text_section`` view only. ``False`` = the paper's one text per report.
+        text_views: in training, each report is replaced by one of its label-preserving views,
+            drawn anew every step; every view is encoded once by :meth:`prepare` (frozen cache).
+            Validation, ``embed`` and evaluation see the ``text_section`` view only.
+            ``False`` / ``"none"`` = the paper's one text per report; ``True`` / ``"sections"`` =
+            views cut from the report (section text, impression, findings, findings less one
+            sentence; see :func:`medalign.data.reports.report_views`); ``"paraphrases"`` = those
+            plus the ``text_section`` view of each of the study's other wordings (the manifest
+            column ``report_paraphrases``, e.g. ``medalign synth brain --paraphrases K``: other
+            reports of the same truth), all views of a report equally likely. A manifest
+            without that column (or an empty cell) gives the ``"sections"`` views.
         text_adapter: a trainable residual MLP (D -> D -> D, last layer zero-initialised, so
             training starts from the locked tower) on the frozen text features before the text
             projection. ``False`` (default) = LiT-style locked text tower with a linear map.
@@ -95,7 +113,7 @@ class ClipRecipe(Recipe):
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, gather: bool = True,
                  text_section: str = "full", jitter: dict | None = None,
-                 target_temperature: float | None = None, text_views: bool = False,
+                 target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
@@ -105,7 +123,8 @@ class ClipRecipe(Recipe):
         self._text: list[TextEncoder] = []  # a list, so the frozen encoder is not a submodule
         self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
-        self.text_views = bool(text_views)
+        self.text_view_mode = _text_view_mode(text_views)
+        self.text_views = self.text_view_mode != "none"
         self.text_adapter: nn.Module | None = None
         if text_adapter:
             d = self.text_encoder.dim
@@ -170,28 +189,38 @@ class ClipRecipe(Recipe):
         """Reports (from a manifest) -> (B, E): like :meth:`encode_text` after ``text_section``."""
         return self.encode_text(self.report_texts(reports))
 
-    def training_texts(self, reports: Sequence[str]) -> list[str]:
-        """The text each report contributes to a training step: one random view with ``text_views``."""
+    def training_texts(self, reports: Sequence[str], paraphrases: Sequence[Sequence[str]] | None = None) -> list[str]:
+        """The text each report contributes to a training step: one random view with ``text_views``.
+
+        ``paraphrases``: per report, its other wordings (a batch's ``"paraphrases"``); used only in
+        training with ``text_views="paraphrases"``.
+        """
         if not (self.training and self.text_views):
             return self.report_texts(reports)
+        paras = paraphrases if paraphrases is not None else [()] * len(reports)
         out = []
-        for r in reports:
-            views = self._views(r)
+        for r, p in zip(reports, paras):
+            views = self._views(r, p)
             out.append(views[int(torch.randint(len(views), (1,)))])
         return out
 
-    def _views(self, report: str) -> list[str]:
-        memo = self.__dict__.setdefault("_view_memo", {})  # report -> views (the labeller is not free)
-        if report not in memo:
-            memo[report] = report_views(report, self.text_section)
-        return memo[report]
+    def _views(self, report: str, paraphrases: Sequence[str] = ()) -> list[str]:
+        key = (report, tuple(paraphrases) if self.text_view_mode == "paraphrases" else ())
+        memo = self.__dict__.setdefault("_view_memo", {})  # (report, paraphrases) -> views (the labeller is not free)
+        if key not in memo:
+            memo[key] = report_views(report, self.text_section, paraphrases=key[1])
+        return memo[key]
 
     def prepare(self, datasets: list) -> None:
         """Encode every distinct report (every view, with ``text_views``) once before training."""
-        reports = [r for ds in datasets for r in (getattr(ds, "texts", None) or [])]
-        texts = set(self.report_texts(reports))
+        pairs = []  # (report, its paraphrases) of every study
+        for ds in datasets:
+            reports = getattr(ds, "texts", None) or []
+            paras = getattr(ds, "paraphrases", None) or [()] * len(reports)
+            pairs += [(r, tuple(p)) for r, p in zip(reports, paras)]
+        texts = set(self.report_texts([r for r, _ in pairs]))
         if self.text_views:
-            texts |= {v for r in set(reports) for v in self._views(r)}
+            texts |= {v for r, p in set(pairs) for v in self._views(r, p)}
         texts = sorted(texts)
         if texts:
             self._text_on_device().sentence(texts)
@@ -211,7 +240,7 @@ class ClipRecipe(Recipe):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, mask = self.image_inputs(batch)
-        feats = self.text_features(self.training_texts(batch["text"]))  # (B, Dt), frozen
+        feats = self.text_features(self.training_texts(batch["text"], batch.get("paraphrases")))  # (B, Dt), frozen
         return {
             "image_embed": self.encode_image(image, mask),
             "text_embed": self.project_text(feats),  # (B, E), as encode_report

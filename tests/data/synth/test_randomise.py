@@ -149,7 +149,9 @@ def _one(label: str | None = None, n: int = 60, seed: int = 4, **want) -> dict:
 
 
 def test_skull_stripped_is_zero_outside_the_brain_and_the_mask_follows():
-    t = _one("tumor", skull_stripped=False)
+    # full coverage: a thin partial slab through the brain has little scalp to remove
+    t = next(copy.deepcopy(t) for t in plan_cohort(60, seed=4) if t["label"] == "tumor"
+             and not t["domain"]["skull_stripped"] and not any(g["partial"] for g in t["domain"]["acquisition"].values()))
     on = copy.deepcopy(t)
     on["domain"]["skull_stripped"] = True
     a, b = synthesize_study(t, shape_mode="small"), synthesize_study(on, shape_mode="small")
@@ -159,7 +161,8 @@ def test_skull_stripped_is_zero_outside_the_brain_and_the_mask_follows():
         kept = stripped != 0
         assert np.array_equal(stripped[kept], full[kept])  # inside the brain: the same voxels
         removed = (stripped == 0) & (full > 0)
-        assert removed.sum() > 0.05 * full.size, s  # scalp (and background noise) zeroed
+        if s != "adc":  # the ADC map carries next to no scalp signal to remove, stripped or not
+            assert removed.sum() > 0.05 * full.size, s  # scalp (and background noise) zeroed
         assert kept.sum() > 0.1 * full.size, s      # the brain stays
     m = b["mask"][0] > 0
     assert m.any() and not (m & (b["flair"][0] == 0) & (a["flair"][0] > 0)).any()  # no lesion voxel outside the stripped brain
@@ -228,3 +231,14 @@ def test_contrast_tables_scale_lesions_by_conspicuity():
     wm = TISSUE_CONTRAST["flair"]["wm"]
     assert half["lesion"]["wmh"][fl] == pytest.approx(wm * (LESION_CONTRAST["wmh"][fl] / wm) ** 0.5)
     assert wm < half["lesion"]["wmh"][fl] < LESION_CONTRAST["wmh"][fl]  # fainter, still brighter than WM
+
+
+def test_randomised_cohorts_draw_more_small_vessel_disease():
+    from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, OTHERS_VARIANTS
+
+    wmh = OTHERS_VARIANTS.index("wmh")
+    for randomise, p in ((True, OTHERS_P_RANDOMISED), (False, OTHERS_P)):
+        variants = [f["variant"] for t in plan_cohort(600, seed=9, randomise=randomise)
+                    for f in t["findings"] if t["label"] == "others"]
+        share = np.mean([v == "wmh" for v in variants])
+        assert abs(share - p[wmh]) < 0.1, (randomise, share)

@@ -48,10 +48,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medalign.data.schema import CLASSES
+from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
-from medalign.data.synth.lesions import _lesions, sample_truth
+from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, sample_truth
 from medalign.data.synth.randomise import apply_grid, artefacts, coverage_target, study_contrast
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
@@ -59,6 +59,7 @@ from medalign.errors import MedAlignError
 
 PAPER_SPLIT = {"train": 211, "val": 24, "test": 27}  # brain-CLIP Table 1 (n = 262)
 T1C_STREAM = 7  # t1c's random stream: truth["seed"] + [T1C_STREAM] (the shared one is truth["seed"])
+MAX_PARAPHRASES = 20
 
 
 # ----------------------------------------------------------------------------- planning
@@ -103,17 +104,21 @@ def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
 
 def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
-                split_counts: dict[str, int] | None = None, randomise: bool = True) -> list[dict]:
+                split_counts: dict[str, int] | None = None, randomise: bool = True,
+                paraphrases: int = 0) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
     streams, so ``randomise=False`` plans exactly what the generator planned before it).
+    ``paraphrases`` = K > 0 adds ``report_paraphrases``: up to K other reports of the same
+    truth from the training phrasing families (``report_grammar.generate_paraphrases``, own
+    random streams: everything else is planned exactly as with K = 0).
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
     """
     from medalign.data.synth.randomise import randomise_truth
-    from medalign.data.synth.report_grammar import generate_report
+    from medalign.data.synth.report_grammar import PARAPHRASE_STREAM, generate_paraphrases, generate_report
 
     if not (20 <= n <= 10_000):
         raise MedAlignError(f"--n must be between 20 and 10000, got {n}")
@@ -121,6 +126,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--seed must be >= 0, got {seed}")
     if not (0.0 <= label_noise <= 1.0):
         raise MedAlignError(f"--label-noise must be in [0, 1], got {label_noise}")
+    if not (0 <= int(paraphrases) <= MAX_PARAPHRASES):
+        raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
     lo, hi = _parse_studies_per_patient(studies_per_patient)
     counts = dict(split_counts) if split_counts else split_counts_for(n)
     if sum(counts.values()) != n or any(v < 0 for v in counts.values()):
@@ -145,7 +152,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         while left > 0:
             k = min(int(rng.integers(lo, hi + 1)), left)
             left -= k
-            base = sample_truth(label, rng)
+            base = sample_truth(label, rng, others_p=OTHERS_P_RANDOMISED if randomise else OTHERS_P)
             years = 0.0
             for j in range(k):
                 truth = base if j == 0 else _follow_up(base, rng, years)
@@ -183,6 +190,9 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
+        if paraphrases:  # after the report, from their own streams: the report and images stay as they were
+            truth[PARAPHRASES_COLUMN] = generate_paraphrases(truth, [int(seed), PARAPHRASE_STREAM, i],
+                                                             int(paraphrases), exclude=[truth["report"]])
         out.append(truth)
     return out
 
@@ -311,6 +321,7 @@ def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical", with_t
         data, aff = res[key]
         atomic_write_bytes(sdir / FILE_NAMES[key], _nifti_bytes(data, aff))
     gt = dict(truth)
+    gt.pop(PARAPHRASES_COLUMN, None)  # in the manifest only: ground_truth.json is the same with or without
     gt["acquisition"] = res["acquisition"]
     gt["lesion_volume_ml"] = round(res["lesion_volume_ml"], 3)
     gt["mask_grid"] = MASK_GRID
@@ -331,7 +342,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           shape_mode: str = "clinical", label_noise: float = 0.0,
                           studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                           split_counts: dict[str, int] | None = None, workers: int = 2,
-                          progress: bool = False, with_t1c: bool = True, randomise: bool = True) -> Path:
+                          progress: bool = False, with_t1c: bool = True, randomise: bool = True,
+                          paraphrases: int = 0) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -342,6 +354,10 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     (``synth.randomise``: contrast, grids, coverage, skull stripping, bias, noise, artefacts,
     atrophy slope, white-matter disease shapes; recorded under ``domain``); ``randomise=False``
     writes byte for byte the cohort of the generator before domain randomisation.
+    ``paraphrases`` = K > 0 adds the manifest column ``report_paraphrases`` (a JSON list of up
+    to K other reports of the study's truth in the training phrasing families, for every split;
+    the CLIP recipe's ``text_views: paraphrases`` uses them in training) and ``"paraphrases": K``
+    in ``cohort.json``; every other file and column is byte-identical to K = 0, the default.
     """
     import pandas as pd
 
@@ -352,7 +368,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
-                        heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise)
+                        heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
+                        paraphrases=paraphrases)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -369,11 +386,14 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(workers) as pool:
             truths = list(bar(pool.imap(_worker, jobs, chunksize=1)))
+    para = {p["study_id"]: p[PARAPHRASES_COLUMN] for p in plans if PARAPHRASES_COLUMN in p}
     rows = []
     for t in truths:
         sid = t["study_id"]
         row = {"study_id": sid, "patient_id": t["patient_id"], "split": t["split"],
                "label": t["manifest_label"], "report": t["report"]}
+        if paraphrases:  # one line per cell (JSON escapes new lines), next to the report
+            row[PARAPHRASES_COLUMN] = json.dumps(para[sid], ensure_ascii=False)
         for s in (*SEQUENCES, *(POST_CONTRAST if with_t1c else ())):
             row[f"image_{s}"] = f"{sid}/{FILE_NAMES[s]}"
         row["mask"] = f"{sid}/{FILE_NAMES['mask']}"
@@ -386,6 +406,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
             "classes": list(CLASSES)}
     if randomise:  # absent without randomisation: that cohort.json stays as it was
         info["randomise"] = True
+    if paraphrases:  # likewise absent without paraphrases
+        info["paraphrases"] = int(paraphrases)
     atomic_write_json(out / "cohort.json", info)
     return out / "manifest.csv"
 

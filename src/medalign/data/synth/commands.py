@@ -21,6 +21,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         randomise: bool = typer.Option(True, "--randomise/--no-randomise",
                                        help="Domain randomisation (contrast, grids, coverage, skull stripping, bias, noise, "
                                             "artefacts, lesion shapes), recorded in ground_truth.json; off = the unrandomised cohort."),
+        paraphrases: int = typer.Option(0, "--paraphrases", min=0, max=20,
+                                        help="K > 0: also write up to K other reports of each study's truth (training phrasing "
+                                             "families only, never the held-out one) as the manifest column report_paraphrases, "
+                                             "for the CLIP recipe's text_views: paraphrases. Every other output is unchanged. 0 = none."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import time
@@ -30,7 +34,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
-                                         workers=workers, progress=True, randomise=randomise)
+                                         workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases)
         dt = time.perf_counter() - t0
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
 

@@ -28,6 +28,10 @@ DEEP = {"basal ganglia": (22, 2, 2), "thalamus": (12, -18, 6), "internal capsule
 SINUSES = {"maxillary": (30, 20, -45), "frontal": (12, 62, 8)}  # approximate, in the head
 
 OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
+OTHERS_P = (0.35, 0.3, 0.23, 0.12)  # the unrandomised cohort's mix
+# Domain-randomised cohorts (issue 20): small vessel disease, the commonest chronic finding on adult
+# brain MRI, is the largest share; at 0.3 a 262-study cohort held ~9 training studies of it.
+OTHERS_P_RANDOMISED = (0.25, 0.45, 0.2, 0.1)
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -116,9 +120,10 @@ def _hemorrhage_findings(rng: np.random.Generator, side: str) -> list[dict]:
     return F
 
 
-def _others_finding(t: dict, rng: np.random.Generator) -> dict:
-    """The one finding of an "others" study; atrophy also raises ``t["atrophy"]``."""
-    variant = str(rng.choice(OTHERS_VARIANTS, p=[0.35, 0.3, 0.23, 0.12]))
+def _others_finding(t: dict, rng: np.random.Generator, p: Sequence[float] = OTHERS_P) -> dict:
+    """The one finding of an "others" study (variant drawn with probabilities ``p`` over
+    ``OTHERS_VARIANTS``); atrophy also raises ``t["atrophy"]``."""
+    variant = str(rng.choice(OTHERS_VARIANTS, p=list(p)))  # one uniform draw whatever p: the stream stays aligned
     f: dict[str, Any] = {"class": "others", "kind": "others", "variant": variant, "age": "chronic",
                          "side": "bilateral", "region": "", "count": 1, "size_mm": None, "center_mm": None}
     if variant == "atrophy":
@@ -137,9 +142,11 @@ def _others_finding(t: dict, rng: np.random.Generator) -> dict:
     return f
 
 
-def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = None) -> dict:
+def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = None,
+                 others_p: Sequence[float] = OTHERS_P) -> dict:
     """Sample the ground truth of one study of class ``label`` (no images): findings with
-    variant, side, region, size, count, age; patient age and atrophy; incidental findings."""
+    variant, side, region, size, count, age; patient age and atrophy; incidental findings.
+    ``others_p``: probabilities of the "others" variants (``OTHERS_VARIANTS``)."""
     if label not in CLASSES:
         raise MedAlignError(f"unknown class '{label}'; allowed: {', '.join(CLASSES)}")
     age = float(age if age is not None else rng.uniform(25, 88))
@@ -155,7 +162,7 @@ def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = No
     elif label == "hemorrhage":
         F += _hemorrhage_findings(rng, side)
     elif label == "others":
-        F.append(_others_finding(t, rng))
+        F.append(_others_finding(t, rng, others_p))
     else:  # normal: may carry mild age-related change, as real "normal" reports do
         if age > 60 and rng.random() < 0.5:
             t["mild_changes"] = str(rng.choice(["involutional", "punctate_wmh"]))
