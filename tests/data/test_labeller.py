@@ -72,6 +72,8 @@ def test_findings_carry_modifiers():
     ("Mild atrophy and severe confluent white matter disease.", "others"),
     ("Minor white matter change, Fazekas grade 1.", "normal"),
     ("White matter hyperintensities, Fazekas 3.", "others"),
+    ("Multiple punctate WM foci, Fazekas 1, more than expected for age.", "others"),  # a generator paraphrase
+    ("A few punctate WM foci, normal for age.", "normal"),
     ("IMPRESSION: No acute infarct. No hemorrhage or mass.", "normal"),  # ": no" is not a backward cue
     ("No mass effect. Venous sinuses are patent.", "normal"),
     ("Recommend MRI with contrast to exclude a small metastasis.", "normal"),
