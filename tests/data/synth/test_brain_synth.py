@@ -35,7 +35,8 @@ def _truth(manifest: Path, sid: str) -> dict:
 
 def test_manifest_columns_and_paths(cohort):
     df = pd.read_csv(cohort, keep_default_na=False)
-    expected = ["study_id", "patient_id", "split", "label", "report", *[f"image_{s}" for s in ALL], "mask"]
+    expected = ["study_id", "patient_id", "split", "label", "report", "report_paraphrases",  # paraphrases by default
+                *[f"image_{s}" for s in ALL], "mask"]
     assert list(df.columns) == expected
     assert len(df) == N and df["study_id"].is_unique
     for _, row in df.iterrows():

@@ -61,7 +61,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_cohort_files_are_byte_identical_and_the_column_is_added(tmp_path):
-    m0 = generate_brain_cohort(tmp_path / "k0", **KW)
+    m0 = generate_brain_cohort(tmp_path / "k0", paraphrases=0, **KW)
     m3 = generate_brain_cohort(tmp_path / "k3", paraphrases=3, **KW)
     f0, f3 = _files(m0.parent), _files(m3.parent)
     assert set(f0) == set(f3)
@@ -90,6 +90,6 @@ def test_cli_paraphrases_option(tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "a"), "--paraphrases", "2"]) == 0
     df = pd.read_csv(tmp_path / "a" / "manifest.csv", dtype=str, keep_default_na=False)
     assert all(1 <= len(json.loads(v)) <= 2 for v in df[PARAPHRASES_COLUMN])
-    assert main([*args, "--out", str(tmp_path / "b")]) == 0  # default: none
+    assert main([*args, "--out", str(tmp_path / "b"), "--paraphrases", "0"]) == 0  # none
     assert PARAPHRASES_COLUMN not in pd.read_csv(tmp_path / "b" / "manifest.csv").columns
     assert main([*args, "--out", str(tmp_path / "c"), "--paraphrases", "21"]) != 0

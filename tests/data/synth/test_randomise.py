@@ -21,7 +21,7 @@ nib = pytest.importorskip("nibabel")
 
 N = 20
 KW = dict(n=N, seed=3, shape_mode="small", label_noise=0.1, studies_per_patient="1-3", heldout_phrasing=True,
-          workers=1)
+          workers=1, paraphrases=0)  # paraphrases only add a manifest column (tests/data/synth/test_paraphrases.py)
 # Digest of the cohort ``generate_brain_cohort(**KW)`` written by the generator BEFORE domain
 # randomisation existed (commit 689a69b, numpy 1.26.4 / scipy 1.17.1): sha256 over every file's
 # relative path and content (.nii.gz decompressed, so the zlib build does not matter).
@@ -65,13 +65,24 @@ def test_cli_randomises_by_default_and_no_randomise_matches_the_library(tmp_path
     from medalign.cli import main
 
     args = ["synth", "brain", "--n", str(N), "--seed", "3", "--shape-mode", "small", "--label-noise", "0.1",
-            "--studies-per-patient", "1-3", "--heldout-phrasing", "--workers", "1"]
+            "--studies-per-patient", "1-3", "--heldout-phrasing", "--workers", "1", "--paraphrases", "0"]
     assert main([*args, "--out", str(tmp_path / "cli_on")]) == 0
     assert main([*args, "--out", str(tmp_path / "cli_off"), "--no-randomise"]) == 0
     assert _digest(tmp_path / "cli_on") == _digest(cohort.parent)
     off = generate_brain_cohort(tmp_path / "lib_off", randomise=False, **KW)
     assert _digest(tmp_path / "cli_off") == _digest(off.parent)
     assert _digest(tmp_path / "cli_off") != _digest(cohort.parent)
+
+
+def test_cli_default_paraphrases_match_the_library():
+    import inspect
+
+    from medalign.data.synth.brain import DEFAULT_PARAPHRASES, generate_brain_cohort
+    from medalign.data.synth.commands import register
+
+    assert inspect.signature(generate_brain_cohort).parameters["paraphrases"].default == DEFAULT_PARAPHRASES > 0
+    src = inspect.getsource(register)
+    assert f'typer.Option({DEFAULT_PARAPHRASES}, "--paraphrases"' in src
 
 
 def _in(v: float, lo_hi: tuple[float, float], tol: float = 1e-3) -> bool:

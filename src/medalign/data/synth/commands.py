@@ -21,10 +21,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         randomise: bool = typer.Option(True, "--randomise/--no-randomise",
                                        help="Domain randomisation (contrast, grids, coverage, skull stripping, bias, noise, "
                                             "artefacts, lesion shapes), recorded in ground_truth.json; off = the unrandomised cohort."),
-        paraphrases: int = typer.Option(0, "--paraphrases", min=0, max=20,
+        paraphrases: int = typer.Option(4, "--paraphrases", min=0, max=20,  # = brain.DEFAULT_PARAPHRASES (tested)
                                         help="K > 0: also write up to K other reports of each study's truth (training phrasing "
                                              "families only, never the held-out one) as the manifest column report_paraphrases, "
-                                             "for the CLIP recipe's text_views: paraphrases. Every other output is unchanged. 0 = none."),
+                                             "for the CLIP recipe's text_views: paraphrases (the CPU presets). Every other output is unchanged. 0 = none."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import time
