@@ -23,6 +23,39 @@ HERE = Path(__file__).resolve().parent
 CORPUS = HERE.parent / "tests" / "data" / "corpus" / "reports.csv"
 
 
+POOLS = (("one_prompt", {"one_per_class": True}), ("ensemble", {"pool": "ensemble"}), ("mean_of_scores", {"pool": "mean"}))
+
+
+def load_cohort(manifest: str) -> tuple[list[str], np.ndarray]:
+    """(study ids, class indices) of a labelled cohort manifest."""
+    import pandas as pd
+
+    from medalign.data.schema import CLASSES
+
+    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    return df["study_id"].tolist(), np.array([CLASSES.index(v) for v in df["label"]])
+
+
+def zero_shot_correct(m, img: np.ndarray, y: np.ndarray, prompts: str) -> dict[str, np.ndarray]:
+    """Per image (N,) 0/1 correctness of zero-shot with the prompt file, for each pooling in POOLS."""
+    from medalign.eval.zeroshot import embed_prompts, load_prompts, scores_from_prompt_bank
+
+    bank = embed_prompts(load_prompts(prompts), m.encode_text)
+    return {mode: (scores_from_prompt_bank(img, bank, **kw).argmax(1) == y).astype(float) for mode, kw in POOLS}
+
+
+def corpus_precision_at_5(m, img: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per query (Q,) class precision@5 of the corpus test impressions against ``img``, query classes (Q,))."""
+    from medalign.data.schema import CLASSES
+    from medalign.eval.retrieval import cosine_similarity
+
+    rows = [r for r in csv.DictReader(CORPUS.open(encoding="utf-8")) if r["split"] == "test"]
+    q = m.encode_report([r["text"] for r in rows])  # the impression, as reports are encoded
+    qy = np.array([CLASSES.index(r["label"]) for r in rows])
+    top5 = np.argsort(-cosine_similarity(q, img), axis=1)[:, :5]  # (Q, 5)
+    return (y[top5] == qy[:, None]).mean(axis=1), qy
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
@@ -33,34 +66,22 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    import pandas as pd
-
     import medalign
     from medalign.data.schema import CLASSES
     from medalign.eval.bootstrap import bootstrap_ci, format_ci
-    from medalign.eval.retrieval import cosine_similarity
-    from medalign.eval.zeroshot import PROMPTS_FILE, embed_prompts, load_prompts, scores_from_prompt_bank
+    from medalign.eval.zeroshot import PROMPTS_FILE
 
     m = medalign.load(args.run, cache_dir=args.cache)
-    df = pd.read_csv(args.manifest, dtype=str, keep_default_na=False)
-    ids = df["study_id"].tolist()
-    y = np.array([CLASSES.index(v) for v in df["label"]])
+    ids, y = load_cohort(args.manifest)
     img = m.encode_image(ids)  # (N, E)
     res: dict = {"run": args.run, "manifest": args.manifest, "n_images": len(ids)}
     acc = lambda ok: float(np.mean(ok))  # noqa: E731
     for name, path in (("test_prompts", args.prompts), ("shipped_prompts", str(PROMPTS_FILE))):
-        bank = embed_prompts(load_prompts(path), m.encode_text)
-        for mode, kw in (("one_prompt", {"one_per_class": True}), ("ensemble", {"pool": "ensemble"}),
-                         ("mean_of_scores", {"pool": "mean"})):
-            ok = (scores_from_prompt_bank(img, bank, **kw).argmax(1) == y).astype(float)
+        for mode, ok in zero_shot_correct(m, img, y, path).items():
             ci = bootstrap_ci(acc, ok, n=args.n_boot, seed=0)
             res[f"zero_shot/{name}/{mode}"] = ci
             print(f"zero-shot {name:16s} {mode:15s} accuracy {format_ci(ci)} (n={len(ok)})")
-    rows = [r for r in csv.DictReader(CORPUS.open(encoding="utf-8")) if r["split"] == "test"]
-    q = m.encode_report([r["text"] for r in rows])  # the impression, as reports are encoded
-    qy = np.array([CLASSES.index(r["label"]) for r in rows])
-    top5 = np.argsort(-cosine_similarity(q, img), axis=1)[:, :5]  # (Q, 5)
-    p5 = (y[top5] == qy[:, None]).mean(axis=1)  # (Q,)
+    p5, qy = corpus_precision_at_5(m, img, y)
     ci = bootstrap_ci(np.mean, p5, n=args.n_boot, seed=0)
     res["corpus_test_queries/precision@5"] = ci
     res["corpus_test_queries/precision@5_by_class"] = {c: float(p5[qy == k].mean()) for k, c in enumerate(CLASSES)}

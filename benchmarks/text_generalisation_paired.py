@@ -14,30 +14,20 @@ is shown by the per-run values, not folded into the CI.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-CORPUS = HERE.parent / "tests" / "data" / "corpus" / "reports.csv"
+from text_generalisation import HERE, corpus_precision_at_5, load_cohort, zero_shot_correct  # same folder
 
 
-def per_run(run: str, ids: list[str], y: np.ndarray, queries: list[str], qy: np.ndarray, cache: str,
-            prompts: str) -> dict[str, np.ndarray]:
+def per_run(run: str, ids: list[str], y: np.ndarray, cache: str, prompts: str) -> dict[str, np.ndarray]:
     """Per-image correctness (one prompt, ensemble) and per-query precision@5 of one run."""
     import medalign
-    from medalign.eval.retrieval import cosine_similarity
-    from medalign.eval.zeroshot import embed_prompts, load_prompts, scores_from_prompt_bank
 
     m = medalign.load(run, cache_dir=cache)
     img = m.encode_image(ids)  # (N, E)
-    bank = embed_prompts(load_prompts(prompts), m.encode_text)
-    one = scores_from_prompt_bank(img, bank, one_per_class=True).argmax(1) == y
-    ens = scores_from_prompt_bank(img, bank, pool="ensemble").argmax(1) == y
-    top5 = np.argsort(-cosine_similarity(m.encode_report(queries), img), axis=1)[:, :5]  # (Q, 5)
-    return {"one_prompt": one.astype(float), "ensemble": ens.astype(float), "p5": (y[top5] == qy[:, None]).mean(1)}
+    ok = zero_shot_correct(m, img, y, prompts)
+    return {"one_prompt": ok["one_prompt"], "ensemble": ok["ensemble"], "p5": corpus_precision_at_5(m, img, y)[0]}
 
 
 def main() -> None:
@@ -51,15 +41,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    import pandas as pd
-
-    from medalign.data.schema import CLASSES
-
-    df = pd.read_csv(a.manifest, dtype=str, keep_default_na=False)
-    ids, y = df["study_id"].tolist(), np.array([CLASSES.index(v) for v in df["label"]])
-    rows = [r for r in csv.DictReader(CORPUS.open(encoding="utf-8")) if r["split"] == "test"]
-    queries, qy = [r["text"] for r in rows], np.array([CLASSES.index(r["label"]) for r in rows])
-    runs = {side: [per_run(r, ids, y, queries, qy, a.cache, a.prompts) for r in getattr(a, side)] for side in ("a", "b")}
+    ids, y = load_cohort(a.manifest)
+    runs = {side: [per_run(r, ids, y, a.cache, a.prompts) for r in getattr(a, side)] for side in ("a", "b")}
     rng = np.random.default_rng(0)
     out: dict = {"a": a.a, "b": a.b, "manifest": a.manifest, "metrics": {}}
     for k in ("one_prompt", "ensemble", "p5"):
@@ -75,7 +58,9 @@ def main() -> None:
         print(f"{k:<11} A {out['metrics'][k]['a_runs']}  B {out['metrics'][k]['b_runs']}  "
               f"A - B {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (n={n})", flush=True)
     if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
+        from medalign.utils import atomic_write_json
+
+        atomic_write_json(a.out, out)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,6 @@ class ClipRecipe(Recipe):
         self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
         self.text_view_mode = _text_view_mode(text_views)
-        self.text_views = self.text_view_mode != "none"
         self.text_adapter: nn.Module | None = None
         if text_adapter:
             d = self.text_encoder.dim
@@ -195,7 +194,7 @@ class ClipRecipe(Recipe):
         ``paraphrases``: per report, its other wordings (a batch's ``"paraphrases"``); used only in
         training with ``text_views="paraphrases"``.
         """
-        if not (self.training and self.text_views):
+        if not (self.training and self.text_view_mode != "none"):
             return self.report_texts(reports)
         paras = paraphrases if paraphrases is not None else [()] * len(reports)
         out = []
@@ -219,7 +218,7 @@ class ClipRecipe(Recipe):
             paras = getattr(ds, "paraphrases", None) or [()] * len(reports)
             pairs += [(r, tuple(p)) for r, p in zip(reports, paras)]
         texts = set(self.report_texts([r for r, _ in pairs]))
-        if self.text_views:
+        if self.text_view_mode != "none":
             texts |= {v for r, p in set(pairs) for v in self._views(r, p)}
         texts = sorted(texts)
         if texts:

@@ -42,7 +42,6 @@ SVD_SHAPE: dict[int, dict[str, tuple[float, float]]] = {
 # 34 ml); one continuous ring around the ventricles (this generator before: 53-87 % on the template grid,
 # grades 2-3) reads as one big lesion. The realism report measures it (lesion_largest_share).
 PATCHES: dict[int, tuple[float, float]] = {2: (4.0, 0.5), 3: (4.0, 0.6)}
-_NORMAL_Q = {0.5: 0.0, 0.6: -0.2533}  # standard-normal quantile of 1 - keep: threshold for that share
 PV_Z_MM = (-10.0, 45.0)  # periventricular and confluent signal: MNI z, around the lateral ventricles
 MS_COUNTS = {"periventricular": (4, 12), "juxtacortical": (0, 4), "infratentorial": (0, 3)}
 _LATERAL_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
@@ -151,9 +150,12 @@ def _draw_svd(canvas: Any, f: dict) -> np.ndarray:
         conf = _smooth_noise(shape, rng, 4.0 / vox)
         foci = np.maximum(foci, np.clip(conf - 1.4 + (12.0 - d) / 12.0, 0, 1) * (d < 15.0) * zband)
     if g in PATCHES:  # drawn last, so every earlier draw of the stream is unchanged
+        from scipy.stats import norm
+
         sigma_mm, keep = PATCHES[g]
+        thr = float(norm.ppf(1.0 - keep))  # the unit-SD noise exceeds it on a share ``keep`` of voxels
         patch = _smooth_noise(shape, rng, sigma_mm / vox)  # (X, Y, Z), unit SD
-        pv = pv * np.clip((patch - _NORMAL_Q[keep]) / 0.25 + 0.5, 0, 1)  # soft edge ~0.25 SD
+        pv = pv * np.clip((patch - thr) / 0.25 + 0.5, 0, 1)  # soft edge ~0.25 SD
     return np.maximum(pv, foci * wm_like).astype(np.float32)
 
 
