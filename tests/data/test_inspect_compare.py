@@ -252,3 +252,42 @@ def test_real_cases_against_tiny_cohort(cohorts, tmp_path):
     assert all(r["lesion_volume"] < brats["lesion_volume"] for s, r in flair.items() if s.startswith("wmh_"))
     dwi = res["sequences"]["dwi"]["studies"]["real"]
     assert [r["study_id"] for r in dwi] == ["philips_dwi_volunteer"] and dwi[0]["lesion_contrast"] is None
+
+
+def test_texture_grows_with_blotches_not_with_offset():
+    """The texture figure rises with mid-scale blotches (what hides gyri), is unchanged by an
+    affine intensity change (z-scoring), and ignores the lesion and its rim."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    head = _box_head()
+    smooth = np.where(head, np.sin(np.indices(head.shape)[1] / 6.0), 0.0)  # smooth tissue structure
+    blotch = ndimage.gaussian_filter(rng.normal(size=head.shape), sigma=(0, 1, 1))
+    blotch /= blotch.std()
+    tex = {a: study_metrics(np.where(head, smooth + a * blotch, 0.0), head)["texture"] for a in (0.05, 0.2, 0.4)}
+    assert tex[0.05] < tex[0.2] < tex[0.4]
+    vol = np.where(head, smooth + 0.2 * blotch, 0.0)
+    assert study_metrics(3.0 * vol + 2.0, head)["texture"] == pytest.approx(tex[0.2], rel=1e-6)
+    lesion = np.zeros(head.shape, np.uint8)
+    lesion[3:5, 18:23, 18:23] = 1
+    with_lesion = np.where(lesion > 0, 5.0, vol)
+    assert study_metrics(with_lesion, head, lesion)["texture"] == pytest.approx(tex[0.2], rel=0.05)
+    assert study_metrics(with_lesion, head)["texture"] > tex[0.2]  # unmasked, the bright lesion counts
+
+
+def test_texture_calibration_figure_rises_with_synthetic_texture():
+    """benchmarks/texture_calibration.py: the figure TEXTURE_CV was set by grows with the CV of
+    the synthetic texture, on a real synthesised study, and leaves the lesion out."""
+    spec = importlib.util.spec_from_file_location("bench_texture", ROOT / "benchmarks" / "texture_calibration.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from medalign.data.synth.brain import plan_cohort, synthesize_study
+
+    truth = next(t for t in plan_cohort(20, seed=3) if t["label"] == "normal")
+    truth["domain"]["skull_stripped"] = True
+    fig = {}
+    for cv in (0.0, 0.12):
+        truth["domain"]["texture_cv"] = cv
+        x, affine = synthesize_study(truth, shape_mode="clinical")["flair"]
+        fig[cv] = bench.texture(x.astype(np.float32), np.abs(np.diag(affine)[:3]), x > 0)
+    assert fig[0.12] > 1.2 * fig[0.0]

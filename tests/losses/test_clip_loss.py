@@ -71,6 +71,22 @@ def test_sequence_mask_and_dropout() -> None:
     assert torch.equal(sequence_dropout(m, 0.0), m)
 
 
+def test_single_sequence_views() -> None:
+    """``single`` keeps exactly one present sequence in about that share of samples, each
+    present sequence equally likely, and never one the study lacks."""
+    g = torch.Generator().manual_seed(0)
+    full = torch.ones(4000, 3, dtype=torch.bool)
+    d = sequence_dropout(full, 0.0, generator=g, single=0.3)
+    one = d.sum(1) == 1
+    assert 0.27 < one.float().mean() < 0.33 and (d.sum(1)[~one] == 3).all()
+    share = d[one].float().mean(0)  # (3,) which sequence the single views kept
+    assert (share - 1 / 3).abs().max() < 0.05, share
+    part = torch.tensor([[True, False, True]]).repeat(4000, 1)
+    d = sequence_dropout(part, 0.1, generator=g, single=1.0)
+    assert (d.sum(1) == 1).all() and not (d & ~part).any()
+    assert 0.45 < d[:, 0].float().mean() < 0.55
+
+
 def _soft_ce(row: list[float], target: list[float]) -> float:
     lse = math.log(sum(math.exp(v) for v in row))
     return sum(t * (lse - v) for t, v in zip(target, row))

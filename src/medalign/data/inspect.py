@@ -169,7 +169,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
     from medalign.utils import atomic_path
 
     seqs = list(result["sequences"])
-    fig, axes = plt.subplots(len(seqs), 5, figsize=(18.5, 3.1 * len(seqs)), squeeze=False)
+    fig, axes = plt.subplots(len(seqs), 6, figsize=(22, 3.1 * len(seqs)), squeeze=False)
     for r, s in enumerate(seqs):
         sq = result["sequences"][s]
         h, cov = sq["histogram"], sq["coverage"]
@@ -192,7 +192,8 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
         for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
                                              ("lesion_volume", "lesion volume (fraction of head)", True),
                                              ("lesion_largest_share", "largest lesion / lesion volume", False),
-                                             ("snr", "SNR (signal SD / residual noise SD)", False)), start=1):
+                                             ("snr", "SNR (signal SD / residual noise SD)", False),
+                                             ("texture", "texture (1-4 voxel band / spread)", False)), start=1):
             _strip(axes[r, c], sq["studies"], cov[m], m, f"{s}: {title}", log=log,
                    by_label=(sq.get("coverage_by_label") or {}).get(m) or {})
     fig.suptitle(f"Realism: synthetic ({result['synthetic'].get('n_studies')} studies) vs real "

@@ -11,6 +11,10 @@ Per sequence present in both cohorts and per study (``study_metrics``), inside t
 - SNR = SD of the tissue signal (in-plane Gaussian, sigma 1 voxel) / noise SD (1.4826 x MAD of
   the residual image - smoothed), inside the head eroded by 2 in-plane voxels. A ratio of two
   spreads, so it survives the per-study z-scoring (a mean / SD SNR is ~0 in z-scored units).
+- texture = robust SD (1.4826 x MAD) of an in-plane band-pass (Gaussian sigma 0.5 minus sigma 2
+  voxels, i.e. structure of ~1-4 voxels: sulci, grey/white borders, tissue texture) in the same
+  inner head less the dilated lesion, over the robust SD of the whole inner head. Real FLAIRs show
+  gyri on smooth tissue; a blotchy synthetic texture hides them and mimics punctate lesions.
 
 Lesion figures only for studies whose mask has lesion voxels in the head. ``coverage`` says,
 per metric, whether the real values lie inside the synthetic cohort's [1st, 99th] percentile
@@ -28,7 +32,7 @@ import pandas as pd
 from medalign.errors import MedAlignError
 
 METRICS: tuple[str, ...] = ("intensity_p05", "intensity_p50", "intensity_p95", "lesion_contrast",
-                            "lesion_volume", "lesion_largest_share", "snr")
+                            "lesion_volume", "lesion_largest_share", "snr", "texture")
 LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share")  # also per class
 COVERAGE_PCT: tuple[float, float] = (1.0, 99.0)
 N_BINS = 60
@@ -41,6 +45,8 @@ DEFINITIONS = {
     "lesion_largest_share": "voxels of the largest 26-connected lesion component / lesion voxels",
     "snr": "SD of in-plane Gaussian-smoothed (sigma 1 voxel) signal / (1.4826 x MAD of image - smoothed), "
            "inside the head eroded by 2 in-plane voxels",
+    "texture": "1.4826 x MAD of (in-plane Gaussian sigma 0.5 - sigma 2 voxels) in the eroded head less the "
+               "dilated lesion, / 1.4826 x MAD of the eroded head's intensities",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
                 "for lesion metrics also per class (real class vs synthetic studies of that class)",
 }
@@ -87,10 +93,19 @@ def study_metrics(vol: np.ndarray, head: np.ndarray, lesion: np.ndarray | None =
     if inner.sum() >= 50:
         smooth = ndimage.gaussian_filter(x, sigma=(0.0, 1.0, 1.0))
         resid = (x - smooth)[inner]
-        noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+        noise = _robust_sd(resid)
         signal = float(smooth[inner].std())
         out["snr"] = signal / noise if noise > 0 else None
+        keep = inner & ~ndimage.binary_dilation(les, structure=_inplane(), iterations=2)
+        spread = _robust_sd(x[inner])
+        if keep.sum() >= 50 and spread > 0:
+            band = ndimage.gaussian_filter(x, sigma=(0.0, 0.5, 0.5)) - ndimage.gaussian_filter(x, sigma=(0.0, 2.0, 2.0))
+            out["texture"] = _robust_sd(band[keep]) / spread
     return out
+
+
+def _robust_sd(v: np.ndarray) -> float:
+    return 1.4826 * float(np.median(np.abs(v - np.median(v))))
 
 
 def _histogram(vals: np.ndarray, edges: np.ndarray) -> np.ndarray:

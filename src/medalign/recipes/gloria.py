@@ -109,6 +109,7 @@ class GloriaRecipe(ClipRecipe):
             image's class can be coded in *every* cell and any attention then matches the word;
             after centring, a word's context vector only aligns with it where a region differs
             from the rest of its own image (e.g. a lesion); uniform attention gives a zero context.
+        sequence_dropout, single_sequence: as :class:`ClipRecipe`.
         text_section, jitter: as :class:`ClipRecipe`; the section applies to the global *and* the
             word branch (training batches and ``localise`` reports).
     """
@@ -116,8 +117,8 @@ class GloriaRecipe(ClipRecipe):
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 10.0, logit_scale_max: float = 100.0,
-                 learn_logit_scale: bool = False, sequence_dropout: float = 0.0, gather: bool = True,
-                 temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
+                 learn_logit_scale: bool = False, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
+                 gather: bool = True, temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
                  normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
                  jitter: dict | None = None, head_regions: float | None = None,
@@ -125,8 +126,8 @@ class GloriaRecipe(ClipRecipe):
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
-                         learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout, gather=gather,
-                         text_section=text_section, jitter=jitter)
+                         learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout,
+                         single_sequence=single_sequence, gather=gather, text_section=text_section, jitter=jitter)
         local_dim = getattr(self.image_encoder, "local_dim", None)
         if local_dim is None:
             raise ValueError(f"image encoder {type(self.image_encoder).__name__} has no local features (local_dim)")

@@ -122,6 +122,7 @@ def test_every_factor_recorded_and_within_its_range():
             assert 0 <= t["atrophy"] <= R.ATROPHY_MAX
         assert d["patient"]["atrophy_base"] <= 1.0 and _in(d["patient"]["atrophy_slope"], R.ATROPHY_SLOPE)
         assert _in(d["patient"]["glioma_scale"], R.GLIOMA_SCALE)
+        assert _in(d["patient"]["sulcal_gamma"], R.SULCAL_GAMMA)
     gliomas = [f["size_mm"] for t in plans for f in t["findings"] if f["variant"] == "glioma"]
     assert max(gliomas) > 50 * 1.15 and min(gliomas) < 28 * 1.1  # planned 28-50 mm, scaled per patient
     assert protocols == set(R.PROTOCOL_P)
@@ -253,3 +254,25 @@ def test_randomised_cohorts_draw_more_small_vessel_disease():
                     for f in t["findings"] if t["label"] == "others"]
         share = np.mean([v == "wmh" for v in variants])
         assert abs(share - p[wmh]) < 0.1, (randomise, share)
+
+
+def test_open_sulci_turns_partial_sulcal_csf_into_csf_and_conserves_volume():
+    from medalign.data.synth.anatomy import _tissues, load_anatomy, open_sulci
+
+    anat = load_anatomy(4)
+    tissue, _ = _tissues(anat, {"atrophy": 0.0, "findings": []})
+    same = open_sulci(tissue, 1.0)
+    for k in ("gm", "wm", "csf"):
+        assert np.allclose(same[k], tissue[k])
+    opened = open_sulci(tissue, 0.4)
+    total = lambda t: t["gm"] + t["wm"] + t["csf"]  # noqa: E731
+    assert np.allclose(total(opened), total(tissue), atol=1e-5)  # volume moves between tissues only
+    for k in ("gm", "wm", "csf"):
+        assert opened[k].min() >= -1e-6
+    # sulci of the average, with tissue there to give up
+    partial = (tissue["csf"] > 0.1) & (tissue["csf"] < 0.5) & (tissue["gm"] + tissue["wm"] > 0.5)
+    full = tissue["csf"] > 0.99  # ventricles, the outer surface
+    assert partial.sum() > 100 and (opened["csf"][partial] > tissue["csf"][partial] + 0.05).all()
+    assert np.allclose(opened["csf"][full], tissue["csf"][full], atol=0.01)
+    # the grey matter lining the sulci gives up the volume first
+    assert (tissue["gm"] - opened["gm"]).sum() > (tissue["wm"] - opened["wm"]).sum()

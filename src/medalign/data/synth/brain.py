@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
-from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy
+from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy, open_sulci
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, sample_truth
 from medalign.data.synth.randomise import apply_grid, artefacts, coverage_target, study_contrast
@@ -218,6 +218,9 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     rng = np.random.default_rng(truth["seed"])
     lesion_rng = np.random.default_rng(truth["anatomy_seed"] + [5])  # follow-ups: same lesion shape
     tissue, atrophy_map = _tissues(anat, truth)
+    gamma = (dom or {}).get("patient", {}).get("sulcal_gamma")
+    if gamma is not None:
+        tissue = open_sulci(tissue, gamma)
     comps, lmask, masses = _lesions(anat, truth, tissue, lesion_rng)
     if any(f["kind"] == "others" and f["variant"] == "atrophy" for f in truth["findings"]):
         lmask = np.maximum(lmask, (atrophy_map > 0.5).astype(np.float32))

@@ -17,7 +17,7 @@ showed that aggressively randomised synthetic images transfer. With ``randomise=
   strength, **Rician noise** level, N/2 **ghosting** and k-space **motion** (a translation
   part way through the phase-encode lines);
 - per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
-  age**, the white-matter disease shapes (Fazekas grade, MS lesion locations;
+  age**, how open the **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes (Fazekas grade, MS lesion locations;
   ``synth.wm_disease``) and a glioma's size (``GLIOMA_SCALE``).
 
 Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
@@ -59,7 +59,12 @@ WM_GAIN = (0.9, 1.1)
 # Lesion conspicuity k. Real WMH on clinical FLAIR: mean lesion / WM 1.37-1.41, (L-WM)/(WM-CSF)
 # 0.99-1.77; BraTS FLAIR tumours (L-WM)/(WM-CSF) 0.52-2.28. Synthetic WMH at k = 1 are ~2x WM.
 CONSPICUITY = (0.45, 1.1)
-TEXTURE_CV = (0.03, 0.14)        # today 0.12; the real FLAIRs look smoother than today's synthetic ones
+# Tissue texture CV (the unrandomised generator: 0.12). `python benchmarks/texture_calibration.py --study
+# S/ground_truth.json` (in-plane 1-4 mm band-pass / local mean, robust SD in normal-appearing tissue, native
+# grids): real clinical WMH FLAIRs 0.042-0.055, BraTS FLAIRs 0.053-0.065; one synthetic FLAIR (seed-5 cohort,
+# S00031) at CV 0 / 0.04 / 0.09 / 0.12: 0.043 / 0.047 / 0.059 / 0.069. Above ~0.09 the texture is blotchier
+# than any real FLAIR, hides the gyri and mimics punctate white-matter lesions.
+TEXTURE_CV = (0.01, 0.09)
 BIAS_AMP = (0.0, 0.25)           # sd of the log bias field's coefficients; today 0.15
 # x sequences.NOISE_SD, log-uniform; today 1. The real FLAIRs are much cleaner than today's synthetic
 # ones: noise (robust sd of the in-plane Laplacian) / (WM - CSF) 0.029-0.040 on the clinical WMH FLAIRs
@@ -84,6 +89,10 @@ ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
 # x the glioma's planned diameter (28-50 mm), per patient: one BraTS 2015 whole tumour is 17 % of the
 # head, the largest synthetic ones were 10 % (realism report, lesion_volume of class tumor)
 GLIOMA_SCALE = (0.85, 1.35)
+# sulcal CSF ** gamma per patient (anatomy.open_sulci): real FLAIRs show dark sulci between the gyri at
+# any slice thickness; the MNI152 average keeps 0.1-0.5 partial CSF there, so at gamma 1 the gyri barely
+# show. 1 = the template as it is.
+SULCAL_GAMMA = (0.4, 1.0)
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
@@ -163,7 +172,8 @@ def randomise_truth(truth: dict) -> dict:
     slope = float(rp.uniform(*ATROPHY_SLOPE))
     offset = float(rp.normal(0, ATROPHY_SD))
     wmd = refine_wmd(truth["findings"], rp)
-    glioma = float(rp.uniform(*GLIOMA_SCALE))  # drawn last and whatever the class: earlier draws unchanged
+    glioma = float(rp.uniform(*GLIOMA_SCALE))  # drawn after the others, whatever the class: earlier draws unchanged
+    sulci = float(rp.uniform(*SULCAL_GAMMA))  # drawn last, for the same reason
     for f in truth["findings"]:
         if f.get("variant") == "glioma":
             f["size_mm"] = round(float(f["size_mm"]) * glioma, 1)
@@ -172,7 +182,8 @@ def randomise_truth(truth: dict) -> dict:
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
     dom = draw_domain(truth)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
-                      "glioma_scale": round(glioma, 4), **wmd}
+                      "glioma_scale": round(glioma, 4),
+                      "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
     return truth
 
