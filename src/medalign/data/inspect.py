@@ -192,7 +192,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
         for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
                                              ("lesion_volume", "lesion volume (fraction of head)", True),
                                              ("lesion_largest_share", "largest lesion / lesion volume", False),
-                                             ("snr", "SNR (signal SD / residual noise SD)", False),
+                                             ("snr", "SNR (signal SD / residual noise SD)", True),
                                              ("texture", "texture (1-4 voxel band / spread)", False)), start=1):
             _strip(axes[r, c], sq["studies"], cov[m], m, f"{s}: {title}", log=log,
                    by_label=(sq.get("coverage_by_label") or {}).get(m) or {})
