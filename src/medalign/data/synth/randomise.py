@@ -17,8 +17,9 @@ showed that aggressively randomised synthetic images transfer. With ``randomise=
   strength, **Rician noise** level, N/2 **ghosting** and k-space **motion** (a translation
   part way through the phase-encode lines);
 - per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
-  age**, how open the **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes (Fazekas grade, MS lesion locations;
-  ``synth.wm_disease``) and a glioma's size (``GLIOMA_SCALE``).
+  age**, how open the **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes
+  (Fazekas grade, MS lesion locations; ``synth.wm_disease``) and a glioma's size
+  (``GLIOMA_SCALE``).
 
 Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
 ``truth["anatomy_seed"] + [PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing
@@ -182,8 +183,7 @@ def randomise_truth(truth: dict) -> dict:
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
     dom = draw_domain(truth)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
-                      "glioma_scale": round(glioma, 4),
-                      "sulcal_gamma": round(sulci, 4), **wmd}
+                      "glioma_scale": round(glioma, 4), "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
     return truth
 
