@@ -250,7 +250,7 @@ class ClipRecipe(Recipe):
         mask = batch.get("sequence_mask")
         if mask is None:
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
-        if self.training and (self.sequence_dropout > 0 or self.single_sequence > 0):
+        if self.training:  # a no-op when both probabilities are 0
             mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence)
         if self.training and self.jitter:
             image = jitter_batch(image, **self.jitter)
