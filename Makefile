@@ -5,7 +5,8 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 DEMO_DIR    ?= demo_out
 PY          := $(VENV)/bin/python
-PIP         := $(VENV)/bin/pip
+# --no-cache-dir: a fresh machine gains nothing from pip's cache, which would hold torch's wheel a second time
+PIP         := $(VENV)/bin/pip --no-cache-dir
 STAMP       := $(VENV)/.medalign-installed
 
 .PHONY: demo test venv clean
