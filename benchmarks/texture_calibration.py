@@ -71,7 +71,7 @@ def main() -> None:
         t["domain"]["skull_stripped"] = True
         out = synthesize_study(t)
         x, affine = out["flair"]
-        print(f"synthetic texture CV {cv:<5} {texture(x.astype(np.float32), np.abs(np.diag(affine)[:3]), x > 0, out['mask'][0]):.4f}")
+        print(f"synthetic texture CV {cv:<5} {texture(x.astype(np.float32), np.linalg.norm(affine[:3, :3], axis=0), x > 0, out['mask'][0]):.4f}")
 
 
 if __name__ == "__main__":

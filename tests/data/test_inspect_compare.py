@@ -289,5 +289,5 @@ def test_texture_calibration_figure_rises_with_synthetic_texture():
     for cv in (0.0, 0.12):
         truth["domain"]["texture_cv"] = cv
         x, affine = synthesize_study(truth, shape_mode="clinical")["flair"]
-        fig[cv] = bench.texture(x.astype(np.float32), np.abs(np.diag(affine)[:3]), x > 0)
+        fig[cv] = bench.texture(x.astype(np.float32), np.linalg.norm(affine[:3, :3], axis=0), x > 0)
     assert fig[0.12] > 1.2 * fig[0.0]
