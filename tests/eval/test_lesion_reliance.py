@@ -1,0 +1,105 @@
+"""benchmarks/lesion_reliance.py: erasing a lesion on any grid, the paired change per group, and
+the whole script on a tiny CLIP run (synthetic studies written here; the real cases when
+../shared/data is present)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sitk = pytest.importorskip("SimpleITK")
+nib = pytest.importorskip("nibabel")
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT / ".." / "shared" / "data"
+spec = importlib.util.spec_from_file_location("lesion_reliance", ROOT / "benchmarks" / "lesion_reliance.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def _image(arr_zyx: np.ndarray, spacing=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0)):
+    im = sitk.GetImageFromArray(arr_zyx.astype(np.float32))
+    im.SetSpacing(spacing)
+    im.SetOrigin(origin)
+    return im
+
+
+def test_erase_sets_the_lesion_to_its_surroundings_on_another_grid():
+    rng = np.random.default_rng(0)
+    x = 100 + rng.normal(0, 2, (6, 40, 40))  # (z, y, x) at 1 x 1 x 5 mm
+    x[2:4, 15:25, 15:25] = 300  # the lesion
+    image = _image(x)
+    # the mask on a finer grid (0.5 x 0.5 x 1 mm) covering the same physical box
+    m = np.zeros((30, 80, 80), np.uint8)
+    m[10:20, 30:50, 30:50] = 1
+    mask = _image(m, spacing=(0.5, 0.5, 1.0), origin=(-0.25, -0.25, -2.0))
+    out = sitk.GetArrayFromImage(bench.erase(image, mask))
+    assert abs(float(out[2:4, 15:25, 15:25].mean()) - 100) < 2  # the lesion is gone
+    keep = np.ones(x.shape, bool)
+    keep[2:4, 15:25, 15:25] = False
+    assert np.array_equal(out[keep], x[keep].astype(np.float32))  # nothing else changed
+    far = _image(m, spacing=(0.5, 0.5, 1.0), origin=(500.0, 0.0, 0.0))  # a mask that misses this grid
+    assert np.array_equal(sitk.GetArrayFromImage(bench.erase(image, far)), x.astype(np.float32))
+
+
+def test_summarise_is_paired_per_group():
+    groups = ["a", "a", "a", "b"]
+    p0, p1 = np.array([0.8, 0.6, 0.7, 0.5]), np.array([0.2, 0.3, 0.1, 0.6])
+    s = bench.summarise(groups, p0, p1)
+    assert s["a"]["n"] == 3 and s["a"]["p_true"] == pytest.approx(0.7) and s["a"]["p_true_erased"] == pytest.approx(0.2)
+    assert s["a"]["change"]["value"] == pytest.approx(-0.5)
+    c = s["a"]["change"]  # paired changes -0.6, -0.3, -0.6: the interval lies within them and holds the mean
+    assert -0.6 - 1e-9 <= c["lo"] <= -0.5 <= c["hi"] <= -0.3 + 1e-9 and c["lo"] < c["hi"]
+    assert s["b"]["change"] == {"value": pytest.approx(0.1)}  # one study: no interval
+
+
+def _study(root: Path, sid: str, label: str, variant: str, rng: np.random.Generator) -> None:
+    d = root / sid
+    d.mkdir(parents=True)
+    affine = np.diag([1.5, 1.5, 5.0, 1.0])
+    head = np.zeros((32, 32, 8), np.float32)
+    head[4:28, 4:28, 1:7] = 1
+    lesion = np.zeros_like(head, dtype=np.uint8)
+    lesion[8:16, 10:18, 3:5] = 1
+    for s in ("dwi", "flair"):
+        x = head * (0.5 + 0.05 * rng.standard_normal(head.shape)) + 1.5 * lesion
+        nib.save(nib.Nifti1Image(x.astype(np.float32), affine), d / f"{s}.nii.gz")
+    nib.save(nib.Nifti1Image(lesion, affine), d / "lesion_mask.nii.gz")
+    gt = {"study_id": sid, "label": label, "findings": [{"variant": variant}]}
+    (d / "ground_truth.json").write_text(json.dumps(gt), encoding="utf-8")
+
+
+def test_script_on_a_tiny_run(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_runs import make_tiny_runs
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    rng = np.random.default_rng(1)
+    cohort = tmp_path / "cohort"
+    _study(cohort, "S1", "others", "wmh", rng)
+    _study(cohort, "S2", "tumor", "glioma", rng)
+    _study(cohort, "S3", "normal", "none", rng)  # not a variant asked for: left out
+    out = tmp_path / "lr.json"
+    shared = SHARED if SHARED.is_dir() else tmp_path / "no_shared"
+    monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--cohort", str(cohort), "--shared", str(shared),
+                                      "--variants", "wmh,glioma", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    r = res["runs"][str(run)]
+    groups = r["summary"]
+    assert {"synthetic others/wmh", "synthetic tumor/glioma"} <= set(groups) and "S3" not in res["studies"]
+    assert len(r["p_true"]) == len(r["p_true_erased"]) == len(res["studies"])
+    assert all(0.0 <= p <= 1.0 for p in r["p_true"] + r["p_true_erased"])
+    import medalign
+
+    direct = medalign.load(run).classify([{"dwi": str(cohort / "S2" / "dwi.nii.gz"), "flair": str(cohort / "S2" / "flair.nii.gz")}])
+    i = res["studies"].index("S2")
+    assert r["p_true"][i] == pytest.approx(direct[0]["probabilities"]["tumor"], abs=1e-4)  # as acquired = classify
+    assert r["p_true_erased"] != r["p_true"]  # erasing changed what the model saw
+    if SHARED.is_dir():
+        assert groups["real others"]["n"] == 3 and groups["real tumor"]["n"] == 6
