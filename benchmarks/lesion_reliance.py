@@ -4,9 +4,10 @@ vs as acquired, per class / variant: mean, and the change with a 95 % bootstrap 
     python benchmarks/lesion_reliance.py RUN [RUN ...] [--cohort SYNTH_DIR] [--variants wmh,glioma]
         [--sequences flair] [--shared ../shared/data] [--out results.json]
 
-Erasing: every lesion voxel takes the median of the tissue around the lesion (a 2-voxel in-plane
-ring, background left out), in every series, the mask resampled to that series' grid (nearest
-neighbour). A model that recognises a class from its lesions loses p(true) when they are erased;
+Erasing: every lesion voxel (the mask grown by ``--grow`` voxels in-plane, default 1: a mask
+leaves out the lesion's partial-volume fringe) takes the median of the tissue around it (a
+2-voxel in-plane ring, background left out), in every series, the mask resampled to that
+series' grid (nearest neighbour). A model that recognises a class from its lesions loses p(true) when they are erased;
 one that calls it from something else (age, atrophy, the absence of other findings) does not.
 
 Studies: the real cases with a lesion mask in ``--shared`` (the 3 clinical WMH FLAIRs, ``mask``;
@@ -30,9 +31,10 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SHARED = HERE.parents[0] / ".." / "shared" / "data"
 
 
-def erase(image, mask, ring: int = 2):
-    """``image`` (SimpleITK) with the voxels of ``mask`` (any grid) set to the median of a
-    ``ring``-voxel in-plane shell around them; unchanged where the mask misses this grid."""
+def erase(image, mask, ring: int = 2, grow: int = 0):
+    """``image`` (SimpleITK) with the voxels of ``mask`` (any grid; grown by ``grow`` voxels in-plane,
+    for the partial-volume fringe a mask leaves out) set to the median of a ``ring``-voxel in-plane
+    shell around them; unchanged where the mask misses this grid."""
     import scipy.ndimage as ndi
     import SimpleITK as sitk
 
@@ -42,6 +44,8 @@ def erase(image, mask, ring: int = 2):
         return image
     plane = np.zeros((3, 3, 3), bool)
     plane[1] = ndi.generate_binary_structure(2, 1)  # in-plane only: thick slices are not neighbours
+    if grow:
+        m = ndi.binary_dilation(m, structure=plane, iterations=grow)
     shell = ndi.binary_dilation(m, structure=plane, iterations=ring) & ~m
     fg = x > 0.05 * float(np.percentile(x, 99.5))  # not the background or a skull-stripped zero
     ref = x[shell & fg] if (shell & fg).any() else x[fg]
@@ -79,8 +83,8 @@ def synthetic_items(cohort: Path, variants: list[str], sequences: list[str]) -> 
     return items
 
 
-def erased_copies(items: list[dict], out: Path) -> list[dict]:
-    """Per item, its files with the lesion erased, written under ``out``."""
+def erased_copies(items: list[dict], out: Path, grow: int = 0) -> list[dict]:
+    """Per item, its files with the lesion erased (mask grown by ``grow`` voxels), written under ``out``."""
     import SimpleITK as sitk
 
     copies = []
@@ -89,7 +93,7 @@ def erased_copies(items: list[dict], out: Path) -> list[dict]:
         files = {}
         for s, p in it["files"].items():
             files[s] = str(out / f"{i:04d}_{s}.nii.gz")
-            sitk.WriteImage(erase(sitk.ReadImage(p), mask), files[s])
+            sitk.WriteImage(erase(sitk.ReadImage(p), mask, grow=grow), files[s])
         copies.append(files)
     return copies
 
@@ -114,6 +118,8 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, default=None, help="a `synth brain` output folder")
     ap.add_argument("--variants", default="wmh,demyelination,glioma")
     ap.add_argument("--sequences", default="dwi,t2s,flair", help="what a synthetic study shows (default: the demo model's)")
+    ap.add_argument("--grow", type=int, default=1,
+                    help="grow each mask by this many voxels in-plane before erasing (the partial-volume fringe)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -126,9 +132,9 @@ def main() -> None:
         items += synthetic_items(a.cohort, a.variants.split(","), a.sequences.split(","))
     if not items:
         raise SystemExit(f"no study with a lesion mask (shared {a.shared}, cohort {a.cohort})")
-    result: dict = {"studies": [it["case"] for it in items], "runs": {}}
+    result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        erased = erased_copies(items, Path(tmp))
+        erased = erased_copies(items, Path(tmp), a.grow)
         for run in a.runs:
             m = medalign.load(run)
             p0 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, m.classify([it["files"] for it in items]))])

@@ -42,6 +42,11 @@ def test_erase_sets_the_lesion_to_its_surroundings_on_another_grid():
     keep = np.ones(x.shape, bool)
     keep[2:4, 15:25, 15:25] = False
     assert np.array_equal(out[keep], x[keep].astype(np.float32))  # nothing else changed
+    fringe = x.copy()
+    fringe[2:4, 14, 15:25] = 200  # a partial-volume rim just outside the mask
+    grown = sitk.GetArrayFromImage(bench.erase(_image(fringe), mask, grow=1))
+    assert abs(float(grown[2:4, 14, 15:25].mean()) - 100) < 2 and abs(float(grown[2:4, 15:25, 15:25].mean()) - 100) < 2
+    assert sitk.GetArrayFromImage(bench.erase(_image(fringe), mask))[2, 14, 20] == 200  # not grown: the rim stays
     far = _image(m, spacing=(0.5, 0.5, 1.0), origin=(500.0, 0.0, 0.0))  # a mask that misses this grid
     assert np.array_equal(sitk.GetArrayFromImage(bench.erase(image, far)), x.astype(np.float32))
 
