@@ -47,8 +47,11 @@ def erase(image, mask, ring: int = 2, grow: int = 0):
     if grow:
         m = ndi.binary_dilation(m, structure=plane, iterations=grow)
     shell = ndi.binary_dilation(m, structure=plane, iterations=ring) & ~m
-    fg = x > 0.05 * float(np.percentile(x, 99.5))  # not the background or a skull-stripped zero
-    ref = x[shell & fg] if (shell & fg).any() else x[fg]
+    # the background is what the in-plane border holds: air, a stripped 0, or BraTS's constant minimum
+    border = np.concatenate([x[:, 0].ravel(), x[:, -1].ravel(), x[:, :, 0].ravel(), x[:, :, -1].ravel()])
+    bg = float(np.median(border))
+    fg = x > bg + 0.05 * (float(np.percentile(x, 99.5)) - bg)
+    ref = x[shell & fg] if (shell & fg).any() else x[shell]  # no background in view: the whole shell
     x[m] = float(np.median(ref))
     out = sitk.GetImageFromArray(x)
     out.CopyInformation(image)

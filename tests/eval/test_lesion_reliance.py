@@ -47,6 +47,11 @@ def test_erase_sets_the_lesion_to_its_surroundings_on_another_grid():
     grown = sitk.GetArrayFromImage(bench.erase(_image(fringe), mask, grow=1))
     assert abs(float(grown[2:4, 14, 15:25].mean()) - 100) < 2 and abs(float(grown[2:4, 15:25, 15:25].mean()) - 100) < 2
     assert sitk.GetArrayFromImage(bench.erase(_image(fringe), mask))[2, 14, 20] == 200  # not grown: the rim stays
+    z = np.full((6, 40, 40), -3.6)  # z-scored and masked (as BraTS): a constant minimum outside, tissue around 0
+    z[:, 5:35, 5:35] = -1 + 0.01 * rng.standard_normal((6, 30, 30))
+    z[2:4, 15:25, 15:25] = 3
+    zo = sitk.GetArrayFromImage(bench.erase(_image(z), mask))
+    assert abs(float(zo[2:4, 15:25, 15:25].mean()) + 1) < 0.05  # filled with the (negative) tissue
     far = _image(m, spacing=(0.5, 0.5, 1.0), origin=(500.0, 0.0, 0.0))  # a mask that misses this grid
     assert np.array_equal(sitk.GetArrayFromImage(bench.erase(image, far)), x.astype(np.float32))
 
