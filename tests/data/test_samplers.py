@@ -65,3 +65,43 @@ def test_pair_within_patient():
         assert a != p or pids.count(pids[a]) == 1
     assert set(anchors) | set(partners) == set(range(6))
     assert (3, 3) in set(zip(anchors, partners))  # the singleton "c" falls back to itself
+
+
+class _Labelled:
+    def __init__(self, labels, ids=None):
+        self.labels, self.study_ids = labels, ids
+
+
+def test_class_balance_weights_and_draws():
+    from medalign.data.samplers import ResumableBatchSampler, class_balance_weights
+
+    labels = [0] * 80 + [1] * 16 + [2] * 4  # 80 / 16 / 4 studies
+    w = class_balance_weights(_Labelled(labels), 1.0)
+    assert w[0] == pytest.approx(1 / 80) and w[-1] == pytest.approx(1 / 4)
+    s = ResumableBatchSampler(len(labels), 10, seed=3, weights=w)
+    drawn = Counter()
+    for epoch in range(40):
+        s.set_epoch(epoch)
+        drawn.update(labels[i] for b in s for i in b)
+    share = {k: v / sum(drawn.values()) for k, v in drawn.items()}
+    # balanced: each class about a third of the draws (shuffled: 0.80 / 0.16 / 0.04)
+    assert all(abs(share[k] - 1 / 3) < 0.05 for k in (0, 1, 2)), share
+    half = class_balance_weights(_Labelled(labels), 0.5)  # inverse square root: 80^0.5 : 16^0.5 : 4^0.5
+    assert half[0] * 80 / (half[-1] * 4) == pytest.approx((80 / 4) ** 0.5)
+    # the same (seed, epoch) gives the same batches, so a resumed run sees what the killed one would have
+    s.set_epoch(7)
+    again = ResumableBatchSampler(len(labels), 10, seed=3, weights=w)
+    again.set_epoch(7, start_batch=2)
+    assert list(again) == list(s)[2:]
+
+
+def test_class_balance_needs_labels():
+    from medalign.config import ConfigError
+    from medalign.data.samplers import ResumableBatchSampler, class_balance_weights
+
+    with pytest.raises(ConfigError, match="first: s2"):
+        class_balance_weights(_Labelled([0, 1, -1, -1], ["s0", "s1", "s2", "s3"]), 1.0)
+    with pytest.raises(ConfigError, match="no labels"):
+        class_balance_weights(object(), 1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        ResumableBatchSampler(3, 2, weights=[1.0, -1.0, 1.0])

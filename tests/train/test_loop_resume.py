@@ -149,3 +149,23 @@ def test_ema_checkpoints_and_resume(tmp_path: Path) -> None:
     for k in a:
         torch.testing.assert_close(rs["ema"][k], a[k])
     assert full["steps"] == 6
+
+
+def test_class_balance_in_the_loop(tmp_path: Path) -> None:
+    from medalign.config import ConfigError
+    from medalign.train.config import resolve_config
+
+    # the tiny cohort is labelled: balanced draws train and resume like shuffled ones
+    full = fit(_cfg("train.class_balance=1"), tmp_path / "full")
+    part = fit(_cfg("train.class_balance=1", "train.stop_after_steps=3"), tmp_path / "part")
+    resumed = fit(_cfg("train.class_balance=1"), tmp_path / "part", resume=True)
+    assert part["stopped"] and resumed["steps"] == full["steps"] == 6
+    a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
+    fit(_cfg(), tmp_path / "plain")
+    plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=f"{k} differs after resume")
+    assert any(not torch.allclose(a[k], plain[k]) for k in a)  # the draws did change
+    with pytest.raises(ConfigError, match="train.class_balance"):
+        resolve_config(_cfg("train.class_balance=2"))

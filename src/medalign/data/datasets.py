@@ -148,6 +148,11 @@ class SyntheticPairs(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def labels(self) -> list[int]:
+        """Class of every item without building it (what ``train.class_balance`` reads)."""
+        return [i % self.n_classes for i in range(self.n)]
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.offset + i)
         c = i % self.n_classes

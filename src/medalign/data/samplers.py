@@ -1,6 +1,6 @@
 """Batch samplers for the training loop: resumable shuffled batches, and patient-grouped batches.
 
-``ResumableBatchSampler`` is the loop's default. ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
+``ResumableBatchSampler`` is the loop's default (optionally class-balanced: ``class_balance_weights``). ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
 
 MICLe needs positive pairs made of two *different* images of one patient, and HLSS needs two
 studies/slides per patient in a batch for its patient-level positives. A plain shuffled
@@ -165,25 +165,56 @@ def pair_within_patient(patient_ids: Sequence, *, seed: int | None = None) -> tu
     return anchors, partners
 
 
+def class_balance_weights(dataset, power: float) -> list[float]:
+    """Sampling weight of every study: (training studies with its label) ** -power.
+
+    ``dataset.labels`` holds class indices (-1 = unlabelled, as ``CohortDataset`` gives for a
+    manifest without a label); an unlabelled study is an error naming it, not a silent weight.
+    """
+    from medalign.config import ConfigError
+
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise ConfigError(f"train.class_balance: {type(dataset).__name__} has no labels to balance")
+    unlabelled = [k for k, y in enumerate(labels) if int(y) < 0]
+    if unlabelled:
+        ids = getattr(dataset, "study_ids", None)
+        first = ids[unlabelled[0]] if ids is not None else f"item {unlabelled[0]}"
+        raise ConfigError(f"train.class_balance needs a label for every training study (manifest column "
+                          f"'label'); {len(unlabelled)} have none, first: {first}")
+    counts: dict[int, int] = {}
+    for y in labels:
+        counts[int(y)] = counts.get(int(y), 0) + 1
+    return [counts[int(y)] ** -power for y in labels]
+
+
 class ResumableBatchSampler(Sampler[list[int]]):
     """Batches of a per-epoch permutation, sharded over ranks, that can start mid-epoch.
 
     The permutation depends only on (seed, epoch), so a resumed run sees exactly the batches
-    the killed run would have seen. Sharding follows DistributedSampler (pad to a multiple of
+    the killed run would have seen. With ``weights`` (one per index) an epoch is ``n`` draws with
+    replacement instead, each index with probability proportional to its weight. Sharding follows DistributedSampler (pad to a multiple of
     the world size, then ``rank::world``).
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world: int = 1, drop_last: bool = True) -> None:
+                 world: int = 1, drop_last: bool = True, weights: Sequence[float] | None = None) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world, self.drop_last = rank, world, drop_last
         self.epoch, self.start_batch = 0, 0
+        if weights is not None and (len(weights) != n or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(f"weights: need {n} non-negative numbers, not all 0")
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def _shard(self) -> list[int]:
-        if self.shuffle:
+        if self.weights is not None:
+            # an epoch is n draws with replacement, p proportional to the weights (class balance)
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
         else:

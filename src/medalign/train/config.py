@@ -38,6 +38,9 @@ class TrainConfig:
     monitor_mode: Literal["min", "max"] = "min"
     early_stopping_patience: Optional[int] = None  # epochs without improvement; null = off
     drop_last: bool = True                 # contrastive batches of 1 carry no signal
+    # 0 = plain shuffle; a > 0: draw training studies with p ~ (studies of its label)^-a, so rare
+    # classes come up more often (1 = every class equally often); needs the manifest's label column
+    class_balance: float = 0.0
     log_every: int = 10
     checkpoint_every_steps: int = 0        # extra mid-epoch resume points; 0 = only at epoch end
     max_steps: Optional[int] = None        # stop after this many optimiser steps in total
@@ -59,6 +62,7 @@ class TrainConfig:
         require(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
         require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
+        require(0 <= self.class_balance <= 1, "train.class_balance", f"must be in [0, 1], got {self.class_balance}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":

@@ -25,9 +25,9 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from medalign import dist as D
-from medalign.config import dump_config
+from medalign.config import ConfigError, dump_config
 from medalign.data.cache import recorded_preprocess
-from medalign.data.samplers import ResumableBatchSampler
+from medalign.data.samplers import ResumableBatchSampler, class_balance_weights
 from medalign.errors import MedAlignError
 from medalign.train import checkpoint as ckpt
 from medalign.train.config import TrainConfig, resolve_config
@@ -244,9 +244,13 @@ def _build_loop(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None, tc
     # A recipe may group its batches (MICLe/HLSS need >= 2 studies of a patient per batch);
     # any sampler must offer set_epoch(epoch, start_batch) and batches_per_epoch().
     sampler = sampler or recipe.batch_sampler(train_ds, batch_size=tc.batch_size, train=True, seed=seed, rank=rank,
-                                              world=world, drop_last=tc.drop_last) \
-        or ResumableBatchSampler(len(train_ds), tc.batch_size, shuffle=True, seed=seed, rank=rank, world=world,
-                                 drop_last=tc.drop_last)
+                                              world=world, drop_last=tc.drop_last)
+    if sampler is not None and tc.class_balance:
+        raise ConfigError(f"train.class_balance: {type(recipe).__name__} builds its own batches "
+                          f"({type(sampler).__name__}); set it to 0")
+    sampler = sampler or ResumableBatchSampler(
+        len(train_ds), tc.batch_size, shuffle=True, seed=seed, rank=rank, world=world, drop_last=tc.drop_last,
+        weights=class_balance_weights(train_ds, tc.class_balance) if tc.class_balance else None)
 
     def make_loader(ds: Dataset, batch_sampler: Sampler, epoch: int = 0) -> torch.utils.data.DataLoader:
         # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG

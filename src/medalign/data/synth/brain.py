@@ -44,7 +44,7 @@ import gzip
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -108,14 +108,17 @@ def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
 def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                 split_counts: dict[str, int] | None = None, randomise: bool = True,
-                paraphrases: int = 0) -> list[dict]:
+                paraphrases: int = 0, twins: float = 0.0,
+                twin_classes: Sequence[str] | None = None) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
     streams, so ``randomise=False`` plans exactly what the generator planned before it).
     ``paraphrases`` = K > 0 adds ``report_paraphrases``: up to K other reports of the same
     truth from the training phrasing families (``report_grammar.generate_paraphrases``, own
-    random streams: everything else is planned exactly as with K = 0).
+    random streams: everything else is planned exactly as with K = 0). ``twins`` = f > 0 appends
+    lesion-free twins of a fraction f of the abnormal training studies (``synth.twins``; the
+    first n studies stay exactly as planned without them), of ``twin_classes`` only when given.
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
@@ -129,6 +132,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--seed must be >= 0, got {seed}")
     if not (0.0 <= label_noise <= 1.0):
         raise MedAlignError(f"--label-noise must be in [0, 1], got {label_noise}")
+    if not (0.0 <= twins <= 1.0):
+        raise MedAlignError(f"--twins must be in [0, 1], got {twins}")
     if not (0 <= int(paraphrases) <= MAX_PARAPHRASES):
         raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
     lo, hi = _parse_studies_per_patient(studies_per_patient)
@@ -197,6 +202,13 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             truth[PARAPHRASES_COLUMN] = generate_paraphrases(truth, [int(seed), PARAPHRASE_STREAM, i],
                                                              int(paraphrases), exclude=[truth["report"]])
         out.append(truth)
+    if twins:
+        from medalign.data.synth.twins import lesion_free_twins
+
+        try:
+            out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
+        except ValueError as e:
+            raise MedAlignError(str(e)) from None
     return out
 
 
@@ -349,7 +361,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                           split_counts: dict[str, int] | None = None, workers: int = 2,
                           progress: bool = False, with_t1c: bool = True, randomise: bool = True,
-                          paraphrases: int = DEFAULT_PARAPHRASES) -> Path:
+                          paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
+                          twin_classes: Sequence[str] | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -363,7 +376,10 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     ``paraphrases`` = K > 0 adds the manifest column ``report_paraphrases`` (a JSON list of up
     to K other reports of the study's truth in the training phrasing families, for every split;
     the CLIP recipe's ``text_views: paraphrases`` uses them in training) and ``"paraphrases": K``
-    in ``cohort.json``; every other file and column is byte-identical to K = 0.
+    in ``cohort.json``; every other file and column is byte-identical to K = 0. ``twins`` = f
+    adds lesion-free twins of a fraction f of the abnormal training studies (of ``twin_classes``
+    when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
+    classes and count) in ``cohort.json``.
     """
     import pandas as pd
 
@@ -375,7 +391,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
-                        paraphrases=paraphrases)
+                        paraphrases=paraphrases, twins=twins, twin_classes=twin_classes)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -414,6 +430,9 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         info["randomise"] = True
     if paraphrases:  # likewise absent without paraphrases
         info["paraphrases"] = int(paraphrases)
+    if twins:  # likewise absent without twins
+        info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
+                         "n": len(plans) - n}
     atomic_write_json(out / "cohort.json", info)
     return out / "manifest.csv"
 

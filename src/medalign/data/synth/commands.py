@@ -25,8 +25,15 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                         help="K > 0: also write up to K other reports of each study's truth (training phrasing "
                                              "families only, never the held-out one) as the manifest column report_paraphrases, "
                                              "for the CLIP recipe's text_views: paraphrases (the CPU presets). Every other output is unchanged. 0 = none."),
+        twins: float = typer.Option(0.0, "--twins", min=0.0, max=1.0,
+                                    help="Fraction f of the abnormal training studies that also get a lesion-free twin (same "
+                                         "patient, scanner and atrophy, no findings, a normal report), added after the n "
+                                         "studies: paired counterfactuals that tie each report to its lesions. 0 = none."),
+        twin_classes: str = typer.Option("", "--twin-classes",
+                                         help="Comma-separated classes whose studies may get twins (default: every abnormal class)."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
+        import json
         import time
 
         from medalign.data.synth.brain import generate_brain_cohort
@@ -34,8 +41,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
-                                         workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases)
+                                         workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
+                                         twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None)
         dt = time.perf_counter() - t0
+        n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
 
     @app.command("label-reports")
