@@ -1,6 +1,7 @@
 """Batch samplers for the training loop: resumable shuffled batches, and patient-grouped batches.
 
-``ResumableBatchSampler`` is the loop's default (optionally class-balanced: ``class_balance_weights``). ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
+``ResumableBatchSampler`` is the loop's default (optionally class-balanced: ``class_balance_weights``).
+``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
 
 MICLe needs positive pairs made of two *different* images of one patient, and HLSS needs two
 studies/slides per patient in a batch for its patient-level positives. A plain shuffled
@@ -193,8 +194,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     The permutation depends only on (seed, epoch), so a resumed run sees exactly the batches
     the killed run would have seen. With ``weights`` (one per index) an epoch is ``n`` draws with
-    replacement instead, each index with probability proportional to its weight. Sharding follows DistributedSampler (pad to a multiple of
-    the world size, then ``rank::world``).
+    replacement instead, each index with probability proportional to its weight. Sharding follows
+    DistributedSampler (pad to a multiple of the world size, then ``rank::world``).
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0,

@@ -246,8 +246,8 @@ def _build_loop(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None, tc
     sampler = sampler or recipe.batch_sampler(train_ds, batch_size=tc.batch_size, train=True, seed=seed, rank=rank,
                                               world=world, drop_last=tc.drop_last)
     if sampler is not None and tc.class_balance:
-        raise ConfigError(f"train.class_balance: {type(recipe).__name__} builds its own batches "
-                          f"({type(sampler).__name__}); set it to 0")
+        raise ConfigError(f"train.class_balance: the batches come from {type(sampler).__name__} "
+                          f"({type(recipe).__name__}), which does not balance them; set it to 0")
     sampler = sampler or ResumableBatchSampler(
         len(train_ds), tc.batch_size, shuffle=True, seed=seed, rank=rank, world=world, drop_last=tc.drop_last,
         weights=class_balance_weights(train_ds, tc.class_balance) if tc.class_balance else None)

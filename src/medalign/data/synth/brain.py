@@ -132,8 +132,6 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--seed must be >= 0, got {seed}")
     if not (0.0 <= label_noise <= 1.0):
         raise MedAlignError(f"--label-noise must be in [0, 1], got {label_noise}")
-    if not (0.0 <= twins <= 1.0):
-        raise MedAlignError(f"--twins must be in [0, 1], got {twins}")
     if not (0 <= int(paraphrases) <= MAX_PARAPHRASES):
         raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
     lo, hi = _parse_studies_per_patient(studies_per_patient)
@@ -205,10 +203,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     if twins:
         from medalign.data.synth.twins import lesion_free_twins
 
-        try:
-            out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
-        except ValueError as e:
-            raise MedAlignError(str(e)) from None
+        out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
+from medalign.errors import MedAlignError
 
 TWIN_STREAM = 11  # plan_cohort's other streams: 0 plan, 1 images, 2 anatomy, 3 reports
 
@@ -40,11 +41,11 @@ def lesion_free_twins(plans: list[dict], fraction: float, *, seed: int, paraphra
     from medalign.data.synth.report_grammar import PARAPHRASE_STREAM, generate_paraphrases, generate_report
 
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"--twins must be in [0, 1], got {fraction}")
+        raise MedAlignError(f"--twins must be in [0, 1], got {fraction}")
     allowed = [c for c in CLASSES if c != "normal"]
     unknown = sorted(set(classes or ()) - set(allowed))
     if unknown or (classes is not None and not classes):
-        raise ValueError(f"--twin-classes: {', '.join(unknown) or 'none given'}; allowed: {', '.join(allowed)}")
+        raise MedAlignError(f"--twin-classes: {', '.join(unknown) or 'none given'}; allowed: {', '.join(allowed)}")
     rng = np.random.default_rng([int(seed), TWIN_STREAM])
     draws = rng.random(len(plans))  # one draw per study whatever it is: the choice is stable under edits
     out: list[dict] = []
@@ -54,7 +55,6 @@ def lesion_free_twins(plans: list[dict], fraction: float, *, seed: int, paraphra
         i = len(plans) + len(out)
         t = json.loads(json.dumps(truth))
         t.pop(PARAPHRASES_COLUMN, None)
-        t.pop("mild_changes", None)
         t.update(label="normal", manifest_label="normal", findings=[], twin_of=truth["study_id"],
                  study_id=f"S{i + 1:05d}", seed=[int(seed), 1, i])
         t["report"] = generate_report(t, np.random.default_rng([int(seed), 3, i]), heldout=False)
