@@ -117,3 +117,40 @@ def test_pool_levels_concatenates_levels_in_order() -> None:
         UNetEncoder(1, channels=(4, 8), global_pool="avg", input_shape=None, local_level=0, pool_levels=(2,))
     with pytest.raises(ValueError, match="flatten"):
         UNetEncoder(1, channels=(4, 8), input_shape=(4, 8, 8), local_level=0, pool_levels=(0,))
+
+
+def test_lr_asymmetry_pools_halves_apart() -> None:
+    """|pool(left half) - pool(right half)| per level: zero for a mirror-symmetric map, the one-sided
+    signal for a map with signal on one side only, whichever side; the middle column counts for neither."""
+    enc = UNetEncoder(1, channels=(2,), global_pool="avgmax", input_shape=None, local_level=0,
+                      lr_asymmetry=True).eval()
+    assert enc.out_dim == 2 * 2 * 2  # (avg + max) x (whole + asymmetry) x 2 channels
+    left = torch.rand(1, 2, 4, 6, 3)
+    sym = torch.cat([left, torch.rand(1, 2, 4, 6, 1), left.flip(-1)], dim=-1)  # (1, 2, 4, 6, 7): mirror-symmetric
+    out = enc._pool_map(sym)
+    assert torch.allclose(out[:, :4], torch.cat([sym.flatten(2).mean(-1), sym.flatten(2).amax(-1)], 1))
+    assert torch.allclose(out[:, 4:], torch.zeros(1, 4), atol=1e-6)
+    one = torch.zeros(1, 2, 4, 6, 7)
+    one[..., 1] = 1.0  # signal in one column of the left half
+    half = torch.tensor([[1 / 3, 1 / 3, 1.0, 1.0]])  # avg over the 3 left columns, max
+    assert torch.allclose(enc._pool_map(one)[:, 4:], half)
+    assert torch.allclose(enc._pool_map(one.flip(-1))[:, 4:], half)  # the same lesion on the right
+    mid = torch.zeros(1, 2, 4, 6, 7)
+    mid[..., 3] = 1.0  # the midline column: symmetric
+    assert torch.allclose(enc._pool_map(mid)[:, 4:], torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="lr_asymmetry"):
+        UNetEncoder(1, channels=(4, 8), input_shape=(4, 8, 8), local_level=0, lr_asymmetry=True)
+    with pytest.raises(ValueError, match="2 columns"):
+        enc._pool_map(torch.zeros(1, 2, 4, 6, 1))
+
+
+def test_lr_asymmetry_cpu_preset_trains() -> None:
+    """The demo's encoder with the asymmetry features: sized from the doubled pooling, gradients reach every
+    parameter through the whole and the half poolings."""
+    torch.manual_seed(0)
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1, out_dim=16,
+                               lr_asymmetry=True)
+    assert enc.fc.in_features == 2 * 2 * (4 + 8)
+    x = torch.randn(2, 2, *SHAPE3)
+    enc(x)["global"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())

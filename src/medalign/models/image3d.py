@@ -111,6 +111,13 @@ class UNetEncoder(nn.Module):
             concatenated (default: the last only). Early levels see voxel-scale intensity patterns;
             pooling them too gives the embedding "how much of which tissue signal" directly,
             which a small cohort cannot teach the deep levels alone. ``"all"`` = every level.
+        lr_asymmetry: with a global pooling, also pool each level's left and right halves of the
+            last spatial axis (W; left-right on the canonical RAS grid of ``data.imaging``, which
+            centres the head) apart and append ``|left - right|``: how one-sided the signal is.
+            Global pooling alone cannot tell a one-sided lesion from a bilateral one of the same
+            load (tumour oedema vs confluent white-matter disease on FLAIR); the radiologist's
+            cue is symmetry. Halves, not a voxel-wise mirror difference, so the shift jitter and
+            an off-centre head move only the few voxels near the midline.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class UNetEncoder(nn.Module):
         stem_stride: int | Sequence[int] = 1,
         layer_order: str = "gcr",
         pool_levels: Sequence[int] | str | None = None,
+        lr_asymmetry: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
@@ -148,6 +156,9 @@ class UNetEncoder(nn.Module):
             raise ValueError(f"pool_levels {pool_levels} out of range for {len(channels)} levels")
         if global_pool == "flatten" and pool_levels is not None:
             raise ValueError("pool_levels needs a global pooling ('avg', 'max', 'avgmax'), not 'flatten'")
+        if global_pool == "flatten" and lr_asymmetry:
+            raise ValueError("lr_asymmetry needs a global pooling ('avg', 'max', 'avgmax'), not 'flatten'")
+        self.lr_asymmetry = bool(lr_asymmetry)
         stride = _as_tuple(stem_stride, spatial_dims)
 
         conv = _conv(spatial_dims)
@@ -179,6 +190,7 @@ class UNetEncoder(nn.Module):
             self.input_shape = _as_tuple(input_shape, spatial_dims) if input_shape is not None else None
             self.final_shape = None
             pooled = sum(channels[i] for i in self.pool_levels) * (2 if global_pool == "avgmax" else 1)
+            pooled *= 2 if self.lr_asymmetry else 1
             self.out_dim = int(out_dim or pooled)
             self.fc = nn.Identity() if out_dim is None else nn.Linear(pooled, self.out_dim)
 
@@ -217,6 +229,16 @@ class UNetEncoder(nn.Module):
         return {"global": self.fc(g), "local": local}
 
     def _pool_map(self, h: torch.Tensor) -> torch.Tensor:
+        pooled = self._pool_all(h)  # (B, P)
+        if not self.lr_asymmetry:
+            return pooled
+        half = h.shape[-1] // 2  # an odd middle column (the midline) belongs to neither half
+        if half == 0:
+            raise ValueError(f"lr_asymmetry needs at least 2 columns on the last axis, a level has {h.shape[-1]}")
+        asym = (self._pool_all(h[..., :half]) - self._pool_all(h[..., -half:])).abs()  # (B, P)
+        return torch.cat([pooled, asym], dim=1)  # (B, 2P)
+
+    def _pool_all(self, h: torch.Tensor) -> torch.Tensor:
         hf = h.flatten(2)  # (B, C, prod(spatial))
         if self.global_pool == "avg":
             return hf.mean(-1)
