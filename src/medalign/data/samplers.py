@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -183,9 +183,7 @@ def class_balance_weights(dataset, power: float) -> list[float]:
         first = ids[unlabelled[0]] if ids is not None else f"item {unlabelled[0]}"
         raise ConfigError(f"train.class_balance needs a label for every training study (manifest column "
                           f"'label'); {len(unlabelled)} have none, first: {first}")
-    counts: dict[int, int] = {}
-    for y in labels:
-        counts[int(y)] = counts.get(int(y), 0) + 1
+    counts = Counter(int(y) for y in labels)
     return [counts[int(y)] ** -power for y in labels]
 
 

@@ -14,7 +14,7 @@ person, one split) and record ``twin_of`` in ``ground_truth.json``.
 """
 from __future__ import annotations
 
-import json
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -53,7 +53,7 @@ def lesion_free_twins(plans: list[dict], fraction: float, *, seed: int, paraphra
         if not (twin_source(truth, classes) and u < fraction):
             continue
         i = len(plans) + len(out)
-        t = json.loads(json.dumps(truth))
+        t = copy.deepcopy(truth)
         t.pop(PARAPHRASES_COLUMN, None)
         t.update(label="normal", manifest_label="normal", findings=[], twin_of=truth["study_id"],
                  study_id=f"S{i + 1:05d}", seed=[int(seed), 1, i])
