@@ -8,7 +8,7 @@ Each ``--model`` is a run and the held-out cohort's cache preprocessed with that
 cache of all seven). Every study of the held-out manifest is evaluated (no split is used).
 
 Per model: report->image R@5 and zero-shot accuracy (the shipped prompts, ``medalign/eval/prompts.yaml``;
-one prompt per class as in the paper's protocol, and the prompt ensemble, the default), with 95%
+one prompt per class as in the paper's protocol, and the prompt ensemble, the default, also per class), with 95%
 percentile-bootstrap CIs over studies, for the full study, each sequence alone, and each
 leave-one-out; and a logistic-regression probe (fit on the run's own training split, full
 studies) on the full held-out studies. A sequence left out is hidden through the sequence mask:
@@ -47,8 +47,11 @@ def scores(model, img: np.ndarray, txt: np.ndarray, y: np.ndarray, bank: dict, n
     zs = (scores_from_prompt_bank(img, bank, one_per_class=True).argmax(1) == y).astype(float)
     ens = (scores_from_prompt_bank(img, bank).argmax(1) == y).astype(float)  # the default pooling
     mean = lambda v: float(np.mean(v))  # noqa: E731
+    classes = [str(c) for c in bank["classes"]]
+    # right / studies per true class (ensemble): a gain on one class can hide a loss on another
+    per_class = {c: [int(ens[y == classes.index(c)].sum()), int((y == classes.index(c)).sum())] for c in classes}
     return {"R@5": bootstrap_ci(mean, r5, n=n_boot, seed=0), "zero_shot": bootstrap_ci(mean, zs, n=n_boot, seed=0),
-            "zero_shot_ensemble": bootstrap_ci(mean, ens, n=n_boot, seed=0)}
+            "zero_shot_ensemble": bootstrap_ci(mean, ens, n=n_boot, seed=0), "ensemble_per_class": per_class}
 
 
 def main() -> None:
@@ -95,8 +98,9 @@ def main() -> None:
                 ok = (clf.predict(img) == y).astype(float)
                 res["probe"] = bootstrap_ci(lambda v: float(np.mean(v)), ok, n=a.n_boot, seed=0)
             r = res["rows"][row]
+            per_class = " ".join(f"{c} {k}/{n}" for c, (k, n) in r["ensemble_per_class"].items() if n)
             print(f"{name:<22} {row:<18} R@5 {format_ci(r['R@5'])}  zero-shot {format_ci(r['zero_shot'])}  "
-                  f"ensemble {format_ci(r['zero_shot_ensemble'])}", flush=True)
+                  f"ensemble {format_ci(r['zero_shot_ensemble'])} ({per_class})", flush=True)
         print(f"{name:<22} {'probe (logreg)':<18} {format_ci(res['probe'])}", flush=True)
         results["models"][name] = res
     if a.out:

@@ -1,4 +1,5 @@
 """Losses: nn.Modules that take features and return a dict of named ``*_loss`` tensors."""
 from medalign.losses.clip import ClipLoss
+from medalign.losses.lesion import LesionClassLoss
 
-__all__ = ["ClipLoss"]
+__all__ = ["ClipLoss", "LesionClassLoss"]

@@ -1,6 +1,7 @@
 """brain-CLIP: 3D U-Net image encoder + frozen (cached) text encoder + symmetric contrastive loss."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -9,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.reports import report_views, select_report_section
-from medalign.data.schema import PAPER_SEQUENCES
+from medalign.data.schema import CLASSES, PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
+from medalign.losses.lesion import LesionClassLoss
 from medalign.models.heads import ProjectionHead
 from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
@@ -45,28 +47,32 @@ def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Gen
 
 
 def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, follow: torch.Tensor | None = None):
     """Cheap on-tensor training augmentation: a random circular shift of up to ``shift`` voxels per
     spatial axis (one per sample) and a random per-channel intensity gain in ``[1 - scale, 1 + scale]``.
 
     Unlike a left-right flip it keeps laterality, so "left MCA infarct" still matches the image.
-    image (B, C, *spatial) -> same shape.
+    image (B, C, *spatial) -> same shape. ``follow`` (B, *spatial), e.g. the lesion masks, is
+    shifted with its image (no gain); given, the return is ``(image, follow)``.
     """
     spatial = image.dim() - 2
     shift = tuple(int(v) for v in shift)
     if len(shift) != spatial:
         raise ValueError(f"shift needs one value per spatial axis ({spatial}), got {shift}")
-    out = image
+    out, moved = image, follow
     if any(shift):
-        rolled = []
+        rolled, rolled_f = [], []
         for b in range(image.shape[0]):
             offs = [int(torch.randint(-m, m + 1, (1,), generator=generator)) if m > 0 else 0 for m in shift]
             rolled.append(torch.roll(image[b], shifts=offs, dims=tuple(range(1, spatial + 1))))  # (C, *spatial)
+            if follow is not None:
+                rolled_f.append(torch.roll(follow[b], shifts=offs, dims=tuple(range(spatial))))  # (*spatial)
         out = torch.stack(rolled)  # (B, C, *spatial)
+        moved = torch.stack(rolled_f) if follow is not None else None  # (B, *spatial)
     if scale > 0:
         g = 1 + (torch.rand(image.shape[:2], generator=generator, device=image.device) * 2 - 1) * scale  # (B, C)
         out = out * g.to(out.dtype).reshape(*g.shape, *([1] * spatial))  # (B, C, 1, ...)
-    return out
+    return out if follow is None else (out, moved)
 
 
 TEXT_VIEW_MODES = ("none", "sections", "paraphrases")
@@ -124,6 +130,15 @@ class ClipRecipe(Recipe):
         text_adapter: a trainable residual MLP (D -> D -> D, last layer zero-initialised, so
             training starts from the locked tower) on the frozen text features before the text
             projection. ``False`` (default) = LiT-style locked text tower with a linear map.
+        lesion_aux: weight of an auxiliary loss (0 = off, the paper): a 1x1 conv on the image
+            encoder's ``local`` map (``image_encoder.local_level``) predicts, per cell, whether it
+            holds a lesion and of which class (the study's label), trained on the studies whose
+            cache has a lesion mask (:class:`~medalign.losses.lesion.LesionClassLoss`). For cohorts
+            with masks (the synthetic one): it makes the features at a lesion tell white-matter
+            disease from tumour oedema, which matching reports alone did not. Training only.
+        lesion_evidence: with ``lesion_aux``, the head's class probabilities, averaged and
+            maxed over the cells, join the pooled image features before the projection (2 x 6
+            values), so the embedding carries how much of each lesion class the head sees (at inference too).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -132,14 +147,27 @@ class ClipRecipe(Recipe):
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
-                 text_adapter: bool = False) -> None:
+                 text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool = False) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
                                                  input_shape=input_shape)
         self.text_encoder_cfg = dict(text_encoder or {})
         self._text: list[TextEncoder] = []  # a list, so the frozen encoder is not a submodule
-        self.image_proj = ProjectionHead(self.image_encoder.out_dim, embed_dim, projection)
+        self.lesion_head: nn.Module | None = None
+        if lesion_evidence and not lesion_aux:
+            raise ValueError("recipe.lesion_evidence needs recipe.lesion_aux > 0 (the head it reads is trained by it)")
+        self.lesion_evidence = bool(lesion_evidence)
+        if lesion_aux:
+            local_dim = getattr(self.image_encoder, "local_dim", None)
+            if local_dim is None:
+                raise ValueError(f"recipe.lesion_aux needs an image encoder with a local feature map (local_dim); "
+                                 f"{type(self.image_encoder).__name__} has none")
+            conv = nn.Conv2d if getattr(self.image_encoder, "spatial_dims", 3) == 2 else nn.Conv3d
+            self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
+            self.lesion_loss = LesionClassLoss(weight=lesion_aux)
+        extra = 2 * (1 + len(CLASSES)) if self.lesion_evidence else 0
+        self.image_proj = ProjectionHead(self.image_encoder.out_dim + extra, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
         self.text_view_mode = _text_view_mode(text_views)
         self.text_adapter: nn.Module | None = None
@@ -176,8 +204,18 @@ class ClipRecipe(Recipe):
 
     def encode_image(self, image: torch.Tensor, sequence_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, E), L2-normalised; missing sequences are zeroed first."""
-        g = self.image_encoder(image, sequence_mask)["global"]  # (B, F); absent sequences zeroed or skipped
-        return F.normalize(self.image_proj(g), dim=-1)  # (B, E)
+        return self._encode(image, sequence_mask)[0]
+
+    def _encode(self, image: torch.Tensor, sequence_mask: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """(embedding (B, E), the encoder's outputs + ``lesion_logits`` when the head runs)."""
+        enc = dict(self.image_encoder(image, sequence_mask))  # global (B, F), local (B, C_l, *grid)
+        g = enc["global"]
+        if self.lesion_head is not None and (self.training or self.lesion_evidence):
+            enc["lesion_logits"] = self.lesion_head(enc["local"])  # (B, 1 + K, *grid)
+        if self.lesion_evidence:
+            p = enc["lesion_logits"].softmax(1).flatten(2)  # (B, 1 + K, cells)
+            g = torch.cat([g, p.mean(-1), p.amax(-1)], dim=1)  # (B, F + 2 (1 + K))
+        return F.normalize(self.image_proj(g), dim=-1), enc
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """Frozen sentence features (B, Dt) from the cache (no grad)."""
@@ -244,33 +282,54 @@ class ClipRecipe(Recipe):
             self._text_on_device().sentence(texts)
 
     # ------------------------------------------------------------------ steps
-    def image_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image, sequence_mask) of a batch; in training with sequence dropout and jitter applied."""
+    def image_inputs(self, batch: dict, lesions: bool = False) -> tuple[torch.Tensor, ...]:
+        """(image, sequence_mask) of a batch; in training with sequence dropout and jitter applied.
+
+        ``lesions``: also return the batch's lesion masks (B, *spatial), jittered with the image
+        (None when the batch has none).
+        """
         image = batch["image"]
         mask = batch.get("sequence_mask")
+        lesion = batch.get("mask") if lesions else None
         if mask is None:
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
         if self.training:  # a no-op when both probabilities are 0
             mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence)
         if self.training and self.jitter:
-            image = jitter_batch(image, **self.jitter)
-        return image, mask
+            if lesion is not None:
+                image, lesion = jitter_batch(image, **self.jitter, follow=lesion)
+            else:
+                image = jitter_batch(image, **self.jitter)
+        return (image, mask, lesion) if lesions else (image, mask)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        image, mask = self.image_inputs(batch)
+        aux = self.lesion_head is not None and self.training
+        image, mask, *lesion = self.image_inputs(batch, lesions=aux)
         feats = self.text_features(self.training_texts(batch["text"], batch.get("paraphrases")))  # (B, Dt), frozen
-        return {
-            "image_embed": self.encode_image(image, mask),
+        embed, enc = self._encode(image, mask)
+        out = {
+            "image_embed": embed,
             "text_embed": self.project_text(feats),  # (B, E), as encode_report
             "text_features": feats,
             "logit_scale": self.logit_scale(),
         }
+        if aux and lesion[0] is not None:
+            out["lesion_logits"] = enc["lesion_logits"]  # (B, 1 + K, *grid)
+            out["lesion_mask"] = lesion[0]  # (B, *spatial), shifted with the image
+        elif aux and not self.__dict__.get("_warned_no_masks"):
+            self._warned_no_masks = True  # once per run: a cohort without masks trains, the head just learns nothing
+            logging.getLogger(__name__).warning(
+                "recipe.lesion_aux is on but this training batch has no lesion masks (manifest column 'mask'): "
+                "the auxiliary loss is skipped for studies without one")
+        return out
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
         out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"],
                                                       f["text_features"]))
         out["logit_scale"] = f["logit_scale"].detach()
+        if "lesion_logits" in f:
+            out.update(self.lesion_loss(f["lesion_logits"], f["lesion_mask"], batch["label"], batch["has_mask"]))
         return out
 
     @torch.no_grad()

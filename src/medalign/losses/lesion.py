@@ -1,0 +1,53 @@
+"""Auxiliary lesion-class loss: which class's lesion, if any, each cell of a feature map holds."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def lesion_targets(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Per-cell targets on a feature ``grid``: 0 = no lesion, ``1 + label`` = a lesion of the study's class.
+
+    ``mask`` (B, *spatial) lesion voxels (> 0) on the image grid; ``labels`` (B,) class indices.
+    A cell is lesion when any of its voxels is (max pooling), so thin white-matter lesions still
+    mark the cells they cross. Returns (B, *grid) long.
+    """
+    m = (mask > 0).float().unsqueeze(1)  # (B, 1, *spatial)
+    pool = F.adaptive_max_pool3d if m.dim() == 5 else F.adaptive_max_pool2d
+    cells = pool(m, grid).squeeze(1) > 0  # (B, *grid)
+    lab = labels.long().view(-1, *([1] * len(grid)))  # (B, 1, ...)
+    return torch.where(cells, lab + 1, torch.zeros_like(lab))
+
+
+class LesionClassLoss(nn.Module):
+    """Cross-entropy of per-cell lesion-class logits, lesion and lesion-free cells weighted equally.
+
+    A segmentation-style auxiliary task for image encoders trained contrastively on a cohort
+    with lesion masks (the synthetic cohort has them): the features at a lesion must say whose
+    lesion it is (white-matter disease vs tumour oedema vs infarct), which the image-report
+    loss alone does not force when the report can be matched from other cues. Lesions are a few
+    percent of the cells, so the two groups' mean losses are averaged (a batch without lesion
+    cells uses the background term alone). Only studies with a mask and a label count
+    (``valid``); a batch with none gives a zero loss that keeps the graph.
+    """
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"lesion loss weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits`` (B, 1 + K, *grid); ``mask`` (B, *spatial); ``labels`` (B,); ``valid`` (B,) bool."""
+        keep = valid & (labels >= 0)  # (B,)
+        if not bool(keep.any()):
+            return {"lesion_loss": logits.sum() * 0.0}
+        target = lesion_targets(mask[keep], labels[keep], tuple(logits.shape[2:]))  # (b, *grid)
+        ce = F.cross_entropy(logits[keep].float(), target, reduction="none")  # (b, *grid)
+        lesion = target > 0
+        parts = [ce[~lesion].mean()] if bool((~lesion).any()) else []
+        if bool(lesion.any()):
+            parts.append(ce[lesion].mean())
+        return {"lesion_loss": self.weight * torch.stack(parts).mean()}

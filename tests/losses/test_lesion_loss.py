@@ -1,0 +1,48 @@
+"""LesionClassLoss: per-cell lesion-class targets and the balanced cross-entropy."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medalign.losses.lesion import LesionClassLoss, lesion_targets
+
+
+def test_targets_mark_every_cell_a_lesion_touches_with_its_study_class():
+    mask = torch.zeros(2, 4, 8, 8, dtype=torch.uint8)  # (B, D, H, W)
+    mask[0, 0, 0, 0] = 1  # one voxel: its 2x4x4 cell only
+    mask[1, 2:4, 4:8, 4:8] = 1  # exactly the last cell
+    t = lesion_targets(mask, torch.tensor([1, 4]), (2, 2, 2))
+    assert t.shape == (2, 2, 2, 2) and t.dtype == torch.long
+    want0 = torch.zeros(2, 2, 2, dtype=torch.long)
+    want0[0, 0, 0] = 2  # label 1 -> class 2 (0 is no lesion)
+    want1 = torch.zeros(2, 2, 2, dtype=torch.long)
+    want1[1, 1, 1] = 5
+    assert torch.equal(t[0], want0) and torch.equal(t[1], want1)
+
+
+def test_lesion_and_background_cells_weigh_the_same():
+    logits = torch.zeros(1, 3, 1, 1, 4)  # (B, 1 + K, *grid), uniform: CE = log 3 everywhere
+    logits[0, 0, 0, 0, 1:] = 5.0  # three background cells predicted right
+    mask = torch.zeros(1, 1, 1, 4)
+    mask[0, 0, 0, 0] = 1  # the first cell is a lesion of class 1 (target 2), predicted uniformly
+    out = LesionClassLoss(weight=2.0)(logits, mask, torch.tensor([1]), torch.tensor([True]))
+    bg = -torch.log_softmax(torch.tensor([5.0, 0.0, 0.0]), 0)[0]
+    want = 2.0 * (math.log(3) + float(bg)) / 2  # the one lesion cell counts as much as the three others
+    assert float(out["lesion_loss"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_studies_without_mask_or_label_are_left_out():
+    logits = torch.randn(2, 3, 1, 2, 2, requires_grad=True)
+    mask = torch.ones(2, 1, 2, 2)
+    loss = LesionClassLoss()
+    only_first = loss(logits, mask, torch.tensor([0, 1]), torch.tensor([True, False]))["lesion_loss"]
+    assert float(only_first) == pytest.approx(float(loss(logits[:1], mask[:1], torch.tensor([0]),
+                                                         torch.tensor([True]))["lesion_loss"]))
+    none = loss(logits, mask, torch.tensor([-1, 1]), torch.tensor([True, False]))["lesion_loss"]
+    assert float(none) == 0.0
+    none.backward()  # keeps the graph, so a step with no usable mask still runs
+    assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match=">= 0"):
+        LesionClassLoss(weight=-1)

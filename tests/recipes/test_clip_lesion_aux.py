@@ -1,0 +1,158 @@
+"""ClipRecipe's auxiliary lesion-class loss (``recipe.lesion_aux``): masks follow the jittered image,
+the loss trains the encoder's local map in training only, and a tiny cohort with masks trains end to end."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from medalign.recipes.clip import ClipRecipe, jitter_batch
+
+ENC = {"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2), "local_level": 1, "global_pool": "avg"}
+
+
+class _FakeText:
+    dim = 6
+    device = torch.device("cpu")
+
+    def sentence(self, texts):
+        return torch.tensor([[float(len(t))] + [1.0] * (self.dim - 1) for t in texts])  # (B, 6)
+
+
+def _recipe(**kw) -> ClipRecipe:
+    rec = ClipRecipe(sequences=("flair",), input_shape=(4, 16, 16), embed_dim=4, image_encoder=dict(ENC),
+                     text_encoder={"device": "cpu"}, gather=False, **kw)
+    rec._text[:] = [_FakeText()]
+    rec.text_proj = type(rec.text_proj)(6, 4, "linear")  # sized for the fake encoder
+    return rec
+
+
+def _batch(has_mask=(True, True, False)) -> dict:
+    b = len(has_mask)
+    mask = torch.zeros(b, 4, 16, 16, dtype=torch.uint8)  # (B, D, H, W)
+    mask[0, 1:3, 2:6, 2:6] = 1
+    image = torch.randn(b, 1, 4, 16, 16) + 3.0 * mask.unsqueeze(1)  # (B, C, D, H, W)
+    return {"image": image, "text": ["Acute infarct.", "No abnormality.", "Large tumour."][:b],
+            "label": torch.tensor([0, 3, 1][:b]), "mask": mask, "has_mask": torch.tensor(has_mask)}
+
+
+def test_jitter_moves_the_mask_with_its_image():
+    image = torch.zeros(3, 2, 4, 8, 8)
+    mask = torch.zeros(3, 4, 8, 8, dtype=torch.uint8)
+    image[:, :, 1, 2, 3] = 1.0
+    mask[:, 1, 2, 3] = 1
+    out, moved = jitter_batch(image, shift=(1, 3, 3), scale=0.2, generator=torch.Generator().manual_seed(0),
+                              follow=mask)
+    assert moved.dtype == torch.uint8 and int(moved.sum()) == 3
+    for b in range(3):
+        assert torch.equal(out[b, 0] > 0, moved[b] > 0)  # same voxel in both, wherever the shift put it
+    assert not all(torch.equal(moved[b], mask[b]) for b in range(3))  # it did move
+
+
+def test_training_step_adds_the_lesion_loss_and_trains_the_local_map(caplog):
+    torch.manual_seed(0)
+    rec = _recipe(lesion_aux=0.5, jitter={"shift": [0, 2, 2], "scale": 0.1})
+    rec.train()
+    out = rec.training_step(_batch())
+    assert set(k for k in out if k.endswith("_loss")) == {"contrastive_loss", "lesion_loss"}
+    out["lesion_loss"].backward()
+    assert rec.lesion_head.weight.grad.abs().sum() > 0
+    assert rec.lesion_head.out_channels == 6  # no lesion + the five classes
+    first = rec.image_encoder.levels[0][1]  # the DoubleConv feeding the local map (level 1)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in first.parameters())
+    rec.eval()
+    assert "lesion_loss" not in rec.training_step(_batch())  # training only
+    rec.train()
+    nomask = {k: v for k, v in _batch().items() if k not in ("mask", "has_mask")}
+    with caplog.at_level("WARNING", logger="medalign.recipes.clip"):
+        assert "lesion_loss" not in rec.training_step(nomask)  # a cohort without masks trains as before
+        rec.training_step(nomask)
+    assert sum("no lesion masks" in r.getMessage() for r in caplog.records) == 1  # said once, not every step
+    off = _recipe()
+    off.train()
+    assert off.lesion_head is None and "lesion_loss" not in off.training_step(_batch())
+
+
+def test_lesion_head_learns_which_class_a_lesion_is():
+    """Two studies with the same bright cube, one labelled tumour and one infarct but with a different texture:
+    the head learns to tell them apart (the loss falls well below its start)."""
+    torch.manual_seed(0)
+    rec = _recipe(lesion_aux=1.0)
+    rec.train()
+    batch = _batch(has_mask=(True, True))
+    batch["mask"][1] = batch["mask"][0]
+    batch["image"][1] = batch["image"][0] * torch.linspace(0.5, 1.5, 16)  # (1, 4, 16, 16) a gradient on W
+    batch["label"] = torch.tensor([1, 0])
+    opt = torch.optim.Adam(rec.parameters(), lr=0.01)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = rec.training_step(batch)["lesion_loss"]
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.3 * losses[0]
+    from medalign.losses.lesion import lesion_targets
+
+    with torch.no_grad():
+        logits = rec.lesion_head(rec.image_encoder(batch["image"])["local"])  # (B, 6, *grid)
+    target = lesion_targets(batch["mask"], batch["label"], tuple(logits.shape[2:]))  # (B, *grid)
+    pred = logits.argmax(1)
+    # the same cube is called tumour (2) in one study and infarct (1) in the other: not just "a lesion"
+    assert torch.equal(pred[0][target[0] > 0].unique(), torch.tensor([2]))
+    assert torch.equal(pred[1][target[1] > 0].unique(), torch.tensor([1]))
+
+
+def test_encoder_without_a_local_map_is_refused():
+    class _GlobalOnly(torch.nn.Module):
+        out_dim = 8
+
+        def forward(self, x, sequence_mask=None):
+            return {"global": x.flatten(1)[:, :8]}
+
+    with pytest.raises(ValueError, match="lesion_aux needs an image encoder with a local feature map"):
+        ClipRecipe(sequences=("flair",), image_encoder=_GlobalOnly(), text_encoder={"device": "cpu"}, lesion_aux=0.5)
+
+
+def test_tiny_cohort_with_masks_trains_with_the_lesion_loss(tmp_path, monkeypatch):
+    """End to end through ``fit``: the cached masks reach the recipe and the loss is logged."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tiny_runs import make_tiny_runs, run_config  # noqa: E402
+
+    from medalign.train.loop import fit
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    made = make_tiny_runs(tmp_path, recipes=())
+    cfg = run_config("clip", made["manifest"], tmp_path)
+    cfg["recipe"]["lesion_aux"] = 0.5
+    cfg["train"]["epochs"] = 2
+    fit(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lesion = [r["lesion_loss"] for r in rows if r.get("split") == "train" and "lesion_loss" in r]
+    assert lesion and all(v > 0 for v in lesion)
+
+
+def test_lesion_evidence_feeds_the_head_into_the_embedding_at_inference():
+    torch.manual_seed(0)
+    rec = _recipe(lesion_aux=0.5, lesion_evidence=True)
+    assert rec.image_proj.in_dim == rec.image_encoder.out_dim + 12  # mean and max of 6 class probabilities
+    rec.eval()
+    image = _batch()["image"]
+    before = rec.encode_image(image)
+    assert before.shape == (3, 4) and torch.allclose(before.norm(dim=-1), torch.ones(3))
+    with torch.no_grad():
+        rec.lesion_head.bias[3] += 5.0  # the head now sees class index 2 everywhere
+    after = rec.encode_image(image)
+    assert not torch.allclose(before, after)  # the embedding reads the head, outside training too
+    plain = _recipe(lesion_aux=0.5)
+    plain.eval()
+    p0 = plain.encode_image(image)
+    with torch.no_grad():
+        plain.lesion_head.bias[3] += 5.0
+    assert torch.equal(p0, plain.encode_image(image))  # without it the head is training-only
+    with pytest.raises(ValueError, match="lesion_evidence needs recipe.lesion_aux"):
+        _recipe(lesion_evidence=True)
