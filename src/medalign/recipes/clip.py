@@ -166,6 +166,7 @@ class ClipRecipe(Recipe):
             conv = nn.Conv2d if getattr(self.image_encoder, "spatial_dims", 3) == 2 else nn.Conv3d
             self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
             self.lesion_loss = LesionClassLoss(weight=lesion_aux)
+        self._warned_no_masks = False
         extra = 2 * (1 + len(CLASSES)) if self.lesion_evidence else 0
         self.image_proj = ProjectionHead(self.image_encoder.out_dim + extra, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
@@ -282,11 +283,11 @@ class ClipRecipe(Recipe):
             self._text_on_device().sentence(texts)
 
     # ------------------------------------------------------------------ steps
-    def image_inputs(self, batch: dict, lesions: bool = False) -> tuple[torch.Tensor, ...]:
-        """(image, sequence_mask) of a batch; in training with sequence dropout and jitter applied.
+    def image_inputs(self, batch: dict, lesions: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image, sequence_mask, lesion masks) of a batch; in training with sequence dropout and jitter applied.
 
-        ``lesions``: also return the batch's lesion masks (B, *spatial), jittered with the image
-        (None when the batch has none).
+        ``lesions``: also take the batch's lesion masks (B, *spatial), jittered with the image;
+        otherwise (or when the batch has none) the third item is None.
         """
         image = batch["image"]
         mask = batch.get("sequence_mask")
@@ -300,11 +301,11 @@ class ClipRecipe(Recipe):
                 image, lesion = jitter_batch(image, **self.jitter, follow=lesion)
             else:
                 image = jitter_batch(image, **self.jitter)
-        return (image, mask, lesion) if lesions else (image, mask)
+        return image, mask, lesion
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         aux = self.lesion_head is not None and self.training
-        image, mask, *lesion = self.image_inputs(batch, lesions=aux)
+        image, mask, lesion = self.image_inputs(batch, lesions=aux)
         feats = self.text_features(self.training_texts(batch["text"], batch.get("paraphrases")))  # (B, Dt), frozen
         embed, enc = self._encode(image, mask)
         out = {
@@ -313,10 +314,10 @@ class ClipRecipe(Recipe):
             "text_features": feats,
             "logit_scale": self.logit_scale(),
         }
-        if aux and lesion[0] is not None:
+        if aux and lesion is not None:
             out["lesion_logits"] = enc["lesion_logits"]  # (B, 1 + K, *grid)
-            out["lesion_mask"] = lesion[0]  # (B, *spatial), shifted with the image
-        elif aux and not self.__dict__.get("_warned_no_masks"):
+            out["lesion_mask"] = lesion  # (B, *spatial), shifted with the image
+        elif aux and not self._warned_no_masks:
             self._warned_no_masks = True  # once per run: a cohort without masks trains, the head just learns nothing
             logging.getLogger(__name__).warning(
                 "recipe.lesion_aux is on but this training batch has no lesion masks (manifest column 'mask'): "

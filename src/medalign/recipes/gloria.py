@@ -190,7 +190,7 @@ class GloriaRecipe(ClipRecipe):
         return {"text_embed": sent, "word_embed": words, "word_mask": mask.to(dev), "word_lists": enc["word_lists"]}
 
     def forward(self, batch: dict) -> dict[str, Any]:
-        image, mask = self.image_inputs(batch)
+        image, mask, _ = self.image_inputs(batch)
         # batch["text"] holds manifest reports: both branches see the configured ``text_section``
         # (as ClipRecipe.encode_report does); without this a "text_section: impression" was ignored.
         texts = self.report_texts(batch["text"])
