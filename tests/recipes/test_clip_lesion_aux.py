@@ -156,3 +156,43 @@ def test_lesion_evidence_feeds_the_head_into_the_embedding_at_inference():
     assert torch.equal(p0, plain.encode_image(image))  # without it the head is training-only
     with pytest.raises(ValueError, match="lesion_evidence needs recipe.lesion_aux"):
         _recipe(lesion_evidence=True)
+
+
+def _grid_logits(lesion_cells: int, cls: int, cells: int = 32) -> torch.Tensor:
+    """Logits (1, 6, cells): every cell sure of "no lesion" except the first ``lesion_cells``, sure of ``cls``."""
+    logits = torch.full((1, 6, cells), -10.0)
+    logits[0, 0] = 10.0
+    logits[0, 0, :lesion_cells] = -10.0
+    logits[0, 1 + cls, :lesion_cells] = 10.0
+    return logits
+
+
+def test_lesion_pooled_evidence_reads_the_lesion_cells_and_not_the_brain():
+    from medalign.recipes.clip import lesion_evidence
+
+    clean = lesion_evidence(_grid_logits(0, 1), "lesion")[0]  # (12,)
+    assert clean[0] < 1e-6 and clean[6] < 1e-6  # no lesion anywhere: no load, whole brain or top cells
+    ev = lesion_evidence(_grid_logits(2, 1), "lesion")[0]  # two tumour cells of 32: the top 2 = 32 // 16
+    assert ev[0] == pytest.approx(2 / 32, abs=1e-4)  # the lesion load of the whole brain
+    assert ev[6] == pytest.approx(1.0, abs=1e-4)  # the top cells are all lesion
+    assert ev[7:].argmax() == 1 and ev[8] == pytest.approx(1.0, abs=1e-4)  # and all tumour
+    # the same class mix whatever the lesion's size, unlike a mean over the brain
+    assert torch.allclose(lesion_evidence(_grid_logits(8, 1), "lesion")[0, 7:], ev[7:], atol=1e-4)
+    brain = lesion_evidence(_grid_logits(2, 1), "brain")[0]
+    assert brain[2] == pytest.approx(2 / 32, abs=1e-4) and brain[8] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_lesion_pooled_evidence_is_not_trained_by_the_contrastive_loss():
+    torch.manual_seed(0)
+    image = _batch()["image"]
+    grads = {}
+    for mode in ("brain", "lesion"):
+        rec = _recipe(lesion_aux=0.5, lesion_evidence=mode)
+        rec.eval()
+        rec.encode_image(image).sum().backward()
+        g = rec.lesion_head.weight.grad
+        grads[mode] = 0.0 if g is None else float(g.abs().sum())
+        assert rec.image_proj.net.weight.grad[:, -12:].abs().sum() > 0  # the evidence reaches the projection
+    assert grads["brain"] > 0 and grads["lesion"] == 0.0  # only the lesion loss trains the head it reads
+    with pytest.raises(ValueError, match="must be false, true, 'brain' or 'lesion'"):
+        _recipe(lesion_aux=0.5, lesion_evidence="everywhere")

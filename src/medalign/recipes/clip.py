@@ -88,6 +88,39 @@ def _text_view_mode(text_views: bool | str) -> str:
     return str(text_views)
 
 
+def _evidence_mode(value: bool | str) -> str:
+    """``recipe.lesion_evidence`` -> "" (off), "brain" or "lesion"."""
+    mode = {False: "", True: "brain"}.get(value, value) if isinstance(value, bool) else str(value)
+    if mode not in ("", "brain", "lesion"):
+        raise ValueError(f"recipe.lesion_evidence must be false, true, 'brain' or 'lesion', got {value!r}")
+    return mode
+
+
+def lesion_evidence(logits: torch.Tensor, mode: str = "lesion") -> torch.Tensor:
+    """Study-level summary (B, 2 (1 + K)) of lesion-head logits (B, 1 + K, *grid); channel 0 = no lesion.
+
+    ``"brain"``: mean and max of each channel's probability over all cells. ``"lesion"`` (no
+    gradient): with w = 1 - p(no lesion) per cell, the lesion load (mean w) and the class mix of
+    the lesion cells (sum w p_c / sum w), then the same over the top 1/16 of cells by w. A brain
+    without lesions gives a low load whatever the head says at its faint cells, which an average
+    over the whole brain mixes in with the lesions.
+    """
+    p = logits.softmax(1).flatten(2)  # (B, 1 + K, cells)
+    if mode == "brain":
+        return torch.cat([p.mean(-1), p.amax(-1)], dim=1)
+    p = p.detach()
+    w = 1.0 - p[:, 0]  # (B, cells) lesion-ness
+    k = max(1, w.shape[-1] // 16)
+    top = w.topk(k, dim=-1).indices  # (B, k)
+    p_top = p.gather(2, top[:, None].expand(-1, p.shape[1], -1))  # (B, 1 + K, k)
+    out = []
+    for q in (p, p_top):
+        wq = 1.0 - q[:, 0]  # (B, n)
+        mix = (q[:, 1:] * wq[:, None]).sum(-1) / wq.sum(-1, keepdim=True).clamp_min(1e-6)  # (B, K)
+        out += [wq.mean(-1, keepdim=True), mix]
+    return torch.cat(out, dim=1)  # (B, 2 (1 + K))
+
+
 @RECIPES.register("clip")
 class ClipRecipe(Recipe):
     """Image-report contrastive learning (brain-CLIP, METHODS.md section 1).
@@ -136,9 +169,13 @@ class ClipRecipe(Recipe):
             cache has a lesion mask (:class:`~medalign.losses.lesion.LesionClassLoss`). For cohorts
             with masks (the synthetic one): it makes the features at a lesion tell white-matter
             disease from tumour oedema, which matching reports alone did not. Training only.
-        lesion_evidence: with ``lesion_aux``, the head's class probabilities, averaged and
-            maxed over the cells, join the pooled image features before the projection (2 x 6
-            values), so the embedding carries how much of each lesion class the head sees (at inference too).
+        lesion_evidence: with ``lesion_aux``, a summary of the head's class probabilities joins
+            the pooled image features before the projection (2 x 6 values, at inference too), so
+            the embedding carries how much of each lesion class the head sees. ``True`` /
+            ``"brain"``: mean and max over all cells, trained through; ``"lesion"``: read from the
+            head without gradient (only the lesion loss trains it, so the contrastive loss cannot
+            turn it into a channel of its own) and pooled over the cells it calls lesion
+            (:func:`lesion_evidence`).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -147,7 +184,7 @@ class ClipRecipe(Recipe):
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
-                 text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool = False) -> None:
+                 text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -157,7 +194,7 @@ class ClipRecipe(Recipe):
         self.lesion_head: nn.Module | None = None
         if lesion_evidence and not lesion_aux:
             raise ValueError("recipe.lesion_evidence needs recipe.lesion_aux > 0 (the head it reads is trained by it)")
-        self.lesion_evidence = bool(lesion_evidence)
+        self.lesion_evidence = _evidence_mode(lesion_evidence)
         if lesion_aux:
             local_dim = getattr(self.image_encoder, "local_dim", None)
             if local_dim is None:
@@ -214,8 +251,7 @@ class ClipRecipe(Recipe):
         if self.lesion_head is not None and (self.training or self.lesion_evidence):
             enc["lesion_logits"] = self.lesion_head(enc["local"])  # (B, 1 + K, *grid)
         if self.lesion_evidence:
-            p = enc["lesion_logits"].softmax(1).flatten(2)  # (B, 1 + K, cells)
-            g = torch.cat([g, p.mean(-1), p.amax(-1)], dim=1)  # (B, F + 2 (1 + K))
+            g = torch.cat([g, lesion_evidence(enc["lesion_logits"], self.lesion_evidence)], dim=1)  # (B, F + 2 (1 + K))
         return F.normalize(self.image_proj(g), dim=-1), enc
 
     def text_features(self, texts: list[str]) -> torch.Tensor:
