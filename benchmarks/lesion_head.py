@@ -4,7 +4,11 @@
   against the other cells inside the head (does it find the lesion in the scan?);
 - its class probabilities averaged over the lesion cells (which class does it say the lesion is?);
 - the study-level evidence of ``recipe.lesion_evidence: lesion`` (lesion load, and the class mix of
-  the top 1/16 cells) as acquired and with the lesion erased (does the summary move with the lesion?).
+  the top 1/16 cells) as acquired and with the lesion erased (does the summary move with the lesion?);
+- with ``--cohort``, the study-level AUC of the lesion load (mean lesion-ness over the cells: the
+  estimated lesion share for a head trained with ``lesion_targets: fraction``) of each group against
+  the cohort's normal studies shown the same way (does it tell a study with this lesion from one
+  without?). A head that calls lesion in every brain scores ~0.5 there however well it ranks cells.
 
 Each figure is the median over a group's studies (real WMH, real tumours, each synthetic variant).
 
@@ -39,15 +43,11 @@ def head_voxels(image: np.ndarray, present: np.ndarray):
     return torch.from_numpy((image[np.asarray(present, bool)] != 0).any(0).astype(np.float32))
 
 
-def head_readout(model, files: dict, mask: str) -> dict:
-    """One study through ``model``'s encoder and lesion head: AUC, class probabilities at the lesion, evidence."""
+def head_logits(model, files: dict, mask: str | None = None):
+    """(lesion-head logits (1, 1 + K, *grid), the preprocessed study) of one study through ``model``."""
     import torch
-    import torch.nn.functional as F
-    from sklearn.metrics import roc_auc_score
 
     from medalign.data.imaging import preprocess_study
-    from medalign.losses.lesion import lesion_targets
-    from medalign.recipes.clip import lesion_evidence
 
     files = {k: v for k, v in files.items() if k in model.sequences}
     st = preprocess_study(files, model.preprocess_config, study_id="study", mask_path=mask)
@@ -55,7 +55,41 @@ def head_readout(model, files: dict, mask: str) -> dict:
     seq = torch.from_numpy(st.sequence_mask.astype(bool))[None]  # (1, C)
     rec = model.recipe
     with torch.no_grad():
-        logits = rec.lesion_head(rec.image_encoder(image, seq)["local"])  # (1, 1 + K, *grid)
+        return rec.lesion_head(rec.image_encoder(image, seq)["local"]), st
+
+
+def study_load(model, files: dict) -> float:
+    """The lesion load (mean over the cells of 1 - p(no lesion)) the head gives one study."""
+    logits, _ = head_logits(model, files)
+    return float(1.0 - logits.softmax(1)[0, 0].mean())
+
+
+def normal_items(cohort: Path, sequences: list[str]) -> list[dict]:
+    """The studies of a synthetic cohort labelled normal, showing ``sequences``."""
+    from feature_probe import cohort_groups
+
+    return cohort_groups(cohort, [], ["normal"], sequences)
+
+
+def vs_normal_auc(loads: list[float], normal_loads: list[float]) -> float:
+    """AUC of a group's study loads against the normal studies' (0.5 = no separation)."""
+    from sklearn.metrics import roc_auc_score
+
+    if not loads or not normal_loads:
+        return float("nan")
+    return float(roc_auc_score([1] * len(loads) + [0] * len(normal_loads), [*loads, *normal_loads]))
+
+
+def head_readout(model, files: dict, mask: str) -> dict:
+    """One study through ``model``'s encoder and lesion head: AUC, class probabilities at the lesion, evidence."""
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+
+    from medalign.losses.lesion import lesion_targets
+    from medalign.recipes.clip import lesion_evidence
+
+    logits, st = head_logits(model, files, mask)  # (1, 1 + K, *grid)
     grid = tuple(logits.shape[2:])
     p = logits.softmax(1)[0]  # (1 + K, *grid)
     lesion = lesion_targets(torch.from_numpy(st.mask.astype(np.uint8))[None], torch.tensor([0]), grid)[0] > 0
@@ -105,6 +139,7 @@ def main() -> None:
     if not items:
         raise SystemExit(f"no study with a lesion mask (shared {a.shared}, cohort {a.cohort})")
     names = ["none", *CLASSES]
+    normals = normal_items(a.cohort, a.sequences.split(",")) if a.cohort is not None else []
     result: dict = {"studies": [it["case"] for it in items], "classes": names, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         erased = erased_copies(items, Path(tmp), grow=1)
@@ -115,12 +150,20 @@ def main() -> None:
             rows = [(head_readout(m, it["files"], it["mask"]), head_readout(m, er, it["mask"]))
                     for it, er in zip(items, erased)]
             summary = summarise(items, rows, names)
+            normal_loads = [study_load(m, it["files"]) for it in normals]
             for g, v in summary.items():
+                v["vs_normal_auc"] = vs_normal_auc([r0["evidence"][0] for it, (r0, _) in zip(items, rows)
+                                                    if it["group"] == g], normal_loads)
                 p = " ".join(f"{n[:5]} {x:.2f}" for n, x in v["p_at_lesion"].items())
                 print(f"{Path(run).name:<16} {g:<30} n {v['n']:>2}  AUC {v['auc']:.2f}  at lesion {p}  | load "
-                      f"{v['load'][0]:.2f} -> erased {v['load'][1]:.2f}, top cells' p(true) {v['top_mix_true'][0]:.2f}"
-                      f" -> {v['top_mix_true'][1]:.2f}", flush=True)
-            result["runs"][run] = {"summary": summary, "auc": [r0["auc"] for r0, _ in rows]}
+                      f"{v['load'][0]:.3f} -> erased {v['load'][1]:.3f}, top cells' p(true) {v['top_mix_true'][0]:.2f}"
+                      f" -> {v['top_mix_true'][1]:.2f} | vs {len(normal_loads)} normals AUC {v['vs_normal_auc']:.2f}",
+                      flush=True)
+            if normal_loads:
+                print(f"{Path(run).name:<16} {'normal (load)':<30} n {len(normal_loads):>2}  median load "
+                      f"{float(np.median(normal_loads)):.3f}", flush=True)
+            result["runs"][run] = {"summary": summary, "auc": [r0["auc"] for r0, _ in rows],
+                                   "normal_loads": normal_loads}
     if a.out:
         from medalign.utils import atomic_write_json
 

@@ -83,6 +83,19 @@ def _study(root: Path, sid: str, label: str, variant: str, rng: np.random.Genera
     (d / "ground_truth.json").write_text(json.dumps(gt), encoding="utf-8")
 
 
+
+def _normal_study(root: Path, sid: str, rng: np.random.Generator) -> None:
+    """A lesion-free study on the grid of :func:`_study`, labelled normal."""
+    d = root / sid
+    d.mkdir(parents=True)
+    head = np.zeros((32, 32, 8), np.float32)
+    head[4:28, 4:28, 1:7] = 1
+    for s in ("dwi", "flair"):
+        x = head * (0.5 + 0.05 * rng.standard_normal(head.shape))
+        nib.save(nib.Nifti1Image(x.astype(np.float32), np.diag([1.5, 1.5, 5.0, 1.0])), d / f"{s}.nii.gz")
+    gt = {"study_id": sid, "label": "normal", "findings": []}
+    (d / "ground_truth.json").write_text(json.dumps(gt), encoding="utf-8")
+
 def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_runs import make_tiny_runs

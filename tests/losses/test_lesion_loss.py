@@ -46,3 +46,44 @@ def test_studies_without_mask_or_label_are_left_out():
     assert logits.grad is not None and float(logits.grad.abs().sum()) == 0.0
     with pytest.raises(ValueError, match=">= 0"):
         LesionClassLoss(weight=-1)
+
+
+def test_fraction_targets_are_each_cells_lesion_share_in_the_studys_class():
+    from medalign.losses.lesion import lesion_fractions
+
+    mask = torch.zeros(1, 4, 8, 8)  # (B, D, H, W); cells of 2x4x4 = 32 voxels
+    mask[0, 0, :2, :4] = 1  # 8 voxels of the first cell
+    t = lesion_fractions(mask, torch.tensor([3]), (2, 2, 2), num_classes=5)
+    assert t.shape == (1, 6, 2, 2, 2)
+    assert torch.allclose(t.sum(1), torch.ones(1, 2, 2, 2))  # a distribution in every cell
+    assert float(t[0, 4, 0, 0, 0]) == pytest.approx(8 / 32) and float(t[0, 0, 0, 0, 0]) == pytest.approx(24 / 32)
+    assert float(t[0, 1:4].abs().sum() + t[0, 5].abs().sum()) == 0.0  # the other classes get nothing
+    assert float(t[0, 0, 1, 1, 1]) == 1.0  # a cell without lesion is all "no lesion"
+
+
+def test_fraction_targets_train_a_head_whose_probabilities_are_the_shares():
+    """Calibration: free logits trained on the soft targets end at the cells' lesion shares, so the
+    mean over the cells is the lesion volume; the balanced default overstates it many times."""
+    mask = torch.zeros(1, 4, 8, 8)
+    mask[0, 0, :2, :4] = 1  # 8 of 256 voxels: volume share 1/32
+    shares = {}
+    for targets in ("fraction", "any"):
+        torch.manual_seed(0)
+        logits = torch.zeros(1, 6, 2, 2, 2, requires_grad=True)
+        opt = torch.optim.Adam([logits], lr=0.1)
+        loss = LesionClassLoss(weight=1.0, targets=targets)
+        for _ in range(400):
+            opt.zero_grad()
+            loss(logits, mask, torch.tensor([3]), torch.tensor([True]))["lesion_loss"].backward()
+            opt.step()
+        p = logits.detach().softmax(1)  # (1, 6, 2, 2, 2)
+        shares[targets] = float((1 - p[:, 0]).mean())
+        if targets == "fraction":
+            assert float(p[0, 4, 0, 0, 0]) == pytest.approx(0.25, abs=0.02)  # the cell's share, class 3 -> channel 4
+    assert shares["fraction"] == pytest.approx(1 / 32, abs=0.005)
+    assert shares["any"] > 3 * shares["fraction"]  # one lesion voxel makes the whole cell lesion
+
+
+def test_unknown_target_mode_is_refused():
+    with pytest.raises(ValueError, match="'any' or 'fraction'"):
+        LesionClassLoss(targets="soft")

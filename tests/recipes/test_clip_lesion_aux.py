@@ -3,6 +3,7 @@ the loss trains the encoder's local map in training only, and a tiny cohort with
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -115,8 +116,10 @@ def test_encoder_without_a_local_map_is_refused():
         ClipRecipe(sequences=("flair",), image_encoder=_GlobalOnly(), text_encoder={"device": "cpu"}, lesion_aux=0.5)
 
 
-def test_tiny_cohort_with_masks_trains_with_the_lesion_loss(tmp_path, monkeypatch):
-    """End to end through ``fit``: the cached masks reach the recipe and the loss is logged."""
+@pytest.mark.parametrize("targets,evidence", [("any", False), ("fraction", "volume")])
+def test_tiny_cohort_with_masks_trains_with_the_lesion_loss(tmp_path, monkeypatch, targets, evidence):
+    """End to end through ``fit``: the cached masks reach the recipe, the loss is logged, and the
+    saved run loads back with its head's targets and evidence."""
     import sys
     from pathlib import Path
 
@@ -128,12 +131,16 @@ def test_tiny_cohort_with_masks_trains_with_the_lesion_loss(tmp_path, monkeypatc
     monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
     made = make_tiny_runs(tmp_path, recipes=())
     cfg = run_config("clip", made["manifest"], tmp_path)
-    cfg["recipe"]["lesion_aux"] = 0.5
+    cfg["recipe"].update(lesion_aux=0.5, lesion_targets=targets, lesion_evidence=evidence)
     cfg["train"]["epochs"] = 2
     fit(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lesion = [r["lesion_loss"] for r in rows if r.get("split") == "train" and "lesion_loss" in r]
     assert lesion and all(v > 0 for v in lesion)
+    import medalign
+
+    rec = medalign.load(tmp_path / "run").recipe
+    assert rec.lesion_loss.targets == targets and rec.lesion_evidence == (evidence or "")
 
 
 def test_lesion_evidence_feeds_the_head_into_the_embedding_at_inference():
@@ -194,5 +201,28 @@ def test_lesion_pooled_evidence_is_not_trained_by_the_contrastive_loss():
         grads[mode] = 0.0 if g is None else float(g.abs().sum())
         assert rec.image_proj.net.weight.grad[:, -12:].abs().sum() > 0  # the evidence reaches the projection
     assert grads["brain"] > 0 and grads["lesion"] == 0.0  # only the lesion loss trains the head it reads
-    with pytest.raises(ValueError, match="must be false, true, 'brain' or 'lesion'"):
+    with pytest.raises(ValueError, match="must be false, true, 'brain', 'lesion' or 'volume'"):
         _recipe(lesion_aux=0.5, lesion_evidence="everywhere")
+
+
+def test_volume_evidence_is_the_lesion_share_per_class_without_gradient():
+    from medalign.recipes.clip import VOLUME_FLOOR, lesion_evidence
+
+    def scaled(share: float) -> float:
+        return math.log1p(share / VOLUME_FLOOR) / math.log1p(1 / VOLUME_FLOOR)
+
+    clean = lesion_evidence(_grid_logits(0, 1), "volume")[0]  # (6,): all classes, then per class
+    assert clean.shape == (6,) and float(clean.max()) < 1e-3  # no lesion: no volume
+    ev = lesion_evidence(_grid_logits(2, 1), "volume")[0]  # two tumour cells of 32
+    assert float(ev[0]) == pytest.approx(scaled(2 / 32), abs=1e-3)  # all classes
+    assert float(ev[2]) == pytest.approx(scaled(2 / 32), abs=1e-3)  # tumour (class 1 -> value 2)
+    assert float(ev[[1, 3, 4, 5]].max()) < 1e-3  # no other class
+    bigger = lesion_evidence(_grid_logits(8, 1), "volume")[0]
+    assert float(bigger[2]) > float(ev[2])  # grows with the lesion, unlike the class mix
+    torch.manual_seed(0)
+    rec = _recipe(lesion_aux=0.5, lesion_evidence="volume", lesion_targets="fraction")
+    assert rec.image_proj.in_dim == rec.image_encoder.out_dim + 6 and rec.lesion_loss.targets == "fraction"
+    rec.eval()
+    rec.encode_image(_batch()["image"]).sum().backward()
+    assert rec.lesion_head.weight.grad is None  # only the lesion loss trains the head
+    assert rec.image_proj.net.weight.grad[:, -6:].abs().sum() > 0

@@ -20,6 +20,23 @@ def lesion_targets(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ..
     return torch.where(cells, lab + 1, torch.zeros_like(lab))
 
 
+def lesion_fractions(mask: torch.Tensor, labels: torch.Tensor, grid: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """Soft per-cell targets on a feature ``grid``: channel 0 = the share of the cell's voxels
+    without lesion, channel ``1 + label`` = the share with one (the study's class); the rest 0.
+
+    ``mask`` (B, *spatial) lesion voxels (> 0); ``labels`` (B,) in [0, num_classes). Returns
+    (B, 1 + num_classes, *grid) float, summing to 1 over the channels of every cell.
+    """
+    m = (mask > 0).float().unsqueeze(1)  # (B, 1, *spatial)
+    pool = F.adaptive_avg_pool3d if m.dim() == 5 else F.adaptive_avg_pool2d
+    frac = pool(m, grid)  # (B, 1, *grid), share of lesion voxels per cell
+    onehot = F.one_hot(labels.long() + 1, 1 + num_classes).float()  # (B, 1 + K)
+    onehot = onehot.view(*onehot.shape, *([1] * len(grid)))  # (B, 1 + K, 1, ...)
+    out = frac * onehot  # (B, 1 + K, *grid): the lesion share in the study's class channel
+    out[:, 0] = 1.0 - frac[:, 0]
+    return out
+
+
 class LesionClassLoss(nn.Module):
     """Cross-entropy of per-cell lesion-class logits, lesion and lesion-free cells weighted equally.
 
@@ -30,13 +47,23 @@ class LesionClassLoss(nn.Module):
     percent of the cells, so the two groups' mean losses are averaged (a batch without lesion
     cells uses the background term alone). Only studies with a mask and a label count
     (``valid``); a batch with none gives a zero loss that keeps the graph.
+
+    ``targets="fraction"``: the target of a cell is the share of its voxels that are lesion
+    (:func:`lesion_fractions`), and every cell weighs the same, so the head's probabilities are
+    calibrated shares: their mean over the cells estimates the lesion volume per class, near 0
+    in a brain without lesions. ``"any"`` (default) marks a cell as soon as one voxel is lesion
+    and balances the two groups, which makes the head call lesion generously: in the demo
+    cohort every cell next to a ventricle is a white-matter-disease cell somewhere.
     """
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, targets: str = "any") -> None:
         super().__init__()
         if weight < 0:
             raise ValueError(f"lesion loss weight must be >= 0, got {weight}")
+        if targets not in ("any", "fraction"):
+            raise ValueError(f"lesion targets must be 'any' or 'fraction', got {targets!r}")
         self.weight = float(weight)
+        self.targets = targets
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
                 valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -44,6 +71,10 @@ class LesionClassLoss(nn.Module):
         keep = valid & (labels >= 0)  # (B,)
         if not bool(keep.any()):
             return {"lesion_loss": logits.sum() * 0.0}
+        if self.targets == "fraction":
+            soft = lesion_fractions(mask[keep], labels[keep], tuple(logits.shape[2:]), logits.shape[1] - 1)
+            ce = F.cross_entropy(logits[keep].float(), soft, reduction="mean")  # soft targets (b, 1 + K, *grid)
+            return {"lesion_loss": self.weight * ce}
         target = lesion_targets(mask[keep], labels[keep], tuple(logits.shape[2:]))  # (b, *grid)
         ce = F.cross_entropy(logits[keep].float(), target, reduction="none")  # (b, *grid)
         lesion = target > 0

@@ -89,26 +89,42 @@ def _text_view_mode(text_views: bool | str) -> str:
 
 
 def _evidence_mode(value: bool | str) -> str:
-    """``recipe.lesion_evidence`` -> "" (off), "brain" or "lesion"."""
+    """``recipe.lesion_evidence`` -> "" (off), "brain", "lesion" or "volume"."""
     mode = {False: "", True: "brain"}.get(value, value) if isinstance(value, bool) else str(value)
-    if mode not in ("", "brain", "lesion"):
-        raise ValueError(f"recipe.lesion_evidence must be false, true, 'brain' or 'lesion', got {value!r}")
+    if mode not in ("", "brain", "lesion", "volume"):
+        raise ValueError(f"recipe.lesion_evidence must be false, true, 'brain', 'lesion' or 'volume', got {value!r}")
     return mode
 
 
+def evidence_size(mode: str, num_classes: int) -> int:
+    """How many values :func:`lesion_evidence` appends to the pooled features in ``mode``."""
+    return {"": 0, "volume": 1 + num_classes}.get(mode, 2 * (1 + num_classes))
+
+
+VOLUME_FLOOR = 1e-3  # lesion share of the grid below which "volume" evidence is ~linear, above ~log
+
+
 def lesion_evidence(logits: torch.Tensor, mode: str = "lesion") -> torch.Tensor:
-    """Study-level summary (B, 2 (1 + K)) of lesion-head logits (B, 1 + K, *grid); channel 0 = no lesion.
+    """Study-level summary (B, :func:`evidence_size`) of lesion-head logits (B, 1 + K, *grid); channel 0 = no lesion.
 
     ``"brain"``: mean and max of each channel's probability over all cells. ``"lesion"`` (no
     gradient): with w = 1 - p(no lesion) per cell, the lesion load (mean w) and the class mix of
     the lesion cells (sum w p_c / sum w), then the same over the top 1/16 of cells by w. A brain
     without lesions gives a low load whatever the head says at its faint cells, which an average
     over the whole brain mixes in with the lesions.
+
+    ``"volume"`` (no gradient; for a head trained on lesion shares, ``lesion_targets:
+    fraction``), (B, 1 + K): the estimated lesion share of the grid, all classes and per class
+    (mean over the cells of 1 - p(no lesion) and of p_c), as log(1 + share / 1e-3) / log(1 + 1e3):
+    0 without lesion, 0.1 at 0.1 % of the grid (~1.5 ml in a head), 1 when every cell is lesion.
     """
     p = logits.softmax(1).flatten(2)  # (B, 1 + K, cells)
     if mode == "brain":
         return torch.cat([p.mean(-1), p.amax(-1)], dim=1)
     p = p.detach()
+    if mode == "volume":
+        share = torch.cat([1.0 - p[:, :1].mean(-1), p[:, 1:].mean(-1)], dim=1).clamp_min(0.0)  # (B, 1 + K)
+        return torch.log1p(share / VOLUME_FLOOR) / math.log1p(1.0 / VOLUME_FLOOR)
     w = 1.0 - p[:, 0]  # (B, cells) lesion-ness
     k = max(1, w.shape[-1] // 16)
     top = w.topk(k, dim=-1).indices  # (B, k)
@@ -175,7 +191,11 @@ class ClipRecipe(Recipe):
             ``"brain"``: mean and max over all cells, trained through; ``"lesion"``: read from the
             head without gradient (only the lesion loss trains it, so the contrastive loss cannot
             turn it into a channel of its own) and pooled over the cells it calls lesion
-            (:func:`lesion_evidence`).
+            (:func:`lesion_evidence`); ``"volume"``: the lesion volume per class that a head
+            trained with ``lesion_targets: fraction`` estimates, no gradient.
+        lesion_targets: what the head learns per cell: ``"any"`` (a lesion voxel in the cell,
+            lesion and lesion-free cells balanced) or ``"fraction"`` (the cell's lesion share,
+            calibrated; see :class:`~medalign.losses.lesion.LesionClassLoss`).
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -184,7 +204,8 @@ class ClipRecipe(Recipe):
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
-                 text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False) -> None:
+                 text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
+                 lesion_targets: str = "any") -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -202,9 +223,9 @@ class ClipRecipe(Recipe):
                                  f"{type(self.image_encoder).__name__} has none")
             conv = nn.Conv2d if getattr(self.image_encoder, "spatial_dims", 3) == 2 else nn.Conv3d
             self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
-            self.lesion_loss = LesionClassLoss(weight=lesion_aux)
+            self.lesion_loss = LesionClassLoss(weight=lesion_aux, targets=lesion_targets)
         self._warned_no_masks = False
-        extra = 2 * (1 + len(CLASSES)) if self.lesion_evidence else 0
+        extra = evidence_size(self.lesion_evidence, len(CLASSES))
         self.image_proj = ProjectionHead(self.image_encoder.out_dim + extra, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
         self.text_view_mode = _text_view_mode(text_views)

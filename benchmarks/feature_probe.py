@@ -1,0 +1,138 @@
+"""Does a model's image side carry a finding at all? Cross-validated linear-probe AUC of one group
+of a synthetic cohort's studies against another (default: white-matter disease vs normal).
+
+    python benchmarks/feature_probe.py RUN [RUN ...] --cohort SYNTH_DIR
+        [--positive wmh,demyelination] [--negative normal] [--sequences dwi,t2s,flair|flair]
+        [--folds 5] [--out results.json]
+
+Per run and per input (every sequence the run reads, and FLAIR alone as the real clinical WMH
+were acquired): the image encoder's pooled features (what the projection sees), the image
+embedding (what zero-shot and retrieval use) and, as a reference that needs no training, upper
+percentiles of each preprocessed sequence's intensities inside the head (what a bright-lesion
+detector without any shape could read), each through a standardised L2 logistic regression
+(C = 0.1), ``--folds``-fold stratified cross-validation (out-of-fold probabilities, one AUC over
+all studies), with a 95 % bootstrap CI over studies. Zero-shot and lesion erasing
+(``lesion_reliance.py``) ask whether a model *uses* a finding; this asks whether its features
+hold it: near 0.5, no prompt or pooling can find it. Variants are a study's first finding
+(``ground_truth.json``); ``normal`` = the studies labelled normal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def cohort_groups(cohort: Path, positive: list[str], negative: list[str], sequences: list[str]) -> list[dict]:
+    """[{case, y, files}] of the studies whose first finding's variant (or label ``normal``) is in
+    ``positive`` (y 1) or ``negative`` (y 0), with the files of ``sequences`` they have."""
+    items = []
+    for gt in sorted(cohort.glob("*/ground_truth.json")):
+        t = json.loads(gt.read_text(encoding="utf-8"))
+        f = (t.get("findings") or [{}])[0]
+        kind = "normal" if t["label"] == "normal" else f.get("variant")
+        files = {s: str(gt.parent / f"{s}.nii.gz") for s in sequences if (gt.parent / f"{s}.nii.gz").is_file()}
+        if files and kind in positive + negative:
+            items.append({"case": t["study_id"], "y": int(kind in positive), "files": files})
+    return items
+
+
+def probe_auc(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0, n_boot: int = 1000) -> dict:
+    """Out-of-fold logistic-probe AUC of features ``x`` (N, F) for labels ``y`` (N,), with a
+    bootstrap CI over studies: {"auc", "lo", "hi"}."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = int(min(folds, np.bincount(y).min()))
+    if folds < 2:
+        raise ValueError(f"need at least 2 studies of each group for a cross-validated probe, got {np.bincount(y)}")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    p = cross_val_predict(clf, x, y, cv=cv, method="predict_proba")[:, 1]  # (N,) out of fold
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            boots.append(roc_auc_score(y[i], p[i]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"auc": float(roc_auc_score(y, p)), "lo": float(lo), "hi": float(hi)}
+
+
+PERCENTILES = (50, 75, 90, 95, 98, 99, 99.5, 99.9)
+
+
+def intensity_features(image: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(C * len(PERCENTILES),) upper percentiles of each present channel of a preprocessed study
+    (C, D, H, W) inside the head (preprocessing sets every voxel outside it to exactly 0); 0 for
+    absent channels."""
+    out = np.zeros((len(present), len(PERCENTILES)), np.float32)
+    for c in np.flatnonzero(present):
+        v = image[c][image[c] != 0]
+        if v.size:
+            out[c] = np.percentile(v, PERCENTILES)
+    return out.ravel()
+
+
+def features(model, items: list[dict]) -> dict[str, np.ndarray]:
+    """{"features": pooled encoder features (N, F), "embedding": image embeddings (N, E),
+    "intensity": :func:`intensity_features` (N, C * P)} of ``items``' files."""
+    import torch
+
+    feats, inten = [], []
+    rec = model.recipe
+    for it in items:
+        image, mask = model._one(it["files"])  # (C, D, H, W), (C,)
+        inten.append(intensity_features(image.numpy(), mask.numpy()))
+        with torch.no_grad():
+            feats.append(rec.image_encoder(image[None].to(model.device), mask[None].to(model.device))["global"][0].cpu())
+    emb = model.encode_image([it["files"] for it in items])
+    return {"features": torch.stack(feats).float().numpy(), "embedding": emb, "intensity": np.stack(inten)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--cohort", type=Path, required=True, help="a `synth brain` output folder")
+    ap.add_argument("--positive", default="wmh,demyelination")
+    ap.add_argument("--negative", default="normal")
+    ap.add_argument("--sequences", default=None,
+                    help="comma list; default: every sequence the run reads, then FLAIR alone")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    import logging
+
+    import medalign
+
+    logging.getLogger("medalign.api").setLevel(logging.ERROR)
+    result: dict = {"positive": a.positive, "negative": a.negative, "runs": {}}
+    for run in a.runs:
+        m = medalign.load(run)
+        inputs = [a.sequences.split(",")] if a.sequences else [list(m.sequences), ["flair"]]
+        result["runs"][run] = {}
+        for seqs in inputs:
+            items = cohort_groups(a.cohort, a.positive.split(","), a.negative.split(","), seqs)
+            y = np.array([it["y"] for it in items])
+            if len(items) == 0 or y.min() == y.max():
+                raise SystemExit(f"{a.cohort}: no studies of both groups showing {'+'.join(seqs)}")
+            row = {"n": len(items), "positive": int(y.sum())}
+            row.update({k: probe_auc(x, y, a.folds) for k, x in features(m, items).items()})
+            result["runs"][run]["+".join(seqs)] = row
+            aucs = ", ".join(f"{k} {row[k]['auc']:.2f} [{row[k]['lo']:.2f}, {row[k]['hi']:.2f}]"
+                             for k in ("features", "embedding", "intensity"))
+            print(f"{Path(run).name:<16} {'+'.join(seqs):<14} {a.positive} ({row['positive']}) vs {a.negative} "
+                  f"({row['n'] - row['positive']}): probe AUC {aucs}", flush=True)
+    if a.out:
+        from medalign.utils import atomic_write_json
+
+        atomic_write_json(a.out, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""benchmarks/feature_probe.py: the probe separates features that hold a finding and not random ones,
+picks the studies of each group, and runs end to end on a tiny run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("nibabel")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+spec = importlib.util.spec_from_file_location("feature_probe", ROOT / "benchmarks" / "feature_probe.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+from test_lesion_reliance import _normal_study, _study  # noqa: E402  (2-sequence studies with and without a lesion)
+
+
+def test_probe_auc_finds_a_feature_that_holds_the_group_and_not_noise():
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20)
+    noise = rng.standard_normal((40, 8))
+    held = noise.copy()
+    held[:, 3] += 4.0 * y  # one feature carries the group
+    r = bench.probe_auc(held, y)
+    assert r["auc"] > 0.9 and r["lo"] <= r["auc"] <= r["hi"] <= 1.0
+    r0 = bench.probe_auc(noise, y)
+    assert 0.2 < r0["auc"] < 0.8 and r0["lo"] < 0.5 < r0["hi"]  # nothing to find: the CI spans chance
+    with pytest.raises(ValueError, match="at least 2 studies of each group"):
+        bench.probe_auc(noise[:3], np.array([0, 0, 1]))
+
+
+def test_intensity_features_are_percentiles_inside_the_head_per_present_channel():
+    image = np.zeros((2, 2, 4, 4), np.float32)  # (C, D, H, W)
+    image[0, 0] = np.arange(1, 17).reshape(4, 4)  # the head: 16 voxels of values 1..16
+    f = bench.intensity_features(image, np.array([True, False])).reshape(2, -1)
+    assert f[0, 0] == pytest.approx(8.5)  # the median of 1..16, the zeros outside the head left out
+    assert f[0, -1] == pytest.approx(np.percentile(np.arange(1, 17), 99.9))
+    assert not f[1].any()  # an absent channel gives zeros
+
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe_cohort")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _study(root, f"W{i}", "others", "wmh", rng)
+        _normal_study(root, f"N{i}", rng)
+    _study(root, "T0", "tumor", "glioma", rng)  # neither group: left out
+    return root
+
+
+def test_cohort_groups_takes_each_group_with_its_sequences(cohort):
+    items = bench.cohort_groups(cohort, ["wmh"], ["normal"], ["flair"])
+    assert sorted((it["case"], it["y"]) for it in items) == [("N0", 0), ("N1", 0), ("N2", 0), ("W0", 1), ("W1", 1),
+                                                             ("W2", 1)]
+    assert all(set(it["files"]) == {"flair"} for it in items)
+
+
+def test_script_on_a_tiny_run(cohort, tmp_path, monkeypatch):
+    from tiny_runs import make_tiny_runs
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    out = tmp_path / "probe.json"
+    monkeypatch.setattr(sys, "argv", ["feature_probe.py", str(run), "--cohort", str(cohort), "--positive", "wmh",
+                                      "--sequences", "dwi,flair", "--folds", "3", "--out", str(out)])
+    bench.main()
+    row = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]["dwi+flair"]
+    assert row["n"] == 6 and row["positive"] == 3
+    for k in ("features", "embedding", "intensity"):
+        assert 0.0 <= row[k]["lo"] <= row[k]["hi"] <= 1.0 and 0.0 <= row[k]["auc"] <= 1.0
