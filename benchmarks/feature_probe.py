@@ -7,9 +7,11 @@ of a synthetic cohort's studies against another (default: white-matter disease v
 
 Per run and per input (every sequence the run reads, and FLAIR alone as the real clinical WMH
 were acquired): the image encoder's pooled features (what the projection sees), the image
-embedding (what zero-shot and retrieval use) and, as a reference that needs no training, upper
+embedding (what zero-shot and retrieval use) and two references that need no training: upper
 percentiles of each preprocessed sequence's intensities inside the head (what a bright-lesion
-detector without any shape could read), each through a standardised L2 logistic regression
+detector without any shape could read), and the same of its local contrast (each voxel minus the
+median of the head voxels in its 9x9 in-plane neighbourhood, plus the share of voxels above 0.5-2 SD: a thin bright
+lesion on darker white matter, wherever it is), each through a standardised L2 logistic regression
 (C = 0.1), ``--folds``-fold stratified cross-validation (out-of-fold probabilities, one AUC over
 all studies), with a 95 % bootstrap CI over studies. Zero-shot and lesion erasing
 (``lesion_reliance.py``) ask whether a model *uses* a finding; this asks whether its features
@@ -79,20 +81,50 @@ def intensity_features(image: np.ndarray, present: np.ndarray) -> np.ndarray:
     return out.ravel()
 
 
+CONTRAST_WINDOW = (1, 9, 9)  # (D, H, W) voxels of the median a voxel's local contrast is taken against
+CONTRAST_LEVELS = (0.5, 1.0, 1.5, 2.0)  # z units (preprocessing normalises each sequence inside the head)
+
+
+def local_contrast_features(image: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """(C * (4 + len(CONTRAST_LEVELS)),) per present channel of a preprocessed study (C, D, H, W):
+    the 95/99/99.5/99.9th percentiles of the local contrast inside the head (the voxel minus the
+    median of the head voxels in its ``CONTRAST_WINDOW``; outside the head left out, so the head's
+    edge is no contrast) and the share of head voxels above each of ``CONTRAST_LEVELS``; 0 for
+    absent channels."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    n = 4 + len(CONTRAST_LEVELS)
+    out = np.zeros((len(present), n), np.float32)
+    pad = [(w // 2, w // 2) for w in CONTRAST_WINDOW]
+    for c in np.flatnonzero(present):
+        head = image[c] != 0
+        if not head.any():
+            continue
+        x = np.pad(np.where(head, image[c], np.nan), pad, constant_values=np.nan)  # (D + 2a, H + 2b, W + 2b)
+        win = sliding_window_view(x, CONTRAST_WINDOW)[head]  # (voxels in the head, *CONTRAST_WINDOW)
+        r = image[c][head] - np.nanmedian(win.reshape(len(win), -1), axis=1)  # (voxels in the head,)
+        out[c] = [*np.percentile(r, (95, 99, 99.5, 99.9)), *[(r > t).mean() for t in CONTRAST_LEVELS]]
+    return out.ravel()
+
+
 def features(model, items: list[dict]) -> dict[str, np.ndarray]:
     """{"features": pooled encoder features (N, F), "embedding": image embeddings (N, E),
-    "intensity": :func:`intensity_features` (N, C * P)} of ``items``' files."""
+    "intensity": :func:`intensity_features`, "local_contrast": :func:`local_contrast_features`} of
+    ``items``' files."""
     import torch
 
-    feats, inten = [], []
+    feats, inten, local = [], [], []
     rec = model.recipe
     for it in items:
         image, mask = model._one(it["files"])  # (C, D, H, W), (C,)
         inten.append(intensity_features(image.numpy(), mask.numpy()))
+        local.append(local_contrast_features(image.numpy(), mask.numpy()))
         with torch.no_grad():
-            feats.append(rec.image_encoder(image[None].to(model.device), mask[None].to(model.device))["global"][0].cpu())
+            enc = rec.image_encoder(image[None].to(model.device), mask[None].to(model.device))
+        feats.append(enc["global"][0].cpu())  # (F,) pooled, before the projection
     emb = model.encode_image([it["files"] for it in items])
-    return {"features": torch.stack(feats).float().numpy(), "embedding": emb, "intensity": np.stack(inten)}
+    return {"features": torch.stack(feats).float().numpy(), "embedding": emb, "intensity": np.stack(inten),
+            "local_contrast": np.stack(local)}
 
 
 def main() -> None:
@@ -125,7 +157,7 @@ def main() -> None:
             row.update({k: probe_auc(x, y, a.folds) for k, x in features(m, items).items()})
             result["runs"][run]["+".join(seqs)] = row
             aucs = ", ".join(f"{k} {row[k]['auc']:.2f} [{row[k]['lo']:.2f}, {row[k]['hi']:.2f}]"
-                             for k in ("features", "embedding", "intensity"))
+                             for k in ("features", "embedding", "intensity", "local_contrast"))
             print(f"{Path(run).name:<16} {'+'.join(seqs):<14} {a.positive} ({row['positive']}) vs {a.negative} "
                   f"({row['n'] - row['positive']}): probe AUC {aucs}", flush=True)
     if a.out:

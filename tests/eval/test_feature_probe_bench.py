@@ -46,6 +46,18 @@ def test_intensity_features_are_percentiles_inside_the_head_per_present_channel(
 
 
 
+def test_local_contrast_sees_a_thin_bright_line_and_not_a_uniform_shift():
+    image = np.zeros((2, 1, 16, 16), np.float32)  # (C, D, H, W)
+    image[:, 0, 2:14, 2:14] = 1.0  # the head: a flat 12x12 square, the same in both channels
+    image[0, 0, 8, 3:13] = 3.0  # channel 0: a one-voxel-thick bright line of 10 voxels
+    image[1] *= 2.0  # channel 1: brighter everywhere, no local structure
+    f = bench.local_contrast_features(image, np.array([True, True])).reshape(2, -1)
+    assert f[0, -4] == pytest.approx(10 / 144)  # the line's share of the head rises 2 above its neighbourhood
+    assert f[0, 3] == pytest.approx(2.0)  # the 99.9th percentile of the contrast is the line's
+    assert not f[1, 4:].any()  # a uniform change of brightness has no local contrast
+    assert not bench.local_contrast_features(image, np.array([False, False])).any()
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_cohort")
@@ -75,5 +87,5 @@ def test_script_on_a_tiny_run(cohort, tmp_path, monkeypatch):
     bench.main()
     row = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]["dwi+flair"]
     assert row["n"] == 6 and row["positive"] == 3
-    for k in ("features", "embedding", "intensity"):
+    for k in ("features", "embedding", "intensity", "local_contrast"):
         assert 0.0 <= row[k]["lo"] <= row[k]["hi"] <= 1.0 and 0.0 <= row[k]["auc"] <= 1.0
