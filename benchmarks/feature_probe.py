@@ -113,17 +113,17 @@ def features(model, items: list[dict]) -> dict[str, np.ndarray]:
     ``items``' files."""
     import torch
 
-    feats, inten, local = [], [], []
+    feats, inten, local, emb = [], [], [], []
     rec = model.recipe
     for it in items:
-        image, mask = model._one(it["files"])  # (C, D, H, W), (C,)
+        image, mask = model._one(it["files"])  # (C, D, H, W), (C,): preprocessed once, used for all four
         inten.append(intensity_features(image.numpy(), mask.numpy()))
         local.append(local_contrast_features(image.numpy(), mask.numpy()))
         with torch.no_grad():
             enc = rec.image_encoder(image[None].to(model.device), mask[None].to(model.device))
         feats.append(enc["global"][0].cpu())  # (F,) pooled, before the projection
-    emb = model.encode_image([it["files"] for it in items])
-    return {"features": torch.stack(feats).float().numpy(), "embedding": emb, "intensity": np.stack(inten),
+        emb.append(model.encode_image(image, mask)[0])  # (E,)
+    return {"features": torch.stack(feats).float().numpy(), "embedding": np.stack(emb), "intensity": np.stack(inten),
             "local_contrast": np.stack(local)}
 
 
