@@ -1,4 +1,5 @@
-"""Cost of the study-level image encoder vs early fusion: step time and peak memory vs series count.
+"""Cost of the study-level image encoder vs early fusion: step time and peak memory vs series count
+(and of the local-contrast input, ``image_encoder.local_contrast``).
 
 One image-encoder forward + backward + projection per batch (the text side is a cache read and
 the same for all), on random volumes of the preset's grid. Each configuration runs in its own
@@ -21,16 +22,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN = ("dwi", "adc", "t2s", "flair", "t1", "t1c", "t2")
-CASES = [  # (name, config, sequences the model reads, series present per study)
-    ("early, 3 channels (baseline)", "brain_clip_cpu.yaml", 3, 3),
-    ("early, 7 channels", "brain_clip_cpu.yaml", 7, 7),
-    ("attention, 1 series", "brain_clip_study_cpu.yaml", 7, 1),
-    ("attention, 3 series", "brain_clip_study_cpu.yaml", 7, 3),
-    ("attention, 7 series", "brain_clip_study_cpu.yaml", 7, 7),
+CASES = [  # (name, config, sequences the model reads, series present per study, image_encoder overrides)
+    ("early, 3 channels (baseline)", "brain_clip_cpu.yaml", 3, 3, {}),
+    ("early, 3 + local contrast", "brain_clip_cpu.yaml", 3, 3, {"local_contrast": 4}),
+    ("early, 7 channels", "brain_clip_cpu.yaml", 7, 7, {}),
+    ("attention, 1 series", "brain_clip_study_cpu.yaml", 7, 1, {}),
+    ("attention, 3 series", "brain_clip_study_cpu.yaml", 7, 3, {}),
+    ("attention, 7 series", "brain_clip_study_cpu.yaml", 7, 7, {}),
 ]
 
 
-def one(config: str, n_seq: int, present: int, batch: int, steps: int, shape: tuple[int, ...]) -> dict:
+def one(config: str, n_seq: int, present: int, batch: int, steps: int, shape: tuple[int, ...],
+        overrides: dict | None = None) -> dict:
     import torch
 
     from medalign.config import load_config
@@ -39,7 +42,7 @@ def one(config: str, n_seq: int, present: int, batch: int, steps: int, shape: tu
 
     torch.manual_seed(0)
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
-    spec = load_config(ROOT / "configs" / config)["recipe"]["image_encoder"]
+    spec = {**load_config(ROOT / "configs" / config)["recipe"]["image_encoder"], **(overrides or {})}
     enc = build_image_encoder(spec, in_channels=n_seq, input_shape=shape)
     head = ProjectionHead(enc.out_dim, 256, "linear")
     opt = torch.optim.AdamW([*enc.parameters(), *head.parameters()], lr=1e-3)
@@ -67,14 +70,16 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--shape", type=int, nargs=3, default=(16, 112, 112))
-    p.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_one", nargs=4, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a._one:
-        print(json.dumps(one(a._one[0], int(a._one[1]), int(a._one[2]), a.batch, a.steps, tuple(a.shape))))
+        print(json.dumps(one(a._one[0], int(a._one[1]), int(a._one[2]), a.batch, a.steps, tuple(a.shape),
+                             json.loads(a._one[3]))))
         return
     rows = []
-    for name, config, n_seq, present in CASES:
+    for name, config, n_seq, present, overrides in CASES:
         out = subprocess.run([sys.executable, __file__, "--_one", config, str(n_seq), str(present),
+                              json.dumps(overrides),
                               "--batch", str(a.batch), "--steps", str(a.steps), "--shape", *map(str, a.shape)],
                              capture_output=True, text=True, check=True)
         rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))

@@ -275,6 +275,25 @@ def test_texture_grows_with_blotches_not_with_offset():
     assert study_metrics(with_lesion, head)["texture"] > tex[0.2]  # unmasked, the bright lesion counts
 
 
+def test_local_contrast_sees_thin_bright_lesions_not_the_head_edge():
+    """The local-contrast figure: 0 for a flat head of any level (the background is not surround), the
+    excess of a lesion over enough voxels (above the 99.9th percentile), the same with or without a mask."""
+    head = _box_head()  # 5400 voxels: the 99.9th percentile is the 6th brightest voxel
+    for level in (1.0, -2.0):
+        assert study_metrics(np.where(head, level, 0.0), head)["local_contrast"] == pytest.approx(0.0, abs=1e-9)
+    vol = np.where(head, 1.0, 0.0)
+    lesion = np.zeros(head.shape, np.uint8)
+    lesion[1:5, 20, 12:14] = 1  # 4 slices x a 1 x 2 in-plane streak: 8 voxels
+    vol[lesion > 0] = 3.0
+    expected = 2.0 * (1 - 2 / 81)  # the surround's mean holds the streak's own 2 voxels of 81
+    m = study_metrics(vol, head, lesion)
+    assert m["local_contrast"] == pytest.approx(expected)
+    assert study_metrics(vol, head)["local_contrast"] == pytest.approx(expected)
+    edge = np.where(head, 1.0, 0.0)
+    edge[1:5, 5, 12:14] = 3.0  # the same streak on the head's edge: its surround is half background
+    assert study_metrics(edge, head)["local_contrast"] == pytest.approx(2.0 * (1 - 2 / 45))
+
+
 def test_texture_calibration_figure_rises_with_synthetic_texture():
     """benchmarks/texture_calibration.py: the figure TEXTURE_CV was set by grows with the CV of
     the synthetic texture, on a real synthesised study, and leaves the lesion out."""

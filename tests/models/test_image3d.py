@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medalign.models.image3d import IMAGE_ENCODERS, DoubleConv, UNetEncoder
+from medalign.models.image3d import IMAGE_ENCODERS, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder
 
 SHAPE3 = (8, 32, 32)
 
@@ -154,3 +154,68 @@ def test_lr_asymmetry_cpu_preset_trains() -> None:
     x = torch.randn(2, 2, *SHAPE3)
     enc(x)["global"].square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+
+
+def _head(shape: tuple[int, ...]) -> torch.Tensor:
+    """A disc-shaped 'head' (1 inside, 0 outside) on each slice of ``shape`` (D, H, W), off the block grid."""
+    h, w = shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    disc = ((yy - h / 2 + 0.3) ** 2 + (xx - w / 2 - 1.7) ** 2 < (0.4 * h) ** 2).float()  # (H, W)
+    return disc.expand(*shape)
+
+
+def test_local_contrast_is_zero_on_flat_tissue_and_outside_the_head() -> None:
+    """The head's edge is no contrast (the background does not count in the surround), an offset of the
+    whole head changes nothing, a gain scales it, an absent (all-zero) sequence stays zero."""
+    head = _head((4, 29, 31))
+    x = torch.stack([2.0 * head, torch.zeros_like(head)])[None]  # (1, 2, 4, 29, 31): flat head, absent 2nd sequence
+    y = LocalContrast(4)(x)
+    assert y.shape == (1, 4, 4, 29, 31) and torch.equal(y[:, :2], x)
+    assert y[:, 2:].abs().max() < 1e-5
+    torch.manual_seed(0)
+    tissue = torch.randn(4, 29, 31) * head + 3.0 * head  # (D, H, W), non-zero inside the head
+    c = LocalContrast(4)(tissue[None, None])[0, 1]
+    assert (c[head == 0] == 0).all()
+    shifted = LocalContrast(4)((tissue + 5.0 * head)[None, None])[0, 1]
+    assert torch.allclose(shifted, c, atol=1e-4)
+    assert torch.allclose(LocalContrast(4)((0.5 * tissue)[None, None])[0, 1], 0.5 * c, atol=1e-5)
+    with pytest.raises(ValueError, match="block"):
+        LocalContrast(0)
+
+
+def test_local_contrast_keeps_a_thin_lesion_the_strided_stem_averages_away() -> None:
+    """A 1x2 bright lesion in flat tissue: its contrast is nearly its whole excess, while a 4x4 patch average
+    (what a 1x4x4 stem sees of the raw image) holds an eighth; 2D input gives the same per slice."""
+    head = _head((3, 32, 32))
+    x = head.clone()
+    x[1, 14, 15:17] = 3.0  # excess 2 over the tissue
+    c = LocalContrast(4)(x[None, None])[0, 1]
+    assert c[1, 14, 15:17].min() > 0.9 * 2.0
+    rest = c[1].clone()
+    rest[14, 15:17] = 0
+    assert rest.abs().max() < 0.05 * 2.0  # around it a faint halo (the lesion raises its neighbours' surround)
+    assert c[[0, 2]].abs().max() < 1e-5  # in-plane filter: the slices above and below stay flat
+    patch = torch.nn.functional.avg_pool2d(x[1][None, None] - head[1], 4)  # (1, 1, 8, 8): excess per stem patch
+    assert patch.max() == pytest.approx(2.0 / 16)  # the lesion straddles two patches: one voxel in each
+    c2 = LocalContrast(4, spatial_dims=2)(x[:, None])[:, 1]  # slices as a 2D batch
+    assert torch.allclose(c2, c, atol=1e-6)
+
+
+def test_local_contrast_encoder_option() -> None:
+    """``local_contrast`` doubles the stem's input; gradients reach every parameter; a masked sequence's
+    contrast is masked too (the filter runs after the sequence mask); the spec path of the recipes builds it."""
+    torch.manual_seed(0)
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1,
+                               out_dim=16, local_contrast=4)
+    assert enc.stem.in_channels == 4 and isinstance(enc.contrast, LocalContrast)
+    x = torch.randn(2, 2, *SHAPE3)
+    enc(x)["global"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    enc.eval()
+    mask = torch.tensor([[True, False], [True, True]])
+    x0 = x.clone()
+    x0[0, 1] = 0
+    assert torch.allclose(enc(x, mask)["global"], enc(x0, mask.new_ones(2, 2))["global"], atol=1e-6)
+    spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "local_contrast": 4}
+    built = build_image_encoder(spec, in_channels=3, input_shape=SHAPE3)
+    assert built.stem.in_channels == 6

@@ -32,8 +32,10 @@ import pandas as pd
 from medalign.errors import MedAlignError
 
 METRICS: tuple[str, ...] = ("intensity_p05", "intensity_p50", "intensity_p95", "lesion_contrast",
-                            "lesion_volume", "lesion_largest_share", "snr", "texture")
-LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share")  # also per class
+                            "lesion_volume", "lesion_largest_share", "snr", "texture", "local_contrast")
+# also per class: the lesion metrics, and local contrast (it needs no mask, so it reaches real cases that have none)
+LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share", "local_contrast")
+LOCAL_WINDOW = (1, 9, 9)  # (D, H, W) surround of the local contrast
 COVERAGE_PCT: tuple[float, float] = (1.0, 99.0)
 N_BINS = 60
 DEFINITIONS = {
@@ -47,6 +49,9 @@ DEFINITIONS = {
            "inside the head eroded by 2 in-plane voxels",
     "texture": "1.4826 x MAD of (in-plane Gaussian sigma 0.5 - sigma 2 voxels) in the eroded head less the "
                "dilated lesion, / 1.4826 x MAD of the eroded head's intensities",
+    "local_contrast": "99.9th percentile inside the head of each voxel minus the mean of the head voxels in its "
+                      "1x9x9 surround: how far the brightest thin structures stand out, with or without a mask "
+                      "(what image_encoder.local_contrast hands the encoder)",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
                 "for lesion metrics also per class (real class vs synthetic studies of that class)",
 }
@@ -81,6 +86,10 @@ def study_metrics(vol: np.ndarray, head: np.ndarray, lesion: np.ndarray | None =
     vals = x[head]
     p05, p50, p95 = (float(v) for v in np.percentile(vals, [5, 50, 95]))
     out.update(intensity_p05=p05, intensity_p50=p50, intensity_p95=p95)
+    # mean over the head voxels of the surround only: the head's edge against the background is no contrast
+    surround = ndimage.uniform_filter(np.where(head, x, 0.0), LOCAL_WINDOW, mode="constant")
+    surround /= np.maximum(ndimage.uniform_filter(head.astype(np.float64), LOCAL_WINDOW, mode="constant"), 1e-9)
+    out["local_contrast"] = float(np.percentile((x - surround)[head], 99.9))
     les = (np.asarray(lesion) > 0) & head if lesion is not None else np.zeros_like(head)
     if les.any():
         normal = head & ~ndimage.binary_dilation(les, structure=_inplane())
