@@ -126,3 +126,62 @@ def test_soft_targets_limits_and_errors() -> None:
         ClipLoss(target_temperature=0.1)(img, txt, 5.0)
     with pytest.raises(ValueError, match="> 0"):
         ClipLoss(target_temperature=0.0)
+
+
+def test_label_targets_known_value() -> None:
+    # 3 studies, the first two of one class: row 0 targets (1 - w) [1, 0, 0] + w [1/2, 1/2, 0]
+    img = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]
+    txt = [[0.8, 0.6], [0.0, 1.0], [1.0, 0.0]]
+    w, s = 0.5, 2.0
+    targets = [[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 1.0]]
+    sim = [[s * sum(a * b for a, b in zip(i, t)) for t in txt] for i in img]
+    simT = [[sim[r][c] for r in range(3)] for c in range(3)]
+    expect = (sum(_soft_ce(sim[i], targets[i]) for i in range(3)) / 3
+              + sum(_soft_ce(simT[i], targets[i]) for i in range(3)) / 3) / 2
+    got = ClipLoss(label_weight=w)(torch.tensor(img), torch.tensor(txt), s, labels=torch.tensor([4, 4, 0]))
+    assert got["contrastive_loss"].item() == pytest.approx(expect, abs=1e-6)
+
+
+def test_label_targets_limits_unknown_and_errors() -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 6), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 6), dim=-1)
+    plain = ClipLoss()(img, txt, 5.0)["contrastive_loss"].item()
+    lab = ClipLoss(label_weight=1.0)
+    # every class distinct, or every label unknown (-1): the plain loss
+    assert lab(img, txt, 5.0, labels=torch.tensor([0, 1, 2, 3]))["contrastive_loss"].item() == pytest.approx(plain, abs=1e-6)
+    assert lab(img, txt, 5.0, labels=torch.tensor([-1, -1, -1, -1]))["contrastive_loss"].item() == pytest.approx(plain, abs=1e-6)
+    # a shared class changes it; unknown labels are not one class with each other
+    assert abs(lab(img, txt, 5.0, labels=torch.tensor([2, 2, 0, 1]))["contrastive_loss"].item() - plain) > 1e-3
+    # w = 1 and one class for all: every pairing is a target, so a swap of the texts costs nothing
+    same = torch.tensor([1, 1, 1, 1])
+    a = lab(img, txt, 5.0, labels=same)["contrastive_loss"].item()
+    b = lab(img, txt.flip(0), 5.0, labels=same)["contrastive_loss"].item()
+    assert a == pytest.approx(b, abs=1e-6)
+    # it composes with the soft report targets (those rows mixed, not replaced)
+    both = ClipLoss(target_temperature=0.5, label_weight=0.5)(img, txt, 5.0, torch.randn(4, 3), labels=same)
+    assert torch.isfinite(both["contrastive_loss"])
+    with pytest.raises(ValueError, match="class labels"):
+        ClipLoss(label_weight=0.5)(img, txt, 5.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ClipLoss(label_weight=1.5)
+
+
+def test_label_targets_pull_same_class_together() -> None:
+    """Trained on label targets, an image ends nearer another study's report of its class than the plain loss leaves it."""
+    torch.manual_seed(0)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    labels = torch.tensor([0, 0, 1, 1])
+
+    def fit(loss: ClipLoss) -> torch.Tensor:
+        img = torch.randn(4, 8, requires_grad=True)
+        opt = torch.optim.SGD([img], lr=0.5)
+        for _ in range(300):
+            opt.zero_grad()
+            loss(torch.nn.functional.normalize(img, dim=-1), txt, 5.0, labels=labels)["contrastive_loss"].backward()
+            opt.step()
+        return torch.nn.functional.normalize(img.detach(), dim=-1)
+
+    plain, lab = fit(ClipLoss()), fit(ClipLoss(label_weight=0.8))
+    # image 0 vs study 1's report (same class) and vs study 2's (other class)
+    assert (lab[0] @ txt[1]) - (lab[0] @ txt[2]) > (plain[0] @ txt[1]) - (plain[0] @ txt[2]) + 0.2

@@ -43,8 +43,12 @@ WORKER = textwrap.dedent(
     # soft targets: the report features are gathered too
     soft = ClipLoss(gather=True, target_temperature=0.5)(i.detach(), t.detach(), 2.0, x_txt[rows])
     mean_soft = torch.tensor([soft["contrastive_loss"].item()]); dist.all_reduce(mean_soft); mean_soft /= world
+    # label targets: same-class studies on the other rank are targets too (the labels are gathered)
+    y = torch.tensor([0, 3, 1, 3, 0, -1])
+    lab = ClipLoss(gather=True, label_weight=0.5)(i.detach(), t.detach(), 2.0, labels=y[rows])
+    mean_lab = torch.tensor([lab["contrastive_loss"].item()]); dist.all_reduce(mean_lab); mean_lab /= world
     if rank == 0:
-        json.dump({"loss": mean_loss.item(), "soft": mean_soft.item(),
+        json.dump({"loss": mean_loss.item(), "soft": mean_soft.item(), "label": mean_lab.item(),
                    "grads": [p.grad.flatten().tolist() for p in params]},
                   open(os.path.join(out_dir, "ddp.json"), "w"))
 
@@ -85,6 +89,9 @@ def test_ddp_gather_matches_single_process(tmp_path: Path) -> None:
     assert abs(got["loss"] - loss.item()) < 1e-5
     soft = ClipLoss(gather=False, target_temperature=0.5)(i.detach(), t.detach(), 2.0, x_txt)["contrastive_loss"]
     assert abs(got["soft"] - soft.item()) < 1e-5 and abs(soft.item() - loss.item()) > 1e-4
+    y = torch.tensor([0, 3, 1, 3, 0, -1])  # classes shared across the two ranks' shards
+    lab = ClipLoss(gather=False, label_weight=0.5)(i.detach(), t.detach(), 2.0, labels=y)["contrastive_loss"]
+    assert abs(got["label"] - lab.item()) < 1e-5 and abs(lab.item() - loss.item()) > 1e-4
     for g, p in zip(got["grads"], params):
         torch.testing.assert_close(torch.tensor(g), p.grad.flatten(), atol=1e-5, rtol=1e-4)
 

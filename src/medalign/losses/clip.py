@@ -24,18 +24,31 @@ class ClipLoss(nn.Module):
     ("Acute haemorrhage." / "Acute hemorrhage.") then stop being negatives of each other. As the
     temperature goes to 0 with distinct reports this is the plain loss; exactly identical reports
     give the plain loss at any temperature (their logits are identical).
+
+    Label targets (off by default): with ``label_weight`` w > 0 and the batch's class labels passed
+    as ``labels`` (B,) int, -1 = unknown, each row's targets become ``(1 - w) * own report + w *
+    every report of the same class, shared equally`` (UniCL, Yang et al. 2022; MedCLIP's semantic
+    matching with report-derived labels). Studies of one class then stop being negatives of each
+    other, which the few-per-batch classes of a small cohort need: a report of small vessel
+    disease is no longer pushed away from another study's white-matter lesions. A row with an
+    unknown label keeps its own targets.
     """
 
-    def __init__(self, gather: bool = True, target_temperature: float | None = None) -> None:
+    def __init__(self, gather: bool = True, target_temperature: float | None = None,
+                 label_weight: float = 0.0) -> None:
         super().__init__()
         if target_temperature is not None and target_temperature <= 0:
             raise ValueError(f"target_temperature must be > 0 (or None for one-hot targets), got {target_temperature}")
+        if not 0.0 <= label_weight <= 1.0:
+            raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
         self.gather = gather
         self.target_temperature = target_temperature
+        self.label_weight = float(label_weight)
 
     def forward(self, image_embed: torch.Tensor, text_embed: torch.Tensor,
                 logit_scale: torch.Tensor | float,
-                target_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                target_features: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if image_embed.dim() != 2 or text_embed.dim() != 2 or image_embed.shape != text_embed.shape:
             raise ValueError(
                 f"ClipLoss needs image_embed and text_embed of the same shape (B, E); "
@@ -51,7 +64,7 @@ class ClipLoss(nn.Module):
             all_image, all_text, offset = image_embed, text_embed, 0
         logits_per_image = logit_scale * image_embed @ all_text.T  # (B, world * B)
         logits_per_text = logit_scale * text_embed @ all_image.T  # (B, world * B)
-        labels = torch.arange(b, device=image_embed.device) + offset  # (B,)
+        targets = torch.arange(b, device=image_embed.device) + offset  # (B,)
         if self.target_temperature is not None:
             if target_features is None or target_features.shape[0] != b:
                 raise ValueError("ClipLoss with target_temperature needs target_features (B, Dt) for the batch")
@@ -59,6 +72,24 @@ class ClipLoss(nn.Module):
             all_f = gather_no_grad(f) if self.gather and world > 1 else f  # (world * B, Dt)
             # rows = this rank's reports, columns = all reports; the matrix is symmetric, so the
             # same targets serve both directions
-            labels = F.softmax(f @ all_f.T / self.target_temperature, dim=-1).to(logits_per_image.dtype)  # (B, world * B)
-        loss = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+            targets = F.softmax(f @ all_f.T / self.target_temperature, dim=-1).to(logits_per_image.dtype)  # (B, world * B)
+        if self.label_weight > 0:
+            if labels is None or labels.shape[0] != b:
+                raise ValueError("ClipLoss with label_weight needs the batch's class labels (B,)")
+            targets = self._with_label_targets(targets, labels, logits_per_image)
+        loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
         return {"contrastive_loss": loss}
+
+    def _with_label_targets(self, base: torch.Tensor, class_labels: torch.Tensor,
+                            like: torch.Tensor) -> torch.Tensor:
+        """Mix ``base`` targets (indices (B,) or rows (B, world * B)) with same-class targets."""
+        y = class_labels.to(like.device).long()  # (B,)
+        all_y = gather_no_grad(y) if self.gather and rank_world()[1] > 1 else y  # (world * B,)
+        if base.dim() == 1:  # indices -> one-hot rows
+            base = F.one_hot(base, like.shape[1]).to(like.dtype)  # (B, world * B)
+        same = ((y[:, None] == all_y[None, :]) & (y[:, None] >= 0)).to(like.dtype)  # (B, world * B)
+        same = same / same.sum(1, keepdim=True).clamp(min=1)  # rows sum to 1 (0 when the label is unknown)
+        known = (y >= 0).to(like.dtype)[:, None]  # (B, 1)
+        w = self.label_weight * known  # an unknown label keeps its own targets
+        # label equality is symmetric, so the same rows serve as targets in both directions
+        return (1 - w) * base + w * same

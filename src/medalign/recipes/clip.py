@@ -193,6 +193,10 @@ class ClipRecipe(Recipe):
             turn it into a channel of its own) and pooled over the cells it calls lesion
             (:func:`lesion_evidence`); ``"volume"``: the lesion volume per class that a head
             trained with ``lesion_targets: fraction`` estimates, no gradient.
+        label_targets: weight w of class-label targets in the contrastive loss (0 = off, the
+            paper): each study's targets become (1 - w) x its own report + w x the batch's reports
+            of the same class (manifest column ``label``; rows without one keep their own; see
+            :class:`~medalign.losses.clip.ClipLoss`).
         lesion_targets: what the head learns per cell: ``"any"`` (a lesion voxel in the cell,
             lesion and lesion-free cells balanced) or ``"fraction"`` (the cell's lesion share,
             calibrated; see :class:`~medalign.losses.lesion.LesionClassLoss`).
@@ -205,7 +209,7 @@ class ClipRecipe(Recipe):
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
-                 lesion_targets: str = "any") -> None:
+                 lesion_targets: str = "any", label_targets: float = 0.0) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -225,6 +229,7 @@ class ClipRecipe(Recipe):
             self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
             self.lesion_loss = LesionClassLoss(weight=lesion_aux, targets=lesion_targets)
         self._warned_no_masks = False
+        self._warned_no_labels = False
         extra = evidence_size(self.lesion_evidence, len(CLASSES))
         self.image_proj = ProjectionHead(self.image_encoder.out_dim + extra, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
@@ -240,7 +245,7 @@ class ClipRecipe(Recipe):
         self.log_scale_max = math.log(logit_scale_max)
         self.sequence_dropout = float(sequence_dropout)
         self.single_sequence = float(single_sequence)
-        self.loss = ClipLoss(gather=gather, target_temperature=target_temperature)
+        self.loss = ClipLoss(gather=gather, target_temperature=target_temperature, label_weight=label_targets)
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
         self.text_section = text_section
@@ -383,8 +388,14 @@ class ClipRecipe(Recipe):
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
+        labels = batch.get("label")
+        if self.loss.label_weight > 0 and labels is not None and not self._warned_no_labels and bool((labels < 0).all()):
+            self._warned_no_labels = True  # once per run: without labels the targets are the paper's
+            logging.getLogger(__name__).warning(
+                "recipe.label_targets is on but this training batch has no class labels (manifest column 'label'; "
+                "`medalign label-reports MANIFEST --out F` derives them from the reports)")
         out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"],
-                                                      f["text_features"]))
+                                                      f["text_features"], labels=labels))
         out["logit_scale"] = f["logit_scale"].detach()
         if "lesion_logits" in f:
             out.update(self.lesion_loss(f["lesion_logits"], f["lesion_mask"], batch["label"], batch["has_mask"]))
