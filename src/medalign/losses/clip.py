@@ -76,20 +76,20 @@ class ClipLoss(nn.Module):
         if self.label_weight > 0:
             if labels is None or labels.shape[0] != b:
                 raise ValueError("ClipLoss with label_weight needs the batch's class labels (B,)")
-            targets = self._with_label_targets(targets, labels, logits_per_image)
+            y = labels.to(image_embed.device).long()  # (B,)
+            all_y = gather_no_grad(y) if self.gather and world > 1 else y  # (world * B,)
+            targets = self._with_label_targets(targets, y, all_y, logits_per_image.dtype)
         loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
         return {"contrastive_loss": loss}
 
-    def _with_label_targets(self, base: torch.Tensor, class_labels: torch.Tensor,
-                            like: torch.Tensor) -> torch.Tensor:
-        """Mix ``base`` targets (indices (B,) or rows (B, world * B)) with same-class targets."""
-        y = class_labels.to(like.device).long()  # (B,)
-        all_y = gather_no_grad(y) if self.gather and rank_world()[1] > 1 else y  # (world * B,)
+    def _with_label_targets(self, base: torch.Tensor, y: torch.Tensor, all_y: torch.Tensor,
+                            dtype: torch.dtype) -> torch.Tensor:
+        """Mix ``base`` targets (indices (B,) or rows (B, world * B)) with the rows of this rank's labels
+        ``y`` (B,) over all ranks' ``all_y`` (world * B,); label equality is symmetric, so the same rows
+        serve as targets in both directions."""
         if base.dim() == 1:  # indices -> one-hot rows
-            base = F.one_hot(base, like.shape[1]).to(like.dtype)  # (B, world * B)
-        same = ((y[:, None] == all_y[None, :]) & (y[:, None] >= 0)).to(like.dtype)  # (B, world * B)
-        same = same / same.sum(1, keepdim=True).clamp(min=1)  # rows sum to 1 (0 when the label is unknown)
-        known = (y >= 0).to(like.dtype)[:, None]  # (B, 1)
-        w = self.label_weight * known  # an unknown label keeps its own targets
-        # label equality is symmetric, so the same rows serve as targets in both directions
+            base = F.one_hot(base, all_y.shape[0]).to(dtype)  # (B, world * B)
+        same = (y[:, None] == all_y[None, :]).to(dtype)  # (B, world * B)
+        same = same / same.sum(1, keepdim=True)  # rows sum to 1 (a row always matches itself)
+        w = self.label_weight * (y >= 0).to(dtype)[:, None]  # (B, 1): an unknown label keeps its own targets
         return (1 - w) * base + w * same

@@ -229,7 +229,7 @@ class ClipRecipe(Recipe):
             self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
             self.lesion_loss = LesionClassLoss(weight=lesion_aux, targets=lesion_targets)
         self._warned_no_masks = False
-        self._warned_no_labels = False
+        self._checked_labels = False
         extra = evidence_size(self.lesion_evidence, len(CLASSES))
         self.image_proj = ProjectionHead(self.image_encoder.out_dim + extra, embed_dim, projection)
         self.text_proj = ProjectionHead(self.text_encoder.dim, embed_dim, projection)
@@ -389,11 +389,13 @@ class ClipRecipe(Recipe):
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
         labels = batch.get("label")
-        if self.loss.label_weight > 0 and labels is not None and not self._warned_no_labels and bool((labels < 0).all()):
-            self._warned_no_labels = True  # once per run: without labels the targets are the paper's
-            logging.getLogger(__name__).warning(
-                "recipe.label_targets is on but this training batch has no class labels (manifest column 'label'; "
-                "`medalign label-reports MANIFEST --out F` derives them from the reports)")
+        if self.loss.label_weight > 0 and labels is not None and not self._checked_labels:
+            self._checked_labels = True  # the first step only: the check syncs a GPU, and a cohort is labelled or not
+            if bool((labels < 0).all()):
+                logging.getLogger(__name__).warning(
+                    "recipe.label_targets is on but this training batch has no class labels (manifest column "
+                    "'label'; `medalign label-reports MANIFEST --out F` predicts them from the reports): "
+                    "unlabelled studies keep the paper's targets")
         out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"],
                                                       f["text_features"], labels=labels))
         out["logit_scale"] = f["logit_scale"].detach()
