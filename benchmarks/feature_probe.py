@@ -3,7 +3,7 @@ of a synthetic cohort's studies against another (default: white-matter disease v
 
     python benchmarks/feature_probe.py RUN [RUN ...] --cohort SYNTH_DIR
         [--positive wmh,demyelination] [--negative normal] [--sequences dwi,t2s,flair|flair]
-        [--folds 5] [--out results.json]
+        [--folds 5] [--real ../shared/data] [--out results.json]
 
 Per run and per input (every sequence the run reads, and FLAIR alone as the real clinical WMH
 were acquired): the image encoder's pooled features (what the projection sees), the image
@@ -15,7 +15,10 @@ lesion on darker white matter, wherever it is), each through a standardised L2 l
 (C = 0.1), ``--folds``-fold stratified cross-validation (out-of-fold probabilities, one AUC over
 all studies), with a 95 % bootstrap CI over studies. Zero-shot and lesion erasing
 (``lesion_reliance.py``) ask whether a model *uses* a finding; this asks whether its features
-hold it: near 0.5, no prompt or pooling can find it. Variants are a study's first finding
+hold it: near 0.5, no prompt or pooling can find it. ``--real SHARED`` also fits each probe on
+all the cohort's studies and scores the real cases (``real_cases.py``, with the same sequences):
+a real WMH FLAIR the synthetic axis puts among the normals is a gap of the generator, not of the
+classifier on top. Variants are a study's first finding
 (``ground_truth.json``); ``normal`` = the studies labelled normal.
 """
 from __future__ import annotations
@@ -127,6 +130,33 @@ def features(model, items: list[dict]) -> dict[str, np.ndarray]:
             "local_contrast": np.stack(local)}
 
 
+def real_scores(x: np.ndarray, y: np.ndarray, x_real: np.ndarray) -> np.ndarray:
+    """p(positive) of real studies ``x_real`` (M, F) under the probe fit on all synthetic studies
+    ``x`` (N, F), ``y`` (N,): where a real case lands on the synthetic cohort's axis."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)).fit(x, y)
+    return clf.predict_proba(x_real)[:, 1]
+
+
+def real_items(shared: Path, sequences: list[str]) -> list[dict]:
+    """The real cases of ``real_cases.py`` showing only ``sequences`` ({case, class, files}); cases
+    with none of them are left out."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_cases import real_cases
+
+    out = []
+    for c in real_cases(shared):
+        files = {k: v for k, v in c["files"].items() if k in sequences}
+        if files:
+            out.append({"case": c["case"], "class": c["class"], "files": files})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
@@ -136,6 +166,9 @@ def main() -> None:
     ap.add_argument("--sequences", default=None,
                     help="comma list; default: every sequence the run reads, then FLAIR alone")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--real", type=Path, default=None, metavar="SHARED",
+                    help="also fit each probe on all the cohort's studies and score the real cases under SHARED "
+                         "(../shared/data): p(positive) per case")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -154,12 +187,23 @@ def main() -> None:
             if len(items) == 0 or y.min() == y.max():
                 raise SystemExit(f"{a.cohort}: no studies of both groups showing {'+'.join(seqs)}")
             row = {"n": len(items), "positive": int(y.sum())}
-            row.update({k: probe_auc(x, y, a.folds) for k, x in features(m, items).items()})
+            feats = features(m, items)
+            row.update({k: probe_auc(x, y, a.folds) for k, x in feats.items()})
             result["runs"][run]["+".join(seqs)] = row
             aucs = ", ".join(f"{k} {row[k]['auc']:.2f} [{row[k]['lo']:.2f}, {row[k]['hi']:.2f}]"
                              for k in ("features", "embedding", "intensity", "local_contrast"))
             print(f"{Path(run).name:<16} {'+'.join(seqs):<14} {a.positive} ({row['positive']}) vs {a.negative} "
                   f"({row['n'] - row['positive']}): probe AUC {aucs}", flush=True)
+            real = real_items(a.real, seqs) if a.real is not None else []
+            if real:
+                rf = features(m, real)
+                scores = {k: real_scores(feats[k], y, rf[k]) for k in feats}  # {kind: (M,)}
+                row["real"] = {r["case"]: {"class": r["class"], **{k: float(scores[k][i]) for k in feats}}
+                               for i, r in enumerate(real)}
+                for r in real:
+                    v = row["real"][r["case"]]
+                    print(f"    real {r['case']:<32} {r['class']:<7} p({a.positive}): "
+                          + ", ".join(f"{k} {v[k]:.2f}" for k in feats), flush=True)
     if a.out:
         from medalign.utils import atomic_write_json
 

@@ -2,7 +2,7 @@
 vs as acquired, per class / variant: mean, and the change with a 95 % bootstrap CI over studies.
 
     python benchmarks/lesion_reliance.py RUN [RUN ...] [--cohort SYNTH_DIR] [--variants wmh,glioma]
-        [--sequences flair] [--shared ../shared/data] [--out results.json]
+        [--sequences flair] [--twins] [--shared ../shared/data] [--out results.json]
 
 Erasing: every lesion voxel (the mask grown by ``--grow`` voxels in-plane, default 1: a mask
 leaves out the lesion's partial-volume fringe) takes the median of the tissue around it (a
@@ -13,7 +13,8 @@ one that calls it from something else (age, atrophy, the absence of other findin
 Studies: the real cases with a lesion mask in ``--shared`` (the 3 clinical WMH FLAIRs, ``mask``;
 the 6 BraTS gliomas, ``OTMultiClass`` > 0; ``real_cases.py`` lists them), and with ``--cohort``
 the studies of a ``synth brain`` cohort whose first finding is one of ``--variants``
-(``lesion_mask.nii.gz``). ``--sequences`` sets what each synthetic study shows (default: what
+(``lesion_mask.nii.gz``); with ``--twins`` each of those studies is compared with its lesion-free
+twin from ``synth brain --twins`` instead (real cases left out). ``--sequences`` sets what each synthetic study shows (default: what
 the demo model reads, dwi/t2s/flair; ``flair`` = FLAIR alone, as the real clinical cases). The protocol is
 ``medalign classify``'s default (shipped prompts, ensemble pooling).
 """
@@ -86,6 +87,26 @@ def synthetic_items(cohort: Path, variants: list[str], sequences: list[str]) -> 
     return items
 
 
+def twin_items(cohort: Path, variants: list[str], sequences: list[str]) -> tuple[list[dict], list[dict]]:
+    """Studies of a ``synth brain --twins`` cohort whose first finding is one of ``variants`` and
+    that have a lesion-free twin, and per study the twin's files: the generator's own
+    counterfactual, a rescan without findings (same anatomy, age, atrophy, contrasts, noise level
+    and slice geometry; positioning and the noise itself drawn anew). Erasing instead leaves the
+    sub-threshold fringe of a soft lesion map behind (the mask is the map > 0.5)."""
+    twin_of = {}
+    for gt in sorted(cohort.glob("*/ground_truth.json")):
+        t = json.loads(gt.read_text(encoding="utf-8"))
+        if t.get("twin_of"):
+            twin_of[t["twin_of"]] = gt.parent
+    items, twins = [], []
+    for it in synthetic_items(cohort, variants, sequences):
+        d = twin_of.get(it["case"])
+        if d is not None:
+            items.append(it)
+            twins.append({s: str(d / Path(p).name) for s, p in it["files"].items()})
+    return items, twins
+
+
 def erased_copies(items: list[dict], out: Path, grow: int = 0) -> list[dict]:
     """Per item, its files with the lesion erased (mask grown by ``grow`` voxels), written under ``out``."""
     import SimpleITK as sitk
@@ -114,6 +135,18 @@ def summarise(groups: list[str], p_as_is: np.ndarray, p_erased: np.ndarray) -> d
     return out
 
 
+def class_changes(groups: list[str], as_is: list[dict], erased: list[dict]) -> dict[str, dict[str, float]]:
+    """Per group, the mean change of every class's probability when the lesion is erased (or the
+    twin shown): where the lesion's evidence goes (``medalign classify`` results)."""
+    out = {}
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        classes = list(as_is[idx[0]]["probabilities"])
+        out[g] = {c: float(np.mean([erased[i]["probabilities"][c] - as_is[i]["probabilities"][c] for i in idx]))
+                  for c in classes}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
@@ -123,6 +156,9 @@ def main() -> None:
     ap.add_argument("--sequences", default="dwi,t2s,flair", help="what a synthetic study shows (default: the demo model's)")
     ap.add_argument("--grow", type=int, default=1,
                     help="grow each mask by this many voxels in-plane before erasing (the partial-volume fringe)")
+    ap.add_argument("--twins", action="store_true",
+                    help="compare with each --cohort study's lesion-free twin (`synth brain --twins`) instead of "
+                         "erasing; the real cases are left out")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -130,25 +166,36 @@ def main() -> None:
     import medalign
 
     logging.getLogger("medalign.api").setLevel(logging.ERROR)  # "skipping t1c" is expected for 3-sequence models
-    items = real_items(a.shared) if a.shared.is_dir() else []
-    if a.cohort is not None:
-        items += synthetic_items(a.cohort, a.variants.split(","), a.sequences.split(","))
+    twins = None
+    if a.twins:
+        if a.cohort is None:
+            raise SystemExit("--twins needs --cohort (a `synth brain --twins` output folder)")
+        items, twins = twin_items(a.cohort, a.variants.split(","), a.sequences.split(","))
+    else:
+        items = real_items(a.shared) if a.shared.is_dir() else []
+        if a.cohort is not None:
+            items += synthetic_items(a.cohort, a.variants.split(","), a.sequences.split(","))
     if not items:
-        raise SystemExit(f"no study with a lesion mask (shared {a.shared}, cohort {a.cohort})")
-    result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "runs": {}}
+        raise SystemExit(f"no study with a lesion mask{' and a twin' if a.twins else ''} (shared {a.shared}, cohort {a.cohort})")
+    result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "twins": a.twins, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        erased = erased_copies(items, Path(tmp), a.grow)
+        erased = twins if twins is not None else erased_copies(items, Path(tmp), a.grow)
         for run in a.runs:
             m = medalign.load(run)
-            p0 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, m.classify([it["files"] for it in items]))])
-            p1 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, m.classify(erased))])
-            summary = summarise([it["group"] for it in items], p0, p1)
+            r0, r1 = m.classify([it["files"] for it in items]), m.classify(erased)
+            p0 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, r0)])
+            p1 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, r1)])
+            groups = [it["group"] for it in items]
+            summary = summarise(groups, p0, p1)
+            for g, per in class_changes(groups, r0, r1).items():
+                summary[g]["class_change"] = per
             result["runs"][run] = {"summary": summary, "p_true": p0.round(4).tolist(), "p_true_erased": p1.round(4).tolist()}
             for g, s in summary.items():
                 c = s["change"]
                 ci = f" [{c['lo']:+.2f}, {c['hi']:+.2f}]" if "lo" in c else ""
-                print(f"{Path(run).name:<20} {g:<34} n {s['n']:>3}  p(true) {s['p_true']:.2f} -> erased "
-                      f"{s['p_true_erased']:.2f}  change {c['value']:+.2f}{ci}", flush=True)
+                lesion = ", ".join(f"{k} {-v:+.2f}" for k, v in s["class_change"].items())
+                print(f"{Path(run).name:<20} {g:<34} n {s['n']:>3}  p(true) {s['p_true']:.2f} -> {'twin' if a.twins else 'erased'} "
+                      f"{s['p_true_erased']:.2f}  change {c['value']:+.2f}{ci}; the lesion adds: {lesion}", flush=True)
     if a.out:
         from medalign.utils import atomic_write_json
 

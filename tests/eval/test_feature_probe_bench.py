@@ -89,3 +89,36 @@ def test_script_on_a_tiny_run(cohort, tmp_path, monkeypatch):
     assert row["n"] == 6 and row["positive"] == 3
     for k in ("features", "embedding", "intensity", "local_contrast"):
         assert 0.0 <= row[k]["lo"] <= row[k]["hi"] <= 1.0 and 0.0 <= row[k]["auc"] <= 1.0
+
+
+def test_real_scores_place_a_case_on_the_synthetic_axis():
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1] * 30)
+    x = rng.standard_normal((60, 5))
+    x[:, 0] += 6.0 * y  # the synthetic groups differ along feature 0
+    real = np.zeros((2, 5))
+    real[0, 0], real[1, 0] = 6.0, 0.0  # one case like the positives, one like the negatives
+    p = bench.real_scores(x, y, real)
+    assert p.shape == (2,) and p[0] > 0.75 and p[1] < 0.25
+
+
+def test_script_scores_real_cases(cohort, tmp_path, monkeypatch):
+    from tiny_runs import make_tiny_runs
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    shared = tmp_path / "shared"  # a stand-in for ../shared/data: one real case, FLAIR alone
+    (shared / "real_dev" / "wmh_x").mkdir(parents=True)
+    (shared / "real_dev" / "wmh_x" / "flair.nii.gz").write_bytes((cohort / "W0" / "flair.nii.gz").read_bytes())
+    (shared / "real_dev" / "cases.json").write_text(json.dumps([{"case": "wmh_x", "class": "others",
+                                                                 "files": {"flair": "flair.nii.gz"}}]))
+    out = tmp_path / "probe.json"
+    monkeypatch.setattr(sys, "argv", ["feature_probe.py", str(run), "--cohort", str(cohort), "--positive", "wmh",
+                                      "--sequences", "flair", "--folds", "3", "--real", str(shared), "--out", str(out)])
+    bench.main()
+    row = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]["flair"]
+    r = row["real"]["real_dev/wmh_x"]
+    assert r["class"] == "others" and set(r) == {"class", "features", "embedding", "intensity", "local_contrast"}
+    assert all(0.0 <= r[k] <= 1.0 for k in ("features", "embedding", "intensity", "local_contrast"))
+    # the stand-in is W0 itself: the intensity probe, fit on W0 among the others, puts it with the lesions
+    assert r["intensity"] > 0.5

@@ -96,12 +96,18 @@ def _normal_study(root: Path, sid: str, rng: np.random.Generator) -> None:
     gt = {"study_id": sid, "label": "normal", "findings": []}
     (d / "ground_truth.json").write_text(json.dumps(gt), encoding="utf-8")
 
-def test_script_on_a_tiny_run(tmp_path, monkeypatch):
+
+def _tiny_run(tmp_path: Path, monkeypatch) -> Path:
+    """A tiny trained CLIP run (tests/tiny_runs.py), with its model cache under ``tmp_path``."""
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_runs import make_tiny_runs
 
     monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
-    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    return make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+
+
+def test_script_on_a_tiny_run(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(1)
     cohort = tmp_path / "cohort"
     _study(cohort, "S1", "others", "wmh", rng)
@@ -126,3 +132,44 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     assert r["p_true_erased"] != r["p_true"]  # erasing changed what the model saw
     if SHARED.is_dir():
         assert groups["real others"]["n"] == 3 and groups["real tumor"]["n"] == 6
+
+
+def test_twins_compare_each_study_with_its_lesion_free_twin(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
+    rng = np.random.default_rng(2)
+    cohort = tmp_path / "cohort"
+    _study(cohort, "S1", "others", "wmh", rng)
+    _study(cohort, "S2", "others", "wmh", rng)  # no twin: left out
+    _normal_study(cohort, "T1", rng)
+    gt = json.loads((cohort / "T1" / "ground_truth.json").read_text(encoding="utf-8"))
+    (cohort / "T1" / "ground_truth.json").write_text(json.dumps({**gt, "twin_of": "S1"}), encoding="utf-8")
+    items, twins = bench.twin_items(cohort, ["wmh"], ["flair"])
+    assert [it["case"] for it in items] == ["S1"]
+    assert twins == [{"flair": str(cohort / "T1" / "flair.nii.gz")}]  # FLAIR alone, as asked
+    out = tmp_path / "tw.json"
+    monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--cohort", str(cohort), "--twins",
+                                      "--variants", "wmh", "--sequences", "flair", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    r = res["runs"][str(run)]
+    assert res["twins"] is True and res["studies"] == ["S1"]  # no real case, no study without a twin
+    import medalign
+
+    m = medalign.load(run)
+    own, twin = m.classify([{"flair": str(cohort / "S1" / "flair.nii.gz")}, {"flair": str(cohort / "T1" / "flair.nii.gz")}])
+    assert r["p_true"][0] == pytest.approx(own["probabilities"]["others"], abs=1e-4)
+    assert r["p_true_erased"][0] == pytest.approx(twin["probabilities"]["others"], abs=1e-4)  # the twin, not an erasure
+    ch = r["summary"]["synthetic others/wmh"]["class_change"]
+    assert ch["tumor"] == pytest.approx(twin["probabilities"]["tumor"] - own["probabilities"]["tumor"], abs=1e-4)
+    monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--twins"])
+    with pytest.raises(SystemExit, match="--twins needs --cohort"):
+        bench.main()
+
+
+def test_class_changes_say_where_the_lesion_evidence_goes():
+    as_is = [{"probabilities": {"others": 0.2, "tumor": 0.7, "normal": 0.1}},
+             {"probabilities": {"others": 0.4, "tumor": 0.4, "normal": 0.2}}]
+    erased = [{"probabilities": {"others": 0.3, "tumor": 0.2, "normal": 0.5}},
+              {"probabilities": {"others": 0.4, "tumor": 0.2, "normal": 0.4}}]
+    ch = bench.class_changes(["g", "g"], as_is, erased)["g"]
+    assert ch == pytest.approx({"others": 0.05, "tumor": -0.35, "normal": 0.3})  # the lesion had fed "tumor"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medalign.models.image3d import IMAGE_ENCODERS, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder
+from medalign.models.image3d import IMAGE_ENCODERS, CoordChannels, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder
 
 SHAPE3 = (8, 32, 32)
 
@@ -219,3 +219,41 @@ def test_local_contrast_encoder_option() -> None:
     spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "local_contrast": 4}
     built = build_image_encoder(spec, in_channels=3, input_shape=SHAPE3)
     assert built.stem.in_channels == 6
+
+
+def test_coord_channels_values() -> None:
+    """Each axis from -1 to 1, the in-plane radius from 0 at the centre to 1 at the corners, the same for
+    every study of a batch; the image channels pass unchanged; 2D gives (y, x, r)."""
+    x = torch.randn(2, 3, 5, 7, 9)
+    y = CoordChannels(3)(x)
+    assert y.shape == (2, 3 + 4, 5, 7, 9) and torch.equal(y[:, :3], x)
+    z, h, w, r = y[0, 3], y[0, 4], y[0, 5], y[0, 6]
+    assert z[0].eq(-1).all() and z[-1].eq(1).all() and h[:, 0].eq(-1).all() and w[..., -1].eq(1).all()
+    assert r[:, 3, 4].abs().max() < 1e-6 and r[:, 0, 0].sub(1).abs().max() < 1e-6  # centre, corner
+    assert torch.equal(y[0, 3:], y[1, 3:])
+    y2 = CoordChannels(2)(torch.randn(1, 1, 7, 9))
+    assert y2.shape == (1, 1 + 3, 7, 9)
+
+
+def test_coord_channels_let_the_pooled_encoder_tell_where_a_lesion_is() -> None:
+    """Global pooling is blind to a lesion's position: the same blob moved by whole stem patches, away from the
+    edges, gives exactly the same features; with the coordinate channels it does not. Sequence masking still
+    applies to the images only."""
+    torch.manual_seed(0)
+    shape = (4, 64, 64)
+    centre, side = torch.zeros(1, 1, *shape), torch.zeros(1, 1, *shape)
+    centre[..., 1:3, 28:36, 28:36] = 3.0  # near the ventricles
+    side[..., 1:3, 28:36, 12:20] = 3.0  # the same blob 16 voxels (4 stem patches) to the side
+    kw = dict(input_shape=shape, channels=(4,), local_level=0, stem_stride=(1, 4, 4))
+    blind = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=1, **kw).eval()
+    assert torch.allclose(blind(centre)["global"], blind(side)["global"], atol=1e-4)  # float sums only
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=1, coord_channels=True, **kw)
+    assert enc.stem.in_channels == 1 + 4
+    enc(centre)["global"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    enc.eval()
+    assert (enc(centre)["global"] - enc(side)["global"]).abs().max() > 5e-3  # 100x the above
+    masked = enc(centre, torch.tensor([[False]]))["global"]  # an absent sequence: only the positions are left
+    assert torch.allclose(masked, enc(torch.zeros_like(centre))["global"], atol=1e-6)
+    spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "coord_channels": True, "local_contrast": 4}
+    assert build_image_encoder(spec, in_channels=3, input_shape=SHAPE3).stem.in_channels == 6 + 4

@@ -35,8 +35,11 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    on DWI, white-matter disease on FLAIR) to the level of the brightest normal tissue, and a
    lesion that fills more than 1 % of the head *is* that percentile. On the synthetic cohort the
    switch from ``"robust"`` raised the CPU preset's zero-shot accuracy on a 400-study held-out
-   cohort from 0.47 to 0.64 (README). Outside the head is 0 in all three; ``"none"`` leaves
-   values as read.
+   cohort from 0.47 to 0.64 (README). ``"median_mad"`` centres on the head's median and scales
+   by 1.4826 x its median absolute deviation, unclipped: the unit is then set by the brain
+   tissue rather than by how much dark CSF the head holds (an atrophic brain's wide sulci and
+   ventricles inflate the SD, and every lesion fades in z-score units; issue 20). Outside the
+   head is 0 in all four; ``"none"`` leaves values as read.
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
 Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
@@ -60,7 +63,7 @@ from medalign.data.registration import register_to_reference
 from medalign.data.volume_io import _sitk, read_volume
 from medalign.errors import CohortError
 
-NORMALISERS = ("robust", "zscore", "zscore_unclipped", "none")
+NORMALISERS = ("robust", "zscore", "zscore_unclipped", "median_mad", "none")
 
 
 @dataclass
@@ -285,6 +288,10 @@ def _normalise(arr: np.ndarray, head: np.ndarray, how: str, pct: tuple[float, fl
         return np.zeros_like(arr, dtype=np.float32), {"p_lo": float(lo), "p_hi": float(hi), "constant": True}
     if how == "robust":
         out = np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    elif how == "median_mad":  # the tissue, not the CSF, sets the unit (see step 5)
+        med = float(np.median(vals))
+        mad = 1.4826 * float(np.median(np.abs(vals - med)))
+        out = (arr - med) / (mad if mad > 0 else (hi - lo))
     else:  # zscore, zscore_unclipped: statistics of the clipped values (robust to outliers)
         c = np.clip(arr, lo, hi)
         mu, sd = float(c[head].mean()), float(c[head].std()) or 1.0

@@ -126,6 +126,27 @@ class LocalContrast(nn.Module):
         return torch.cat([x, contrast], dim=1)  # (B, 2C, *S)
 
 
+class CoordChannels(nn.Module):
+    """Appends the voxel's position to the input (CoordConv, Liu et al. 2018, with its radius
+    option): each spatial axis scaled to [-1, 1] and the in-plane distance from the grid's
+    centre, (B, C, *S) -> (B, C + dims + 1, *S). Why: a convolution followed by global pooling
+    is blind to where a finding lies, and on FLAIR alone "where" is what tells white-matter
+    disease (periventricular, both sides) from tumour oedema (one lobe); the data layer centres
+    the head on the grid, so the positions are comparable across studies."""
+
+    def __init__(self, spatial_dims: int = 3) -> None:
+        super().__init__()
+        _check_dims(spatial_dims)
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in x.shape[2:]]
+        grids = torch.meshgrid(*axes, indexing="ij")  # dims x (*S)
+        radius = torch.sqrt(grids[-1] ** 2 + grids[-2] ** 2) / math.sqrt(2.0)  # (*S), in-plane, 0..1
+        coords = torch.stack([*grids, radius])  # (dims + 1, *S)
+        return torch.cat([x, coords.expand(x.shape[0], *coords.shape)], dim=1)  # (B, C + dims + 1, *S)
+
+
 class UNetEncoder(nn.Module):
     """Contracting path of a U-Net returning ``{"global": (B, F), "local": (B, C_l, *spatial)}``.
 
@@ -159,6 +180,7 @@ class UNetEncoder(nn.Module):
         local_contrast: a block size (voxels in-plane): the input also carries each sequence's
             local contrast at full resolution (:class:`LocalContrast`), before a strided stem
             averages thin lesions away.
+        coord_channels: the input also carries each voxel's position (:class:`CoordChannels`).
     """
 
     def __init__(
@@ -175,6 +197,7 @@ class UNetEncoder(nn.Module):
         pool_levels: Sequence[int] | str | None = None,
         lr_asymmetry: bool = False,
         local_contrast: int | None = None,
+        coord_channels: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
@@ -207,6 +230,10 @@ class UNetEncoder(nn.Module):
         if local_contrast is not None:
             self.contrast = LocalContrast(local_contrast, spatial_dims)
             first_in = 2 * in_channels
+        self.coords: nn.Module = nn.Identity()
+        if coord_channels:
+            self.coords = CoordChannels(spatial_dims)
+            first_in += spatial_dims + 1
 
         conv = _conv(spatial_dims)
         # Strided "patchify" stem: one cheap conv with kernel = stride cuts the voxel count
@@ -260,7 +287,7 @@ class UNetEncoder(nn.Module):
             )
         if self.global_pool == "flatten" and tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"UNetEncoder(global_pool='flatten') was built for input {self.input_shape}, got {tuple(x.shape[2:])}")
-        h = self.stem(self.contrast(mask_sequences(x, sequence_mask)))
+        h = self.stem(self.coords(self.contrast(mask_sequences(x, sequence_mask))))
         local = h
         maps: list[torch.Tensor] = []
         for i, level in enumerate(self.levels):
