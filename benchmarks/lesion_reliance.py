@@ -13,10 +13,12 @@ one that calls it from something else (age, atrophy, the absence of other findin
 Studies: the real cases with a lesion mask in ``--shared`` (the 3 clinical WMH FLAIRs, ``mask``;
 the 6 BraTS gliomas, ``OTMultiClass`` > 0; ``real_cases.py`` lists them), and with ``--cohort``
 the studies of a ``synth brain`` cohort whose first finding is one of ``--variants``
-(``lesion_mask.nii.gz``); with ``--twins`` each of those studies is compared with its lesion-free
-twin from ``synth brain --twins`` instead (real cases left out). ``--sequences`` sets what each synthetic study shows (default: what
-the demo model reads, dwi/t2s/flair; ``flair`` = FLAIR alone, as the real clinical cases). The protocol is
-``medalign classify``'s default (shipped prompts, ensemble pooling).
+(``lesion_mask.nii.gz``); with ``--twins`` each of those studies is compared with its
+lesion-free twin from ``synth brain --twins`` instead (real cases left out). ``--sequences`` sets
+what each synthetic study shows (default: what the demo model reads, dwi/t2s/flair; ``flair`` =
+FLAIR alone, as the real clinical cases). The protocol is ``medalign classify``'s default
+(shipped prompts, ensemble pooling). Per group it also prints where the lesion's evidence goes:
+the mean change of every class's probability that the lesion brings.
 """
 from __future__ import annotations
 

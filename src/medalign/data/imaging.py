@@ -36,9 +36,10 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    lesion that fills more than 1 % of the head *is* that percentile. On the synthetic cohort the
    switch from ``"robust"`` raised the CPU preset's zero-shot accuracy on a 400-study held-out
    cohort from 0.47 to 0.64 (README). ``"median_mad"`` centres on the head's median and scales
-   by 1.4826 x its median absolute deviation, unclipped: the unit is then set by the brain
-   tissue rather than by how much dark CSF the head holds (an atrophic brain's wide sulci and
-   ventricles inflate the SD, and every lesion fades in z-score units; issue 20). Outside the
+   by 1.4826 x its median absolute deviation, unclipped: while tissue is most of the head, the
+   unit is then set by the tissue rather than by how much dark CSF the head holds (an atrophic
+   brain's wide sulci and ventricles inflate the SD, and every lesion fades in z-score units;
+   issue 20). Outside the
    head is 0 in all four; ``"none"`` leaves values as read.
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
