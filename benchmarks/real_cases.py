@@ -50,9 +50,14 @@ def main() -> None:
     out: dict = {"cases": [c["case"] for c in cases], "runs": {}}
     for run in a.runs:
         m = medalign.load(run)
-        res = m.classify([c["files"] for c in cases])
+        usable = [c for c in cases if any(s in m.sequences for s in c["files"])]
+        for c in cases:
+            if c not in usable:  # e.g. the volunteer DWI for a FLAIR-only model
+                print(f"{Path(run).name:<24} {c['case']:<34} skipped: has {sorted(c['files'])}, the run reads "
+                      f"{list(m.sequences)}", flush=True)
+        res = m.classify([c["files"] for c in usable]) if usable else []
         rows = []
-        for c, r in zip(cases, res):
+        for c, r in zip(usable, res):
             used = sorted(s for s in c["files"] if s in m.sequences)
             rows.append({"case": c["case"], "true": c["class"], "predicted": r["label"], "sequences": used,
                          "p_true": round(r["probabilities"][c["class"]], 3)})
@@ -63,7 +68,9 @@ def main() -> None:
         print(f"{Path(run).name:<24} right per class: " + ", ".join(f"{k} {a_}/{n}" for k, (a_, n) in right.items()))
         out["runs"][run] = {"rows": rows, "right": right}
     if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1), encoding="utf-8")
+        from medalign.utils import atomic_write_json
+
+        atomic_write_json(a.out, out)
 
 
 if __name__ == "__main__":

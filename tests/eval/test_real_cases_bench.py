@@ -1,0 +1,50 @@
+"""benchmarks/real_cases.py: every real case a run can read is classified, one it cannot read (no
+sequence of the run) is skipped by name instead of failing the whole run; on a tiny run with a
+stand-in for ../shared/data."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nibabel")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+spec = importlib.util.spec_from_file_location("real_cases", ROOT / "benchmarks" / "real_cases.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+from test_lesion_reliance import _study  # noqa: E402  (a dwi + flair study with a lesion)
+
+
+def test_real_cases_skips_what_a_run_cannot_read(tmp_path, monkeypatch, capsys):
+    from tiny_runs import make_tiny_runs
+
+    import medalign
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    _study(tmp_path / "src", "W0", "others", "wmh", np.random.default_rng(0))
+    shared = tmp_path / "shared"  # a stand-in for ../shared/data: a FLAIR the run reads, a T1 it does not
+    for case, seq in (("wmh_x", "flair"), ("t1_only", "t1")):
+        (shared / "real_dev" / case).mkdir(parents=True)
+        (shared / "real_dev" / case / f"{seq}.nii.gz").write_bytes((tmp_path / "src" / "W0" / "flair.nii.gz").read_bytes())
+    (shared / "real_dev" / "cases.json").write_text(json.dumps([
+        {"case": "wmh_x", "class": "others", "files": {"flair": "flair.nii.gz"}},
+        {"case": "t1_only", "class": "normal", "files": {"t1": "t1.nii.gz"}}]), encoding="utf-8")
+    assert "t1" not in medalign.load(run).sequences
+    out = tmp_path / "real.json"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--out", str(out)])
+    bench.main()
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "real_dev/t1_only" in skipped[0]
+    rows = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]["rows"]
+    assert [r["case"] for r in rows] == ["real_dev/wmh_x"] and rows[0]["sequences"] == ["flair"]
+    direct = medalign.load(run).classify([{"flair": str(shared / "real_dev" / "wmh_x" / "flair.nii.gz")}])[0]
+    assert rows[0]["predicted"] == direct["label"]
+    assert rows[0]["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
