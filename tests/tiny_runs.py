@@ -54,3 +54,13 @@ def isolated_tiny_runs(root: Path) -> Iterator[dict[str, Path]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MEDALIGN_CACHE", str(root / "medalign_cache"))
         yield make_tiny_runs(root)
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

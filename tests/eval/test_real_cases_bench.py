@@ -3,7 +3,6 @@ sequence of the run) is skipped by name instead of failing the whole run; on a t
 stand-in for ../shared/data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,19 +11,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("nibabel")
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: tiny_runs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-spec = importlib.util.spec_from_file_location("real_cases", ROOT / "benchmarks" / "real_cases.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
 from test_lesion_reliance import _study  # noqa: E402  (a dwi + flair study with a lesion)
+from tiny_runs import load_benchmark, make_tiny_runs  # noqa: E402
+
+bench = load_benchmark("real_cases")
 
 
 def test_real_cases_skips_what_a_run_cannot_read(tmp_path, monkeypatch, capsys):
-    from tiny_runs import make_tiny_runs
-
     import medalign
 
     monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
