@@ -50,9 +50,11 @@ def main() -> None:
     out: dict = {"cases": [c["case"] for c in cases], "runs": {}}
     for run in a.runs:
         m = medalign.load(run)
-        usable = [c for c in cases if any(s in m.sequences for s in c["files"])]
+        usable = []
         for c in cases:
-            if c not in usable:  # e.g. the volunteer DWI for a FLAIR-only model
+            if any(s in m.sequences for s in c["files"]):
+                usable.append(c)
+            else:  # e.g. the volunteer DWI for a FLAIR-only model
                 print(f"{Path(run).name:<24} {c['case']:<34} skipped: has {sorted(c['files'])}, the run reads "
                       f"{list(m.sequences)}", flush=True)
         res = m.classify([c["files"] for c in usable]) if usable else []

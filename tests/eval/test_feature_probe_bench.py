@@ -2,7 +2,6 @@
 picks the studies of each group, and runs end to end on a tiny run."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-spec = importlib.util.spec_from_file_location("feature_probe", ROOT / "benchmarks" / "feature_probe.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
-from test_lesion_reliance import _normal_study, _study  # noqa: E402  (2-sequence studies with and without a lesion)
+from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (2-sequence studies; a tiny CLIP run)
+from tiny_runs import load_benchmark  # noqa: E402
+
+bench = load_benchmark("feature_probe")
 
 
 def test_probe_auc_finds_a_feature_that_holds_the_group_and_not_noise():
@@ -77,10 +76,7 @@ def test_cohort_groups_takes_each_group_with_its_sequences(cohort):
 
 
 def test_script_on_a_tiny_run(cohort, tmp_path, monkeypatch):
-    from tiny_runs import make_tiny_runs
-
-    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
-    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    run = _tiny_run(tmp_path, monkeypatch)
     out = tmp_path / "probe.json"
     monkeypatch.setattr(sys, "argv", ["feature_probe.py", str(run), "--cohort", str(cohort), "--positive", "wmh",
                                       "--sequences", "dwi,flair", "--folds", "3", "--out", str(out)])
@@ -103,10 +99,7 @@ def test_real_scores_place_a_case_on_the_synthetic_axis():
 
 
 def test_script_scores_real_cases(cohort, tmp_path, monkeypatch):
-    from tiny_runs import make_tiny_runs
-
-    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
-    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    run = _tiny_run(tmp_path, monkeypatch)
     shared = tmp_path / "shared"  # a stand-in for ../shared/data: one real case, FLAIR alone
     (shared / "real_dev" / "wmh_x").mkdir(parents=True)
     (shared / "real_dev" / "wmh_x" / "flair.nii.gz").write_bytes((cohort / "W0" / "flair.nii.gz").read_bytes())

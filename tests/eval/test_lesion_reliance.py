@@ -3,7 +3,6 @@ the whole script on a tiny CLIP run (synthetic studies written here; the real ca
 ../shared/data is present)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,9 +15,10 @@ nib = pytest.importorskip("nibabel")
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"
-spec = importlib.util.spec_from_file_location("lesion_reliance", ROOT / "benchmarks" / "lesion_reliance.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+sys.path.insert(0, str(ROOT / "tests"))
+from tiny_runs import load_benchmark, make_tiny_runs  # noqa: E402
+
+bench = load_benchmark("lesion_reliance")
 
 
 def _image(arr_zyx: np.ndarray, spacing=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0)):
@@ -99,9 +99,6 @@ def _normal_study(root: Path, sid: str, rng: np.random.Generator) -> None:
 
 def _tiny_run(tmp_path: Path, monkeypatch) -> Path:
     """A tiny trained CLIP run (tests/tiny_runs.py), with its model cache under ``tmp_path``."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_runs import make_tiny_runs
-
     monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
     return make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
 

@@ -39,8 +39,7 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    by 1.4826 x its median absolute deviation, unclipped: while tissue is most of the head, the
    unit is then set by the tissue rather than by how much dark CSF the head holds (an atrophic
    brain's wide sulci and ventricles inflate the SD, and every lesion fades in z-score units;
-   issue 20). Outside the
-   head is 0 in all four; ``"none"`` leaves values as read.
+   issue 20). Outside the head is 0 in all four; ``"none"`` leaves values as read.
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
 Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
