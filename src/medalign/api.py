@@ -196,17 +196,12 @@ class MedAlignModel:
         ``studies``: anything :meth:`encode_image` takes (a study id, a DICOM folder, a dict
         {sequence: path}, or a list of those).
         """
-        from medalign.eval.zeroshot import PROMPTS_FILE, embed_prompts, load_prompts, scores_from_prompt_bank
+        from medalign.eval.zeroshot import PROMPTS_FILE
 
         items = studies if isinstance(studies, (list, tuple)) else [studies]
-        bank = embed_prompts(load_prompts(prompts), self.encode_text)
-        img = np.asarray(self.encode_image(list(items)), dtype=np.float64)  # (N, E)
-        scores = scores_from_prompt_bank(img, bank, pool=pool, absence=absence)  # (N, C)
+        classes, p = self.zero_shot_probabilities(self.encode_image(list(items)), prompts=prompts, pool=pool,
+                                                  absence=absence)
         scale = self.logit_scale()
-        z = scale * scores
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)  # (N, C)
-        classes = [str(c) for c in bank["classes"]]
         out = []
         for i, item in enumerate(items):
             name = item if isinstance(item, str) else (str(item) if isinstance(item, Path) else f"study {i + 1}")
@@ -215,6 +210,19 @@ class MedAlignModel:
                         "prompt_set": str(prompts or PROMPTS_FILE), "pool": pool, "absence": absence,
                         "logit_scale": scale})
         return out
+
+    def zero_shot_probabilities(self, embeddings: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
+                                absence: str = "ignore") -> tuple[list[str], np.ndarray]:
+        """Class probabilities (N, C) of any embeddings (N, E) in the joint space (images, or reports
+        through :meth:`encode_report`): softmax of the logit scale x the prompt-bank scores, the
+        protocol of :meth:`classify`. Returns (classes, probabilities)."""
+        from medalign.eval.zeroshot import embed_prompts, load_prompts, scores_from_prompt_bank
+
+        bank = embed_prompts(load_prompts(prompts), self.encode_text)
+        scores = scores_from_prompt_bank(np.asarray(embeddings, dtype=np.float64), bank, pool=pool, absence=absence)
+        z = self.logit_scale() * scores  # (N, C)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return [str(c) for c in bank["classes"]], p / p.sum(axis=1, keepdims=True)
 
     def logit_scale(self) -> float:
         """The recipe's learned logit scale (CLIP's 1/0.07 when it has none), capped at 100 as open_clip does."""

@@ -1,0 +1,116 @@
+"""Where each finding's studies go: zero-shot calls per finding, whole study vs one sequence alone, and
+the reports' own calls through the run's text tower.
+
+    python benchmarks/finding_calls.py RUN [RUN ...] --cohort COHORT [--alone flair] [--out results.json]
+
+COHORT: a ``synth brain`` output (a ``ground_truth.json`` per study). Studies are grouped by class and
+finding (small vessel disease by Fazekas grade, as its reports grade it). Each study is classified
+from its NIfTI files with ``medalign classify``'s protocol (shipped prompts, ensemble pooling): with
+every sequence the run reads, and with each sequence of ``--alone`` by itself, as a clinical study
+that has only that series is (the real white-matter FLAIRs in ``../shared/data`` are FLAIR alone).
+The ``reports`` view classifies each study's report through the run's text tower (the part the run
+was trained on, e.g. the impression) with the same prompts: a finding whose reports already land in
+the wrong class cannot be learnt from the images; one whose reports are right and whose images are
+not is the image side's gap. Per group and view: studies right, mean p(true), and the calls.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+
+def finding_group(truth: dict) -> str:
+    """``label/variant`` of a study's first finding (``normal`` when it has none); small vessel
+    disease also by Fazekas grade (``others/wmh, Fazekas 2``)."""
+    f = (truth.get("findings") or [{}])[0]
+    if truth["label"] == "normal" or not f.get("variant"):
+        return truth["label"]
+    group = f"{truth['label']}/{f['variant']}"
+    return f"{group}, Fazekas {f['fazekas']}" if f.get("fazekas") else group
+
+
+def cohort_studies(cohort: Path, sequences: list[str]) -> list[dict]:
+    """[{study, label, group, report, files {sequence: path}}] of the studies of ``cohort`` that have at
+    least one of ``sequences`` (the run's), sorted by study id."""
+    out = []
+    for gt in sorted(cohort.glob("*/ground_truth.json")):
+        t = json.loads(gt.read_text(encoding="utf-8"))
+        files = {s: str(gt.parent / f"{s}.nii.gz") for s in sequences if (gt.parent / f"{s}.nii.gz").is_file()}
+        if files:
+            out.append({"study": t["study_id"], "label": t["label"], "group": finding_group(t),
+                        "report": t.get("report", ""), "files": files})
+    return out
+
+
+def summarise(studies: list[dict], classes: list[str], p) -> dict:
+    """Per group: {n, right, p_true (mean), calls {class: studies}} of probabilities ``p`` (N, C)."""
+    out: dict = {}
+    for k, s in enumerate(studies):
+        g = out.setdefault(s["group"], {"n": 0, "right": 0, "p_true": 0.0, "calls": Counter()})
+        call = classes[int(p[k].argmax())]
+        g["n"] += 1
+        g["right"] += int(call == s["label"])
+        g["p_true"] += float(p[k, classes.index(s["label"])])
+        g["calls"][call] += 1
+    for g in out.values():
+        g["p_true"] = round(g["p_true"] / g["n"], 3)
+        g["calls"] = dict(g["calls"].most_common())
+    return out
+
+
+def run_views(model, studies: list[dict], alone: list[str]) -> dict:
+    """{view: per-group summary}: ``all`` sequences, ``<s> alone`` for each of ``alone`` the run reads
+    (studies without it left out), and ``reports``."""
+    import numpy as np
+
+    views: dict = {}
+    classes, p = model.zero_shot_probabilities(model.encode_image([s["files"] for s in studies]))
+    views["+".join(model.sequences)] = summarise(studies, classes, p)
+    for seq in (s for s in alone if s in model.sequences):
+        have = [s for s in studies if seq in s["files"]]
+        if have:
+            classes, p = model.zero_shot_probabilities(model.encode_image([{seq: s["files"][seq]} for s in have]))
+            views[f"{seq} alone"] = summarise(have, classes, p)
+    reported = [s for s in studies if s["report"]]
+    if reported:
+        classes, p = model.zero_shot_probabilities(np.asarray(model.encode_report([s["report"] for s in reported])))
+        views["reports"] = summarise(reported, classes, p)
+    return views
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--cohort", type=Path, required=True, help="a `synth brain` output folder")
+    ap.add_argument("--alone", default="flair", help="comma-separated sequences to show alone ('' for none)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    import logging
+
+    import medalign
+    from medalign.utils import atomic_write_json
+
+    logging.getLogger("medalign.api").setLevel(logging.ERROR)
+    alone = [s.strip() for s in a.alone.split(",") if s.strip()]
+    out: dict = {"cohort": str(a.cohort), "runs": {}}
+    for run in a.runs:
+        m = medalign.load(run)
+        studies = cohort_studies(a.cohort, list(m.sequences))
+        if not studies:
+            raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)} (a `synth brain` output?)")
+        views = run_views(m, studies, alone)
+        out["runs"][run] = views
+        for view, groups in views.items():
+            print(f"== {Path(run).name}: {view}")
+            for g, r in sorted(groups.items()):
+                calls = ", ".join(f"{c} {k}" for c, k in r["calls"].items())
+                print(f"  {g:<34} right {r['right']:>3}/{r['n']:<3} p(true) {r['p_true']:.2f}  calls: {calls}", flush=True)
+    if a.out:
+        atomic_write_json(a.out, out)
+
+
+if __name__ == "__main__":
+    main()
