@@ -1,7 +1,8 @@
 """Where each finding's studies go: zero-shot calls per finding, whole study vs one sequence alone, and
 the reports' own calls through the run's text tower.
 
-    python benchmarks/finding_calls.py RUN [RUN ...] --cohort COHORT [--alone flair] [--out results.json]
+    python benchmarks/finding_calls.py RUN [RUN ...] --cohort COHORT [--alone flair] [--splits train,val]
+                                       [--checkpoint best|last] [--out results.json]
 
 COHORT: a ``synth brain`` output (a ``ground_truth.json`` per study). Studies are grouped by class and
 finding (small vessel disease by Fazekas grade, as its reports grade it). Each study is classified
@@ -12,6 +13,9 @@ The ``reports`` view classifies each study's report through the run's text tower
 was trained on, e.g. the impression) with the same prompts: a finding whose reports already land in
 the wrong class cannot be learnt from the images; one whose reports are right and whose images are
 not is the image side's gap. Per group and view: studies right, mean p(true), and the calls.
+``--cohort`` the run's own training cohort with ``--splits train`` asks whether the run fits a finding
+on the studies it was trained on (a finding missed there is not learnt, whatever the test data);
+``--checkpoint last`` reads the run's last weights instead of the validation-selected ones.
 """
 from __future__ import annotations
 
@@ -31,12 +35,15 @@ def finding_group(truth: dict) -> str:
     return f"{group}, Fazekas {f['fazekas']}" if f.get("fazekas") else group
 
 
-def cohort_studies(cohort: Path, sequences: list[str]) -> list[dict]:
+def cohort_studies(cohort: Path, sequences: list[str], splits: set[str] | None = None) -> list[dict]:
     """[{study, label, group, report, files {sequence: path}}] of the studies of ``cohort`` that have at
-    least one of ``sequences`` (the run's), sorted by study id."""
+    least one of ``sequences`` (the run's) and, when ``splits`` is given, are in one of them; sorted by
+    study id."""
     out = []
     for gt in sorted(cohort.glob("*/ground_truth.json")):
         t = json.loads(gt.read_text(encoding="utf-8"))
+        if splits and t.get("split") not in splits:
+            continue
         files = {s: str(gt.parent / f"{s}.nii.gz") for s in sequences if (gt.parent / f"{s}.nii.gz").is_file()}
         if files:
             out.append({"study": t["study_id"], "label": t["label"], "group": finding_group(t),
@@ -85,6 +92,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--cohort", type=Path, required=True, help="a `synth brain` output folder")
     ap.add_argument("--alone", default="flair", help="comma-separated sequences to show alone ('' for none)")
+    ap.add_argument("--splits", default="", help="comma-separated splits to keep (e.g. train: the run's own studies)")
+    ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -95,12 +104,14 @@ def main() -> None:
 
     logging.getLogger("medalign.api").setLevel(logging.ERROR)
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
-    out: dict = {"cohort": str(a.cohort), "runs": {}}
+    out: dict = {"cohort": str(a.cohort), "splits": a.splits, "checkpoint": a.checkpoint, "runs": {}}
     for run in a.runs:
-        m = medalign.load(run)
-        studies = cohort_studies(a.cohort, list(m.sequences))
+        m = medalign.load(run, checkpoint=a.checkpoint)
+        splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
+        studies = cohort_studies(a.cohort, list(m.sequences), splits)
         if not studies:
-            raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)} (a `synth brain` output?)")
+            raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)}"
+                             f"{f' in splits {sorted(splits)}' if splits else ''} (a `synth brain` output?)")
         views = run_views(m, studies, alone)
         out["runs"][run] = views
         for view, groups in views.items():

@@ -1,6 +1,6 @@
 """Zero-shot class of the real cases in ../shared/data with one or more trained runs, per case.
 
-    python benchmarks/real_cases.py RUN [RUN ...] [--shared ../shared/data] [--out results.json]
+    python benchmarks/real_cases.py RUN [RUN ...] [--shared ../shared/data] [--checkpoint best|last] [--out results.json]
 
 Cases: the 6 BraTS 2015 gliomas (FLAIR + T1c; class tumor), and ``real_dev/``: three clinical
 FLAIRs with white-matter hyperintensities (class others) and a volunteer DWI (class normal).
@@ -37,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -49,7 +50,7 @@ def main() -> None:
         raise SystemExit(f"no real cases under {a.shared}")
     out: dict = {"cases": [c["case"] for c in cases], "runs": {}}
     for run in a.runs:
-        m = medalign.load(run)
+        m = medalign.load(run, checkpoint=a.checkpoint)
         usable = []
         for c in cases:
             if any(s in m.sequences for s in c["files"]):

@@ -101,3 +101,45 @@ def test_a_cohort_without_the_runs_sequences_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["finding_calls.py", str(run), "--cohort", str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="no study with any of"):
         bench.main()
+
+
+def test_splits_keep_only_the_studies_asked_for(tmp_path):
+    rng = np.random.default_rng(6)
+    cohort = tmp_path / "cohort"
+    for sid, split in (("S1", "train"), ("S2", "val"), ("S3", "test")):
+        _normal_study(cohort, sid, rng)
+        gt = cohort / sid / "ground_truth.json"
+        gt.write_text(json.dumps({**json.loads(gt.read_text(encoding="utf-8")), "split": split}), encoding="utf-8")
+    assert [s["study"] for s in bench.cohort_studies(cohort, ["flair"])] == ["S1", "S2", "S3"]
+    assert [s["study"] for s in bench.cohort_studies(cohort, ["flair"], {"train", "val"})] == ["S1", "S2"]
+
+
+def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    last = run / "checkpoints" / "last.safetensors"  # one epoch: best = last; perturb last so they differ
+    with safe_open(str(last), "pt") as f:
+        meta = f.metadata()
+    gen = torch.Generator().manual_seed(0)
+    state = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in load_file(str(last)).items()}
+    save_file(state, str(last), metadata=meta)
+    cohort = tmp_path / "cohort"
+    _study(cohort, "S1", "tumor", "glioma", np.random.default_rng(7))
+    out = tmp_path / "calls.json"
+    monkeypatch.setattr(sys, "argv", ["finding_calls.py", str(run), "--cohort", str(cohort), "--alone", "",
+                                      "--checkpoint", "last", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    import medalign
+
+    m = medalign.load(run, checkpoint="last")
+    direct = m.classify([{s: str(cohort / "S1" / f"{s}.nii.gz") for s in ("dwi", "flair")}])[0]
+    best = medalign.load(run).classify([{s: str(cohort / "S1" / f"{s}.nii.gz") for s in ("dwi", "flair")}])[0]
+    assert best["probabilities"]["tumor"] != pytest.approx(direct["probabilities"]["tumor"], abs=0.01)  # they differ
+    assert res["checkpoint"] == "last"
+    got = res["runs"][str(run)]["+".join(m.sequences)]["tumor/glioma"]["p_true"]
+    assert got == pytest.approx(direct["probabilities"]["tumor"], abs=1e-3)  # rounded to 3 places
