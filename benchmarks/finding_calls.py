@@ -104,10 +104,10 @@ def main() -> None:
 
     logging.getLogger("medalign.api").setLevel(logging.ERROR)
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
+    splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
     out: dict = {"cohort": str(a.cohort), "splits": a.splits, "checkpoint": a.checkpoint, "runs": {}}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
-        splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
         studies = cohort_studies(a.cohort, list(m.sequences), splits)
         if not studies:
             raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)}"

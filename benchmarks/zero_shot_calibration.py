@@ -57,55 +57,62 @@ def apply_biases(p: np.ndarray, b: np.ndarray) -> np.ndarray:
     return q / q.sum(axis=1, keepdims=True)
 
 
-def fit_set(model, splits: set[str], seq: str | None) -> tuple[list[str], np.ndarray]:
-    """(labels, embeddings (N, E)) of the run's manifest studies in ``splits`` from its cache; with
-    ``seq``, every other channel masked out."""
+def fit_sets(model, splits: set[str], views: dict[str, str | None]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """{view: (labels, embeddings (N, E))} of the run's manifest studies in ``splits``, each read once
+    from the run's cache; a view ``seq`` masks every other channel out (None: as cached)."""
     import pandas as pd
 
     man = pd.read_csv(model.config["data"]["manifest"], dtype=str, keep_default_na=False)
     rows = man[man["split"].isin(splits) & (man["label"] != "")]
     if rows.empty:
         raise SystemExit(f"{model.run_dir}: its manifest has no labelled study in splits {sorted(splits)}")
-    labels, emb = [], []
+    seqs = np.asarray(model.sequences)
+    out: dict[str, tuple[list[str], list]] = {name: ([], []) for name in views}
     for sid, label in zip(rows["study_id"], rows["label"]):
-        img, mask = model._one(sid)  # (C, D, H, W), (C,)
-        mask = mask.numpy()
-        if seq is not None:
-            mask = mask & (np.asarray(model.sequences) == seq)
-            if not mask.any():
-                continue  # the study lacks the sequence
-        img = img.numpy() * mask[:, None, None, None]
-        labels.append(label)
-        emb.append(model.encode_image(img, mask)[0])
-    return labels, np.stack(emb)
+        img, present = model._one(sid)  # (C, D, H, W), (C,)
+        img, present = img.numpy(), present.numpy()
+        for name, seq in views.items():
+            mask = present if seq is None else present & (seqs == seq)
+            if mask.any():  # a study without the view's sequence is left out of it
+                out[name][0].append(label)
+                out[name][1].append(model.encode_image(img * mask[:, None, None, None], mask)[0])
+    return {name: (labels, np.stack(emb)) for name, (labels, emb) in out.items()}
 
 
-def calibrate_view(model, seq: str | None, dev: list[dict], real: list[dict], splits: set[str], l2: float) -> dict:
-    """Biases of one input (``seq`` alone, or every sequence when None) and their effect."""
-    labels, x = fit_set(model, splits, seq)
+def _view_files(files: dict[str, str], seq: str | None, sequences: tuple[str, ...]) -> dict[str, str] | None:
+    """The files of one study as the view shows them (``seq`` alone, or every one the run reads); None
+    when the study does not have that input."""
+    have = {k: v for k, v in files.items() if k in sequences}
+    if seq is None:
+        return have or None
+    return {seq: have[seq]} if seq in have else None
+
+
+def calibrate_view(model, seq: str | None, fit: tuple[list[str], np.ndarray], dev: list[dict], real: list[dict],
+                   l2: float) -> dict:
+    """Biases of one input (``seq`` alone, or every sequence when None), fitted on ``fit`` (labels,
+    embeddings), and their effect on ``dev`` studies and ``real`` cases."""
+    labels, x = fit
     classes, p_fit = model.zero_shot_probabilities(x)
     y = np.array([classes.index(lab) for lab in labels])
     b = fit_biases(np.log(p_fit + 1e-12), y, l2)
     out: dict = {"biases": {c: round(float(v), 3) for c, v in zip(classes, b)},
                  "fit_accuracy": [round(float((p_fit.argmax(1) == y).mean()), 3),
                                   round(float((apply_biases(p_fit, b).argmax(1) == y).mean()), 3)], "fit_n": len(y)}
-    view = [s if seq is None else {**s, "files": {seq: s["files"][seq]}} for s in dev if seq is None or seq in s["files"]]
+    view = [{**s, "files": f} for s in dev if (f := _view_files(s["files"], seq, model.sequences))]
     if view:
         _, p = model.zero_shot_probabilities(model.encode_image([s["files"] for s in view]))
         out["cohort"] = {"before": summarise(view, classes, p), "after": summarise(view, classes, apply_biases(p, b))}
-    def shows(c: dict) -> bool:  # the input as the case has it: one sequence alone, or any the run reads
-        have = set(c["files"]) & set(model.sequences)
-        return have == {seq} if seq else bool(have)
-
-    cases = [c for c in real if shows(c)]
+    # real cases only as they come: a one-sequence view takes the cases that have that sequence alone
+    cases = [(c, f) for c in real if (f := _view_files(c["files"], seq, model.sequences))
+             and (seq is None or len(set(c["files"]) & set(model.sequences)) == 1)]
     if cases:
-        _, p = model.zero_shot_probabilities(model.encode_image(
-            [{k: v for k, v in c["files"].items() if k in model.sequences} for c in cases]))
+        _, p = model.zero_shot_probabilities(model.encode_image([f for _, f in cases]))
         q = apply_biases(p, b)
         out["real"] = [{"case": c["case"], "true": c["class"], "before": classes[int(pi.argmax())],
                         "after": classes[int(qi.argmax())], "p_true": [round(float(pi[classes.index(c["class"])]), 3),
                                                                        round(float(qi[classes.index(c["class"])]), 3)]}
-                       for c, pi, qi in zip(cases, p, q)]
+                       for (c, _), pi, qi in zip(cases, p, q)]
     return out
 
 
@@ -145,9 +152,10 @@ def main() -> None:
         m = medalign.load(run, checkpoint=a.checkpoint)
         dev = cohort_studies(a.cohort, list(m.sequences))
         views = {"+".join(m.sequences): None, **{f"{s} alone": s for s in (x.strip() for x in a.alone.split(",")) if s in m.sequences}}
+        fits = fit_sets(m, splits, views)
         out["runs"][run] = {}
         for name, seq in views.items():
-            r = calibrate_view(m, seq, dev, real, splits, a.l2)
+            r = calibrate_view(m, seq, fits[name], dev, real, a.l2)
             out["runs"][run][name] = r
             _print(run, name, r)
     if a.out:
