@@ -12,7 +12,9 @@ that has only that series is (the real white-matter FLAIRs in ``../shared/data``
 The ``reports`` view classifies each study's report through the run's text tower (the part the run
 was trained on, e.g. the impression) with the same prompts: a finding whose reports already land in
 the wrong class cannot be learnt from the images; one whose reports are right and whose images are
-not is the image side's gap. Per group and view: studies right, mean p(true), and the calls.
+not is the image side's gap. Per group and view: studies right, mean p(true), the calls, and the mean
+probability of every class (where a group's evidence goes even when the top call does not change:
+e.g. whether small vessel disease on FLAIR alone gets more p(others) than the normals of the same run).
 ``--cohort`` the run's own training cohort with ``--splits train`` asks whether the run fits a finding
 on the studies it was trained on (a finding missed there is not learnt, whatever the test data);
 ``--checkpoint last`` reads the run's last weights instead of the validation-selected ones.
@@ -52,18 +54,23 @@ def cohort_studies(cohort: Path, sequences: list[str], splits: set[str] | None =
 
 
 def summarise(studies: list[dict], classes: list[str], p) -> dict:
-    """Per group: {n, right, p_true (mean), calls {class: studies}} of probabilities ``p`` (N, C)."""
+    """Per group: {n, right, p_true (mean), calls {class: studies}, p_mean {class: mean probability}}
+    of probabilities ``p`` (N, C)."""
     out: dict = {}
     for k, s in enumerate(studies):
-        g = out.setdefault(s["group"], {"n": 0, "right": 0, "p_true": 0.0, "calls": Counter()})
+        g = out.setdefault(s["group"], {"n": 0, "right": 0, "p_true": 0.0, "calls": Counter(),
+                                        "p_mean": dict.fromkeys(classes, 0.0)})
         call = classes[int(p[k].argmax())]
         g["n"] += 1
         g["right"] += int(call == s["label"])
         g["p_true"] += float(p[k, classes.index(s["label"])])
         g["calls"][call] += 1
+        for c, v in zip(classes, p[k]):
+            g["p_mean"][c] += float(v)
     for g in out.values():
         g["p_true"] = round(g["p_true"] / g["n"], 3)
         g["calls"] = dict(g["calls"].most_common())
+        g["p_mean"] = {c: round(v / g["n"], 3) for c, v in g["p_mean"].items()}
     return out
 
 
@@ -118,7 +125,9 @@ def main() -> None:
             print(f"== {Path(run).name}: {view}")
             for g, r in sorted(groups.items()):
                 calls = ", ".join(f"{c} {k}" for c, k in r["calls"].items())
-                print(f"  {g:<34} right {r['right']:>3}/{r['n']:<3} p(true) {r['p_true']:.2f}  calls: {calls}", flush=True)
+                means = " ".join(f"{c} {v:.2f}" for c, v in r["p_mean"].items())
+                print(f"  {g:<34} right {r['right']:>3}/{r['n']:<3} p(true) {r['p_true']:.2f}  calls: {calls}"
+                      f"  | mean p: {means}", flush=True)
     if a.out:
         atomic_write_json(a.out, out)
 

@@ -27,14 +27,17 @@ def test_finding_group_names_class_variant_and_fazekas_grade():
         "others/wmh, Fazekas 2"
 
 
-def test_summarise_counts_right_calls_and_mean_p_true_per_group():
+def test_summarise_counts_right_calls_and_mean_probabilities_per_group():
     studies = [{"group": "others/wmh", "label": "others"}, {"group": "others/wmh", "label": "others"},
                {"group": "normal", "label": "normal"}]
     classes = ["normal", "others", "tumor"]
     p = np.array([[0.1, 0.3, 0.6], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1]])  # (N, C)
     s = bench.summarise(studies, classes, p)
-    assert s["others/wmh"] == {"n": 2, "right": 1, "p_true": pytest.approx(0.5), "calls": {"tumor": 1, "others": 1}}
-    assert s["normal"] == {"n": 1, "right": 1, "p_true": pytest.approx(0.5), "calls": {"normal": 1}}
+    assert s["others/wmh"] == {"n": 2, "right": 1, "p_true": pytest.approx(0.5), "calls": {"tumor": 1, "others": 1},
+                               "p_mean": {"normal": pytest.approx(0.15), "others": pytest.approx(0.5),
+                                          "tumor": pytest.approx(0.35)}}
+    assert s["normal"] == {"n": 1, "right": 1, "p_true": pytest.approx(0.5), "calls": {"normal": 1},
+                           "p_mean": {"normal": pytest.approx(0.5), "others": pytest.approx(0.4), "tumor": pytest.approx(0.1)}}
 
 
 def _with_report(root: Path, sid: str, report: str) -> None:
