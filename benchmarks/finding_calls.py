@@ -26,6 +26,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 
 def finding_group(truth: dict) -> str:
     """``label/variant`` of a study's first finding (``normal`` when it has none); small vessel
@@ -55,30 +57,28 @@ def cohort_studies(cohort: Path, sequences: list[str], splits: set[str] | None =
 
 def summarise(studies: list[dict], classes: list[str], p) -> dict:
     """Per group: {n, right, p_true (mean), calls {class: studies}, p_mean {class: mean probability}}
-    of probabilities ``p`` (N, C)."""
-    out: dict = {}
+    of probabilities ``p`` (N, C). A group is one class's finding, so p_true is p_mean of that class."""
+    groups: dict = {}
     for k, s in enumerate(studies):
-        g = out.setdefault(s["group"], {"n": 0, "right": 0, "p_true": 0.0, "calls": Counter(),
-                                        "p_mean": dict.fromkeys(classes, 0.0)})
+        g = groups.setdefault(s["group"], {"label": s["label"], "n": 0, "right": 0, "calls": Counter(),
+                                           "p_sum": np.zeros(len(classes))})
         call = classes[int(p[k].argmax())]
         g["n"] += 1
         g["right"] += int(call == s["label"])
-        g["p_true"] += float(p[k, classes.index(s["label"])])
         g["calls"][call] += 1
-        for c, v in zip(classes, p[k]):
-            g["p_mean"][c] += float(v)
-    for g in out.values():
-        g["p_true"] = round(g["p_true"] / g["n"], 3)
-        g["calls"] = dict(g["calls"].most_common())
-        g["p_mean"] = {c: round(v / g["n"], 3) for c, v in g["p_mean"].items()}
+        g["p_sum"] += p[k]
+    out = {}
+    for name, g in groups.items():
+        mean = g["p_sum"] / g["n"]  # (C,)
+        out[name] = {"n": g["n"], "right": g["right"], "p_true": round(float(mean[classes.index(g["label"])]), 3),
+                     "calls": dict(g["calls"].most_common()),
+                     "p_mean": {c: round(float(v), 3) for c, v in zip(classes, mean)}}
     return out
 
 
 def run_views(model, studies: list[dict], alone: list[str]) -> dict:
     """{view: per-group summary}: ``all`` sequences, ``<s> alone`` for each of ``alone`` the run reads
     (studies without it left out), and ``reports``."""
-    import numpy as np
-
     views: dict = {}
     classes, p = model.zero_shot_probabilities(model.encode_image([s["files"] for s in studies]))
     views["+".join(model.sequences)] = summarise(studies, classes, p)
