@@ -47,6 +47,22 @@ def make_tiny_runs(root: Path, recipes: tuple[str, ...] = ("gloria", "clip")) ->
     return out
 
 
+def fit_tiny_clip(root: Path, **recipe) -> tuple[Path, list[dict]]:
+    """One epoch of the tiny CLIP config with ``recipe`` overrides on a fresh tiny cohort under ``root``
+    (set ``MEDALIGN_CACHE`` first); returns (run dir, metrics rows), after checking a training row has a loss."""
+    import json
+
+    from medalign.train.loop import fit
+
+    made = make_tiny_runs(root, recipes=())
+    cfg = run_config("clip", made["manifest"], root)
+    cfg["recipe"].update(recipe)
+    fit(cfg, root / "run")
+    rows = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("split") == "train" and r.get("contrastive_loss", 0) > 0 for r in rows)
+    return root / "run", rows
+
+
 @contextmanager
 def isolated_tiny_runs(root: Path) -> Iterator[dict[str, Path]]:
     """:func:`make_tiny_runs` under ``root`` with the text-feature cache (``MEDALIGN_CACHE``) there too, kept

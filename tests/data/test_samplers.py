@@ -105,3 +105,32 @@ def test_class_balance_needs_labels():
         class_balance_weights(object(), 1.0)
     with pytest.raises(ValueError, match="non-negative"):
         ResumableBatchSampler(3, 2, weights=[1.0, -1.0, 1.0])
+
+
+def test_grouped_batches_keep_patients_together_and_see_every_study():
+    from medalign.data.samplers import GroupedBatchSampler
+
+    # 20 single-study patients and 6 with a study and its twin, shuffled in the manifest
+    pids = [f"s{i}" for i in range(20)] + [f"t{i}" for i in range(6)] * 2
+    s = GroupedBatchSampler(pids, 8, seed=1, drop_last=False)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(len(pids)))  # every study once
+    for b in batches:
+        assert len(b) <= 8
+        for k, i in enumerate(b):  # a twin sits next to its study
+            if pids[i].startswith("t"):
+                pair = [j for j in b if pids[j] == pids[i]]
+                assert len(pair) == 2 and abs(b.index(pair[0]) - b.index(pair[1])) == 1
+    s.set_epoch(1)
+    assert list(s) != batches  # reshuffled per epoch
+    s.set_epoch(0, start_batch=2)
+    assert list(s) == batches[2:]  # resumes mid-epoch with the same batches
+
+
+def test_grouped_batches_shard_evenly():
+    from medalign.data.samplers import GroupedBatchSampler
+
+    pids = [f"s{i}" for i in range(23)] + ["t0", "t0"]
+    shards = [list(GroupedBatchSampler(pids, 4, seed=0, rank=r, world=2, drop_last=False)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) > 0
+    assert {i for sh in shards for b in sh for i in b} == set(range(len(pids)))

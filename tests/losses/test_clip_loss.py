@@ -8,7 +8,7 @@ import torch
 
 from medalign.losses.clip import ClipLoss
 from medalign.data.masking import mask_sequences
-from medalign.recipes.clip import sequence_dropout
+from medalign.recipes.clip import sequence_dropout, shared_views
 
 
 def _ce(row: list[float], target: int) -> float:
@@ -185,3 +185,22 @@ def test_label_targets_pull_same_class_together() -> None:
     plain, lab = fit(ClipLoss()), fit(ClipLoss(label_weight=0.8))
     # image 0 vs study 1's report (same class) and vs study 2's (other class)
     assert (lab[0] @ txt[1]) - (lab[0] @ txt[2]) > (plain[0] @ txt[1]) - (plain[0] @ txt[2]) + 0.2
+
+
+def test_twin_views_share_one_view() -> None:
+    g = torch.Generator().manual_seed(0)
+    original = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)  # (4, 3)
+    dropped = torch.tensor([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    groups = ["a", "b", "a", "c"]  # studies 0 and 2: a study and its twin
+    out = shared_views(dropped, original, groups, 0.0, generator=g)
+    assert torch.equal(out[0], dropped[0]) and torch.equal(out[2], dropped[0])  # the first member's view
+    assert torch.equal(out[[1, 3]], dropped[[1, 3]])  # studies alone keep their own
+    ones = [shared_views(dropped, original, groups, 1.0, generator=g) for _ in range(40)]
+    for o in ones:
+        assert int(o[0].sum()) == 1 and torch.equal(o[0], o[2]) and not (o[0] & ~dropped[0]).any()
+    assert {int(o[0].nonzero()) for o in ones} == {0, 2}  # either sequence of the first member's view
+    # a sequence one member lacks is never the shared view
+    orig2 = torch.tensor([[1, 1, 1], [0, 1, 1]], dtype=torch.bool)
+    for _ in range(20):
+        o = shared_views(orig2.clone(), orig2, ["a", "a"], 1.0, generator=g)
+        assert int(o[0].nonzero()) in (1, 2) and torch.equal(o[0], o[1])

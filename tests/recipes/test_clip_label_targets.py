@@ -2,7 +2,6 @@
 and a tiny cohort trains with them end to end through ``fit``."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from medalign.losses.clip import ClipLoss
 from medalign.recipes.clip import ClipRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import make_tiny_runs, run_config  # noqa: E402
+from tiny_runs import fit_tiny_clip  # noqa: E402
 
 from test_clip_lesion_aux import _FakeText  # noqa: E402  (tiny_runs puts tests/recipes on the path)
 
@@ -47,19 +46,11 @@ def test_training_step_uses_the_batch_labels():
 
 
 def test_tiny_cohort_trains_with_label_targets(tmp_path, monkeypatch):
-    from medalign.train.loop import fit
-
-    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
-    made = make_tiny_runs(tmp_path, recipes=())
-    cfg = run_config("clip", made["manifest"], tmp_path)
-    cfg["recipe"]["label_targets"] = 0.5
-    cfg["train"]["epochs"] = 1
-    fit(cfg, tmp_path / "run")
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("split") == "train" and r.get("contrastive_loss", 0) > 0 for r in rows)
     import medalign
 
-    assert medalign.load(tmp_path / "run").recipe.loss.label_weight == 0.5
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run, _ = fit_tiny_clip(tmp_path, label_targets=0.5)
+    assert medalign.load(run).recipe.loss.label_weight == 0.5
 
 
 def test_unlabelled_batch_trains_as_the_paper_and_warns_once(caplog):

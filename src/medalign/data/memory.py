@@ -28,7 +28,7 @@ class ColumnDataset(Dataset):
             raise ValueError(f"ColumnDataset: columns differ in length: {lengths}")
         self.n = next(iter(lengths.values()))
         if "patient_id" in self.columns:
-            # samplers read patient ids without loading samples (recipes.simclr._dataset_patient_ids)
+            # samplers read patient ids without loading samples (data.samplers.dataset_patient_ids)
             self.patient_ids = [str(p) for p in self.columns["patient_id"]]
 
     def __len__(self) -> int:

@@ -2,6 +2,8 @@
 
 ``ResumableBatchSampler`` is the loop's default (optionally class-balanced: ``class_balance_weights``).
 ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
+``GroupedBatchSampler``: shuffled batches in which a patient's studies are never split (a study and
+its lesion-free twin train side by side; patients with one study fill the rest).
 
 MICLe needs positive pairs made of two *different* images of one patient, and HLSS needs two
 studies/slides per patient in a batch for its patient-level positives. A plain shuffled
@@ -239,3 +241,49 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch() - self.start_batch)
+
+
+def dataset_patient_ids(dataset) -> list[str]:
+    """Patient ids without loading images: a ``patient_ids`` attribute, a manifest frame, or samples."""
+    if hasattr(dataset, "patient_ids"):
+        return [str(p) for p in dataset.patient_ids]
+    for attr in ("manifest", "df", "frame"):
+        df = getattr(dataset, attr, None)
+        if df is not None and hasattr(df, "columns") and "patient_id" in df.columns:
+            return df["patient_id"].astype(str).tolist()
+    return [str(dataset[i]["patient_id"]) for i in range(len(dataset))]
+
+
+class GroupedBatchSampler(ResumableBatchSampler):
+    """Shuffled batches that keep each patient's studies together, the rest as a plain shuffle.
+
+    Every index is seen once per epoch. A patient's indices (up to ``batch_size`` of them) go into
+    one batch, next to each other, so a recipe can pair them (a study and its lesion-free twin
+    share a view); batches are filled in shuffled patient order and may fall short of
+    ``batch_size`` by less than one patient. Resume and DDP sharding of whole batches as
+    :class:`ResumableBatchSampler` (the order depends only on seed and epoch).
+    """
+
+    def __init__(self, patient_ids: Sequence, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world: int = 1, drop_last: bool = True) -> None:
+        super().__init__(len(patient_ids), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
+                         drop_last=drop_last)
+        groups: "OrderedDict[str, list[int]]" = OrderedDict()
+        for i, pid in enumerate(patient_ids):
+            groups.setdefault(str(pid), []).append(i)
+        # a patient with more studies than a batch holds is split into batch-sized units
+        self.units = [ix[s:s + batch_size] for ix in groups.values() for s in range(0, len(ix), batch_size)]
+
+    def _batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.units), generator=g).tolist() if self.shuffle else range(len(self.units))
+        batches: list[list[int]] = [[]]
+        for u in order:
+            if len(batches[-1]) + len(self.units[u]) > self.batch_size:
+                batches.append([])
+            batches[-1].extend(self.units[u])
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size // 2:
+            batches = batches[:-1]  # a short tail only; the grouped fill leaves most batches a little short
+        total = math.ceil(len(batches) / self.world) * self.world
+        batches += batches[: total - len(batches)]  # every rank gets the same number of batches
+        return batches[self.rank:: self.world]

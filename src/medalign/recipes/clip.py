@@ -46,6 +46,31 @@ def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Gen
     return new
 
 
+def shared_views(sequence_mask: torch.Tensor, original: torch.Tensor, groups: Sequence[str], single: float,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Give the studies of one group in a batch (a patient: a study and its lesion-free twin) one
+    view: the first member's ``sequence_mask`` (B, C), or with probability ``single`` one sequence
+    that every member has (``original``, before dropout). Studies alone in the batch keep theirs.
+
+    Why: the twin differs from its study only at the lesions; seen through the same sequences (FLAIR
+    alone, as many real studies are), the contrastive loss can tell their reports apart only by them.
+    """
+    new = sequence_mask.clone()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    for ix in (ix for ix in members.values() if len(ix) > 1):
+        view = sequence_mask[ix[0]] & original[ix].all(dim=0)  # (C,) the first member's, where all have it
+        if not bool(view.any()):
+            continue  # nothing in common: each keeps its own view
+        if float(torch.rand((), generator=generator)) < single:
+            present = view.nonzero().flatten()  # (k,) indices of the sequences on offer
+            pick = present[int(torch.randint(len(present), (1,), generator=generator))]
+            view = torch.zeros_like(view).index_fill_(0, pick.reshape(1), True)  # (C,) one sequence
+        new[ix] = view
+    return new
+
+
 def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: float = 0.0,
                  generator: torch.Generator | None = None, follow: torch.Tensor | None = None):
     """Cheap on-tensor training augmentation: a random circular shift of up to ``shift`` voxels per
@@ -197,6 +222,9 @@ class ClipRecipe(Recipe):
             paper): each study's targets become (1 - w) x its own report + w x the batch's reports
             of the same class (manifest column ``label``; rows without one keep their own; see
             :class:`~medalign.losses.clip.ClipLoss`).
+        twin_views: > 0 trains a patient's studies in one batch (a study and its lesion-free twin,
+            ``synth brain --twins``) through one shared view, a single sequence with this
+            probability (:func:`shared_views`); 0 = the loop's plain shuffle.
         lesion_targets: what the head learns per cell: ``"any"`` (a lesion voxel in the cell,
             lesion and lesion-free cells balanced) or ``"fraction"`` (the cell's lesion share,
             calibrated; see :class:`~medalign.losses.lesion.LesionClassLoss`).
@@ -209,7 +237,7 @@ class ClipRecipe(Recipe):
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
-                 lesion_targets: str = "any", label_targets: float = 0.0) -> None:
+                 lesion_targets: str = "any", label_targets: float = 0.0, twin_views: float = 0.0) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -245,6 +273,7 @@ class ClipRecipe(Recipe):
         self.log_scale_max = math.log(logit_scale_max)
         self.sequence_dropout = float(sequence_dropout)
         self.single_sequence = float(single_sequence)
+        self.twin_views = float(twin_views)
         self.loss = ClipLoss(gather=gather, target_temperature=target_temperature, label_weight=label_targets)
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
@@ -330,6 +359,16 @@ class ClipRecipe(Recipe):
             memo[key] = report_views(report, self.text_section, paraphrases=key[1])
         return memo[key]
 
+    def batch_sampler(self, dataset, *, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
+                      world: int = 1, drop_last: bool = True):
+        """With ``twin_views``, training batches that keep each patient's studies together."""
+        if not (train and self.twin_views > 0):
+            return None
+        from medalign.data.samplers import GroupedBatchSampler, dataset_patient_ids
+
+        return GroupedBatchSampler(dataset_patient_ids(dataset), batch_size, seed=seed, rank=rank, world=world,
+                                   drop_last=drop_last)
+
     def prepare(self, datasets: list) -> None:
         """Encode every distinct report (every view, with ``text_views``) once before training."""
         pairs = []  # (report, its paraphrases) of every study
@@ -357,7 +396,10 @@ class ClipRecipe(Recipe):
         if mask is None:
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
         if self.training:  # a no-op when both probabilities are 0
+            original = mask
             mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence)
+            if self.twin_views > 0 and batch.get("patient_id") is not None:
+                mask = shared_views(mask, original, batch["patient_id"], self.twin_views)
         if self.training and self.jitter:
             if lesion is not None:
                 image, lesion = jitter_batch(image, **self.jitter, follow=lesion)

@@ -143,9 +143,9 @@ class SSLRecipe(Recipe):
         ``patient_batches`` (MICLe study instances, HLSS); ``None`` = the loop's default."""
         if not (train and self.patient_batches):
             return None
-        from medalign.data.samplers import PatientBatchSampler
+        from medalign.data.samplers import PatientBatchSampler, dataset_patient_ids
 
-        pids = _dataset_patient_ids(dataset)
+        pids = dataset_patient_ids(dataset)
         bs = max(4, batch_size - batch_size % 2)
         return PatientBatchSampler(pids, batch_size=bs, instances_per_patient=2, seed=seed, num_replicas=world,
                                    rank=rank, drop_last=drop_last)
@@ -164,18 +164,6 @@ class GroupedPatients(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {**self.dataset[i], "patient_id": self.patient_ids[i]}
-
-
-def _dataset_patient_ids(dataset) -> list[str]:
-    """Patient ids without loading images: a ``patient_ids`` attribute, a manifest frame, or samples."""
-    for attr in ("patient_ids",):
-        if hasattr(dataset, attr):
-            return [str(p) for p in getattr(dataset, attr)]
-    for attr in ("manifest", "df", "frame"):
-        df = getattr(dataset, attr, None)
-        if df is not None and hasattr(df, "columns") and "patient_id" in df.columns:
-            return df["patient_id"].astype(str).tolist()
-    return [str(dataset[i]["patient_id"]) for i in range(len(dataset))]
 
 
 @RECIPES.register("simclr")
