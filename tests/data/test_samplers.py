@@ -117,7 +117,7 @@ def test_grouped_batches_keep_patients_together_and_see_every_study():
     assert sorted(i for b in batches for i in b) == list(range(len(pids)))  # every study once
     for b in batches:
         assert len(b) <= 8
-        for k, i in enumerate(b):  # a twin sits next to its study
+        for i in b:  # a twin sits next to its study
             if pids[i].startswith("t"):
                 pair = [j for j in b if pids[j] == pids[i]]
                 assert len(pair) == 2 and abs(b.index(pair[0]) - b.index(pair[1])) == 1

@@ -22,6 +22,14 @@ import torch
 from torch.utils.data import Sampler
 
 
+def indices_by_patient(patient_ids: Sequence) -> "OrderedDict[str, list[int]]":
+    """{patient id: its indices, in order} in order of first appearance (ids compared as strings)."""
+    groups: "OrderedDict[str, list[int]]" = OrderedDict()
+    for i, pid in enumerate(patient_ids):
+        groups.setdefault(str(pid), []).append(i)
+    return groups
+
+
 class PatientBatchSampler(Sampler[list[int]]):
     """Yield lists of dataset indices, grouped by patient.
 
@@ -50,9 +58,7 @@ class PatientBatchSampler(Sampler[list[int]]):
         if batch_size % instances_per_patient or batch_size < 2 * instances_per_patient:
             raise ValueError(f"batch_size {batch_size} must be a multiple of instances_per_patient "
                              f"{instances_per_patient} and hold >= 2 patients")
-        groups: "OrderedDict[str, list[int]]" = OrderedDict()
-        for i, pid in enumerate(patient_ids):
-            groups.setdefault(str(pid), []).append(i)
+        groups = indices_by_patient(patient_ids)
         self.groups = {p: ix for p, ix in groups.items() if len(ix) >= min_instances}
         dropped = len(groups) - len(self.groups)
         if dropped:
@@ -152,9 +158,7 @@ def pair_within_patient(patient_ids: Sequence, *, seed: int | None = None) -> tu
     views of one image, i.e. SimCLR, as the MICLe paper does when only one image exists).
     """
     rng = np.random.default_rng(seed)
-    groups: "OrderedDict[str, list[int]]" = OrderedDict()
-    for i, pid in enumerate(patient_ids):
-        groups.setdefault(str(pid), []).append(i)
+    groups = indices_by_patient(patient_ids)
     anchors, partners = [], []
     for ix in groups.values():
         ix = [int(i) for i in rng.permutation(ix)]
@@ -268,11 +272,9 @@ class GroupedBatchSampler(ResumableBatchSampler):
                  rank: int = 0, world: int = 1, drop_last: bool = True) -> None:
         super().__init__(len(patient_ids), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,
                          drop_last=drop_last)
-        groups: "OrderedDict[str, list[int]]" = OrderedDict()
-        for i, pid in enumerate(patient_ids):
-            groups.setdefault(str(pid), []).append(i)
         # a patient with more studies than a batch holds is split into batch-sized units
-        self.units = [ix[s:s + batch_size] for ix in groups.values() for s in range(0, len(ix), batch_size)]
+        self.units = [ix[s:s + batch_size] for ix in indices_by_patient(patient_ids).values()
+                      for s in range(0, len(ix), batch_size)]
 
     def _batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.reports import report_views, select_report_section
+from medalign.data.samplers import indices_by_patient
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.losses.lesion import LesionClassLoss
@@ -56,10 +57,7 @@ def shared_views(sequence_mask: torch.Tensor, original: torch.Tensor, groups: Se
     alone, as many real studies are), the contrastive loss can tell their reports apart only by them.
     """
     new = sequence_mask.clone()
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(str(g), []).append(i)
-    for ix in (ix for ix in members.values() if len(ix) > 1):
+    for ix in (ix for ix in indices_by_patient(groups).values() if len(ix) > 1):
         view = sequence_mask[ix[0]] & original[ix].all(dim=0)  # (C,) the first member's, where all have it
         if not bool(view.any()):
             continue  # nothing in common: each keeps its own view
@@ -395,7 +393,7 @@ class ClipRecipe(Recipe):
         lesion = batch.get("mask") if lesions else None
         if mask is None:
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
-        if self.training:  # a no-op when both probabilities are 0
+        if self.training:  # a no-op when the probabilities are 0
             original = mask
             mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence)
             if self.twin_views > 0 and batch.get("patient_id") is not None:
