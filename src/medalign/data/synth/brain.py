@@ -89,6 +89,36 @@ def split_counts_for(n: int) -> dict[str, int]:
     return {"train": n - val - test, "val": val, "test": test}
 
 
+def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """Share ``n`` studies among ``CLASSES`` in proportion to ``weights`` (1 for a class not
+    named), by largest remainder so the counts sum to ``n``."""
+    unknown = sorted(set(weights) - set(CLASSES))
+    if unknown:
+        raise MedAlignError(f"--class-weights: unknown class '{unknown[0]}'; allowed: {', '.join(CLASSES)}")
+    w = np.array([float(weights.get(c, 1.0)) for c in CLASSES])
+    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise MedAlignError(f"--class-weights must be finite, >= 0 and not all 0, got {weights}")
+    exact = n * w / w.sum()
+    out = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - out), kind="stable")[: n - int(out.sum())]:  # largest remainders first
+        out[i] += 1
+    return {c: int(k) for c, k in zip(CLASSES, out)}
+
+
+def parse_class_weights(text: str) -> dict[str, float] | None:
+    """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:  # also "others" alone: float("") fails
+            raise MedAlignError(f"--class-weights: expected CLASS=WEIGHT, got '{part}'") from None
+    if out:
+        weighted_class_counts(1, out)  # validates names and values
+    return out or None
+
+
 def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
     """A later study of the same patient: same class and lesion site, evolved."""
     t = json.loads(json.dumps(truth))
@@ -109,14 +139,17 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                 split_counts: dict[str, int] | None = None, randomise: bool = True,
                 paraphrases: int = 0, twins: float = 0.0,
-                twin_classes: Sequence[str] | None = None) -> list[dict]:
+                twin_classes: Sequence[str] | None = None,
+                class_weights: dict[str, float] | None = None) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
     streams, so ``randomise=False`` plans exactly what the generator planned before it).
     ``paraphrases`` = K > 0 adds ``report_paraphrases``: up to K other reports of the same
     truth from the training phrasing families (``report_grammar.generate_paraphrases``, own
-    random streams: everything else is planned exactly as with K = 0). ``twins`` = f > 0 appends
+    random streams: everything else is planned exactly as with K = 0). ``class_weights`` (class ->
+    relative weight, 1 for a class not named) shares the training split among the classes in
+    those proportions; val and test stay balanced. ``twins`` = f > 0 appends
     lesion-free twins of a fraction f of the abnormal training studies (``synth.twins``; the
     first n studies stay exactly as planned without them), of ``twin_classes`` only when given.
 
@@ -143,8 +176,11 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     slots: list[tuple[str, str]] = []
     offset = 0
     for split in ("train", "val", "test"):
-        for k in range(counts.get(split, 0)):
-            slots.append((split, CLASSES[(k + offset) % len(CLASSES)]))
+        if split == "train" and class_weights:
+            per_class = weighted_class_counts(counts.get(split, 0), class_weights)
+            slots += [(split, c) for c in CLASSES for _ in range(per_class[c])]
+        else:
+            slots += [(split, CLASSES[(k + offset) % len(CLASSES)]) for k in range(counts.get(split, 0))]
         offset += counts.get(split, 0)
     # 2. group slots into patients within each (split, class) bucket
     buckets: dict[tuple[str, str], int] = {}
@@ -357,7 +393,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           split_counts: dict[str, int] | None = None, workers: int = 2,
                           progress: bool = False, with_t1c: bool = True, randomise: bool = True,
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
-                          twin_classes: Sequence[str] | None = None) -> Path:
+                          twin_classes: Sequence[str] | None = None,
+                          class_weights: dict[str, float] | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -374,7 +411,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     in ``cohort.json``; every other file and column is byte-identical to K = 0. ``twins`` = f
     adds lesion-free twins of a fraction f of the abnormal training studies (of ``twin_classes``
     when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
-    classes and count) in ``cohort.json``.
+    classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
+    classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``.
     """
     import pandas as pd
 
@@ -386,7 +424,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
-                        paraphrases=paraphrases, twins=twins, twin_classes=twin_classes)
+                        paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
+                        class_weights=class_weights)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -425,6 +464,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         info["randomise"] = True
     if paraphrases:  # likewise absent without paraphrases
         info["paraphrases"] = int(paraphrases)
+    if class_weights:  # likewise absent without weights
+        info["class_weights"] = {c: float(class_weights.get(c, 1.0)) for c in CLASSES}
     if twins:  # likewise absent without twins
         info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
                          "n": len(plans) - n}
