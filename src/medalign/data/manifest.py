@@ -256,7 +256,7 @@ def make_splits(df: pd.DataFrame, *, counts: Mapping[str, int] | Sequence[int] |
     size_c = np.asarray([sum(len(patients[p]) for p in patients if pclass[p] == c) for c in classes], float)
 
     # Integer targets T[c, s]: rows sum to class sizes, columns to the split targets.
-    col = _round_preserving(target)
+    col = round_preserving(target)
     prop = np.outer(size_c, col) / max(n, 1)
     T = np.floor(prop).astype(int)
     rem = prop - T
@@ -300,7 +300,7 @@ def make_splits(df: pd.DataFrame, *, counts: Mapping[str, int] | Sequence[int] |
     return out
 
 
-def _round_preserving(x: np.ndarray) -> np.ndarray:
+def round_preserving(x: np.ndarray) -> np.ndarray:
     """Round to ints keeping the total (largest remainder)."""
     total = int(round(float(x.sum())))
     f = np.floor(x).astype(int)

@@ -98,11 +98,9 @@ def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     w = np.array([float(weights.get(c, 1.0)) for c in CLASSES])
     if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
         raise MedAlignError(f"--class-weights must be finite, >= 0 and not all 0, got {weights}")
-    exact = n * w / w.sum()
-    out = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - out), kind="stable")[: n - int(out.sum())]:  # largest remainders first
-        out[i] += 1
-    return {c: int(k) for c, k in zip(CLASSES, out)}
+    from medalign.data.manifest import round_preserving  # lazily: it brings pandas
+
+    return {c: int(k) for c, k in zip(CLASSES, round_preserving(n * w / w.sum()))}
 
 
 def parse_class_weights(text: str) -> dict[str, float] | None:
