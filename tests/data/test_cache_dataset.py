@@ -88,6 +88,26 @@ def test_cache_roundtrip_skip_and_content_hash(tmp_path):
         preprocess_cohort(m, PreprocessConfig(sequences=("flair",), shape=SHAPE), cache, workers=1, progress=False)
 
 
+def test_cache_of_an_older_preprocessing_version_is_refused(tmp_path):
+    """A cache written before the skull-stripped-edge fix (version 1) is neither read nor
+    extended: its arrays differ from what this version computes, and mixing them is silent."""
+    from medalign.data.cache import CACHE_VERSION
+
+    m = _cohort(tmp_path, n=2)
+    cache = tmp_path / "cache"
+    preprocess_cohort(m, CFG, cache, workers=1, progress=False)
+    index = json.loads((cache / "index.json").read_text())
+    assert index["version"] == CACHE_VERSION == 2
+    assert len(CohortCache(cache)) == 2
+    index["version"] = 1
+    (cache / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CohortError, match="preprocessing version 1, this medalign writes version 2"):
+        CohortCache(cache)
+    with pytest.raises(CohortError, match="new --cache directory"):
+        preprocess_cohort(m, CFG, cache, workers=1, progress=False)
+    assert json.loads((cache / "index.json").read_text())["version"] == 1  # nothing rewritten
+
+
 def test_resume_after_interruption(tmp_path):
     """Arrays whose sidecar exists are reused even if index.json never got them (killed run)."""
     m = _cohort(tmp_path, n=4)

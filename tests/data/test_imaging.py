@@ -281,3 +281,30 @@ def test_display_window_keeps_background_black():
     assert not out[0].any() and not out[:, 0].any()  # background black, not mid-grey
     np.testing.assert_allclose(out[1:3, 1:3], [[0.0, 0.5], [2 / 3, 1.0]], atol=1e-6)
     assert display_window(np.zeros((2, 2))).max() == 0.0  # empty image: no division by zero
+
+
+def test_skull_stripped_edges_keep_the_brain_intensity(tmp_path):
+    """A skull-stripped brain (constant 0 outside) on thick native slices: no output voxel blends
+    brain with the background. Before, a voxel straddling the brain's edge took a value between the
+    two, which z-scoring turned into a dark rim (and, where the outline changes between thick
+    slices, dark crescents) that no tissue has."""
+    rng = np.random.default_rng(0)
+    shape = (64, 64, 9)  # (i, j, k): 1 mm in-plane, 8 mm slices, like a clinical 2D FLAIR
+    idx = np.indices(shape).astype(float)
+    brain = ((idx[0] - 31.5) / 26) ** 2 + ((idx[1] - 31.5) / 22) ** 2 + ((idx[2] - 4) / 3.6) ** 2 <= 1
+    arr = np.where(brain, 100.0 + rng.normal(0, 3, shape), 0.0).astype(np.float32)
+    p = write_nifti(tmp_path / "stripped.nii.gz", arr, np.diag([1.0, 1.0, 8.0, 1.0]))
+    raw = preprocess_study({"flair": p}, _cfg(shape=(12, 24, 24), normalise="none"), study_id="s").image[2]
+    assert (raw > 85).sum() > 0.2 * raw.size  # the brain is there, at its own intensity
+    assert ((raw > 5) & (raw < 85)).sum() == 0  # and nothing between it and the background
+    z = preprocess_study({"flair": p}, _cfg(shape=(12, 24, 24)), study_id="s").image[2]
+    assert z[z != 0].min() > -5.0  # z-scored: the head holds one tissue and its noise, no dark rim
+
+
+def test_head_mask_from_foreground_share():
+    share = np.zeros((6, 8, 8), np.float32)
+    share[1:5, 2:6, 2:6] = 0.6
+    share[1:5, 1, 2:6] = 0.4  # an edge voxel that was mostly background
+    share[2:4, 3:5, 3:5] = 0.0  # an enclosed cavity: filled
+    m = head_mask(np.zeros_like(share), foreground=share)
+    assert m[1:5, 2:6, 2:6].all() and not m[:, 1].any() and m.sum() == 64

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from serve_fakes import FakeModel, make_cohort
 
+from medalign.data.cache import CACHE_VERSION
 from medalign.data.imaging import PreprocessConfig
 from medalign.errors import MedAlignError
 
@@ -24,7 +25,7 @@ def _cache(root: Path, ids: list[str], normalise: str) -> Path:
         np.save(root / "studies" / f"k{i}.npy", np.random.default_rng(i).random((2, *SHAPE), dtype=np.float32))
         entries[sid] = {"key": f"k{i}", "image": f"studies/k{i}.npy", "mask": None, "sequences": list(SEQS),
                         "sequence_mask": [True, True], "shape": [2, *SHAPE]}
-    (root / "index.json").write_text(json.dumps({"version": 1, "config": cfg.to_dict(), "entries": entries}))
+    (root / "index.json").write_text(json.dumps({"version": CACHE_VERSION, "config": cfg.to_dict(), "entries": entries}))
     return root
 
 

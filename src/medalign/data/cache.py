@@ -31,7 +31,7 @@ import pandas as pd
 from medalign.data.imaging import PreprocessConfig, _present
 from medalign.errors import CohortError, MedAlignError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INDEX = "index.json"
 HASHES = "hashes.json"
 LOCK = ".lock"
@@ -190,6 +190,16 @@ def _read_json(path: Path, default: Any) -> Any:
         raise CohortError(f"corrupt cache file ({e})", path=str(path)) from None
 
 
+def _check_version(index: Mapping[str, Any], path: Path) -> None:
+    """Refuse a cache written by another preprocessing version (its arrays differ from what
+    this version computes, e.g. version 1 blended skull-stripped edges into a dark rim)."""
+    version = index.get("version", 1)
+    if version != CACHE_VERSION:
+        raise CohortError(f"cache was built by preprocessing version {version}, this medalign writes version "
+                          f"{CACHE_VERSION} (README, 'Skull-stripped edges'); preprocess again into a new --cache "
+                          "directory", path=str(path))
+
+
 def _merge_into_disk(root: Path, cfg: PreprocessConfig, mine: dict[str, dict], memo: dict[str, list]) -> dict:
     """Merge this run's entries into index.json (and its hashes into hashes.json) under the lock.
 
@@ -229,6 +239,8 @@ def preprocess_cohort(manifest: pd.DataFrame | str | Path, cfg: PreprocessConfig
     root = Path(cache_dir)
     (root / "studies").mkdir(parents=True, exist_ok=True)
     index = _read_json(root / INDEX, None)
+    if index is not None:
+        _check_version(index, root / INDEX)
     if index is not None and index.get("config") != cfg.to_dict():
         diff = sorted(k for k in set(index.get("config", {})) | set(cfg.to_dict())
                       if index.get("config", {}).get(k) != cfg.to_dict().get(k))
@@ -412,6 +424,7 @@ class CohortCache:
         if index is None:
             raise CohortError("no cache index here; run `medalign preprocess MANIFEST --cache DIR` first",
                               path=str(self.root / INDEX))
+        _check_version(index, self.root / INDEX)
         self.index = index
         self.entries: dict[str, dict[str, Any]] = index.get("entries", {})
         self.config = PreprocessConfig.from_dict(index.get("config"))

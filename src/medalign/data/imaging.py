@@ -26,7 +26,12 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    fits into H x W (isotropic in-plane, ``cfg.margin`` extra) and the slice spacing so it fits
    into D slices. Before a large down-sampling the image is box-averaged (``BinShrink``) so
    thin structures are not aliased away. Linear interpolation for images, nearest neighbour for
-   the lesion mask (assumed to be in the reference's world space).
+   the lesion mask (assumed to be in the reference's world space). An image with a constant
+   background (skull-stripped, masked) is interpolated among its foreground voxels only (the
+   resampled image divided by the resampled foreground share, normalised convolution): an output
+   voxel on the brain's edge keeps the brain's intensity instead of a blend with the background,
+   which z-scoring would turn into a dark rim, and on thick slices into dark crescents wherever
+   the outline changes from one slice to the next (issue 20: the real clinical FLAIRs).
 5. **Normalise** each channel inside the reference's head mask (``cfg.normalise``):
    ``"robust"`` maps the 1st..99th percentile to [0, 1] (clipped), ``"zscore"`` clips to those
    percentiles then z-scores; ``"zscore_unclipped"`` takes the mean and SD of the clipped
@@ -42,10 +47,10 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    issue 20). Outside the head is 0 in all four; ``"none"`` leaves values as read.
 6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
 
-Head mask: if the image has a constant background (skull-stripped data, e.g. BraTS), every
-voxel different from it; otherwise an Otsu threshold; holes filled in 3D and then in every
-axial slice (so dark ventricles on FLAIR stay inside). The reference's mask is used for every
-channel.
+Head mask: if the reference has a constant background (skull-stripped data, e.g. BraTS), the
+output voxels that are at least half foreground, holes filled in 3D; otherwise an Otsu
+threshold, holes filled in 3D and then in every axial slice (so dark ventricles on FLAIR stay
+inside). The reference's mask is used for every channel.
 """
 from __future__ import annotations
 
@@ -229,19 +234,41 @@ def _otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(centers[int(np.argmax(between[:-1]))])
 
 
-def head_mask(arr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def _flat(arr: np.ndarray, bg: float, vals: np.ndarray) -> np.ndarray:
+    """Voxels equal to the background value ``bg`` (to 1e-4 of the intensity range of ``vals``)."""
+    sample = vals.ravel()[:: max(1, vals.size // 200_000)]  # the range only sets a tolerance: ~2e5 values do
+    lo, hi = np.nanpercentile(sample, [0.5, 99.5])
+    return np.abs(arr - bg) <= 1e-4 * (float(hi - lo) or 1.0)
+
+
+def constant_background(arr: np.ndarray, bg: float) -> np.ndarray | None:
+    """Foreground (bool, True = not background) of a volume whose background is one constant
+    value (skull-stripped or masked data: more than 5 % of the voxels equal ``bg``), else None."""
+    if arr.size == 0 or not np.isfinite(bg):
+        return None
+    flat = _flat(arr, bg, arr)  # a NaN voxel is never flat (read_volume admits none)
+    return ~flat if flat.sum() > 0.05 * arr.size else None
+
+
+def head_mask(arr: np.ndarray, valid: np.ndarray | None = None, foreground: np.ndarray | None = None) -> np.ndarray:
     """Boolean head mask of a 3D array (see module docstring); ``valid`` marks voxels inside
-    the scanner's field of view (voxels outside it are never head)."""
+    the scanner's field of view (voxels outside it are never head). ``foreground``: for data with
+    a constant background, the share of each voxel that was foreground before resampling; the
+    head is then where it is at least half (holes filled in 3D only)."""
     from scipy import ndimage
 
+    if foreground is not None:
+        m = foreground >= 0.5
+        if valid is not None:
+            m &= valid
+        return ndimage.binary_fill_holes(m)
     vals = arr[valid] if valid is not None else arr.ravel()
     if vals.size == 0:
         return np.zeros(arr.shape, bool)
     bg = _background(np.where(valid, arr, np.nan)) if valid is not None else _background(arr)
     if not np.isfinite(bg):
         bg = float(np.median(vals))
-    rng = float(np.percentile(vals, 99.5) - np.percentile(vals, 0.5)) or 1.0
-    flat = np.abs(arr - bg) <= 1e-4 * rng
+    flat = _flat(arr, bg, vals)
     if valid is not None:
         flat &= valid
     if flat.sum() > 0.05 * vals.size:  # constant background (skull-stripped / masked data)
@@ -352,15 +379,24 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
     image = np.zeros((len(cfg.sequences), D, H, W), np.float32)  # (C, D, H, W)
     seq_mask = np.zeros(len(cfg.sequences), bool)
     resampled: dict[str, np.ndarray] = {}
+    ref_share = None
     for s, im in images.items():
-        src = _antialias(im, spacing_xyz, direction) if cfg.antialias else im
-        out = sitk.Resample(src, out_ref, transforms[s], sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
-        arr = sitk.GetArrayFromImage(out)  # (D, H, W); NaN = outside this sequence's field of view
+        arr = _resample(im, out_ref, transforms[s], spacing_xyz, direction, cfg.antialias)  # (D, H, W)
         if s == ref_seq:
             ref_valid = np.isfinite(arr)
+        share = _foreground_share(im, backgrounds[s], out_ref, transforms[s], spacing_xyz, direction, cfg.antialias)
+        if share is not None:
+            # Skull-stripped data: a voxel of the output grid that straddles brain and the constant
+            # background would blend the two into a dark rim (thick slices: dark crescents where the
+            # brain's outline changes from one slice to the next) that no tissue has. Dividing by the
+            # share of brain it holds keeps the brain's own intensity (normalised convolution).
+            bg = backgrounds[s]
+            arr = np.where(share > 1e-3, bg + (arr - bg) / np.maximum(share, 1e-3), bg)  # (D, H, W)
+            if s == ref_seq:
+                ref_share = share
         arr[~np.isfinite(arr)] = backgrounds[s]
         resampled[s] = arr
-    head = head_mask(resampled[ref_seq], ref_valid)
+    head = head_mask(resampled[ref_seq], ref_valid, foreground=ref_share)
     for c, s in enumerate(cfg.sequences):
         if s not in resampled:
             continue
@@ -409,6 +445,28 @@ def _present(p: Any) -> bool:
     if isinstance(p, float) and math.isnan(p):
         return False
     return str(p).strip() != ""
+
+
+def _resample(img, out_ref, transform, spacing_xyz, direction, antialias: bool) -> np.ndarray:
+    """``img`` (box-averaged first with ``antialias``) linearly resampled onto ``out_ref``:
+    (D, H, W) float32, NaN outside its field of view."""
+    sitk = _sitk()
+    src = _antialias(img, spacing_xyz, direction) if antialias else img
+    out = sitk.Resample(src, out_ref, transform, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)  # (D, H, W)
+
+
+def _foreground_share(img, bg: float, out_ref, transform, spacing_xyz, direction, antialias: bool) -> np.ndarray | None:
+    """For an image with a constant background (:func:`constant_background`), the share of each
+    output voxel that was foreground, resampled as the image is: (D, H, W) in [0, 1]; else None."""
+    sitk = _sitk()
+    fg = constant_background(sitk.GetArrayViewFromImage(img), bg)
+    if fg is None:
+        return None
+    fimg = sitk.GetImageFromArray(fg.astype(np.float32))
+    fimg.CopyInformation(img)
+    share = _resample(fimg, out_ref, transform, spacing_xyz, direction, antialias)
+    return np.nan_to_num(share, nan=0.0)
 
 
 def _antialias(img, out_spacing_xyz, direction):
