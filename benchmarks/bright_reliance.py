@@ -6,10 +6,10 @@ change of p(true) with a 95 % bootstrap CI over studies, and where the evidence 
         [--sequences flair] [--threshold 1.5] [--gain 1.5] [--shared ../shared/data] [--out results.json]
 
 The change is made on the preprocessed image, in the run's normalised units (by default z-scores
-inside the head; outside it is 0, which a positive threshold leaves alone): every voxel of ``--sequence`` above ``--threshold`` is set to it (**capped**),
-or moved to ``threshold + gain x (value - threshold)`` (**stretched**). A lesion keeps its place,
-shape and extent (capped at 1.5 it is still brighter than almost all tissue); only how far it
-stands out changes. No lesion mask is needed, so any scan can be asked; ``lesion_reliance.py``
+inside the head; outside it is 0, which a positive threshold leaves alone): every voxel of
+``--sequence`` above ``--threshold`` is set to it (**capped**), or moved to ``threshold + gain x
+(value - threshold)`` (**stretched**). A lesion keeps its place, shape and extent (capped at 1.5
+it is still brighter than almost all tissue); only how far it stands out changes. No lesion mask is needed, so any scan can be asked; ``lesion_reliance.py``
 is the complement (the lesion erased: shape and brightness gone together).
 
 Studies: the real cases of ``real_cases.py`` (each shows what it has that the run reads), and with
@@ -60,25 +60,21 @@ def studies(shared: Path, cohort: Path | None, sequences: list[str], reads: list
 def probabilities(model, items: list[dict], sequence: str, threshold: float, gain: float) -> dict[str, list[dict]]:
     """{"as acquired" | variant: [{"probabilities": {class: p}}] per item}; an item without
     ``sequence`` is shown unchanged in every variant."""
-    import torch
-
     c = list(model.sequences).index(sequence)
-    images: dict[str, list[np.ndarray]] = {"as acquired": [], **{v: [] for v in VARIANTS}}
-    masks = []
+    names = ("as acquired", *VARIANTS)
+    emb: list[np.ndarray] = []  # per item (1 + len(VARIANTS), E): only embeddings are kept, not the images
     for it in items:
         image, mask = model._one(it["files"])  # (C, D, H, W), (C,): preprocessed once for every variant
         x = image.numpy()
-        images["as acquired"].append(x)
         changed = perturb(x[c], threshold, gain) if bool(mask[c]) else {v: x[c] for v in VARIANTS}
-        for v in VARIANTS:
-            y = x.copy()
-            y[c] = changed[v]
-            images[v].append(y)
-        masks.append(mask.numpy())
+        views = np.repeat(x[None], len(names), axis=0)  # (1 + V, C, D, H, W)
+        for k, v in enumerate(VARIANTS, start=1):
+            views[k, c] = changed[v]
+        emb.append(model.encode_image(views, mask.numpy()))
+    e = np.stack(emb)  # (N, 1 + V, E)
     out = {}
-    for name, ims in images.items():
-        emb = model.encode_image(torch.from_numpy(np.stack(ims)), np.stack(masks))  # (N, E)
-        classes, p = model.zero_shot_probabilities(emb)
+    for k, name in enumerate(names):
+        classes, p = model.zero_shot_probabilities(e[:, k])
         out[name] = [{"probabilities": dict(zip(classes, map(float, row)))} for row in p]
     return out
 
@@ -116,10 +112,9 @@ def main() -> None:
         res: dict = {"studies": [it["case"] for it in items], "p_true": p0.round(4).tolist()}
         for v in VARIANTS:
             p1 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, probs[v])])
-            summary = summarise(groups, p0, p1)
+            summary = summarise(groups, p0, p1, key="p_true_changed")
             for g, per in class_changes(groups, probs["as acquired"], probs[v]).items():
                 summary[g]["class_change"] = per
-                summary[g]["p_true_changed"] = summary[g].pop("p_true_erased")
             res[v] = {"summary": summary, "p_true": p1.round(4).tolist()}
             for g, s in summary.items():
                 ch = s["change"]

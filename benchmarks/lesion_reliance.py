@@ -124,15 +124,16 @@ def erased_copies(items: list[dict], out: Path, grow: int = 0) -> list[dict]:
     return copies
 
 
-def summarise(groups: list[str], p_as_is: np.ndarray, p_erased: np.ndarray) -> dict:
-    """Per group: n, mean p(true) as acquired / erased, and the paired change with its CI."""
+def summarise(groups: list[str], p_as_is: np.ndarray, p_erased: np.ndarray, *, key: str = "p_true_erased") -> dict:
+    """Per group: n, mean p(true) as acquired / erased (under ``key``; other perturbations name
+    theirs), and the paired change with its CI."""
     from medalign.eval.bootstrap import bootstrap_ci
 
     out = {}
     for g in sorted(set(groups)):
         idx = np.array([i for i, x in enumerate(groups) if x == g])
         d = p_erased[idx] - p_as_is[idx]
-        out[g] = {"n": int(len(idx)), "p_true": float(p_as_is[idx].mean()), "p_true_erased": float(p_erased[idx].mean()),
+        out[g] = {"n": int(len(idx)), "p_true": float(p_as_is[idx].mean()), key: float(p_erased[idx].mean()),
                   "change": bootstrap_ci(np.mean, d, n=2000) if len(idx) > 1 else {"value": float(d.mean())}}
     return out
 
