@@ -69,15 +69,45 @@ def shared_views(sequence_mask: torch.Tensor, original: torch.Tensor, groups: Se
     return new
 
 
+def bright_tail(image: torch.Tensor, p: float, threshold: Sequence[float] = (1.0, 2.5),
+                gain: Sequence[float] = (0.0, 1.5), generator: torch.Generator | None = None) -> torch.Tensor:
+    """With probability ``p`` per sample and channel, reshape the bright tail: every value above a
+    threshold t drawn from ``threshold`` becomes ``t + g * (value - t)``, g drawn from ``gain``
+    (0 caps the tail at t, > 1 stretches it). Bright tissue keeps its place, shape and extent;
+    only how far it stands out changes (the transform of ``benchmarks/bright_reliance.py``).
+
+    Why: on FLAIR alone a model can tell infarcts and tumours from white-matter disease by how far
+    the brightest tissue stands out (the generator gives them similar lesion signal) instead of by
+    the lesions' pattern, and real WMH, brighter than most synthetic ones, then read as infarcts.
+    Values are in the cache's normalised units (z-scores inside the head by default).
+    image (B, C, *spatial) -> same shape.
+    """
+    b, c = image.shape[:2]
+    lead = (b, c) + (1,) * (image.dim() - 2)  # (B, C, 1, ...)
+
+    def draw(lo_hi: Sequence[float]) -> torch.Tensor:
+        u = torch.rand((b, c), generator=generator).to(image.device, image.dtype)  # (B, C)
+        return (float(lo_hi[0]) + u * (float(lo_hi[1]) - float(lo_hi[0]))).reshape(lead)
+
+    on = (torch.rand((b, c), generator=generator) < p).to(image.device).reshape(lead)  # (B, C, 1, ...)
+    t, g = draw(threshold), draw(gain)
+    return torch.where(on & (image > t), t + g * (image - t), image)
+
+
 def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: float = 0.0,
-                 generator: torch.Generator | None = None, follow: torch.Tensor | None = None):
+                 generator: torch.Generator | None = None, follow: torch.Tensor | None = None,
+                 tail: dict | None = None):
     """Cheap on-tensor training augmentation: a random circular shift of up to ``shift`` voxels per
-    spatial axis (one per sample) and a random per-channel intensity gain in ``[1 - scale, 1 + scale]``.
+    spatial axis (one per sample) and a random per-channel intensity gain in ``[1 - scale, 1 + scale]``;
+    ``tail`` (keyword arguments of :func:`bright_tail`, e.g. ``{"p": 0.5}``) first reshapes the
+    bright tail of some channels.
 
     Unlike a left-right flip it keeps laterality, so "left MCA infarct" still matches the image.
     image (B, C, *spatial) -> same shape. ``follow`` (B, *spatial), e.g. the lesion masks, is
     shifted with its image (no gain); given, the return is ``(image, follow)``.
     """
+    if tail:
+        image = bright_tail(image, **tail, generator=generator)
     spatial = image.dim() - 2
     shift = tuple(int(v) for v in shift)
     if len(shift) != spatial:
@@ -179,8 +209,8 @@ class ClipRecipe(Recipe):
         single_sequence: probability that a training study shows just one of its present
             sequences (drawn uniformly), as a single-FLAIR or single-DWI study would.
         gather: all-gather embeddings across DDP ranks (negatives span the global batch).
-        jitter: training-only on-tensor augmentation ``{"shift": [d, h, w], "scale": s}`` (see
-            :func:`jitter_batch`); ``None`` = off (paper: TorchIO augmentation in the data layer).
+        jitter: training-only on-tensor augmentation ``{"shift": [d, h, w], "scale": s, "tail": {...}}``
+            (see :func:`jitter_batch`, :func:`bright_tail`); ``None`` = off (paper: TorchIO augmentation in the data layer).
         text_section: which part of a *report* the text encoder sees: ``"full"`` (the whole
             report, default) or ``"impression"`` (the impression/conclusion section when the
             report has one, else the report without boilerplate; see

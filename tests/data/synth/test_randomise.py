@@ -245,6 +245,50 @@ def test_contrast_tables_scale_lesions_by_conspicuity():
     assert wm < half["lesion"]["wmh"][fl] < LESION_CONTRAST["wmh"][fl]  # fainter, still brighter than WM
 
 
+def test_white_matter_lesions_take_their_own_conspicuity():
+    from medalign.data.synth.enhancement import T1C_TISSUE
+
+    dom = {"contrast": {**{s: dict(v) for s, v in TISSUE_CONTRAST.items()}, "t1c": dict(T1C_TISSUE)}, "conspicuity": 0.8}
+    plain = R.study_contrast(dom)
+    dom["wm_conspicuity"] = 1.5
+    boosted = R.study_contrast(dom)
+    fl = SEQUENCES.index("flair")
+    wm = TISSUE_CONTRAST["flair"]["wm"]
+    for name in R.WM_LESIONS:  # k x 1.5 for white-matter lesions only
+        assert boosted["lesion"][name][fl] == pytest.approx(wm * (LESION_CONTRAST[name][fl] / wm) ** 1.2)
+        assert boosted["lesion"][name][fl] > plain["lesion"][name][fl]
+    for name in set(LESION_CONTRAST) - set(R.WM_LESIONS):
+        assert boosted["lesion"][name] == plain["lesion"][name]
+    # drawn, recorded and in range when asked for; every draw before it unchanged, and absent by default
+    truth = plan_cohort(20, seed=8)[0]
+    before = R.draw_domain(truth)
+    assert "wm_conspicuity" not in before
+    after = R.draw_domain(truth, (1.2, 1.4))
+    assert _in(after.pop("wm_conspicuity"), (1.2, 1.4))
+    assert after == before
+    plans = plan_cohort(20, seed=8, wm_conspicuity=(1.2, 1.4))
+    assert all(_in(t["domain"]["wm_conspicuity"], (1.2, 1.4)) for t in plans)
+
+
+def test_wm_conspicuity_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from medalign.cli import app
+    from medalign.data.synth.brain import parse_range
+    from medalign.errors import MedAlignError
+
+    assert parse_range("", "--x") is None and parse_range("1, 1.6", "--x") == (1.0, 1.6)
+    for bad in ("1.6", "a,b", "1.6,1.0", "0,1"):
+        with pytest.raises(MedAlignError, match="--wm-conspicuity"):
+            parse_range(bad, "--wm-conspicuity")
+    res = CliRunner().invoke(app, ["synth", "brain", "--n", "20", "--seed", "3", "--shape-mode", "small", "--workers", "1",
+                                   "--paraphrases", "0", "--out", str(tmp_path / "c"), "--wm-conspicuity", "1.1,1.3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["wm_conspicuity"] == [1.1, 1.3]
+    drawn = [json.loads(p.read_text())["domain"]["wm_conspicuity"] for p in (tmp_path / "c").glob("*/ground_truth.json")]
+    assert len(drawn) == 20 and all(1.1 <= v <= 1.3 for v in drawn)
+
+
 def test_randomised_cohorts_draw_more_small_vessel_disease():
     from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, OTHERS_VARIANTS
 

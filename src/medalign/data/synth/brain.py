@@ -103,6 +103,19 @@ def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     return {c: int(k) for c, k in zip(CLASSES, round_preserving(n * w / w.sum()))}
 
 
+def parse_range(text: str, option: str) -> tuple[float, float] | None:
+    """``"1.0,1.6"`` -> ``(1.0, 1.6)`` (0 < lo <= hi); ``""`` -> None."""
+    if not text.strip():
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MedAlignError(f"{option}: expected LO,HI, got '{text}'") from None
+    if not (0 < lo <= hi < float("inf")):
+        raise MedAlignError(f"{option}: need 0 < LO <= HI, got '{text}'")
+    return lo, hi
+
+
 def parse_class_weights(text: str) -> dict[str, float] | None:
     """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
     out: dict[str, float] = {}
@@ -138,7 +151,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 split_counts: dict[str, int] | None = None, randomise: bool = True,
                 paraphrases: int = 0, twins: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
-                class_weights: dict[str, float] | None = None) -> list[dict]:
+                class_weights: dict[str, float] | None = None,
+                wm_conspicuity: tuple[float, float] | None = None) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -150,6 +164,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     those proportions; val and test stay balanced. ``twins`` = f > 0 appends
     lesion-free twins of a fraction f of the abnormal training studies (``synth.twins``; the
     first n studies stay exactly as planned without them), of ``twin_classes`` only when given.
+    ``wm_conspicuity`` (lo, hi): each randomised study also draws a factor on the conspicuity of its
+    white-matter lesions (``randomise.draw_domain``); None = off, the plan unchanged.
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
@@ -226,7 +242,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
         if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
-            randomise_truth(truth)
+            randomise_truth(truth, wm_conspicuity)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
@@ -392,7 +408,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           progress: bool = False, with_t1c: bool = True, randomise: bool = True,
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
                           twin_classes: Sequence[str] | None = None,
-                          class_weights: dict[str, float] | None = None) -> Path:
+                          class_weights: dict[str, float] | None = None,
+                          wm_conspicuity: tuple[float, float] | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -410,7 +427,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     adds lesion-free twins of a fraction f of the abnormal training studies (of ``twin_classes``
     when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
     classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
-    classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``.
+    classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``;
+    ``wm_conspicuity`` likewise (``plan_cohort``), recorded as ``"wm_conspicuity"``.
     """
     import pandas as pd
 
@@ -423,7 +441,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
-                        class_weights=class_weights)
+                        class_weights=class_weights, wm_conspicuity=wm_conspicuity)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -464,6 +482,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         info["paraphrases"] = int(paraphrases)
     if class_weights:  # likewise absent without weights
         info["class_weights"] = {c: float(class_weights.get(c, 1.0)) for c in CLASSES}
+    if wm_conspicuity is not None:  # likewise absent without it
+        info["wm_conspicuity"] = [float(v) for v in wm_conspicuity]
     if twins:  # likewise absent without twins
         info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
                          "n": len(plans) - n}

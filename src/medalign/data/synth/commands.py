@@ -34,19 +34,24 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         class_weights: str = typer.Option("", "--class-weights",
                                           help="CLASS=W,... relative share of each class in the training split (1 for a class "
                                                "not named; val and test stay balanced), e.g. others=2. Default: balanced."),
+        wm_conspicuity: str = typer.Option("", "--wm-conspicuity",
+                                           help="LO,HI: each study's white-matter lesions (small vessel disease, MS plaques) "
+                                                "also get a conspicuity factor drawn from this range (brighter on FLAIR/T2 "
+                                                "for > 1), recorded in ground_truth.json. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
         import time
 
-        from medalign.data.synth.brain import generate_brain_cohort, parse_class_weights
+        from medalign.data.synth.brain import generate_brain_cohort, parse_class_weights, parse_range
 
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
                                          twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
-                                         class_weights=parse_class_weights(class_weights))
+                                         class_weights=parse_class_weights(class_weights),
+                                         wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"))
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")

@@ -60,6 +60,12 @@ WM_GAIN = (0.9, 1.1)
 # Lesion conspicuity k. Real WMH on clinical FLAIR: mean lesion / WM 1.37-1.41, (L-WM)/(WM-CSF)
 # 0.99-1.77; BraTS FLAIR tumours (L-WM)/(WM-CSF) 0.52-2.28. Synthetic WMH at k = 1 are ~2x WM.
 CONSPICUITY = (0.45, 1.1)
+# x k for white-matter lesions only (small vessel disease, MS plaques), per study. Small foci lose their
+# peak to partial volume on thick slices, so at the study's k the synthetic white-matter lesions stand out
+# less than the real ones: local contrast (realism report) of the real clinical WMH FLAIRs 2.7-3.2, at the
+# top of the synthetic "others" (p99 3.18), where only infarcts and tumours reach in training.
+# Off by default (``synth brain --wm-conspicuity LO,HI``): measured x 1.0-1.6 (README, "Known limitations", stop 40).
+WM_LESIONS = ("wmh", "plaque")
 # Tissue texture CV (the unrandomised generator: 0.12). `python benchmarks/texture_calibration.py --study
 # S/ground_truth.json` (in-plane 1-4 mm band-pass / local mean, robust SD in normal-appearing tissue, native
 # grids): real clinical WMH FLAIRs 0.042-0.055, BraTS FLAIRs 0.053-0.065; one synthetic FLAIR (seed-5 cohort,
@@ -149,8 +155,9 @@ def _acquisition(rng: np.random.Generator, protocol: str, three_d: str, fine: bo
     return out
 
 
-def draw_domain(truth: dict) -> dict[str, Any]:
-    """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``."""
+def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None) -> dict[str, Any]:
+    """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``;
+    ``wm_conspicuity`` (lo, hi): also a factor on k for the white-matter lesions (``WM_LESIONS``)."""
     rng = np.random.default_rng(list(truth["seed"]) + [DOMAIN_STREAM])
     protocol = str(rng.choice(list(PROTOCOL_P), p=list(PROTOCOL_P.values())))
     three_d = str(rng.choice(["t1", "flair", "t1c"]))
@@ -163,12 +170,14 @@ def draw_domain(truth: dict) -> dict[str, Any]:
     dom["acquisition"] = _acquisition(rng, protocol, three_d, fine)
     sinus = any(f.get("variant") == "sinus" for f in truth.get("findings", []))
     dom["skull_stripped"] = bool(strip_u < SKULL_STRIP_P) and not sinus  # a sinus finding lies outside the brain
+    if wm_conspicuity is not None:  # drawn last: every earlier draw unchanged
+        dom["wm_conspicuity"] = _u(rng, wm_conspicuity)
     return dom
 
 
-def randomise_truth(truth: dict) -> dict:
+def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None) -> dict:
     """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
-    slope and white-matter disease shapes, then the study's ``domain``."""
+    slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -183,7 +192,7 @@ def randomise_truth(truth: dict) -> dict:
     base = float(truth["atrophy"])
     if not any(f.get("variant") == "atrophy" for f in truth["findings"]):
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
-    dom = draw_domain(truth)
+    dom = draw_domain(truth, wm_conspicuity)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
                       "glioma_scale": round(glioma, 4), "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
@@ -198,7 +207,9 @@ def study_contrast(dom: dict) -> dict[str, Any]:
 
     c, k = dom["contrast"], float(dom["conspicuity"])
     tissue = {s: dict(c[s]) for s in SEQUENCES}
-    lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** k for s, v in zip(SEQUENCES, vals))
+    kw = k * float(dom.get("wm_conspicuity", 1.0))
+    lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** (kw if name in WM_LESIONS else k)
+                          for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
