@@ -36,10 +36,15 @@ VARIANTS = ("capped", "stretched")
 
 def perturb(x: np.ndarray, threshold: float, gain: float) -> dict[str, np.ndarray]:
     """``x`` (any shape, normalised units) -> {variant: copy}: capped at ``threshold``, and stretched
-    above it by ``gain``; voxels at or below the threshold are unchanged in both."""
-    above = x > threshold
-    return {"capped": np.where(above, threshold, x).astype(x.dtype),
-            "stretched": np.where(above, threshold + gain * (x - threshold), x).astype(x.dtype)}
+    above it by ``gain``; voxels at or below the threshold are unchanged in both. The training
+    augmentation's transform (``recipe.jitter.tail``) with fixed threshold and gain."""
+    import torch
+
+    from medalign.recipes.clip import bright_tail
+
+    t = torch.from_numpy(np.ascontiguousarray(x))[None, None]  # (1, 1, *x.shape): one sample, one channel
+    return {name: bright_tail(t, p=1.0, threshold=(threshold, threshold), gain=(g, g))[0, 0].numpy().astype(x.dtype)
+            for name, g in (("capped", 0.0), ("stretched", gain))}
 
 
 def studies(shared: Path, cohort: Path | None, sequences: list[str], reads: list[str]) -> list[dict]:

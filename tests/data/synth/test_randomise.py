@@ -270,7 +270,7 @@ def test_white_matter_lesions_take_their_own_conspicuity():
     assert all(_in(t["domain"]["wm_conspicuity"], (1.2, 1.4)) for t in plans)
 
 
-def test_wm_conspicuity_option(tmp_path):
+def test_wm_conspicuity_option(tmp_path, capsys):
     from typer.testing import CliRunner
 
     from medalign.cli import app
@@ -287,6 +287,11 @@ def test_wm_conspicuity_option(tmp_path):
     assert json.loads((tmp_path / "c" / "cohort.json").read_text())["wm_conspicuity"] == [1.1, 1.3]
     drawn = [json.loads(p.read_text())["domain"]["wm_conspicuity"] for p in (tmp_path / "c").glob("*/ground_truth.json")]
     assert len(drawn) == 20 and all(1.1 <= v <= 1.3 for v in drawn)
+    from medalign.cli import main
+
+    rc = main(["synth", "brain", "--n", "20", "--shape-mode", "small", "--no-randomise",
+               "--out", str(tmp_path / "d"), "--wm-conspicuity", "1.1,1.3"])
+    assert rc != 0 and "drop --no-randomise" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_randomised_cohorts_draw_more_small_vessel_disease():

@@ -436,6 +436,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
 
     if shape_mode not in ("clinical", "small"):
         raise MedAlignError(f"--shape-mode must be 'clinical' or 'small', got '{shape_mode}'")
+    if wm_conspicuity is not None and not randomise:  # it scales a randomised study's conspicuity
+        raise MedAlignError("--wm-conspicuity needs domain randomisation: drop --no-randomise")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
