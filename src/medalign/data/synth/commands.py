@@ -38,6 +38,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                            help="LO,HI: each study's white-matter lesions (small vessel disease, MS plaques) "
                                                 "also get a conspicuity factor drawn from this range (brighter on FLAIR/T2 "
                                                 "for > 1), recorded in ground_truth.json. Default: off."),
+        comorbid_svd: float = typer.Option(0.0, "--comorbid-svd", min=0.0, max=1.0,
+                                           help="P: infarct, tumour and haemorrhage patients of 50 or older also get "
+                                                "background small vessel disease with probability P, drawn and named in the "
+                                                "report (the class and lesion mask stay the main finding's). Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -51,7 +55,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
                                          twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
                                          class_weights=parse_class_weights(class_weights),
-                                         wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"))
+                                         wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
+                                         comorbid_svd=comorbid_svd)
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")

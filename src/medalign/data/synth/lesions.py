@@ -330,7 +330,7 @@ def _lesions(anat: dict, truth: dict, tissue: dict[str, np.ndarray], rng: np.ran
         R = (f["size_mm"] or 0) / 2 / vox
         draw = _DRAWERS.get(f["kind"])
         part = draw(canvas, f, c, R) if draw is not None else None
-        if part is not None:
+        if part is not None and not f.get("comorbid"):  # the mask holds the class's findings
             mask = np.maximum(mask, part)
     if truth.get("mild_changes") == "punctate_wmh":  # age-normal: a few small foci, not in the mask
         cand = np.argwhere(tissue["wm"] > 0.7)

@@ -36,6 +36,7 @@ from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUEN
 
 DOMAIN_STREAM = 11   # study stream: truth["seed"] + [11] (t1c uses 7)
 PATIENT_STREAM = 11  # patient stream: truth["anatomy_seed"] + [11] (lesion shapes use 5)
+COMORBID_STREAM = 12  # background small vessel disease: truth["anatomy_seed"] + [12] (a patient's, like atrophy)
 ALL_SEQUENCES = (*SEQUENCES, *POST_CONTRAST)
 
 # Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every
@@ -66,6 +67,16 @@ CONSPICUITY = (0.45, 1.1)
 # top of the synthetic "others" (p99 3.18), where only infarcts and tumours reach in training.
 # Off by default (``synth brain --wm-conspicuity LO,HI``): measured x 1.0-1.6 (README, "Known limitations", stop 40).
 WM_LESIONS = ("wmh", "plaque")
+# Background small vessel disease (``synth brain --comorbid-svd P``, off by default): most patients over 50 with
+# a stroke, a bleed or a tumour also have white-matter hyperintensities, and their reports say so ("Background
+# moderate small vessel disease"). In the synthetic cohort white-matter disease otherwise appears only as the
+# whole finding of ~25 "others" training studies, so what tells it apart on FLAIR alone is how much bright
+# tissue there is (README, "Known limitations", stops 39-40); drawn beside an infarct, a bleed or a tumour
+# too, the same pattern comes with its own words in reports of every class. Grades: background disease is
+# mostly mild or moderate.
+COMORBID_CLASSES = ("infarct", "tumor", "hemorrhage")
+COMORBID_MIN_AGE = 50.0
+COMORBID_FAZEKAS_P = (0.5, 0.35, 0.15)
 # Tissue texture CV (the unrandomised generator: 0.12). `python benchmarks/texture_calibration.py --study
 # S/ground_truth.json` (in-plane 1-4 mm band-pass / local mean, robust SD in normal-appearing tissue, native
 # grids): real clinical WMH FLAIRs 0.042-0.055, BraTS FLAIRs 0.053-0.065; one synthetic FLAIR (seed-5 cohort,
@@ -175,9 +186,25 @@ def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None) 
     return dom
 
 
-def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None) -> dict:
+def comorbid_svd_finding(truth: dict, p: float) -> dict | None:
+    """Background small vessel disease for a planned study, or None: with probability ``p`` for a
+    patient of ``COMORBID_MIN_AGE`` or older whose class is in ``COMORBID_CLASSES``. Drawn from the
+    patient's own stream ``truth["anatomy_seed"] + [COMORBID_STREAM]`` (follow-ups keep it; every
+    other draw of the plan is unchanged). The finding is of class "others" with ``comorbid: True``:
+    drawn and reported, but the study keeps its class and its lesion mask its class's findings."""
+    rc = np.random.default_rng(list(truth["anatomy_seed"]) + [COMORBID_STREAM])
+    u, grade = float(rc.random()), int(rc.choice([1, 2, 3], p=list(COMORBID_FAZEKAS_P)))
+    if truth["label"] not in COMORBID_CLASSES or float(truth["age_years"]) < COMORBID_MIN_AGE or u >= p:
+        return None
+    return {"class": "others", "kind": "others", "variant": "wmh", "age": "chronic", "side": "bilateral",
+            "region": "periventricular and deep", "count": 1, "size_mm": None, "center_mm": None,
+            "fazekas": grade, "comorbid": True}
+
+
+def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0) -> dict:
     """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
-    slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`)."""
+    slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`);
+    with ``comorbid_svd`` > 0, background small vessel disease (:func:`comorbid_svd_finding`)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -196,6 +223,10 @@ def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = No
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
                       "glioma_scale": round(glioma, 4), "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
+    if comorbid_svd > 0:  # after every other draw; its own stream
+        f = comorbid_svd_finding(truth, comorbid_svd)
+        if f is not None:
+            truth["findings"].append(f)
     return truth
 
 

@@ -257,6 +257,15 @@ def _others(f: dict, rng, ab: bool, heldout: bool, atrophy: float) -> tuple[list
     return [_pick(rng, main)], "sinus mucosal thickening"
 
 
+def _background(f: dict, rng, heldout: bool) -> tuple[list[str], str]:
+    """Sentences and impression words for background small vessel disease (a ``comorbid``
+    finding): the finding's own sentence, and "background ..." in the impression."""
+    from medalign.data.synth.wm_disease import wmd_sentence
+
+    s, imp = wmd_sentence(f, rng, "heldout" if heldout else "standard")
+    return s, f"background {imp}"
+
+
 def _normal(t: dict, rng, heldout: bool) -> tuple[list[str], str]:
     s: list[str] = []
     if heldout:
@@ -352,7 +361,7 @@ def _radiologist(truth: dict, rng, ab: bool) -> list[str]:
     seen, lines = set(), []
     for f in truth.get("findings", []):
         key = (f["variant"], f["region"], f.get("side"))
-        if f["class"] == truth["label"] and key not in seen:
+        if (f["class"] == truth["label"] or f.get("comorbid")) and key not in seen:
             seen.add(key)
             lines.append(_rad_finding(f, rng, ab))
     return lines
@@ -429,6 +438,11 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
                 s, imp = _others(f, rng, ab, heldout, truth.get("atrophy", 0.0))
             parts += s
             imp_bits.append(imp)
+        for f in findings:  # background white-matter disease beside the main finding (randomise.comorbid_svd_finding)
+            if f.get("comorbid"):
+                s, imp = _background(f, rng, heldout)
+                parts += s
+                imp_bits.append(imp)
         if label != "others" and truth.get("atrophy", 0) > 0.25 and rng.random() < 0.4:
             parts.append("Background mild age-related volume loss.")
     negs = _NEG_OTHERS[label]
