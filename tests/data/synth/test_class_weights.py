@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from medalign.data.schema import CLASSES
-from medalign.data.synth.brain import parse_class_weights, plan_cohort, weighted_class_counts
+from medalign.data.synth.brain import plan_cohort, weighted_class_counts
+from medalign.data.synth.commands import parse_class_weights
 from medalign.errors import MedAlignError
 
 

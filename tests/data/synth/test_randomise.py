@@ -274,7 +274,7 @@ def test_wm_conspicuity_option(tmp_path, capsys):
     from typer.testing import CliRunner
 
     from medalign.cli import app
-    from medalign.data.synth.brain import parse_range
+    from medalign.data.synth.commands import parse_range
     from medalign.errors import MedAlignError
 
     assert parse_range("", "--x") is None and parse_range("1, 1.6", "--x") == (1.0, 1.6)

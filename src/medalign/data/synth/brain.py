@@ -103,33 +103,6 @@ def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     return {c: int(k) for c, k in zip(CLASSES, round_preserving(n * w / w.sum()))}
 
 
-def parse_range(text: str, option: str) -> tuple[float, float] | None:
-    """``"1.0,1.6"`` -> ``(1.0, 1.6)`` (0 < lo <= hi); ``""`` -> None."""
-    if not text.strip():
-        return None
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise MedAlignError(f"{option}: expected LO,HI, got '{text}'") from None
-    if not (0 < lo <= hi < float("inf")):
-        raise MedAlignError(f"{option}: need 0 < LO <= HI, got '{text}'")
-    return lo, hi
-
-
-def parse_class_weights(text: str) -> dict[str, float] | None:
-    """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:  # also "others" alone: float("") fails
-            raise MedAlignError(f"--class-weights: expected CLASS=WEIGHT, got '{part}'") from None
-    if out:
-        weighted_class_counts(1, out)  # validates names and values
-    return out or None
-
-
 def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
     """A later study of the same patient: same class and lesion site, evolved."""
     t = json.loads(json.dumps(truth))

@@ -6,6 +6,37 @@ from typing import Optional
 
 import typer
 
+from medalign.errors import MedAlignError
+
+
+def parse_range(text: str, option: str) -> tuple[float, float] | None:
+    """``"1.0,1.6"`` -> ``(1.0, 1.6)`` (0 < lo <= hi); ``""`` -> None."""
+    if not text.strip():
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise MedAlignError(f"{option}: expected LO,HI, got '{text}'") from None
+    if not (0 < lo <= hi < float("inf")):
+        raise MedAlignError(f"{option}: need 0 < LO <= HI, got '{text}'")
+    return lo, hi
+
+
+def parse_class_weights(text: str) -> dict[str, float] | None:
+    """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:  # also "others" alone: float("") fails
+            raise MedAlignError(f"--class-weights: expected CLASS=WEIGHT, got '{part}'") from None
+    if out:
+        from medalign.data.synth.brain import weighted_class_counts  # lazily: the CLI starts fast
+
+        weighted_class_counts(1, out)  # validates names and values
+    return out or None
+
 
 def register(app: typer.Typer, synth: typer.Typer) -> None:
     @synth.command("brain")
@@ -47,7 +78,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         import json
         import time
 
-        from medalign.data.synth.brain import generate_brain_cohort, parse_class_weights, parse_range
+        from medalign.data.synth.brain import generate_brain_cohort
 
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
