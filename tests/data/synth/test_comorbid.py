@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from medalign.data.reports import label_reports
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
 
@@ -43,6 +44,10 @@ def test_plan_adds_it_to_eligible_patients_only_and_changes_nothing_else():
         by_patient.setdefault(t["patient_id"], set()).add(f["fazekas"])
     assert 0.55 < hits / eligible < 0.85, (hits, eligible)  # p = 0.7 (binomial sd ~0.04 here)
     assert all(len(g) == 1 for g in by_patient.values())  # a patient's follow-ups keep their grade
+    # the background finding does not take the report's class: the labeller reads it as the main one
+    co = [t for t in plans if _comorbid(t)][:40]
+    texts = [x for t in co for x in (t["report"], *t["report_paraphrases"])]
+    assert label_reports(texts) == [t["label"] for t in co for _ in range(1 + len(t["report_paraphrases"]))]
 
 
 def test_drawn_on_flair_but_not_in_the_lesion_mask():
