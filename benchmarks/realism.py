@@ -16,6 +16,11 @@ import json
 from pathlib import Path
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+# The finding of each real collection, by the generator's variant names (``synth.lesions``), for the
+# per-finding verdicts: BraTS 2015 holds gliomas; the real_dev WMH cases (case names "wmh_...") are
+# white-matter hyperintensities, the generator's "wmh" (small vessel disease) variant.
+BRATS_FINDING = "glioma"
+REAL_DEV_FINDING = {"wmh": "wmh"}
 
 
 def real_manifest_rows(shared: Path) -> list[dict]:
@@ -25,13 +30,13 @@ def real_manifest_rows(shared: Path) -> list[dict]:
         rows.append({"study_id": f"brats_{d.name.split('_')[2]}", "patient_id": d.name, "label": "tumor",
                      "image_flair": str(d / "Flair_subtrMeanDivStd.nii.gz"),
                      "image_t1c": str(d / "T1c_subtrMeanDivStd.nii.gz"), "image_dwi": "",
-                     "mask": str(d / "OTMultiClass.nii.gz")})
+                     "mask": str(d / "OTMultiClass.nii.gz"), "finding": BRATS_FINDING})
     meta = shared / "real_dev" / "cases.json"
     for c in json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else []:
         f = {k: str(shared / "real_dev" / c["case"] / v) for k, v in c["files"].items()}
         rows.append({"study_id": c["case"], "patient_id": c["case"], "label": c["class"],
                      "image_flair": f.get("flair", ""), "image_t1c": f.get("t1c", ""), "image_dwi": f.get("dwi", ""),
-                     "mask": f.get("mask", "")})
+                     "mask": f.get("mask", ""), "finding": REAL_DEV_FINDING.get(c["case"].split("_")[0], "")})
     return rows
 
 

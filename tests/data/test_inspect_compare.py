@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from medalign.cli import main
-from medalign.data.realism_compare import coverage, realism_report, study_metrics
+from medalign.data.realism_compare import coverage, realism_report, study_findings, study_metrics
+from medalign.errors import MedAlignError
 
 SHARED = Path(os.environ.get("MEDALIGN_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,6 +164,39 @@ def test_compare_cli_verdict_flips_and_numbers(cohorts, tmp_path):
     # the verdict table of the JSON matches the per-sequence coverage
     row = next(v for v in r_out["verdicts"] if v["metric"] == "lesion_contrast" and v["class"] == "all")
     assert row["verdict"] == "not covered" and row["inside"] == 0 and row["n_real"] == 1
+
+
+def test_per_finding_verdicts_are_stricter_than_per_class(tmp_path):
+    """A class that mixes findings covers a real value its own finding does not reach: the real
+    finding is judged against the synthetic studies of that finding ("tumor: a"), from the manifest's
+    ``finding`` column or, for a synthetic study, the class's finding in its ground_truth.json."""
+    root = tmp_path / "syn"
+    rows = [_study(root, f"s{i}", r, i, dwi=False) for i, r in enumerate([1.3, 1.35, 1.4, 1.45, 1.8, 1.85, 1.9, 2.0])]
+    for i, row in enumerate(rows):  # "a": the dim half (ground_truth.json), "b": the bright half (column)
+        if i < 4:
+            truth = {"label": "tumor", "findings": [{"class": "others", "variant": "wmh", "comorbid": True},
+                                                    {"class": "tumor", "variant": "a"}]}
+            (root / row["study_id"] / "ground_truth.json").write_text(json.dumps(truth), encoding="utf-8")
+        else:
+            row["finding"] = "b"
+    syn = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(syn, index=False)
+    cache = tmp_path / "cache"
+    assert main(["preprocess", str(syn), "--cache", str(cache), "--workers", "1", "--no-progress",
+                 "--shape", "6,24,24", "--sequences", "flair", "--no-register"]) == 0
+    real = _study(tmp_path / "real", "r0", 1.85, 70, dwi=False)
+    real_csv = tmp_path / "real.csv"
+    pd.DataFrame([{**real, "finding": "a"}]).to_csv(real_csv, index=False)
+    _, _, res = realism_report(syn, cache, real_csv, tmp_path / "out")
+    verdicts = {v["class"]: v["verdict"] for v in res["verdicts"] if v["metric"] == "lesion_contrast"}
+    assert verdicts == {"all": "covered", "tumor": "covered", "tumor: a": "not covered"}, verdicts
+    row = next(v for v in res["verdicts"] if v["metric"] == "lesion_contrast" and v["class"] == "tumor: a")
+    assert row["n_real"] == 1 and len(row["real_values"]) == 1 and row["n_synthetic"] == 4
+    found = study_findings(pd.read_csv(syn))
+    assert [found[f"s{i}"] for i in range(8)] == ["a"] * 4 + ["b"] * 4  # the comorbid finding is not the class's
+    (root / "s0" / "ground_truth.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(MedAlignError, match=r"study s0: cannot read .*ground_truth\.json"):
+        study_findings(pd.read_csv(syn))
 
 
 def _no_nan(name: str):

@@ -22,6 +22,7 @@ range: the issue-20 criterion "the synthetic distributions cover the real ones".
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,7 +54,8 @@ DEFINITIONS = {
                       "1x9x9 surround: how far the brightest thin structures stand out, with or without a mask "
                       "(what image_encoder.local_contrast hands the encoder)",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
-                "for lesion metrics also per class (real class vs synthetic studies of that class)",
+                "for lesion metrics also per class (real class vs synthetic studies of that class) and per finding "
+                "(real vs synthetic studies of that finding, e.g. 'others: wmh')",
 }
 
 
@@ -123,9 +125,11 @@ def _histogram(vals: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return h / max(1, h.sum())
 
 
-def cohort_values(cache_dir: str | Path, study_ids: Sequence[str], *, labels: dict[str, str] | None = None
+def cohort_values(cache_dir: str | Path, study_ids: Sequence[str], *, labels: dict[str, str] | None = None,
+                  findings: dict[str, str] | None = None
                   ) -> tuple[dict[str, list[dict]], dict[str, dict[str, np.ndarray]], Any]:
-    """Per sequence, per study: metrics (list of dicts) and the head intensities (for histograms).
+    """Per sequence, per study: metrics (list of dicts, with the study's ``label`` and ``finding``
+    from the mappings, "" where absent) and the head intensities (for histograms).
 
     Returns (metrics {seq: [row]}, values {seq: {study_id: 1-D array}}, PreprocessConfig).
     """
@@ -144,7 +148,8 @@ def cohort_values(cache_dir: str | Path, study_ids: Sequence[str], *, labels: di
             if not smask[c]:
                 continue
             m = study_metrics(img[c], head, lesion)
-            rows[s].append({"study_id": sid, "label": (labels or {}).get(sid, ""), **m})
+            rows[s].append({"study_id": sid, "label": (labels or {}).get(sid, ""),
+                            "finding": (findings or {}).get(sid, ""), **m})
             values[s][sid] = img[c][head].astype(np.float32)
     return rows, values, cache.config
 
@@ -170,13 +175,23 @@ def coverage(synthetic: Sequence[float | None], real: Sequence[tuple[str, float 
     return res
 
 
+def _group(row: dict, by_finding: bool) -> str:
+    """A row's class ("others"), or its class and finding ("others: wmh"); "" = not in a group."""
+    if not by_finding:
+        return row["label"]
+    return f"{row['label']}: {row['finding']}" if row["label"] and row.get("finding") else ""
+
+
 def _coverage_by_label(s_rows: list[dict], r_rows: list[dict], metric: str, pct: tuple[float, float]) -> dict:
-    """Coverage of each real class's values by the synthetic studies of the same class
-    (a tumour's contrast against synthetic tumours, not against every lesion type)."""
+    """Coverage of each real class's values by the synthetic studies of the same class (a tumour's
+    contrast against synthetic tumours, not against every lesion type), then of each real finding's
+    by the synthetic studies of that finding ("others: wmh"): a class such as "others" mixes atrophy,
+    whose "lesion" is CSF, with white-matter disease, so its range alone covers almost any WMH."""
     out = {}
-    for lab in sorted({r["label"] for r in r_rows if r["label"] and r[metric] is not None}):
-        syn = [r[metric] for r in s_rows if r["label"] == lab]
-        out[lab] = coverage(syn, [(r["study_id"], r[metric]) for r in r_rows if r["label"] == lab], pct)
+    for by_finding in (False, True):
+        for g in sorted({_group(r, by_finding) for r in r_rows if r[metric] is not None} - {""}):
+            syn = [r[metric] for r in s_rows if _group(r, by_finding) == g]
+            out[g] = coverage(syn, [(r["study_id"], r[metric]) for r in r_rows if _group(r, by_finding) == g], pct)
     return out
 
 
@@ -201,10 +216,13 @@ def _clean(x: Any) -> Any:
 
 def compare_cohorts(synthetic_cache: str | Path, synthetic_ids: Sequence[str], real_cache: str | Path,
                     real_ids: Sequence[str], *, synthetic_labels: dict[str, str] | None = None,
-                    real_labels: dict[str, str] | None = None, pct: tuple[float, float] = COVERAGE_PCT) -> dict:
-    """The realism numbers (JSON-able): per sequence histograms, per-study metrics, coverage verdicts."""
-    s_rows, s_vals, s_cfg = cohort_values(synthetic_cache, synthetic_ids, labels=synthetic_labels)
-    r_rows, r_vals, r_cfg = cohort_values(real_cache, real_ids, labels=real_labels)
+                    real_labels: dict[str, str] | None = None, synthetic_findings: dict[str, str] | None = None,
+                    real_findings: dict[str, str] | None = None, pct: tuple[float, float] = COVERAGE_PCT) -> dict:
+    """The realism numbers (JSON-able): per sequence histograms, per-study metrics, coverage verdicts
+    (lesion metrics also per class and, where both cohorts name it, per finding: ``study_findings``)."""
+    s_rows, s_vals, s_cfg = cohort_values(synthetic_cache, synthetic_ids, labels=synthetic_labels,
+                                          findings=synthetic_findings)
+    r_rows, r_vals, r_cfg = cohort_values(real_cache, real_ids, labels=real_labels, findings=real_findings)
     s_d, r_d = s_cfg.to_dict(), r_cfg.to_dict()
     diff = sorted(k for k in s_d if k != "sequences" and s_d[k] != r_d.get(k))
     if diff:
@@ -239,7 +257,8 @@ def compare_cohorts(synthetic_cache: str | Path, synthetic_ids: Sequence[str], r
         for m, c in cov.items():
             result["verdicts"].append(_verdict_row(s, m, "all", c, r_rows[s]))
             for lab, cl in by_label.get(m, {}).items():
-                result["verdicts"].append(_verdict_row(s, m, lab, cl, [r for r in r_rows[s] if r["label"] == lab]))
+                rows = [r for r in r_rows[s] if lab in (_group(r, False), _group(r, True))]
+                result["verdicts"].append(_verdict_row(s, m, lab, cl, rows))
     if not result["sequences"]:
         raise MedAlignError(f"no sequence is present in both cohorts ({result['skipped_sequences']})")
     return _clean(result)
@@ -258,6 +277,34 @@ def verdict_table(result: dict) -> pd.DataFrame:
                      "real": ", ".join(fmt(x) for x in v["real_values"]) or "-",
                      "inside": f"{v['inside']}/{v['n_real']}", "verdict": v["verdict"]})
     return pd.DataFrame(rows)
+
+
+def study_findings(df: pd.DataFrame) -> dict[str, str]:
+    """study_id -> finding (sub-type of the class: "wmh", "glioma", ...) for the per-finding verdicts:
+    the manifest's ``finding`` column where set, else the variant of the class's first finding in a
+    synthetic study's ``ground_truth.json`` beside its images; "" when neither says."""
+    from medalign.data.schema import IMAGE_PREFIX
+
+    out: dict[str, str] = {}
+    img_cols = [c for c in df.columns if str(c).startswith(IMAGE_PREFIX)]
+    for _, row in df.iterrows():
+        sid = str(row["study_id"])
+        named = row.get("finding")
+        if isinstance(named, str) and named.strip():
+            out[sid] = named.strip()
+            continue
+        paths = [row[c] for c in img_cols if isinstance(row[c], str) and row[c]]
+        truth_file = Path(paths[0]).parent / "ground_truth.json" if paths else None
+        if truth_file is None or not truth_file.is_file():
+            out[sid] = ""
+            continue
+        try:
+            truth = json.loads(truth_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MedAlignError(f"study {sid}: cannot read {truth_file} ({type(e).__name__})") from None
+        main = [f for f in truth.get("findings", []) if f.get("class") == truth.get("label") and not f.get("comorbid")]
+        out[sid] = str(main[0].get("variant") or "") if main else ""
+    return out
 
 
 def realism_paths(out: str | Path) -> tuple[Path, Path]:
@@ -308,7 +355,8 @@ def realism_report(manifest: str | Path | pd.DataFrame, cache: str | Path, real_
     def labels(df: pd.DataFrame) -> dict[str, str]:
         return dict(zip(df["study_id"].astype(str), df["label"].fillna("").astype(str))) if "label" in df else {}
 
-    result = compare_cohorts(cache, s_ids, real_cache, r_ids, synthetic_labels=labels(sdf), real_labels=labels(rdf))
+    result = compare_cohorts(cache, s_ids, real_cache, r_ids, synthetic_labels=labels(sdf), real_labels=labels(rdf),
+                             synthetic_findings=study_findings(sdf), real_findings=study_findings(rdf))
     result["synthetic"].update(n_manifest=len(sdf), not_cached=len(sdf) - len(s_ids))
     result["real"].update(n_manifest=len(rdf), not_cached=len(rdf) - len(r_ids), failed=failed)
     realism_figure(result, png)
