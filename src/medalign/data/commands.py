@@ -107,7 +107,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         seed: int = typer.Option(0, "--seed", help="Seed for picking the studies shown."),
         compare: Optional[Path] = typer.Option(None, "--compare", help="Real-cases manifest: write the realism "
                                                "report (histograms, lesion contrast/volume, SNR) instead of the "
-                                               "sheet."),
+                                               "sheet; lesion metrics also per class (column 'label') and per "
+                                               "finding (column 'finding', e.g. wmh, glioma)."),
         compare_cache: Optional[Path] = typer.Option(None, "--compare-cache", help="Cache of the --compare "
                                                      "manifest (default: preprocess it with --cache's config into "
                                                      "real_cache_<hash> beside --out)."),
