@@ -106,9 +106,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         max_studies: int = typer.Option(12, "--max-studies", help="Studies shown (picked evenly across classes)."),
         seed: int = typer.Option(0, "--seed", help="Seed for picking the studies shown."),
         compare: Optional[Path] = typer.Option(None, "--compare", help="Real-cases manifest: write the realism "
-                                               "report (histograms, lesion contrast/volume, SNR) instead of the "
-                                               "sheet; lesion metrics also per class (column 'label') and per "
-                                               "finding (column 'finding', e.g. wmh, glioma)."),
+                                               "report (histograms, lesion metrics also per 'label' and per "
+                                               "'finding' column, SNR) instead of the sheet."),
         compare_cache: Optional[Path] = typer.Option(None, "--compare-cache", help="Cache of the --compare "
                                                      "manifest (default: preprocess it with --cache's config into "
                                                      "real_cache_<hash> beside --out)."),
