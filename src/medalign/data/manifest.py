@@ -57,6 +57,23 @@ def path_columns(df: pd.DataFrame) -> list[str]:
     return [image_column(s) for s in manifest_sequences(df)] + [c for c in PATH_COLUMNS_EXTRA if c in df.columns]
 
 
+def study_ground_truths(df: pd.DataFrame, base: str | Path | None = None) -> list[dict | None]:
+    """Per row, the ``ground_truth.json`` a synthetic brain cohort writes in each study's folder
+    (found beside any of the row's images or mask; relative paths against ``base``), or None where
+    there is none. An unreadable one is a :class:`CohortError` naming the study and the file."""
+    cols = [c for c in path_columns(df) if c not in ("omics", "bag")]  # an omics cohort's truth is per cohort
+    root = Path(base) if base is not None else Path.cwd()
+    out: list[dict | None] = []
+    for _, row in df.iterrows():
+        files = [Path(_absolute(str(row[c]), root)) for c in cols if not _empty(row[c])]
+        gt = next((f.parent / "ground_truth.json" for f in files if (f.parent / "ground_truth.json").is_file()), None)
+        try:
+            out.append(json.loads(gt.read_text(encoding="utf-8")) if gt is not None else None)
+        except (OSError, ValueError) as e:
+            raise CohortError(f"study {row['study_id']}: cannot read {gt} ({type(e).__name__})") from None
+    return out
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet manifest as strings (empty cells -> ""), without validation."""
     path = Path(path)

@@ -22,7 +22,6 @@ range: the issue-20 criterion "the synthetic distributions cover the real ones".
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -282,27 +281,16 @@ def verdict_table(result: dict) -> pd.DataFrame:
 def study_findings(df: pd.DataFrame) -> dict[str, str]:
     """study_id -> finding (sub-type of the class: "wmh", "glioma", ...) for the per-finding verdicts:
     the manifest's ``finding`` column where set, else the variant of the class's first finding in a
-    synthetic study's ``ground_truth.json`` beside its images; "" when neither says."""
-    from medalign.data.schema import IMAGE_PREFIX
+    synthetic study's ``ground_truth.json`` (a comorbid one is not the class's); "" when neither says."""
+    from medalign.data.manifest import study_ground_truths
 
-    out: dict[str, str] = {}
-    img_cols = [c for c in df.columns if str(c).startswith(IMAGE_PREFIX)]
-    for _, row in df.iterrows():
-        sid = str(row["study_id"])
-        named = row.get("finding")
-        if isinstance(named, str) and named.strip():
-            out[sid] = named.strip()
-            continue
-        paths = [row[c] for c in img_cols if isinstance(row[c], str) and row[c]]
-        truth_file = Path(paths[0]).parent / "ground_truth.json" if paths else None
-        if truth_file is None or not truth_file.is_file():
-            out[sid] = ""
-            continue
-        try:
-            truth = json.loads(truth_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MedAlignError(f"study {sid}: cannot read {truth_file} ({type(e).__name__})") from None
-        main = [f for f in truth.get("findings", []) if f.get("class") == truth.get("label") and not f.get("comorbid")]
+    ids = df["study_id"].astype(str)
+    named = df["finding"].fillna("").astype(str).str.strip() if "finding" in df else pd.Series("", index=df.index)
+    out = dict(zip(ids, named))
+    unnamed = named == ""
+    for sid, truth in zip(ids[unnamed], study_ground_truths(df[unnamed])):  # only the rows without a name
+        main = [f for f in (truth or {}).get("findings", [])
+                if f.get("class") == truth.get("label") and not f.get("comorbid")]
         out[sid] = str(main[0].get("variant") or "") if main else ""
     return out
 

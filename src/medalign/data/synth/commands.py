@@ -98,10 +98,9 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", help="Write study_id,predicted_label[,truth] CSV here."),
     ) -> None:
         """Label reports (medspaCy target matcher + ConText); print accuracy + confusion matrix when labels are known."""
-        import json
-
         import pandas as pd
 
+        from medalign.data.manifest import study_ground_truths
         from medalign.data.reports import analyse_reports, confusion_matrix, format_confusion
         from medalign.errors import CohortError
         from medalign.utils import atomic_write_text
@@ -121,21 +120,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         found = ["; ".join(f"{m.cls}:{m.text}{'?' if m.uncertain else ''}" for m in r.findings) for r in res]
         table = pd.DataFrame({"study_id": df["study_id"].astype(str), "predicted_label": pred,
                               "uncertain_only": [r.uncertain_only for r in res], "findings": found})
-        root = manifest.parent
-        # ground truth: <study folder>/ground_truth.json, found via any path column of the row
-        truths: list[Optional[str]] = []
-        path_cols = [c for c in df.columns if c.startswith("image_") or c == "mask"]
-        for _, row in df.iterrows():
-            t = None
-            for c in path_cols:
-                v = str(row[c]) if row[c] is not None else ""
-                if v and v != "nan":
-                    p = Path(v)
-                    gt = (p if p.is_absolute() else root / p).parent / "ground_truth.json"
-                    if gt.exists():
-                        t = json.loads(gt.read_text(encoding="utf-8")).get("label")
-                        break
-            truths.append(t)
+        truths = [t.get("label") if t else None for t in study_ground_truths(df, manifest.parent)]
         if "label" in df.columns:
             lab = [str(v) for v in df["label"]]
             ok = [(a, b) for a, b in zip(lab, pred) if a and a != "nan"]
