@@ -47,6 +47,16 @@ def make_tiny_runs(root: Path, recipes: tuple[str, ...] = ("gloria", "clip")) ->
     return out
 
 
+def tiny_clip_recipe(**kw):
+    """A 3-sequence ClipRecipe on 4x16x16 inputs with a 4-8 map encoder (for recipe unit tests)."""
+    from medalign.recipes.clip import ClipRecipe
+
+    return ClipRecipe(sequences=("dwi", "t2s", "flair"), input_shape=(4, 16, 16), embed_dim=4, gather=False,
+                      image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2),
+                                     "local_level": 1, "global_pool": "avg"},
+                      text_encoder={"device": "cpu"}, **kw)
+
+
 def fit_tiny_clip(root: Path, **recipe) -> tuple[Path, list[dict]]:
     """One epoch of the tiny CLIP config with ``recipe`` overrides on a fresh tiny cohort under ``root``
     (set ``MEDALIGN_CACHE`` first); returns (run dir, metrics rows), after checking a training row has a loss."""

@@ -8,17 +8,9 @@ from pathlib import Path
 import torch
 
 from medalign.data.samplers import GroupedBatchSampler
-from medalign.recipes.clip import ClipRecipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import fit_tiny_clip  # noqa: E402
-
-
-def _recipe(**kw) -> ClipRecipe:
-    return ClipRecipe(sequences=("dwi", "t2s", "flair"), input_shape=(4, 16, 16), embed_dim=4, gather=False,
-                      image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2),
-                                     "local_level": 1, "global_pool": "avg"},
-                      text_encoder={"device": "cpu"}, **kw)
+from tiny_runs import fit_tiny_clip, tiny_clip_recipe as _recipe  # noqa: E402
 
 
 def test_a_study_and_its_twin_see_the_same_single_sequence():

@@ -10,122 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from medalign.data.reports import report_views, select_report_section
-from medalign.data.samplers import indices_by_patient
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
+from medalign.losses.distill import ViewDistillLoss
 from medalign.losses.lesion import LesionClassLoss
 from medalign.models.heads import ProjectionHead
 from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
 from medalign.recipes import RECIPES, Recipe
-
-
-
-def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Generator | None = None,
-                     single: float = 0.0) -> torch.Tensor:
-    """Drop each present sequence with probability ``p``, keeping at least one per sample; with
-    probability ``single`` a sample instead keeps just one of its present sequences (uniformly).
-
-    Independent dropout rarely leaves one given sequence of three alone (0.9 % of samples at
-    ``p`` = 0.1), yet a single FLAIR or DWI is what many real studies are; ``single`` shows the
-    model that case.
-    """
-    if p <= 0 and single <= 0:
-        return sequence_mask
-    new = sequence_mask
-    if p > 0:
-        drop = torch.rand(sequence_mask.shape, generator=generator, device=sequence_mask.device) < p  # (B, C)
-        new = sequence_mask & ~drop
-        empty = ~new.any(dim=1)  # (B,) samples that would lose every channel keep their original mask
-        new = torch.where(empty[:, None], sequence_mask, new)
-    if single > 0:
-        draw = torch.rand(sequence_mask.shape, generator=generator, device=sequence_mask.device)  # (B, C)
-        pick = draw.masked_fill(~sequence_mask, -1.0).argmax(dim=1)  # (B,) a present sequence
-        one = torch.nn.functional.one_hot(pick, sequence_mask.shape[1]).bool() & sequence_mask  # (B, C)
-        chosen = torch.rand(sequence_mask.shape[0], generator=generator, device=sequence_mask.device) < single  # (B,)
-        new = torch.where(chosen[:, None] & one.any(dim=1, keepdim=True), one, new)
-    return new
-
-
-def shared_views(sequence_mask: torch.Tensor, original: torch.Tensor, groups: Sequence[str], single: float,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Give the studies of one group in a batch (a patient: a study and its lesion-free twin) one
-    view: the first member's ``sequence_mask`` (B, C), or with probability ``single`` one sequence
-    that every member has (``original``, before dropout). Studies alone in the batch keep theirs.
-
-    Why: the twin differs from its study only at the lesions; seen through the same sequences (FLAIR
-    alone, as many real studies are), the contrastive loss can tell their reports apart only by them.
-    """
-    new = sequence_mask.clone()
-    for ix in (ix for ix in indices_by_patient(groups).values() if len(ix) > 1):
-        view = sequence_mask[ix[0]] & original[ix].all(dim=0)  # (C,) the first member's, where all have it
-        if not bool(view.any()):
-            continue  # nothing in common: each keeps its own view
-        if float(torch.rand((), generator=generator)) < single:
-            present = view.nonzero().flatten()  # (k,) indices of the sequences on offer
-            pick = present[int(torch.randint(len(present), (1,), generator=generator))]
-            view = torch.zeros_like(view).index_fill_(0, pick.reshape(1), True)  # (C,) one sequence
-        new[ix] = view
-    return new
-
-
-def bright_tail(image: torch.Tensor, p: float, threshold: Sequence[float] = (1.0, 2.5),
-                gain: Sequence[float] = (0.0, 1.5), generator: torch.Generator | None = None) -> torch.Tensor:
-    """With probability ``p`` per sample and channel, reshape the bright tail: every value above a
-    threshold t drawn from ``threshold`` becomes ``t + g * (value - t)``, g drawn from ``gain``
-    (0 caps the tail at t, > 1 stretches it). Bright tissue keeps its place, shape and extent;
-    only how far it stands out changes (the transform of ``benchmarks/bright_reliance.py``).
-
-    Why: on FLAIR alone a model can tell infarcts and tumours from white-matter disease by how far
-    the brightest tissue stands out (the generator gives them similar lesion signal) instead of by
-    the lesions' pattern, and real WMH, brighter than most synthetic ones, then read as infarcts.
-    Values are in the cache's normalised units (z-scores inside the head by default).
-    image (B, C, *spatial) -> same shape.
-    """
-    b, c = image.shape[:2]
-    lead = (b, c) + (1,) * (image.dim() - 2)  # (B, C, 1, ...)
-
-    def draw(lo_hi: Sequence[float]) -> torch.Tensor:
-        u = torch.rand((b, c), generator=generator).to(image.device, image.dtype)  # (B, C)
-        return (float(lo_hi[0]) + u * (float(lo_hi[1]) - float(lo_hi[0]))).reshape(lead)
-
-    on = (torch.rand((b, c), generator=generator) < p).to(image.device).reshape(lead)  # (B, C, 1, ...)
-    t, g = draw(threshold), draw(gain)
-    return torch.where(on & (image > t), t + g * (image - t), image)
-
-
-def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: float = 0.0,
-                 generator: torch.Generator | None = None, follow: torch.Tensor | None = None,
-                 tail: dict | None = None):
-    """Cheap on-tensor training augmentation: a random circular shift of up to ``shift`` voxels per
-    spatial axis (one per sample) and a random per-channel intensity gain in ``[1 - scale, 1 + scale]``;
-    ``tail`` (keyword arguments of :func:`bright_tail`, e.g. ``{"p": 0.5}``) first reshapes the
-    bright tail of some channels.
-
-    Unlike a left-right flip it keeps laterality, so "left MCA infarct" still matches the image.
-    image (B, C, *spatial) -> same shape. ``follow`` (B, *spatial), e.g. the lesion masks, is
-    shifted with its image (no gain); given, the return is ``(image, follow)``.
-    """
-    if tail:
-        image = bright_tail(image, **tail, generator=generator)
-    spatial = image.dim() - 2
-    shift = tuple(int(v) for v in shift)
-    if len(shift) != spatial:
-        raise ValueError(f"shift needs one value per spatial axis ({spatial}), got {shift}")
-    out, moved = image, follow
-    if any(shift):
-        rolled, rolled_f = [], []
-        for b in range(image.shape[0]):
-            offs = [int(torch.randint(-m, m + 1, (1,), generator=generator)) if m > 0 else 0 for m in shift]
-            rolled.append(torch.roll(image[b], shifts=offs, dims=tuple(range(1, spatial + 1))))  # (C, *spatial)
-            if follow is not None:
-                rolled_f.append(torch.roll(follow[b], shifts=offs, dims=tuple(range(spatial))))  # (*spatial)
-        out = torch.stack(rolled)  # (B, C, *spatial)
-        moved = torch.stack(rolled_f) if follow is not None else None  # (B, *spatial)
-    if scale > 0:
-        g = 1 + (torch.rand(image.shape[:2], generator=generator, device=image.device) * 2 - 1) * scale  # (B, C)
-        out = out * g.to(out.dtype).reshape(*g.shape, *([1] * spatial))  # (B, C, 1, ...)
-    return out if follow is None else (out, moved)
+# re-exported: the view helpers lived here before recipes.views
+from medalign.recipes.views import bright_tail, jitter_batch, sequence_dropout, shared_views, single_views  # noqa: F401
 
 
 TEXT_VIEW_MODES = ("none", "sections", "paraphrases")
@@ -253,6 +147,14 @@ class ClipRecipe(Recipe):
         twin_views: > 0 trains a patient's studies in one batch (a study and its lesion-free twin,
             ``synth brain --twins``) through one shared view, a single sequence with this
             probability (:func:`shared_views`); 0 = the loop's plain shuffle.
+        view_distill: weight of view distillation (0 = off, the paper): in training, up to
+            ``view_distill_batch`` studies of each batch that show two or more sequences are encoded
+            again through one of them (drawn uniformly), and that embedding is pulled towards the
+            study's own (detached) embedding (:class:`~medalign.losses.distill.ViewDistillLoss`). A
+            FLAIR-only study must then embed where its full study does, which asks the encoder to
+            read on FLAIR alone what DWI and T2* tell (a real clinical FLAIR often comes alone).
+            Costs a forward/backward of ``view_distill_batch`` more studies per step.
+        view_distill_batch: how many studies per step get the distilled view (0 = all of them).
         lesion_targets: what the head learns per cell: ``"any"`` (a lesion voxel in the cell,
             lesion and lesion-free cells balanced) or ``"fraction"`` (the cell's lesion share,
             calibrated; see :class:`~medalign.losses.lesion.LesionClassLoss`).
@@ -265,7 +167,8 @@ class ClipRecipe(Recipe):
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
-                 lesion_targets: str = "any", label_targets: float = 0.0, twin_views: float = 0.0) -> None:
+                 lesion_targets: str = "any", label_targets: float = 0.0, twin_views: float = 0.0,
+                 view_distill: float = 0.0, view_distill_batch: int = 8) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -302,6 +205,10 @@ class ClipRecipe(Recipe):
         self.sequence_dropout = float(sequence_dropout)
         self.single_sequence = float(single_sequence)
         self.twin_views = float(twin_views)
+        if view_distill_batch < 0:
+            raise ValueError(f"recipe.view_distill_batch must be >= 0 (0 = the whole batch), got {view_distill_batch}")
+        self.view_distill = ViewDistillLoss(view_distill) if view_distill != 0 else None
+        self.view_distill_batch = int(view_distill_batch)
         self.loss = ClipLoss(gather=gather, target_temperature=target_temperature, label_weight=label_targets)
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
@@ -446,6 +353,8 @@ class ClipRecipe(Recipe):
             "text_features": feats,
             "logit_scale": self.logit_scale(),
         }
+        if self.training and self.view_distill is not None:
+            out.update(self._distill_views(image, mask, embed))
         if aux and lesion is not None:
             out["lesion_logits"] = enc["lesion_logits"]  # (B, 1 + K, *grid)
             out["lesion_mask"] = lesion  # (B, *spatial), shifted with the image
@@ -455,6 +364,15 @@ class ClipRecipe(Recipe):
                 "recipe.lesion_aux is on but this training batch has no lesion masks (manifest column 'mask'): "
                 "the auxiliary loss is skipped for studies without one")
         return out
+
+    def _distill_views(self, image: torch.Tensor, mask: torch.Tensor, embed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Student (one sequence) and teacher (the step's own view) embeddings of up to
+        ``view_distill_batch`` studies whose view has two or more sequences."""
+        rows = (mask.sum(dim=1) > 1).nonzero().flatten()  # (n,) studies with something to take away
+        if self.view_distill_batch:
+            rows = rows[:self.view_distill_batch]
+        student = self._encode(image[rows], single_views(mask[rows]))[0] if len(rows) else embed[:0]  # (n, E)
+        return {"student_embed": student, "teacher_embed": embed[rows].detach()}
 
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         f = self(batch)
@@ -469,6 +387,8 @@ class ClipRecipe(Recipe):
         out: dict[str, torch.Tensor] = dict(self.loss(f["image_embed"], f["text_embed"], f["logit_scale"],
                                                       f["text_features"], labels=labels))
         out["logit_scale"] = f["logit_scale"].detach()
+        if "student_embed" in f:
+            out.update(self.view_distill(f["student_embed"], f["teacher_embed"]))
         if "lesion_logits" in f:
             out.update(self.lesion_loss(f["lesion_logits"], f["lesion_mask"], batch["label"], batch["has_mask"]))
         return out
