@@ -57,9 +57,7 @@ def shared_views(sequence_mask: torch.Tensor, original: torch.Tensor, groups: Se
         if not bool(view.any()):
             continue  # nothing in common: each keeps its own view
         if float(torch.rand((), generator=generator)) < single:
-            present = view.nonzero().flatten()  # (k,) indices of the sequences on offer
-            pick = present[int(torch.randint(len(present), (1,), generator=generator))]
-            view = torch.zeros_like(view).index_fill_(0, pick.reshape(1), True)  # (C,) one sequence
+            view = single_views(view[None], generator)[0]  # (C,) one of the sequences on offer
         new[ix] = view
     return new
 
