@@ -63,7 +63,9 @@ def test_drawn_on_flair_but_not_in_the_lesion_mask():
     assert np.array_equal(a["flair"][1], b["flair"][1])  # same grid
     brighter = (b["flair"][0] - a["flair"][0]) > 0.1 * np.percentile(a["flair"][0], 99)
     outside = brighter & (a["mask"][0] == 0)
-    assert outside.sum() > 50, outside.sum()  # white-matter hyperintensities drawn outside the tumour's mask
+    # white-matter hyperintensities drawn outside the tumour's mask (scattered since stop 43: few voxels of
+    # the 4 mm small-mode grid; without the finding none)
+    assert outside.sum() > 20, outside.sum()
 
 
 def test_cli_option_recorded_and_bad_values_fail_in_one_line(tmp_path, capsys):

@@ -38,22 +38,26 @@ def test_small_vessel_disease_is_periventricular_and_grows_with_grade(grade):
         assert (d[les] <= 15.0).mean() > 0.8  # caps, bands and confluent areas hug the ventricles
         assert (anat["csf"][les] < 0.5).mean() > 0.9  # white matter, not the ventricles themselves
         vols.append(les.sum() * anat["step_mm"] ** 3 / 1000)
-    # ml on the template grid; the real clinical WMH cases (real_dev) have 11-34 ml
-    lo, hi = {1: (0.5, 20), 2: (5, 40), 3: (20, 100)}[grade]
+    # ml on the template grid; the real clinical WMH cases (real_dev) have 11-34 ml. Grade 3 is broken into
+    # patches (PATCHES): 29-47 ml on the seed-0 cohort
+    lo, hi = {1: (0.5, 20), 2: (5, 40), 3: (15, 100)}[grade]
     assert all(lo < v < hi for v in vols), vols
 
 
-def test_confluent_disease_is_separate_patches_not_one_ring():
-    """Real confluent WMH are several separate areas (largest connected lesion 20-34 % of the volume on
-    the three real clinical FLAIRs); without the patches grade 3 was one ring (64-87 %)."""
+@pytest.mark.parametrize("grade", [2, 3])
+def test_moderate_and_confluent_disease_is_scattered_like_the_real_cases(grade):
+    """Real WMH are many separate areas: on the three real clinical FLAIRs (real_dev, manual masks) the
+    largest 26-connected lesion is 20-34 % of the lesion volume, in 48-77 pieces. Before stop 43 grades
+    2-3 kept one piece of about half the volume (36-83 % on the seed-0 cohort; 26-connected)."""
     import scipy.ndimage as ndi
 
-    shares = []
+    shares, pieces = [], []
     for seed in range(3):
-        mask = _draw(_truth({"variant": "wmh", "fazekas": 3}), seed)[3] > 0.5
-        sizes = np.bincount(ndi.label(mask)[0].ravel())[1:]
+        mask = _draw(_truth({"variant": "wmh", "fazekas": grade}), seed)[3] > 0.5
+        sizes = np.bincount(ndi.label(mask, structure=np.ones((3, 3, 3), bool))[0].ravel())[1:]
         shares.append(sizes.max() / sizes.sum())
-    assert np.mean(shares) < 0.68, shares
+        pieces.append(len(sizes))
+    assert np.mean(shares) < 0.45 and min(pieces) >= 30, (shares, pieces)
 
 
 def test_grades_are_ordered():
