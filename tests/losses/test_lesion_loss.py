@@ -1,6 +1,8 @@
-"""LesionClassLoss: per-cell lesion-class targets and the balanced cross-entropy."""
+"""LesionClassLoss: per-cell lesion-class targets and the balanced cross-entropy; VoxelLesionLoss: per-voxel
+lesion-ness read off a strided map."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -87,3 +89,37 @@ def test_fraction_targets_train_a_head_whose_probabilities_are_the_shares():
 def test_unknown_target_mode_is_refused():
     with pytest.raises(ValueError, match="'any' or 'fraction'"):
         LesionClassLoss(targets="soft")
+
+
+def test_space_to_depth_puts_each_voxel_in_its_cell_and_offset_channel():
+    from medalign.losses.lesion import space_to_depth
+
+    mask = torch.arange(2 * 2 * 4 * 6, dtype=torch.float32).reshape(2, 2, 4, 6)  # (B, D, H, W), every voxel distinct
+    out = space_to_depth(mask, (1, 2, 3))  # (B, 6, 2, 2, 2)
+    assert out.shape == (2, 6, 2, 2, 2)
+    for b, d, h, w in itertools.product(range(2), range(2), range(4), range(6)):
+        r = (h % 2) * 3 + (w % 3)  # offsets inside the 1x2x3 cell, the first axis slowest
+        assert out[b, r, d, h // 2, w // 3] == mask[b, d, h, w]
+    with pytest.raises(ValueError, match="does not divide into cells"):
+        space_to_depth(mask, (1, 3, 3))
+
+
+def test_voxel_lesion_loss_weighs_lesion_and_background_halves_and_skips_studies_without_masks():
+    from medalign.losses.lesion import VoxelLesionLoss
+
+    loss = VoxelLesionLoss(2.0, (1, 2, 2))
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 0, 0] = 1  # one lesion voxel among 16 in the first study
+    logits = torch.zeros(2, 4, 1, 2, 2, requires_grad=True)  # (B, 2x2 voxels per cell, 1x2x2 cells)
+    valid = torch.tensor([True, False])
+    out = loss(logits, mask, valid)["voxel_lesion_loss"]
+    assert float(out) == pytest.approx(2.0 * math.log(2.0), rel=1e-5)  # p = 0.5 everywhere: log 2 for both halves
+    out.backward()
+    g = logits.grad
+    assert g[1].abs().sum() == 0  # the study without a mask does not count
+    # the lone lesion voxel pulls as hard as the 15 background voxels together (balanced halves)
+    assert float(-g[0, 0, 0, 0, 0]) == pytest.approx(float(g[0].clamp(min=0).sum()), rel=1e-5)
+    none = loss(logits, mask, torch.tensor([False, False]))["voxel_lesion_loss"]
+    assert float(none) == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="do not match the folded mask"):
+        loss(torch.zeros(2, 9, 1, 2, 2), mask, valid)

@@ -1,5 +1,6 @@
 """ClipRecipe's auxiliary lesion-class loss (``recipe.lesion_aux``): masks follow the jittered image,
-the loss trains the encoder's local map in training only, and a tiny cohort with masks trains end to end."""
+the loss trains the encoder's local map in training only, and a tiny cohort with masks trains end to end;
+the per-voxel lesion loss (``recipe.lesion_voxels``) finds a thin lesion inside strided cells."""
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ class _FakeText:
         return torch.tensor([[float(len(t))] + [1.0] * (self.dim - 1) for t in texts])  # (B, 6)
 
 
-def _recipe(**kw) -> ClipRecipe:
-    rec = ClipRecipe(sequences=("flair",), input_shape=(4, 16, 16), embed_dim=4, image_encoder=dict(ENC),
+def _recipe(enc: dict = ENC, shape: tuple = (4, 16, 16), **kw) -> ClipRecipe:
+    rec = ClipRecipe(sequences=("flair",), input_shape=shape, embed_dim=4, image_encoder=dict(enc),
                      text_encoder={"device": "cpu"}, gather=False, **kw)
     rec._text[:] = [_FakeText()]
     rec.text_proj = type(rec.text_proj)(6, 4, "linear")  # sized for the fake encoder
@@ -226,3 +227,57 @@ def test_volume_evidence_is_the_lesion_share_per_class_without_gradient():
     rec.encode_image(_batch()["image"]).sum().backward()
     assert rec.lesion_head.weight.grad is None  # only the lesion loss trains the head
     assert rec.image_proj.net.weight.grad[:, -6:].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- per-voxel lesion loss (recipe.lesion_voxels)
+# a 1x1 conv on the stem's map learns where inside each strided cell a thin lesion lies, in training only
+VOXEL_ENC = {"name": "unet3d_cpu", "channels": (16, 8), "stem_stride": (1, 4, 4), "local_level": 0, "global_pool": "avg"}
+
+
+def _thin_lesions(n: int, seed: int = 0) -> dict:
+    """Studies with one bright line a voxel wide across a random row: it fills one row of every 4x4 cell it crosses."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, 2, 16, 16, dtype=torch.uint8)  # (B, D, H, W)
+    rows = torch.randint(0, 16, (n,), generator=g)
+    for i, r in enumerate(rows.tolist()):
+        mask[i, :, r, :] = 1
+    image = 0.1 * torch.randn(n, 1, 2, 16, 16, generator=g) + 2.0 * mask.unsqueeze(1)  # (B, C, D, H, W)
+    return {"image": image, "text": ["Thin white-matter lesion."] * n, "label": torch.full((n,), 4),
+            "mask": mask, "has_mask": torch.ones(n, dtype=torch.bool)}
+
+
+def test_voxel_head_learns_where_in_a_cell_a_thin_lesion_lies():
+    torch.manual_seed(0)
+    rec = _recipe(VOXEL_ENC, (2, 16, 16), lesion_voxels=1.0, lesion_upsample=(1, 4, 4))
+    assert rec.voxel_head.out_channels == 16  # one logit per voxel of a 1x4x4 cell
+    rec.train()
+    opt = torch.optim.Adam(rec.parameters(), lr=0.02)
+    for step in range(150):
+        opt.zero_grad()
+        out = rec.training_step(_thin_lesions(8, seed=step))
+        assert {k for k in out if k.endswith("_loss")} == {"contrastive_loss", "voxel_lesion_loss"}
+        out["voxel_lesion_loss"].backward()
+        opt.step()
+    test = _thin_lesions(8, seed=999)  # rows never seen together
+    rec.eval()
+    with torch.no_grad():
+        logits = rec.voxel_head(rec.image_encoder(test["image"])["local"])  # (B, 16, 2, 4, 4)
+    from medalign.losses.lesion import space_to_depth
+
+    target = space_to_depth(test["mask"].float(), (1, 4, 4)) > 0  # (B, 16, 2, 4, 4)
+    cells = target.any(1)  # (B, 2, 4, 4): cells the line crosses (one row of four voxels each)
+    top4 = logits.topk(4, dim=1).indices  # (B, 4, 2, 4, 4): the head's four most lesion-like voxels per cell
+    hit = target.gather(1, top4).all(1)  # (B, 2, 4, 4): exactly the line's row
+    # a cell-level head gives a cell's 16 voxels one value: its top four are one fixed row, right in a quarter of cells
+    assert float(hit[cells].float().mean()) > 0.8
+    assert "voxel_lesion_loss" not in rec.training_step(test)  # training only
+
+
+def test_lesion_voxels_is_off_by_default_and_checks_its_grid():
+    off = _recipe(VOXEL_ENC, (2, 16, 16))
+    off.train()
+    assert off.voxel_head is None and "voxel_lesion_loss" not in off.training_step(_thin_lesions(2))
+    wrong = _recipe(VOXEL_ENC, (2, 16, 16), lesion_voxels=1.0, lesion_upsample=(1, 2, 2))  # the stem is 1x4x4
+    wrong.train()
+    with pytest.raises(ValueError, match="lesion_upsample must be image grid / local map grid"):
+        wrong.training_step(_thin_lesions(2))

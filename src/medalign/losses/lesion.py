@@ -82,3 +82,51 @@ class LesionClassLoss(nn.Module):
         if bool(lesion.any()):
             parts.append(ce[lesion].mean())
         return {"lesion_loss": self.weight * torch.stack(parts).mean()}
+
+
+def space_to_depth(mask: torch.Tensor, factors: tuple[int, ...]) -> torch.Tensor:
+    """(B, *spatial) -> (B, prod(factors), *spatial / factors): each cell's voxels as channels,
+    ordered as the axes' offsets (the first axis slowest), so a 1x1 conv with ``prod(factors)``
+    outputs on a map ``factors`` times coarser predicts every voxel."""
+    b, n = mask.shape[0], len(factors)
+    spatial = mask.shape[1:]
+    if len(spatial) != n or any(s % f for s, f in zip(spatial, factors)):
+        raise ValueError(f"lesion mask grid {tuple(spatial)} does not divide into cells of {tuple(factors)} voxels")
+    grid = [s // f for s, f in zip(spatial, factors)]
+    shape = [b] + [v for g, f in zip(grid, factors) for v in (g, f)]
+    x = mask.reshape(shape)  # (B, g_1, f_1, ..., g_n, f_n)
+    order = [0] + [2 + 2 * a for a in range(n)] + [1 + 2 * a for a in range(n)]
+    return x.permute(*order).reshape(b, -1, *grid)  # (B, prod(f), *grid)
+
+
+class VoxelLesionLoss(nn.Module):
+    """Class-balanced binary cross-entropy of per-voxel lesion logits read off a strided map.
+
+    ``logits`` (B, prod(factors), *grid) come from a 1x1 conv on a map ``factors`` times coarser
+    than the image (e.g. level 0 behind the 1x4x4 patchify stem); the mask is folded onto that grid
+    (:func:`space_to_depth`) instead of unfolding the logits, which keeps the loss cheap. Why voxels
+    and not cells: a small white-matter lesion fills a few voxels of a 4x4 cell, and a cell target
+    is met by features that only say "something bright near the ventricles"; asking where in the
+    patch the lesion lies makes the stem keep it. Lesion and lesion-free voxels weigh half each.
+    Only studies with a mask count (``valid``); none gives a zero loss that keeps the graph.
+    """
+
+    def __init__(self, weight: float = 1.0, factors: tuple[int, ...] = (1, 4, 4)) -> None:
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f"voxel lesion loss weight must be >= 0, got {weight}")
+        self.weight = float(weight)
+        self.factors = tuple(int(f) for f in factors)
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``logits`` (B, prod(factors), *grid); ``mask`` (B, *spatial); ``valid`` (B,) bool."""
+        if not bool(valid.any()):
+            return {"voxel_lesion_loss": logits.sum() * 0.0}
+        target = space_to_depth((mask[valid] > 0).to(logits.dtype), self.factors)  # (b, r, *grid)
+        if target.shape != logits[valid].shape:
+            raise ValueError(f"voxel lesion logits {tuple(logits.shape[1:])} do not match the folded mask "
+                             f"{tuple(target.shape[1:])}: lesion_upsample must be image grid / local map grid")
+        pos = target.mean().clamp(1e-6, 1 - 1e-6)
+        w = torch.where(target > 0, 0.5 / pos, 0.5 / (1 - pos))  # (b, r, *grid): halves for lesion / rest
+        bce = F.binary_cross_entropy_with_logits(logits[valid].float(), target, weight=w)
+        return {"voxel_lesion_loss": self.weight * bce}

@@ -13,7 +13,7 @@ from medalign.data.reports import report_views, select_report_section
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.losses.distill import ViewDistillLoss
-from medalign.losses.lesion import LesionClassLoss
+from medalign.losses.lesion import LesionClassLoss, VoxelLesionLoss
 from medalign.models.heads import ProjectionHead
 from medalign.models.image3d import build_image_encoder
 from medalign.models.text import TextEncoder
@@ -155,6 +155,12 @@ class ClipRecipe(Recipe):
             read on FLAIR alone what DWI and T2* tell (a real clinical FLAIR often comes alone).
             Costs a forward/backward of ``view_distill_batch`` more studies per step.
         view_distill_batch: how many studies per step get the distilled view (0 = all of them).
+        lesion_voxels: weight of a per-voxel lesion loss (0 = off): a 1x1 conv on the ``local`` map
+            predicts, for each of a cell's ``lesion_upsample`` voxels, whether it is lesion
+            (:class:`~medalign.losses.lesion.VoxelLesionLoss`; training only, studies with a mask).
+            With ``image_encoder.local_level: 0`` behind the 1x4x4 stem it asks the first level to
+            keep a thin lesion's voxels, which a per-cell target lets it average away.
+        lesion_upsample: image grid / ``local`` map grid per axis, for ``lesion_voxels``.
         lesion_targets: what the head learns per cell: ``"any"`` (a lesion voxel in the cell,
             lesion and lesion-free cells balanced) or ``"fraction"`` (the cell's lesion share,
             calibrated; see :class:`~medalign.losses.lesion.LesionClassLoss`).
@@ -168,7 +174,8 @@ class ClipRecipe(Recipe):
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
                  lesion_targets: str = "any", label_targets: float = 0.0, twin_views: float = 0.0,
-                 view_distill: float = 0.0, view_distill_batch: int = 8) -> None:
+                 view_distill: float = 0.0, view_distill_batch: int = 8, lesion_voxels: float = 0.0,
+                 lesion_upsample: Sequence[int] = (1, 4, 4)) -> None:
         super().__init__()
         self.sequences = tuple(sequences)
         self.image_encoder = build_image_encoder(image_encoder, in_channels=len(self.sequences),
@@ -180,13 +187,12 @@ class ClipRecipe(Recipe):
             raise ValueError("recipe.lesion_evidence needs recipe.lesion_aux > 0 (the head it reads is trained by it)")
         self.lesion_evidence = _evidence_mode(lesion_evidence)
         if lesion_aux:
-            local_dim = getattr(self.image_encoder, "local_dim", None)
-            if local_dim is None:
-                raise ValueError(f"recipe.lesion_aux needs an image encoder with a local feature map (local_dim); "
-                                 f"{type(self.image_encoder).__name__} has none")
-            conv = nn.Conv2d if getattr(self.image_encoder, "spatial_dims", 3) == 2 else nn.Conv3d
-            self.lesion_head = conv(int(local_dim), 1 + len(CLASSES), kernel_size=1)
+            self.lesion_head = self._local_conv(1 + len(CLASSES), "lesion_aux")
             self.lesion_loss = LesionClassLoss(weight=lesion_aux, targets=lesion_targets)
+        self.voxel_head: nn.Module | None = None
+        if lesion_voxels:
+            self.voxel_head = self._local_conv(math.prod(lesion_upsample), "lesion_voxels")
+            self.voxel_loss = VoxelLesionLoss(lesion_voxels, tuple(lesion_upsample))
         self._warned_no_masks = False
         self._checked_labels = False
         extra = evidence_size(self.lesion_evidence, len(CLASSES))
@@ -216,6 +222,15 @@ class ClipRecipe(Recipe):
         self.jitter = dict(jitter) if jitter else None
 
     # ------------------------------------------------------------------ parts
+    def _local_conv(self, out_channels: int, option: str) -> nn.Module:
+        """A 1x1 conv on the image encoder's ``local`` map (for the lesion heads); ``option`` names the setting in errors."""
+        local_dim = getattr(self.image_encoder, "local_dim", None)
+        if local_dim is None:
+            raise ValueError(f"recipe.{option} needs an image encoder with a local feature map (local_dim); "
+                             f"{type(self.image_encoder).__name__} has none")
+        conv = nn.Conv2d if getattr(self.image_encoder, "spatial_dims", 3) == 2 else nn.Conv3d
+        return conv(int(local_dim), out_channels, kernel_size=1)
+
     @property
     def text_encoder(self) -> TextEncoder:
         """The frozen, cached text encoder (built on first use)."""
@@ -240,6 +255,8 @@ class ClipRecipe(Recipe):
         g = enc["global"]
         if self.lesion_head is not None and (self.training or self.lesion_evidence):
             enc["lesion_logits"] = self.lesion_head(enc["local"])  # (B, 1 + K, *grid)
+        if self.voxel_head is not None and self.training:
+            enc["voxel_logits"] = self.voxel_head(enc["local"])  # (B, prod(lesion_upsample), *grid)
         if self.lesion_evidence:
             g = torch.cat([g, lesion_evidence(enc["lesion_logits"], self.lesion_evidence)], dim=1)  # (B, F + 2 (1 + K))
         return F.normalize(self.image_proj(g), dim=-1), enc
@@ -343,7 +360,7 @@ class ClipRecipe(Recipe):
         return image, mask, lesion
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        aux = self.lesion_head is not None and self.training
+        aux = (self.lesion_head is not None or self.voxel_head is not None) and self.training
         image, mask, lesion = self.image_inputs(batch, lesions=aux)
         feats = self.text_features(self.training_texts(batch["text"], batch.get("paraphrases")))  # (B, Dt), frozen
         embed, enc = self._encode(image, mask)
@@ -356,7 +373,7 @@ class ClipRecipe(Recipe):
         if self.training and self.view_distill is not None:
             out.update(self._distill_views(image, mask, embed))
         if aux and lesion is not None:
-            out["lesion_logits"] = enc["lesion_logits"]  # (B, 1 + K, *grid)
+            out.update({k: enc[k] for k in ("lesion_logits", "voxel_logits") if k in enc})  # (B, *, *grid)
             out["lesion_mask"] = lesion  # (B, *spatial), shifted with the image
         elif aux and not self._warned_no_masks:
             self._warned_no_masks = True  # once per run: a cohort without masks trains, the head just learns nothing
@@ -391,6 +408,8 @@ class ClipRecipe(Recipe):
             out.update(self.view_distill(f["student_embed"], f["teacher_embed"]))
         if "lesion_logits" in f:
             out.update(self.lesion_loss(f["lesion_logits"], f["lesion_mask"], batch["label"], batch["has_mask"]))
+        if "voxel_logits" in f:
+            out.update(self.voxel_loss(f["voxel_logits"], f["lesion_mask"], batch["has_mask"]))
         return out
 
     @torch.no_grad()
