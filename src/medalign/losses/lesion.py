@@ -122,11 +122,12 @@ class VoxelLesionLoss(nn.Module):
         """``logits`` (B, prod(factors), *grid); ``mask`` (B, *spatial); ``valid`` (B,) bool."""
         if not bool(valid.any()):
             return {"voxel_lesion_loss": logits.sum() * 0.0}
-        target = space_to_depth((mask[valid] > 0).to(logits.dtype), self.factors)  # (b, r, *grid)
-        if target.shape != logits[valid].shape:
+        kept = logits[valid].float()  # (b, r, *grid)
+        target = space_to_depth((mask[valid] > 0).to(kept.dtype), self.factors)  # (b, r, *grid)
+        if target.shape != kept.shape:
             raise ValueError(f"voxel lesion logits {tuple(logits.shape[1:])} do not match the folded mask "
                              f"{tuple(target.shape[1:])}: lesion_upsample must be image grid / local map grid")
         pos = target.mean().clamp(1e-6, 1 - 1e-6)
         w = torch.where(target > 0, 0.5 / pos, 0.5 / (1 - pos))  # (b, r, *grid): halves for lesion / rest
-        bce = F.binary_cross_entropy_with_logits(logits[valid].float(), target, weight=w)
+        bce = F.binary_cross_entropy_with_logits(kept, target, weight=w)
         return {"voxel_lesion_loss": self.weight * bce}
