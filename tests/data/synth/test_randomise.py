@@ -325,3 +325,47 @@ def test_open_sulci_turns_partial_sulcal_csf_into_csf_and_conserves_volume():
     assert np.allclose(opened["csf"][full], tissue["csf"][full], atol=0.01)
     # the grey matter lining the sulci gives up the volume first
     assert (tissue["gm"] - opened["gm"]).sum() > (tissue["wm"] - opened["wm"]).sum()
+
+
+def test_wm_shine_hides_white_matter_lesions_on_dwi_and_t2s_only():
+    from medalign.data.synth.enhancement import T1C_TISSUE
+
+    dom = {"contrast": {**{s: dict(v) for s, v in TISSUE_CONTRAST.items()}, "t1c": dict(T1C_TISSUE)}, "conspicuity": 0.8}
+    plain = R.study_contrast(dom)
+    hidden = R.study_contrast({**dom, "wm_shine": 0.0})
+    for name in R.WM_LESIONS:
+        for i, s in enumerate(SEQUENCES):
+            if s in R.SHINE_SEQUENCES:  # white matter's own signal there: invisible
+                assert hidden["lesion"][name][i] == pytest.approx(TISSUE_CONTRAST[s]["wm"])
+                assert plain["lesion"][name][i] != pytest.approx(TISSUE_CONTRAST[s]["wm"])
+            else:  # FLAIR (and T1, T2) as without the factor
+                assert hidden["lesion"][name][i] == plain["lesion"][name][i]
+    for name in set(LESION_CONTRAST) - set(R.WM_LESIONS):
+        assert hidden["lesion"][name] == plain["lesion"][name]
+    truth = plan_cohort(20, seed=8)[0]
+    before = R.draw_domain(truth)
+    after = R.draw_domain(truth, wm_shine=(0.0, 0.5))
+    assert _in(after.pop("wm_shine"), (0.0, 0.5)) and after == before
+
+
+def test_wm_shine_option_changes_only_the_white_matter_lesions_dwi_adc_t2s(tmp_path):
+    from medalign.cli import main
+
+    base = ["synth", "brain", "--n", "20", "--seed", "3", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--wm-shine", "0,0"]) == 0
+    assert json.loads((tmp_path / "b" / "cohort.json").read_text())["wm_shine"] == [0.0, 0.0]
+    changed, wm_studies = set(), set()
+    for gt in sorted((tmp_path / "b").glob("*/ground_truth.json")):
+        t = json.loads(gt.read_text())
+        assert t["domain"]["wm_shine"] == 0.0
+        if any(f.get("variant") in ("wmh", "demyelination") for f in t["findings"]):
+            wm_studies.add(t["study_id"])
+        for f in sorted(gt.parent.glob("*.nii.gz")):
+            a = np.asanyarray(nib.load(tmp_path / "a" / t["study_id"] / f.name).dataobj)
+            if not np.array_equal(a, np.asanyarray(nib.load(f).dataobj)):
+                changed.add((t["study_id"], f.name.split(".")[0]))
+    assert wm_studies, "the cohort should hold white-matter disease"
+    assert {sid for sid, _ in changed} == wm_studies  # no other study changes
+    assert {s for _, s in changed} <= set(R.SHINE_SEQUENCES)  # nor any FLAIR, T1, T2 or mask
+    assert {s for _, s in changed} & {"dwi", "t2s"}

@@ -125,7 +125,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 paraphrases: int = 0, twins: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
                 class_weights: dict[str, float] | None = None,
-                wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0) -> list[dict]:
+                wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
+                wm_shine: tuple[float, float] | None = None) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -138,7 +139,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     lesion-free twins of a fraction f of the abnormal training studies (``synth.twins``; the
     first n studies stay exactly as planned without them), of ``twin_classes`` only when given.
     ``wm_conspicuity`` (lo, hi): each randomised study also draws a factor on the conspicuity of its
-    white-matter lesions (``randomise.draw_domain``); None = off, the plan unchanged.
+    white-matter lesions (``randomise.draw_domain``); None = off, the plan unchanged. ``wm_shine``
+    (lo, hi) likewise, a factor on their conspicuity on DWI, ADC and T2* only.
     ``comorbid_svd`` = p > 0: randomised infarct, tumour and haemorrhage patients of 50 or older get
     background small vessel disease with probability p (``randomise.comorbid_svd_finding``), drawn and
     reported beside their finding; 0 = off, the plan unchanged.
@@ -218,7 +220,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
         if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
-            randomise_truth(truth, wm_conspicuity, comorbid_svd)
+            randomise_truth(truth, wm_conspicuity, comorbid_svd, wm_shine)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
@@ -385,7 +387,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
                           twin_classes: Sequence[str] | None = None,
                           class_weights: dict[str, float] | None = None,
-                          wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0) -> Path:
+                          wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
+                          wm_shine: tuple[float, float] | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -404,8 +407,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
     classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
     classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``;
-    ``wm_conspicuity`` and ``comorbid_svd`` likewise (``plan_cohort``), recorded as ``"wm_conspicuity"``
-    and ``"comorbid_svd"``.
+    ``wm_conspicuity``, ``wm_shine`` and ``comorbid_svd`` likewise (``plan_cohort``), recorded as
+    ``"wm_conspicuity"``, ``"wm_shine"`` and ``"comorbid_svd"``.
     """
     import pandas as pd
 
@@ -415,6 +418,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         raise MedAlignError(f"--shape-mode must be 'clinical' or 'small', got '{shape_mode}'")
     if wm_conspicuity is not None and not randomise:  # it scales a randomised study's conspicuity
         raise MedAlignError("--wm-conspicuity needs domain randomisation: drop --no-randomise")
+    if wm_shine is not None and not randomise:
+        raise MedAlignError("--wm-shine needs domain randomisation: drop --no-randomise")
     if not 0.0 <= comorbid_svd <= 1.0:
         raise MedAlignError(f"--comorbid-svd must be a probability in [0, 1], got {comorbid_svd}")
     if comorbid_svd > 0 and not randomise:  # the white-matter disease shapes are drawn by randomisation
@@ -424,7 +429,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
-                        class_weights=class_weights, wm_conspicuity=wm_conspicuity, comorbid_svd=comorbid_svd)
+                        class_weights=class_weights, wm_conspicuity=wm_conspicuity, comorbid_svd=comorbid_svd,
+                        wm_shine=wm_shine)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -467,6 +473,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         info["class_weights"] = {c: float(class_weights.get(c, 1.0)) for c in CLASSES}
     if wm_conspicuity is not None:  # likewise absent without it
         info["wm_conspicuity"] = [float(v) for v in wm_conspicuity]
+    if wm_shine is not None:
+        info["wm_shine"] = [float(v) for v in wm_shine]
     if comorbid_svd > 0:
         info["comorbid_svd"] = float(comorbid_svd)
     if twins:  # likewise absent without twins

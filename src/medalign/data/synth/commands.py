@@ -9,16 +9,16 @@ import typer
 from medalign.errors import MedAlignError
 
 
-def parse_range(text: str, option: str) -> tuple[float, float] | None:
-    """``"1.0,1.6"`` -> ``(1.0, 1.6)`` (0 < lo <= hi); ``""`` -> None."""
+def parse_range(text: str, option: str, zero_ok: bool = False) -> tuple[float, float] | None:
+    """``"1.0,1.6"`` -> ``(1.0, 1.6)`` (0 < lo <= hi; 0 <= lo with ``zero_ok``); ``""`` -> None."""
     if not text.strip():
         return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise MedAlignError(f"{option}: expected LO,HI, got '{text}'") from None
-    if not (0 < lo <= hi < float("inf")):
-        raise MedAlignError(f"{option}: need 0 < LO <= HI, got '{text}'")
+    if not ((0 <= lo if zero_ok else 0 < lo) and lo <= hi < float("inf")):
+        raise MedAlignError(f"{option}: need {'0 <=' if zero_ok else '0 <'} LO <= HI, got '{text}'")
     return lo, hi
 
 
@@ -69,6 +69,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                            help="LO,HI: each study's white-matter lesions (small vessel disease, MS plaques) "
                                                 "also get a conspicuity factor drawn from this range (brighter on FLAIR/T2 "
                                                 "for > 1), recorded in ground_truth.json. Default: off."),
+        wm_shine: str = typer.Option("", "--wm-shine",
+                                     help="LO,HI: each study's white-matter lesions also get a factor from this range on "
+                                          "their conspicuity on DWI, ADC and T2* only (0 = invisible there, 1 = as "
+                                          "drawn), recorded in ground_truth.json. Default: off."),
         comorbid_svd: float = typer.Option(0.0, "--comorbid-svd", min=0.0, max=1.0,
                                            help="P: infarct, tumour and haemorrhage patients of 50 or older also get "
                                                 "background small vessel disease with probability P, drawn and named in the "
@@ -87,7 +91,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                          twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
                                          class_weights=parse_class_weights(class_weights),
                                          wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
-                                         comorbid_svd=comorbid_svd)
+                                         comorbid_svd=comorbid_svd, wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True))
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")

@@ -67,6 +67,12 @@ CONSPICUITY = (0.45, 1.1)
 # top of the synthetic "others" (p99 3.18), where only infarcts and tumours reach in training.
 # Off by default (``synth brain --wm-conspicuity LO,HI``): measured x 1.0-1.6 (README, "Known limitations", stop 40).
 WM_LESIONS = ("wmh", "plaque")
+# x that k again on these sequences only (``synth brain --wm-shine LO,HI``, off by default). White-matter
+# hyperintensities are iso- to mildly bright on DWI (T2 shine-through) and T2*, and the synthetic ones always
+# are (``sequences.LESION_CONTRAST``: 0.60 vs WM 0.50): the demo preset tells synthetic small vessel disease
+# from normal brains through them, not through FLAIR, the only sequence the real clinical cases have (README,
+# "Known limitations", stop 44). A factor of 0 makes them invisible there; 1 leaves them as they are.
+SHINE_SEQUENCES = ("dwi", "adc", "t2s")
 # Background small vessel disease (``synth brain --comorbid-svd P``, off by default): most patients over 50 with
 # a stroke, a bleed or a tumour also have white-matter hyperintensities, and their reports say so ("Background
 # moderate small vessel disease"). In the synthetic cohort white-matter disease otherwise appears only as the
@@ -168,9 +174,11 @@ def _acquisition(rng: np.random.Generator, protocol: str, three_d: str, fine: bo
     return out
 
 
-def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None) -> dict[str, Any]:
+def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None,
+                wm_shine: tuple[float, float] | None = None) -> dict[str, Any]:
     """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``;
-    ``wm_conspicuity`` (lo, hi): also a factor on k for the white-matter lesions (``WM_LESIONS``)."""
+    ``wm_conspicuity`` (lo, hi): also a factor on k for the white-matter lesions (``WM_LESIONS``);
+    ``wm_shine`` (lo, hi): a further factor on their k on ``SHINE_SEQUENCES`` only."""
     rng = np.random.default_rng(list(truth["seed"]) + [DOMAIN_STREAM])
     protocol = str(rng.choice(list(PROTOCOL_P), p=list(PROTOCOL_P.values())))
     three_d = str(rng.choice(["t1", "flair", "t1c"]))
@@ -185,6 +193,8 @@ def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None) 
     dom["skull_stripped"] = bool(strip_u < SKULL_STRIP_P) and not sinus  # a sinus finding lies outside the brain
     if wm_conspicuity is not None:  # drawn last: every earlier draw unchanged
         dom["wm_conspicuity"] = _u(rng, wm_conspicuity)
+    if wm_shine is not None:  # after it, for the same reason
+        dom["wm_shine"] = _u(rng, wm_shine)
     return dom
 
 
@@ -203,7 +213,8 @@ def comorbid_svd_finding(truth: dict, p: float) -> dict | None:
             "fazekas": grade, "comorbid": True}
 
 
-def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0) -> dict:
+def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
+                    wm_shine: tuple[float, float] | None = None) -> dict:
     """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
     slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`);
     with ``comorbid_svd`` > 0, background small vessel disease (:func:`comorbid_svd_finding`)."""
@@ -221,7 +232,7 @@ def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = No
     base = float(truth["atrophy"])
     if not any(f.get("variant") == "atrophy" for f in truth["findings"]):
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
-    dom = draw_domain(truth, wm_conspicuity)
+    dom = draw_domain(truth, wm_conspicuity, wm_shine)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
                       "glioma_scale": round(glioma, 4), "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
@@ -241,7 +252,14 @@ def study_contrast(dom: dict) -> dict[str, Any]:
     c, k = dom["contrast"], float(dom["conspicuity"])
     tissue = {s: dict(c[s]) for s in SEQUENCES}
     kw = k * float(dom.get("wm_conspicuity", 1.0))
-    lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** (kw if name in WM_LESIONS else k)
+    kw_shine = kw * float(dom.get("wm_shine", 1.0))
+
+    def exponent(name: str, s: str) -> float:
+        if name not in WM_LESIONS:
+            return k
+        return kw_shine if s in SHINE_SEQUENCES else kw
+
+    lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** exponent(name, s)
                           for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
