@@ -169,3 +169,29 @@ def test_class_balance_in_the_loop(tmp_path: Path) -> None:
     assert any(not torch.allclose(a[k], plain[k]) for k in a)  # the draws did change
     with pytest.raises(ConfigError, match="train.class_balance"):
         resolve_config(_cfg("train.class_balance=2"))
+
+
+def _epoch_of(path: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["epoch"])
+
+
+def test_select_last_keeps_the_last_epoch_as_the_model(tmp_path: Path) -> None:
+    # monitor the val loss the wrong way round, so the "best" epoch is an early one: the two choices differ
+    cfg = ("train.epochs=4", "train.monitor=loss", "train.monitor_mode=max")
+    best = fit(_cfg(*cfg), tmp_path / "best")
+    last = fit(_cfg(*cfg, "train.select=last"), tmp_path / "last")
+    assert best["best_epoch"] == last["best_epoch"] < 4  # the monitor's verdict is the same either way
+    assert best["selected_epoch"] == best["best_epoch"] and last["selected_epoch"] == 4
+    assert _epoch_of(tmp_path / "best" / "checkpoints" / "best.safetensors") == best["best_epoch"]
+    assert _epoch_of(tmp_path / "last" / "checkpoints" / "best.safetensors") == 4
+    a = load_file(str(tmp_path / "last" / "checkpoints" / "best.safetensors"))
+    b = load_file(str(tmp_path / "last" / "checkpoints" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # what load() reads is the last epoch's weights
+    from medalign.errors import MedAlignError
+    from medalign.train.config import TrainConfig
+
+    with pytest.raises(MedAlignError, match="select"):
+        TrainConfig.from_dict({"select": "middle"})

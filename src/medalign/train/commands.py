@@ -50,7 +50,8 @@ def train(
     if summary.get("stopped"):
         typer.echo(f"stopped after {summary['steps']} steps; continue with --resume --run-dir {rd}")
     else:
-        typer.echo(f"done: {summary['steps']} steps, {summary['epochs']} epochs, best epoch {summary['best_epoch']} -> {rd}")
+        typer.echo(f"done: {summary['steps']} steps, {summary['epochs']} epochs, best epoch {summary['best_epoch']}"
+                   + (", keeping the last (train.select)" if summary.get("select") == "last" else "") + f" -> {rd}")
 
 
 def _load(config: str, overrides: list[str]) -> dict:

@@ -36,6 +36,9 @@ class TrainConfig:
     device: Optional[str] = None           # None -> cuda:LOCAL_RANK when available, else cpu
     monitor: str = "loss"                  # val metric for best checkpoint, plateau and early stopping
     monitor_mode: Literal["min", "max"] = "min"
+    # which epoch's weights are the run's model (checkpoints/best.safetensors: what load, evaluate and
+    # index read): the best by `monitor`, or the last (monitor still drives plateau and early stopping)
+    select: Literal["best", "last"] = "best"
     early_stopping_patience: Optional[int] = None  # epochs without improvement; null = off
     drop_last: bool = True                 # contrastive batches of 1 carry no signal
     # 0 = plain shuffle; a > 0: draw training studies with p ~ (studies of its label)^-a, so rare

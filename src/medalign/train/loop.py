@@ -399,7 +399,8 @@ def end_epoch(loop: Loop, val: dict[str, float], bar_factory: Callable | None) -
     else:
         st.bad_epochs += 1
     loop.history.append({"epoch": st.epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
-    save_checkpoints(loop, improved, {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
+    chosen = improved or tc.select == "last"  # the weights that become the run's model
+    save_checkpoints(loop, chosen, {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
     save_resume(loop)
     if bar_factory is not None:
         msg = f"epoch {st.epoch}/{tc.epochs}  train {train_loss:.4f}"
@@ -417,7 +418,8 @@ def end_epoch(loop: Loop, val: dict[str, float], bar_factory: Callable | None) -
 # checkpoints and resume
 # ---------------------------------------------------------------------------------------------
 def save_checkpoints(loop: Loop, improved: bool, metrics: dict[str, float]) -> None:
-    """best (when improved) and last weights; an in-memory run keeps the best weights in memory."""
+    """best (when ``improved``: chosen by ``train.select``) and last weights; an in-memory run keeps
+    the chosen weights in memory."""
     st = loop.state
     with loop.eval_weights():
         if loop.run_dir is None:
@@ -475,7 +477,8 @@ def _summary(loop: Loop, stopped: bool, seconds: float) -> dict[str, Any]:
     st, tc = loop.state, loop.tc
     summary = {
         "run_dir": str(loop.run_dir) if loop.run_dir is not None else None, "steps": st.global_step,
-        "epochs": st.epoch, "stopped": stopped, "best_epoch": st.best_epoch,
+        "epochs": st.epoch, "stopped": stopped, "best_epoch": st.best_epoch, "select": tc.select,
+        "selected_epoch": st.best_epoch if tc.select == "best" else st.epoch,
         f"best_{tc.monitor}": loop.sign * st.best if st.best_epoch >= 0 else None,
         "seconds": seconds, "world_size": D.rank_world()[1], "history": loop.history,
     }
