@@ -121,13 +121,26 @@ def test_every_factor_recorded_and_within_its_range():
         if not any(f["variant"] == "atrophy" for f in t["findings"]):
             assert 0 <= t["atrophy"] <= R.ATROPHY_MAX
         assert d["patient"]["atrophy_base"] <= 1.0 and _in(d["patient"]["atrophy_slope"], R.ATROPHY_SLOPE)
-        assert _in(d["patient"]["glioma_scale"], R.GLIOMA_SCALE)
+        assert _in(d["patient"]["glioma_scale"], (R.GLIOMA_SCALE[0], R.GLIOMA_TAIL_MAX))
         assert _in(d["patient"]["sulcal_gamma"], R.SULCAL_GAMMA)
     gliomas = [f["size_mm"] for t in plans for f in t["findings"] if f["variant"] == "glioma"]
     assert max(gliomas) > 50 * 1.15 and min(gliomas) < 28 * 1.1  # planned 28-50 mm, scaled per patient
     assert protocols == set(R.PROTOCOL_P)
     for seen, p in ((stripped, R.SKULL_STRIP_P), (partial, R.PARTIAL_P), (ghost, R.GHOST_P), (motion, R.MOTION_P)):
         assert 0.5 * p < np.mean(seen) < 1.5 * p  # drawn at about the stated rate: neither never nor always
+
+
+def test_glioma_scale_grows_only_its_tail():
+    """Below the tail the factor is what the earlier uniform x 0.85-1.35 gave for the same draw (those
+    patients' gliomas keep their size); the top tenth of draws spans x 1.30-1.60, so the largest
+    synthetic gliomas reach the size of the largest real one."""
+    us = np.linspace(0.0, 0.999, 1000)
+    scale = np.array([R.glioma_scale(float(u)) for u in us])
+    below = us < R.GLIOMA_TAIL_U
+    np.testing.assert_allclose(scale[below], 0.85 + 0.5 * us[below], atol=1e-12)
+    assert np.all(np.diff(scale) > 0)  # one monotone map: a bigger draw, a bigger glioma
+    assert scale[~below].min() == pytest.approx(1.30) and scale[~below].max() > 1.59
+    assert np.mean(scale > 1.35) == pytest.approx(0.083, abs=0.01)  # beyond the earlier range: one in twelve
 
 
 def test_cohort_files_follow_the_recorded_domain(cohort):

@@ -19,7 +19,7 @@ showed that aggressively randomised synthetic images transfer. With ``randomise=
 - per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
   age**, how open the **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes
   (Fazekas grade, MS lesion locations; ``synth.wm_disease``) and a glioma's size
-  (``GLIOMA_SCALE``).
+  (``GLIOMA_SCALE``, with a tail to x 1.6 in one patient of ten).
 
 Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
 ``truth["anatomy_seed"] + [PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing
@@ -114,11 +114,24 @@ ATROPHY_SLOPE = (0.6, 1.8)       # x today's age slope of atrophy, per patient
 ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
 # x the glioma's planned diameter (28-50 mm), per patient: one BraTS 2015 whole tumour is 17 % of the
 # head, the largest synthetic ones were 10 % (realism report, lesion_volume of class tumor). Since the
-# skull-stripped-edge fix that tumour measures 20 %, just above this range's 99th percentile (18 %);
-# x 0.85-1.5 covers it but trains worse tumour calls on the dev cohort (README, "Known limitations", stop 39),
-# and so does growing the tail alone (x 1.30-1.60 for one patient in ten, the rest unchanged), at dev -0.07 over
-# five seeds (stop 44)
-GLIOMA_SCALE = (0.85, 1.35)
+# skull-stripped-edge fix that tumour measures 20 %, above the 99th percentile of a uniform x 0.85-1.35
+# (18 %); a uniform x 0.85-1.5 covers it but trains worse tumour calls on the dev cohort (README, "Known
+# limitations", stop 39). So only the tail grows: the draw u maps to x 0.85-1.30 below GLIOMA_TAIL_U (the
+# sizes the uniform x 0.85-1.35 gave there) and to x 1.30-1.60 above it: one glioma in ten, as right-skewed
+# as tumour volumes are. Stop 44 saw DEV -0.07 on training seeds 0-4 (the seeds the preset was chosen on);
+# on fresh seeds 5-9, under a rule written first, DEV +0.02 and tumours 109 vs 107 of 150 (stop 45): adopted.
+GLIOMA_SCALE = (0.85, 1.30)
+GLIOMA_TAIL_U, GLIOMA_TAIL_MAX = 0.9, 1.60
+
+
+def glioma_scale(u: float) -> float:
+    """A patient's glioma size factor from one uniform draw ``u`` in [0, 1) (see ``GLIOMA_SCALE``)."""
+    lo, hi = GLIOMA_SCALE
+    if u < GLIOMA_TAIL_U:
+        return lo + (hi - lo) * u / GLIOMA_TAIL_U
+    return hi + (GLIOMA_TAIL_MAX - hi) * (u - GLIOMA_TAIL_U) / (1.0 - GLIOMA_TAIL_U)
+
+
 # sulcal CSF ** gamma per patient (anatomy.open_sulci): real FLAIRs show dark sulci between the gyri at
 # any slice thickness; the MNI152 average keeps 0.1-0.5 partial CSF there, so at gamma 1 the gyri barely
 # show. 1 = the template as it is.
@@ -226,7 +239,7 @@ def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = No
     slope = float(rp.uniform(*ATROPHY_SLOPE))
     offset = float(rp.normal(0, ATROPHY_SD))
     wmd = refine_wmd(truth["findings"], rp)
-    glioma = float(rp.uniform(*GLIOMA_SCALE))  # drawn after the others, whatever the class: earlier draws unchanged
+    glioma = glioma_scale(float(rp.random()))  # drawn after the others, whatever the class: earlier draws unchanged
     sulci = float(rp.uniform(*SULCAL_GAMMA))  # drawn last, for the same reason
     for f in truth["findings"]:
         if f.get("variant") == "glioma":
