@@ -418,8 +418,7 @@ def end_epoch(loop: Loop, val: dict[str, float], bar_factory: Callable | None) -
 # checkpoints and resume
 # ---------------------------------------------------------------------------------------------
 def save_checkpoints(loop: Loop, improved: bool, metrics: dict[str, float]) -> None:
-    """best (when ``improved``: chosen by ``train.select``) and last weights; an in-memory run keeps
-    the chosen weights in memory."""
+    """best (when chosen: ``improved``, see ``train.select``) and last weights; in memory: the chosen."""
     st = loop.state
     with loop.eval_weights():
         if loop.run_dir is None:
