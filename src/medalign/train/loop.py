@@ -417,12 +417,12 @@ def end_epoch(loop: Loop, val: dict[str, float], bar_factory: Callable | None) -
 # ---------------------------------------------------------------------------------------------
 # checkpoints and resume
 # ---------------------------------------------------------------------------------------------
-def save_checkpoints(loop: Loop, improved: bool, metrics: dict[str, float]) -> None:
-    """best (when chosen: ``improved``, see ``train.select``) and last weights; in memory: the chosen."""
+def save_checkpoints(loop: Loop, chosen: bool, metrics: dict[str, float]) -> None:
+    """best (when ``chosen``, by ``train.select``) and last weights; an in-memory run keeps the chosen."""
     st = loop.state
     with loop.eval_weights():
         if loop.run_dir is None:
-            if improved:
+            if chosen:
                 loop.best_state = copy.deepcopy(loop.recipe.state_dict())
             return
         if not loop.writes:
@@ -430,7 +430,7 @@ def save_checkpoints(loop: Loop, improved: bool, metrics: dict[str, float]) -> N
         name = (loop.config or {}).get("recipe", {}).get("name", type(loop.recipe).__name__)
         meta = {"epoch": st.epoch, "step": st.global_step, "recipe": name, **metrics}
         ckpt_dir = loop.run_dir / "checkpoints"
-        if improved:
+        if chosen:
             ckpt.save_weights(loop.recipe, ckpt_dir / "best.safetensors", meta)
         ckpt.save_weights(loop.recipe, ckpt_dir / "last.safetensors", meta)
 

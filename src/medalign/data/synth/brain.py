@@ -416,10 +416,9 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
 
     if shape_mode not in ("clinical", "small"):
         raise MedAlignError(f"--shape-mode must be 'clinical' or 'small', got '{shape_mode}'")
-    if wm_conspicuity is not None and not randomise:  # it scales a randomised study's conspicuity
-        raise MedAlignError("--wm-conspicuity needs domain randomisation: drop --no-randomise")
-    if wm_shine is not None and not randomise:
-        raise MedAlignError("--wm-shine needs domain randomisation: drop --no-randomise")
+    for option, factor in (("--wm-conspicuity", wm_conspicuity), ("--wm-shine", wm_shine)):
+        if factor is not None and not randomise:  # each scales a randomised study's conspicuity
+            raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
     if not 0.0 <= comorbid_svd <= 1.0:
         raise MedAlignError(f"--comorbid-svd must be a probability in [0, 1], got {comorbid_svd}")
     if comorbid_svd > 0 and not randomise:  # the white-matter disease shapes are drawn by randomisation
