@@ -143,6 +143,54 @@ def test_glioma_scale_grows_only_its_tail():
     assert np.mean(scale > 1.35) == pytest.approx(0.083, abs=0.01)  # beyond the earlier range: one in twelve
 
 
+def test_noise_scale_draws_clinical_flairs():
+    """Without the clinical share every sequence's factor is the log-uniform draw of the same u (the
+    cohorts before it unchanged); with share p, FLAIR's lower 1 - p of draws span the whole log-uniform
+    range and the rest x 0.9-1.5, while the other sequences keep the log-uniform draw."""
+    us = np.linspace(0.0, 0.999, 1000)
+    lo, hi = R.NOISE_SCALE
+    log_uniform = np.exp(np.log(lo) + us * np.log(hi / lo))
+    for s in ("flair", "dwi"):
+        np.testing.assert_allclose([R.noise_scale(float(u), s, 0.0) for u in us], log_uniform, rtol=1e-12)
+    np.testing.assert_allclose([R.noise_scale(float(u), "dwi", 0.5) for u in us], log_uniform, rtol=1e-12)
+    flair = np.array([R.noise_scale(float(u), "flair", 0.5) for u in us])
+    low, clinical = flair[us < 0.5], flair[us >= 0.5]
+    assert low.min() == pytest.approx(lo) and low.max() == pytest.approx(hi, rel=0.01)
+    assert np.all(np.diff(low) > 0) and np.all(np.diff(clinical) > 0)
+    assert clinical.min() == pytest.approx(0.9) and clinical.max() == pytest.approx(1.5, rel=0.01)
+    # the noisy share: half of the draws plus the log-uniform half's own top (log(1.5/0.9)/log(30) of it)
+    assert np.mean(flair >= 0.9) == pytest.approx(0.5 + 0.5 * np.log(1.5 / 0.9) / np.log(30), abs=0.01)
+
+
+def test_clinical_noise_option_changes_only_the_flairs_noise(tmp_path):
+    from medalign.cli import main
+
+    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--clinical-noise", "0"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--clinical-noise", "1"]) == 0
+    assert json.loads((tmp_path / "b" / "cohort.json").read_text())["clinical_noise"] == 1.0
+    assert "clinical_noise" not in json.loads((tmp_path / "a" / "cohort.json").read_text())
+    changed, noisier = set(), set()
+    for gt in sorted((tmp_path / "b").glob("*/ground_truth.json")):
+        t, t0 = json.loads(gt.read_text()), json.loads((tmp_path / "a" / gt.parent.name / "ground_truth.json").read_text())
+        acq, acq0 = t["domain"].pop("acquisition"), t0["domain"].pop("acquisition")
+        assert t == t0 and {s: v for s, v in acq.items() if s != "flair"} == {s: v for s, v in acq0.items() if s != "flair"}
+        assert 0.9 <= acq["flair"].pop("noise_scale") <= 1.5
+        acq0["flair"].pop("noise_scale")
+        assert acq["flair"] == acq0["flair"]  # grid, bias, artefacts as drawn
+        noisier.add(t["study_id"])
+        for f in sorted(gt.parent.glob("*.nii.gz")):
+            a = np.asanyarray(nib.load(tmp_path / "a" / t["study_id"] / f.name).dataobj)
+            if not np.array_equal(a, np.asanyarray(nib.load(f).dataobj)):
+                changed.add((t["study_id"], f.name.split(".")[0]))
+    assert {s for _, s in changed} == {"flair"} and {sid for sid, _ in changed} == noisier
+    plans = plan_cohort(20, 4)  # the default share, as `synth brain` without the option draws it
+    assert plans == plan_cohort(20, 4, clinical_noise=R.CLINICAL_NOISE_P) != plan_cohort(20, 4, clinical_noise=0.0)
+    with pytest.raises(Exception, match="--clinical-noise needs domain randomisation"):
+        generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False,
+                              clinical_noise=0.5)
+
+
 def test_cohort_files_follow_the_recorded_domain(cohort):
     df = pd.read_csv(cohort, keep_default_na=False)
     info = json.loads((cohort.parent / "cohort.json").read_text())

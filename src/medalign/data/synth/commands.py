@@ -77,6 +77,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                            help="P: infarct, tumour and haemorrhage patients of 50 or older also get "
                                                 "background small vessel disease with probability P, drawn and named in the "
                                                 "report (the class and lesion mask stay the main finding's). Default: off."),
+        clinical_noise: Optional[float] = typer.Option(None, "--clinical-noise", min=0.0, max=1.0,
+                                                       help="P: a share P of the FLAIRs get clinical-grade noise (the top "
+                                                            "of the noise range, x 0.9-1.5: the real clinical FLAIRs' "
+                                                            "SNR); 0 = off. Default: 0.2 with randomisation."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -91,7 +95,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                          twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
                                          class_weights=parse_class_weights(class_weights),
                                          wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
-                                         comorbid_svd=comorbid_svd, wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True))
+                                         comorbid_svd=comorbid_svd, wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True),
+                                         clinical_noise=clinical_noise)
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
