@@ -97,7 +97,8 @@ BIAS_AMP = (0.0, 0.25)           # sd of the log bias field's coefficients; toda
 # (BraTS FLAIR 0.024-0.065) vs 0.12-0.35 on synthetic FLAIRs with today's noise and contrast; the
 # realism report (benchmarks/realism.py) gives FLAIR SNR 3.7-4.5 (clinical WMH) and 8.9-15.3 (BraTS)
 # vs 2.0-13.1 on a cohort with noise x 0.2-1.5 and texture 0.04-0.14; with x 0.1-1.5 the demo cohort's
-# FLAIR SNR reached 13.4, below BraTS's 14-15, hence the lower bound 0.05.
+# FLAIR SNR reached 13.4, below BraTS's 14-15, hence the lower bound 0.05. (Those were the report's figures then;
+# with today's preprocessing it gives 2.2-3.0 for the clinical WMH and 7.3-12.6 for BraTS: CLINICAL_NOISE below.)
 NOISE_SCALE = (0.05, 1.5)
 # Clinical-grade FLAIR noise (`synth brain --clinical-noise P`, default CLINICAL_NOISE_P): with probability P a
 # FLAIR's factor is drawn uniform from CLINICAL_NOISE (the top of NOISE_SCALE) instead. The three real clinical WMH
