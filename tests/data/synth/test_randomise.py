@@ -191,6 +191,63 @@ def test_clinical_noise_option_changes_only_the_flairs_noise(tmp_path):
                               clinical_noise=0.5)
 
 
+def test_sharpen_draws_one_filter_per_study_and_nothing_else():
+    """Share 0 (the default) draws nothing: the plan is the one before the option. Share p: a study's
+    series share one amount from ``SHARPEN`` (one scanner's reconstruction), about a share p of the
+    studies get one, and every other draw is the same as without it (it is drawn last)."""
+    assert R.SHARPEN_P == 0.0 and plan_cohort(40, 4) == plan_cohort(40, 4, sharpen=0.0)
+    plain, sharp = plan_cohort(40, 4, sharpen=0.0), plan_cohort(40, 4, sharpen=0.5)
+    on = 0
+    for t0, t in zip(plain, sharp):
+        amounts = {s: g.pop("sharpen") for s, g in t["domain"]["acquisition"].items()}
+        assert t == t0 and len(set(amounts.values())) == 1  # nothing else moved; one amount per study
+        a = next(iter(amounts.values()))
+        assert a == 0.0 or R.SHARPEN[0] <= a <= R.SHARPEN[1]
+        on += a > 0
+    assert 0.25 * 40 <= on <= 0.75 * 40
+    g = {"bias_amp": 0.1, "noise_scale": 1.0, "sharpen": 1.5}
+    opts = R.record_options(g, [0.5, 1.0, 5.0])
+    assert opts["sharpen"] == (1.5, (R.SHARPEN_SIGMA_MM / 0.5, R.SHARPEN_SIGMA_MM / 1.0, 0.0))  # in-plane, in voxels
+    assert R.record_options({**g, "sharpen": 0.0}, [1, 1, 1])["sharpen"] is None and R.record_options(None, [1, 1, 1]) == {}
+
+
+def test_record_sharpen_enhances_edges_on_the_noisy_image():
+    """The filter raises a bright structure's contrast against its surround (the overshoot at an edge),
+    amplifies the noise with it, keeps the mean level, and stays a magnitude image (>= 0)."""
+    from medalign.data.synth.sequences import _record
+
+    vol = np.full((64, 64, 4), 0.2, np.float32)
+    vol[28:36, :, :] = 1.0  # a bright band, 8 voxels wide
+    kw = dict(seq="flair", shape=vol.shape, dwi_head=None, bias_amp=0.0, noise_scale=0.5)
+    plain = _record(vol.copy(), rng=np.random.default_rng(0), **kw).astype(float)
+    sharp = _record(vol.copy(), rng=np.random.default_rng(0), sharpen=(2.0, (2.0, 2.0, 0.0)), **kw).astype(float)
+    assert sharp.min() >= 0
+    edge, centre, far = sharp[28, :, :].mean() / plain[28, :, :].mean(), sharp[32].mean() / plain[32].mean(), sharp[5].mean() / plain[5].mean()
+    assert edge > 1.1 and abs(centre - 1) < 0.1 and abs(far - 1) < 0.1  # overshoot at the band's edge only
+    assert sharp[26, :, :].mean() < plain[26, :, :].mean()  # and the undershoot just outside it
+    assert np.std(sharp[2:10] - sharp[2:10].mean()) > 1.5 * np.std(plain[2:10] - plain[2:10].mean())  # noise too
+
+
+def test_sharpen_option_changes_the_images_and_records_the_filter(tmp_path):
+    from medalign.cli import main
+
+    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--sharpen", "1"]) == 0
+    assert json.loads((tmp_path / "b" / "cohort.json").read_text())["sharpen"] == 1.0
+    assert "sharpen" not in json.loads((tmp_path / "a" / "cohort.json").read_text())
+    for gt in sorted((tmp_path / "b").glob("*/ground_truth.json")):
+        t, t0 = json.loads(gt.read_text()), json.loads((tmp_path / "a" / gt.parent.name / "ground_truth.json").read_text())
+        assert {g.pop("sharpen") > 0 for g in t["domain"]["acquisition"].values()} == {True}
+        assert t == t0  # every other draw as without the filter
+        a = np.asanyarray(nib.load(tmp_path / "a" / t["study_id"] / "flair.nii.gz").dataobj)
+        assert not np.array_equal(a, np.asanyarray(nib.load(gt.parent / "flair.nii.gz").dataobj))
+        assert np.array_equal(np.asanyarray(nib.load(tmp_path / "a" / t["study_id"] / "lesion_mask.nii.gz").dataobj),
+                              np.asanyarray(nib.load(gt.parent / "lesion_mask.nii.gz").dataobj))
+    with pytest.raises(Exception, match="--sharpen needs domain randomisation"):
+        generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False, sharpen=0.5)
+
+
 def test_cohort_files_follow_the_recorded_domain(cohort):
     df = pd.read_csv(cohort, keep_default_na=False)
     info = json.loads((cohort.parent / "cohort.json").read_text())

@@ -52,7 +52,8 @@ from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy, open_sulci
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, sample_truth
-from medalign.data.synth.randomise import CLINICAL_NOISE_P, apply_grid, artefacts, coverage_target, study_contrast
+from medalign.data.synth.randomise import (CLINICAL_NOISE_P, SHARPEN_P, apply_grid, artefacts, coverage_target,
+                                            record_options, study_contrast)
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
@@ -126,7 +127,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
                 class_weights: dict[str, float] | None = None,
                 wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
-                wm_shine: tuple[float, float] | None = None, clinical_noise: float = CLINICAL_NOISE_P) -> list[dict]:
+                wm_shine: tuple[float, float] | None = None, clinical_noise: float = CLINICAL_NOISE_P,
+                sharpen: float = SHARPEN_P) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -141,7 +143,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     ``wm_conspicuity`` (lo, hi): each randomised study also draws a factor on the conspicuity of its
     white-matter lesions (``randomise.draw_domain``); None = off, the plan unchanged. ``wm_shine``
     (lo, hi) likewise, a factor on their conspicuity on DWI, ADC and T2* only. ``clinical_noise`` = p:
-    a share p of the randomised FLAIRs draw their noise from ``randomise.CLINICAL_NOISE`` (0 = off).
+    a share p of the randomised FLAIRs draw their noise from ``randomise.CLINICAL_NOISE`` (0 = off); ``sharpen``
+    = p: a share p of the randomised studies get an edge-enhancing reconstruction (``randomise.SHARPEN``).
     ``comorbid_svd`` = p > 0: randomised infarct, tumour and haemorrhage patients of 50 or older get
     background small vessel disease with probability p (``randomise.comorbid_svd_finding``), drawn and
     reported beside their finding; 0 = off, the plan unchanged.
@@ -221,7 +224,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
         if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
-            randomise_truth(truth, wm_conspicuity, comorbid_svd, wm_shine, clinical_noise)
+            randomise_truth(truth, wm_conspicuity, comorbid_svd, wm_shine, clinical_noise, sharpen)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
@@ -297,8 +300,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
         if g is not None:
             vol = artefacts(vol, g, a["spacing"])
         dwi = vol > 0.03 if seq == "dwi" else None  # ADC shares the DWI grid: computed only where DWI has signal
-        rec_kw = {} if g is None else {"bias_amp": float(g["bias_amp"]), "noise_scale": float(g["noise_scale"])}
-        data = _record(vol, seq, a["shape"], r, head, **rec_kw)
+        data = _record(vol, seq, a["shape"], r, head, **record_options(g, a["spacing"]))
         brain = _sample_grid(warped[i_strip], T, a["shape"]) > 0.5 if strip else None
         if brain is not None:
             data[~brain] = 0
@@ -389,7 +391,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           twin_classes: Sequence[str] | None = None,
                           class_weights: dict[str, float] | None = None,
                           wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
-                          wm_shine: tuple[float, float] | None = None, clinical_noise: float | None = None) -> Path:
+                          wm_shine: tuple[float, float] | None = None, clinical_noise: float | None = None,
+                          sharpen: float | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -408,8 +411,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
     classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
     classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``;
-    ``wm_conspicuity``, ``wm_shine``, ``comorbid_svd`` and ``clinical_noise`` likewise (``plan_cohort``),
-    recorded under their names; ``clinical_noise`` None = ``randomise.CLINICAL_NOISE_P`` when randomising.
+    ``wm_conspicuity``, ``wm_shine``, ``comorbid_svd``, ``clinical_noise`` and ``sharpen`` likewise (``plan_cohort``),
+    recorded under their names; None = ``randomise.CLINICAL_NOISE_P`` / ``SHARPEN_P`` when randomising.
     """
     import pandas as pd
 
@@ -420,20 +423,22 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     for option, factor in (("--wm-conspicuity", wm_conspicuity), ("--wm-shine", wm_shine)):
         if factor is not None and not randomise:  # each scales a randomised study's conspicuity
             raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
-    for option, p in (("--comorbid-svd", comorbid_svd), ("--clinical-noise", clinical_noise or 0.0)):
+    for option, p in (("--comorbid-svd", comorbid_svd), ("--clinical-noise", clinical_noise or 0.0),
+                      ("--sharpen", sharpen or 0.0)):
         if not 0.0 <= p <= 1.0:
             raise MedAlignError(f"{option} must be a probability in [0, 1], got {p}")
         if p > 0 and not randomise:  # white-matter disease shapes and noise are drawn by randomisation
             raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
-    if clinical_noise is None:  # the default share; an unrandomised cohort draws no noise factor at all
-        clinical_noise = CLINICAL_NOISE_P if randomise else 0.0
+    # the default shares; an unrandomised cohort draws no noise factor and no filter at all
+    clinical_noise = (CLINICAL_NOISE_P if randomise else 0.0) if clinical_noise is None else clinical_noise
+    sharpen = (SHARPEN_P if randomise else 0.0) if sharpen is None else sharpen
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
                         class_weights=class_weights, wm_conspicuity=wm_conspicuity, comorbid_svd=comorbid_svd,
-                        wm_shine=wm_shine, clinical_noise=clinical_noise)
+                        wm_shine=wm_shine, clinical_noise=clinical_noise, sharpen=sharpen)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -478,7 +483,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
         info["wm_conspicuity"] = [float(v) for v in wm_conspicuity]
     if wm_shine is not None:
         info["wm_shine"] = [float(v) for v in wm_shine]
-    for key, p in (("comorbid_svd", comorbid_svd), ("clinical_noise", clinical_noise)):
+    for key, p in (("comorbid_svd", comorbid_svd), ("clinical_noise", clinical_noise), ("sharpen", sharpen)):
         if p > 0:
             info[key] = float(p)
     if twins:  # likewise absent without twins

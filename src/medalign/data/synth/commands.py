@@ -81,6 +81,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                                        help="P: a share P of the FLAIRs get clinical-grade noise (the top "
                                                             "of the noise range, x 0.9-1.5: the real clinical FLAIRs' "
                                                             "SNR); 0 = off. Default: 0.2 with randomisation."),
+        sharpen: Optional[float] = typer.Option(None, "--sharpen", min=0.0, max=1.0,
+                                                help="P: a share P of the studies are reconstructed with an edge-enhancing "
+                                                     "filter (in-plane unsharp mask, as scanners apply; the real clinical "
+                                                     "FLAIRs' local contrast); 0 = off. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -96,7 +100,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                          class_weights=parse_class_weights(class_weights),
                                          wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
                                          comorbid_svd=comorbid_svd, wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True),
-                                         clinical_noise=clinical_noise)
+                                         clinical_noise=clinical_noise, sharpen=sharpen)
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")

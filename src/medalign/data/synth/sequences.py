@@ -183,12 +183,15 @@ def _bias(shape: Sequence[int], rng: np.random.Generator, amp: float) -> np.ndar
 
 
 def _record(vol: np.ndarray, seq: str, shape: Sequence[int], rng: np.random.Generator,
-            dwi_head: np.ndarray | None, bias_amp: float = 0.15, noise_scale: float = 1.0) -> np.ndarray:
+            dwi_head: np.ndarray | None, bias_amp: float = 0.15, noise_scale: float = 1.0,
+            sharpen: tuple[float, Sequence[float]] | None = None) -> np.ndarray:
     """What the scanner stores for one sampled sequence (int16; ``vol`` is overwritten).
 
     ADC is computed from the DWI: Gaussian noise, 1e-6 mm^2/s, only inside ``dwi_head``
     (where the DWI has signal). Every other sequence: bias field (log-coefficients' sd
-    ``bias_amp``), Rician noise (``NOISE_SD`` x ``noise_scale``), scanner gain.
+    ``bias_amp``), Rician noise (``NOISE_SD`` x ``noise_scale``), the reconstruction's edge
+    enhancement when ``sharpen`` = (amount a, Gaussian sigma per axis in voxels) is given (x + a (x - G x),
+    on the noisy magnitude image, as scanners apply it; ``randomise.sharpen_filter``), scanner gain.
     """
     if seq == "adc":
         vol = (vol + rng.standard_normal(vol.shape, dtype=np.float32) * (0.04 * noise_scale)) * dwi_head
@@ -206,6 +209,13 @@ def _record(vol: np.ndarray, seq: str, shape: Sequence[int], rng: np.random.Gene
         np.square(n2, out=n2)
         n1 += n2
         data = np.sqrt(n1, out=n1)
+        if sharpen is not None:
+            from scipy import ndimage
+
+            amount, sigma = sharpen
+            blur = ndimage.gaussian_filter(data, sigma)
+            data += np.float32(amount) * (data - blur)
+            np.maximum(data, 0, out=data)  # a magnitude image: the undershoot next to bright edges stops at 0
         data *= float(rng.uniform(600, 1400))  # scanner gain
         np.clip(data, 0, 32000, out=data)
     return np.rint(data, out=data).astype(np.int16)
