@@ -328,6 +328,24 @@ def test_local_contrast_sees_thin_bright_lesions_not_the_head_edge():
     assert study_metrics(edge, head)["local_contrast"] == pytest.approx(2.0 * (1 - 2 / 45))
 
 
+def test_normal_local_contrast_leaves_the_lesion_out():
+    """The normal anatomy's local contrast: a bright lesion does not count once its mask is given (a flat
+    head stays 0), a bright structure outside the mask does; no mask, no figure; an empty mask = the head."""
+    head = _box_head()
+    vol = np.where(head, 1.0, 0.0)
+    lesion = np.zeros(head.shape, np.uint8)
+    lesion[1:5, 20, 12:14] = 1
+    vol[lesion > 0] = 3.0
+    m = study_metrics(vol, head, lesion)
+    assert m["local_contrast"] > 1.5 and m["normal_local_contrast"] == pytest.approx(0.0, abs=1e-9)
+    assert study_metrics(vol, head)["normal_local_contrast"] is None
+    anatomy = vol.copy()
+    anatomy[1:5, 12, 20:22] = 3.0  # the same streak where no lesion is marked: normal anatomy that stands out
+    assert study_metrics(anatomy, head, lesion)["normal_local_contrast"] == pytest.approx(m["local_contrast"])
+    empty = np.zeros_like(lesion)
+    assert study_metrics(anatomy, head, empty)["normal_local_contrast"] == pytest.approx(study_metrics(anatomy, head)["local_contrast"])
+
+
 def test_texture_calibration_figure_rises_with_synthetic_texture():
     """benchmarks/texture_calibration.py: the figure TEXTURE_CV was set by grows with the CV of
     the synthetic texture, on a real synthesised study, and leaves the lesion out."""

@@ -169,7 +169,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
     from medalign.utils import atomic_path
 
     seqs = list(result["sequences"])
-    fig, axes = plt.subplots(len(seqs), 7, figsize=(25, 3.1 * len(seqs)), squeeze=False)
+    fig, axes = plt.subplots(len(seqs), 8, figsize=(28, 3.1 * len(seqs)), squeeze=False)
     for r, s in enumerate(seqs):
         sq = result["sequences"][s]
         h, cov = sq["histogram"], sq["coverage"]
@@ -194,7 +194,8 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
                                              ("lesion_largest_share", "largest lesion / lesion volume", False),
                                              ("snr", "SNR (signal SD / residual noise SD)", True),
                                              ("texture", "texture (1-4 voxel band / spread)", False),
-                                             ("local_contrast", "local contrast, p99.9 (no mask needed)", False)),
+                                             ("local_contrast", "local contrast, p99.9 (no mask needed)", False),
+                                             ("normal_local_contrast", "local contrast outside the lesion", False)),
                                             start=1):
             _strip(axes[r, c], sq["studies"], cov[m], m, f"{s}: {title}", log=log,
                    by_label=(sq.get("coverage_by_label") or {}).get(m) or {})

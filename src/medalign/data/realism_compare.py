@@ -11,6 +11,10 @@ Per sequence present in both cohorts and per study (``study_metrics``), inside t
 - SNR = SD of the tissue signal (in-plane Gaussian, sigma 1 voxel) / noise SD (1.4826 x MAD of
   the residual image - smoothed), inside the head eroded by 2 in-plane voxels. A ratio of two
   spreads, so it survives the per-study z-scoring (a mean / SD SNR is ~0 in z-scored units).
+- normal local contrast = the local contrast (below) of the head less the lesion dilated by two
+  in-plane voxels: how far normal anatomy's thin bright structures stand out (septum, cortical
+  ribbon). The real clinical WMH FLAIRs sit above every synthetic class here without the edge-
+  enhancing reconstruction filter (``synth brain --sharpen``), so in training only lesions reached it.
 - texture = robust SD (1.4826 x MAD) of an in-plane band-pass (Gaussian sigma 0.5 minus sigma 2
   voxels, i.e. structure of ~1-4 voxels: sulci, grey/white borders, tissue texture) in the same
   inner head less the dilated lesion, over the robust SD of the whole inner head. Real FLAIRs show
@@ -32,9 +36,11 @@ import pandas as pd
 from medalign.errors import MedAlignError
 
 METRICS: tuple[str, ...] = ("intensity_p05", "intensity_p50", "intensity_p95", "lesion_contrast",
-                            "lesion_volume", "lesion_largest_share", "snr", "texture", "local_contrast")
+                            "lesion_volume", "lesion_largest_share", "snr", "texture", "local_contrast",
+                            "normal_local_contrast")
 # also per class: the lesion metrics, and local contrast (it needs no mask, so it reaches real cases that have none)
-LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share", "local_contrast")
+LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share", "local_contrast",
+                                   "normal_local_contrast")
 LOCAL_WINDOW = (1, 9, 9)  # (D, H, W) surround of the local contrast
 COVERAGE_PCT: tuple[float, float] = (1.0, 99.0)
 N_BINS = 60
@@ -52,6 +58,9 @@ DEFINITIONS = {
     "local_contrast": "99.9th percentile inside the head of each voxel minus the mean of the head voxels in its "
                       "1x9x9 surround: how far the brightest thin structures stand out, with or without a mask "
                       "(what image_encoder.local_contrast hands the encoder)",
+    "normal_local_contrast": "local_contrast over the head less the lesion dilated by 2 in-plane voxels (studies "
+                             "with a mask only; an empty mask = the whole head): the normal anatomy's thin bright "
+                             "structures",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
                 "for lesion metrics also per class (real class vs synthetic studies of that class) and per finding "
                 "(real vs synthetic studies of that finding, e.g. 'others: wmh')",
@@ -90,8 +99,13 @@ def study_metrics(vol: np.ndarray, head: np.ndarray, lesion: np.ndarray | None =
     # mean over the head voxels of the surround only: the head's edge against the background is no contrast
     surround = ndimage.uniform_filter(np.where(head, x, 0.0), LOCAL_WINDOW, mode="constant")
     surround /= np.maximum(ndimage.uniform_filter(head.astype(np.float64), LOCAL_WINDOW, mode="constant"), 1e-9)
-    out["local_contrast"] = float(np.percentile((x - surround)[head], 99.9))
+    excess = x - surround
+    out["local_contrast"] = float(np.percentile(excess[head], 99.9))
     les = (np.asarray(lesion) > 0) & head if lesion is not None else np.zeros_like(head)
+    if lesion is not None:  # without a mask the lesion cannot be told from the anatomy
+        normal_head = head & ~ndimage.binary_dilation(les, structure=_inplane(), iterations=2)
+        if normal_head.sum() >= 10:
+            out["normal_local_contrast"] = float(np.percentile(excess[normal_head], 99.9))
     if les.any():
         normal = head & ~ndimage.binary_dilation(les, structure=_inplane())
         if normal.sum() >= 10:
