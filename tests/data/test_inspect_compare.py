@@ -134,7 +134,7 @@ def _verdict(res: dict, seq: str, metric: str) -> str:
     return res["sequences"][seq]["coverage"][metric]["verdict"]
 
 
-def test_compare_cli_verdict_flips_and_numbers(cohorts, tmp_path):
+def test_compare_cli_verdict_flips_and_numbers(cohorts, tmp_path, capsys):
     c = cohorts
     out_in, out_out = tmp_path / "in", tmp_path / "out.png"
     assert main(["inspect", str(c["syn"]), "--cache", str(c["cache"]), "--compare", str(c["real_in"]),
@@ -164,6 +164,11 @@ def test_compare_cli_verdict_flips_and_numbers(cohorts, tmp_path):
     # the verdict table of the JSON matches the per-sequence coverage
     row = next(v for v in r_out["verdicts"] if v["metric"] == "lesion_contrast" and v["class"] == "all")
     assert row["verdict"] == "not covered" and row["inside"] == 0 and row["n_real"] == 1
+    # the summary line counts the JSON's verdicts with data
+    judged = [v["verdict"] for v in r_out["verdicts"] if v["verdict"] != "no data"]
+    assert "not covered" in judged and "covered" in judged
+    summary = f"{judged.count('covered')} of the {len(judged)} verdicts with data covered"
+    assert summary in capsys.readouterr().out
 
 
 def test_per_finding_verdicts_are_stricter_than_per_class(tmp_path):
