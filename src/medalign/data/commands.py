@@ -120,7 +120,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
         from medalign.data.manifest import load_manifest
 
         if compare is not None:
-            from medalign.data.realism_compare import realism_report, verdict_table
+            from medalign.data.realism_compare import realism_report, verdict_summary, verdict_table
             from medalign.errors import MedAlignError
 
             if cache is None:
@@ -130,10 +130,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:  # noqa: ARG001 - sy
             for e in res["real"].get("failed") or []:
                 typer.echo(f"  real case not preprocessed: {e['error']}", err=True)
             typer.echo(verdict_table(res).to_string(index=False))
-            judged = [v["verdict"] for v in res["verdicts"] if v["verdict"] != "no data"]
-            typer.echo(f"{judged.count('covered')} of the {len(judged)} verdicts with data covered "
-                       f"({judged.count('partly')} partly, {judged.count('not covered')} not covered)")
-            typer.echo(f"wrote {png}\nwrote {js}")
+            typer.echo(f"{verdict_summary(res)}\nwrote {png}\nwrote {js}")
             return
         from medalign.data.inspect import inspect_summary, inspection_sheet
 

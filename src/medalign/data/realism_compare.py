@@ -292,6 +292,13 @@ def verdict_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def verdict_summary(result: dict) -> str:
+    """One line: how many of the verdicts with data are covered, partly, not covered."""
+    judged = [v["verdict"] for v in result["verdicts"] if v["verdict"] != "no data"]
+    return (f"{judged.count('covered')} of the {len(judged)} verdicts with data covered "
+            f"({judged.count('partly')} partly, {judged.count('not covered')} not covered)")
+
+
 def study_findings(df: pd.DataFrame) -> dict[str, str]:
     """study_id -> finding (sub-type of the class: "wmh", "glioma", ...) for the per-finding verdicts:
     the manifest's ``finding`` column where set, else the variant of the class's first finding in a
