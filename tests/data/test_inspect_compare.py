@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from medalign.cli import main
-from medalign.data.realism_compare import coverage, realism_report, study_findings, study_metrics
+from medalign.data.realism_compare import coverage, percentile_rank, realism_report, study_findings, study_metrics
 from medalign.errors import MedAlignError
 
 SHARED = Path(os.environ.get("MEDALIGN_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
@@ -74,6 +74,13 @@ def test_snr_scales_with_noise():
     sd = float(signal[head].std())
     assert 0.8 * sd / 0.1 < snr[0.1] < 1.5 * sd / 0.1
     assert study_metrics(np.where(head, 1.0, 0.0), head)["snr"] is None  # no noise: undefined, not infinite
+
+
+def test_percentile_rank():
+    assert percentile_rank([1.0, 2.0, 3.0, None], 2.5) == pytest.approx(200 / 3)
+    assert percentile_rank([1.0, 2.0, 3.0], 2.0) == pytest.approx(50.0)  # a tie counts half
+    assert percentile_rank([1.0, 2.0], 0.0) == 0.0 and percentile_rank([1.0, 2.0], 9.0) == 100.0
+    assert percentile_rank([], 1.0) is None and percentile_rank([1.0], None) is None
 
 
 def test_coverage_verdicts():
@@ -164,6 +171,9 @@ def test_compare_cli_verdict_flips_and_numbers(cohorts, tmp_path, capsys):
     # the verdict table of the JSON matches the per-sequence coverage
     row = next(v for v in r_out["verdicts"] if v["metric"] == "lesion_contrast" and v["class"] == "all")
     assert row["verdict"] == "not covered" and row["inside"] == 0 and row["n_real"] == 1
+    # each real study's rank among the synthetic values: the too-bright lesion above all of them
+    assert r_out["sequences"]["flair"]["studies"]["real"][0]["percentile"]["lesion_contrast"] == 100.0
+    assert 0.0 < r_in["sequences"]["flair"]["studies"]["real"][0]["percentile"]["lesion_contrast"] < 100.0
     # the summary line counts the JSON's verdicts with data
     judged = [v["verdict"] for v in r_out["verdicts"] if v["verdict"] != "no data"]
     assert "not covered" in judged and "covered" in judged

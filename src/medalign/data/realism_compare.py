@@ -61,6 +61,8 @@ DEFINITIONS = {
     "normal_local_contrast": "local_contrast over the head less the lesion dilated by 2 in-plane voxels (studies "
                              "with a mask only; an empty mask = the whole head): the normal anatomy's thin bright "
                              "structures",
+    "percentile": "per real study and metric: its rank among the synthetic studies' values, 0-100 (ties count "
+                  "half), e.g. 3 = only 3 % of the synthetic studies lie lower",
     "coverage": "real values inside the synthetic cohort's [1st, 99th] percentile range of the same metric; "
                 "for lesion metrics also per class (real class vs synthetic studies of that class) and per finding "
                 "(real vs synthetic studies of that finding, e.g. 'others: wmh')",
@@ -188,6 +190,14 @@ def coverage(synthetic: Sequence[float | None], real: Sequence[tuple[str, float 
     return res
 
 
+def percentile_rank(synthetic: Sequence[float | None], value: float | None) -> float | None:
+    """``value``'s rank among the synthetic values, 0-100 (ties count half); None without data."""
+    s = np.asarray([v for v in synthetic if v is not None and math.isfinite(v)], float)
+    if value is None or not math.isfinite(value) or s.size == 0:
+        return None
+    return float(100.0 * ((s < value).sum() + 0.5 * (s == value).sum()) / s.size)
+
+
 def _group(row: dict, by_finding: bool) -> str:
     """A row's class ("others"), or its class and finding ("others: wmh"); "" = not in a group."""
     if not by_finding:
@@ -259,6 +269,8 @@ def compare_cohorts(synthetic_cache: str | Path, synthetic_ids: Sequence[str], r
         cov = {m: coverage([row[m] for row in s_rows[s]], [(row["study_id"], row[m]) for row in r_rows[s]], pct)
                for m in METRICS}
         by_label = {m: _coverage_by_label(s_rows[s], r_rows[s], m, pct) for m in LESION_METRICS}
+        for row in r_rows[s]:  # how far inside: a covered value can still sit where few synthetic studies are
+            row["percentile"] = {m: percentile_rank([x[m] for x in s_rows[s]], row[m]) for m in METRICS}
         result["sequences"][s] = {
             "histogram": {"edges": edges, "synthetic_mean": s_h.mean(0), "synthetic_p05": np.percentile(s_h, 5, 0),
                           "synthetic_p95": np.percentile(s_h, 95, 0),
