@@ -13,8 +13,8 @@ Per sequence present in both cohorts and per study (``study_metrics``), inside t
   spreads, so it survives the per-study z-scoring (a mean / SD SNR is ~0 in z-scored units).
 - normal local contrast = the local contrast (below) of the head less the lesion dilated by two
   in-plane voxels: how far normal anatomy's thin bright structures stand out (septum, cortical
-  ribbon). The real clinical WMH FLAIRs sit above every synthetic class here without the edge-
-  enhancing reconstruction filter (``synth brain --sharpen``), so in training only lesions reached it.
+  ribbon). The real clinical WMH FLAIRs sit above every synthetic FLAIR of the default cohort
+  here; an edge-enhancing reconstruction (``synth brain --sharpen``) reaches them.
 - texture = robust SD (1.4826 x MAD) of an in-plane band-pass (Gaussian sigma 0.5 minus sigma 2
   voxels, i.e. structure of ~1-4 voxels: sulci, grey/white borders, tissue texture) in the same
   inner head less the dilated lesion, over the robust SD of the whole inner head. Real FLAIRs show
