@@ -191,7 +191,7 @@ def _record(vol: np.ndarray, seq: str, shape: Sequence[int], rng: np.random.Gene
     (where the DWI has signal). Every other sequence: bias field (log-coefficients' sd
     ``bias_amp``), Rician noise (``NOISE_SD`` x ``noise_scale``), the reconstruction's edge
     enhancement when ``sharpen`` = (amount a, Gaussian sigma per axis in voxels) is given (x + a (x - G x),
-    on the noisy magnitude image, as scanners apply it; ``randomise.sharpen_filter``), scanner gain.
+    on the noisy magnitude image, as scanners apply it; ``randomise.record_options``), scanner gain.
     """
     if seq == "adc":
         vol = (vol + rng.standard_normal(vol.shape, dtype=np.float32) * (0.04 * noise_scale)) * dwi_head
@@ -213,8 +213,10 @@ def _record(vol: np.ndarray, seq: str, shape: Sequence[int], rng: np.random.Gene
             from scipy import ndimage
 
             amount, sigma = sharpen
-            blur = ndimage.gaussian_filter(data, sigma)
-            data += np.float32(amount) * (data - blur)
+            detail = ndimage.gaussian_filter(data, sigma)  # the blur, turned in place into -(x - G x)
+            detail -= data
+            detail *= np.float32(-amount)
+            data += detail
             np.maximum(data, 0, out=data)  # a magnitude image: the undershoot next to bright edges stops at 0
         data *= float(rng.uniform(600, 1400))  # scanner gain
         np.clip(data, 0, 32000, out=data)
