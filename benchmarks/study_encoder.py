@@ -1,5 +1,6 @@
 """Cost of the study-level image encoder vs early fusion: step time and peak memory vs series count
-(and of the local-contrast input, ``image_encoder.local_contrast``).
+(and of the local-contrast input, ``image_encoder.local_contrast``, on in the CPU preset since stop 48: the
+baseline turns it off).
 
 One image-encoder forward + backward + projection per batch (the text side is a cache read and
 the same for all), on random volumes of the preset's grid. Each configuration runs in its own
@@ -23,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN = ("dwi", "adc", "t2s", "flair", "t1", "t1c", "t2")
 CASES = [  # (name, config, sequences the model reads, series present per study, image_encoder overrides)
-    ("early, 3 channels (baseline)", "brain_clip_cpu.yaml", 3, 3, {}),
-    ("early, 3 + local contrast", "brain_clip_cpu.yaml", 3, 3, {"local_contrast": 4}),
-    ("early, 7 channels", "brain_clip_cpu.yaml", 7, 7, {}),
+    ("early, 3 channels (baseline)", "brain_clip_cpu.yaml", 3, 3, {"local_contrast": None}),
+    ("early, 3 + local contrast (preset)", "brain_clip_cpu.yaml", 3, 3, {}),
+    ("early, 7 channels", "brain_clip_cpu.yaml", 7, 7, {"local_contrast": None}),
     ("attention, 1 series", "brain_clip_study_cpu.yaml", 7, 1, {}),
     ("attention, 3 series", "brain_clip_study_cpu.yaml", 7, 3, {}),
     ("attention, 7 series", "brain_clip_study_cpu.yaml", 7, 7, {}),

@@ -16,8 +16,8 @@ spec.loader.exec_module(bench)
 
 
 def test_overrides_reach_the_encoder_and_a_step_is_measured() -> None:
-    base = bench.one("brain_clip_cpu.yaml", 3, 3, batch=2, steps=1, shape=(8, 64, 64))
-    lc = bench.one("brain_clip_cpu.yaml", 3, 3, batch=2, steps=1, shape=(8, 64, 64), overrides={"local_contrast": 4})
+    base = bench.one("brain_clip_cpu.yaml", 3, 3, batch=2, steps=1, shape=(8, 64, 64), overrides={"local_contrast": None})
+    lc = bench.one("brain_clip_cpu.yaml", 3, 3, batch=2, steps=1, shape=(8, 64, 64))  # the preset: local contrast on
     stem_kernel = 1 * 4 * 4 * 16  # the CPU preset's stem: 1x4x4 kernel, 16 maps, one weight per input channel
     assert lc["params"] - base["params"] == 3 * stem_kernel  # three more input channels: the sequences' contrast
     for r in (base, lc):
