@@ -201,6 +201,19 @@ def test_local_contrast_keeps_a_thin_lesion_the_strided_stem_averages_away() -> 
     assert torch.allclose(c2, c, atol=1e-6)
 
 
+def test_local_contrast_differentiates_with_respect_to_its_input() -> None:
+    """Attribution maps (``eval.localisation``) need d(output)/d(input): with an input that requires grad
+    the filter gives the same values and a gradient that matches finite differences."""
+    head = _head((2, 9, 11)).double()
+    torch.manual_seed(0)
+    x = (torch.randn(1, 2, 2, 9, 11, dtype=torch.float64) + 2.0) * head  # (B, C, D, H, W), 0 outside the head
+    plain = LocalContrast(4)(x)
+    xg = x.clone().requires_grad_(True)
+    assert torch.allclose(LocalContrast(4)(xg), plain)
+    # head voxels only: the head mask is a step in x, so perturb where it cannot flip
+    assert torch.autograd.gradcheck(lambda v: LocalContrast(4)(v * head + 2.0 * head), (x[:, :1].clone().requires_grad_(True),))
+
+
 def test_local_contrast_encoder_option() -> None:
     """``local_contrast`` doubles the stem's input; gradients reach every parameter; a masked sequence's
     contrast is masked too (the filter runs after the sequence mask); the spec path of the recipes builds it."""

@@ -121,9 +121,12 @@ class LocalContrast(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         head = (x != 0).any(dim=1, keepdim=True).to(x.dtype)  # (B, 1, *S): one mask, pooled once
         # padding and partial blocks weigh numerator and denominator alike, so they cancel here
-        contrast = self._surround(x * head).div_(self._surround(head).clamp_min_(1e-6))  # (B, C, *S): the surround
-        contrast = torch.sub(x, contrast, out=contrast).mul_(head)  # 0 outside the head
-        return torch.cat([x, contrast], dim=1)  # (B, 2C, *S)
+        surround = self._surround(x * head).div_(self._surround(head).clamp_min_(1e-6))  # (B, C, *S)
+        if torch.is_grad_enabled() and x.requires_grad:  # attribution maps differentiate w.r.t. the input
+            contrast = (x - surround) * head  # out= ops have no autograd
+        else:  # training and inference: in place, one (B, C, *S) buffer fewer
+            contrast = torch.sub(x, surround, out=surround).mul_(head)
+        return torch.cat([x, contrast], dim=1)  # (B, 2C, *S): 0 outside the head
 
 
 class CoordChannels(nn.Module):
