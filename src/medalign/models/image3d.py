@@ -122,11 +122,10 @@ class LocalContrast(nn.Module):
         head = (x != 0).any(dim=1, keepdim=True).to(x.dtype)  # (B, 1, *S): one mask, pooled once
         # padding and partial blocks weigh numerator and denominator alike, so they cancel here
         surround = self._surround(x * head).div_(self._surround(head).clamp_min_(1e-6))  # (B, C, *S)
-        if torch.is_grad_enabled() and x.requires_grad:  # attribution maps differentiate w.r.t. the input
-            contrast = (x - surround) * head  # out= ops have no autograd
-        else:  # training and inference: in place, one (B, C, *S) buffer fewer
-            contrast = torch.sub(x, surround, out=surround).mul_(head)
-        return torch.cat([x, contrast], dim=1)  # (B, 2C, *S): 0 outside the head
+        # not torch.sub(..., out=surround): out= has no autograd, and attribution maps
+        # (eval.localisation) differentiate with respect to the input
+        contrast = (x - surround).mul_(head)  # (B, C, *S), 0 outside the head
+        return torch.cat([x, contrast], dim=1)  # (B, 2C, *S)
 
 
 class CoordChannels(nn.Module):
