@@ -187,6 +187,54 @@ def test_label_targets_pull_same_class_together() -> None:
     assert (lab[0] @ txt[1]) - (lab[0] @ txt[2]) > (plain[0] @ txt[1]) - (plain[0] @ txt[2]) + 0.2
 
 
+def test_label_similarity_splits_the_class_share_by_report_similarity() -> None:
+    """Row 0's class share: its own report keeps 1/n, the other same-class reports split (n-1)/n by
+    softmax(cos / T) of their report features; other classes get nothing."""
+    img = [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.8, -0.6]]
+    txt = [[0.8, 0.6], [0.0, 1.0], [1.0, 0.0], [0.6, 0.8]]
+    feats = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([2, 2, 2, 5])  # studies 0-2 one class; study 1's report is like study 0's
+    w, s, temp = 0.5, 2.0, 0.2
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    cos = f @ f.T
+    targets = torch.zeros(4, 4)
+    for r in range(3):
+        others = [c for c in range(3) if c != r]
+        share = torch.softmax(cos[r, others] / temp, 0)
+        targets[r, r] = (1 - w) + w / 3
+        targets[r, others] = w * share * 2 / 3
+    targets[3, 3] = 1.0
+    sim = [[s * sum(a * b for a, b in zip(i, t)) for t in txt] for i in img]
+    simT = [[sim[r][c] for r in range(4)] for c in range(4)]
+    expect = (sum(_soft_ce(sim[i], targets[i].tolist()) for i in range(4)) / 4
+              + sum(_soft_ce(simT[i], targets[i].tolist()) for i in range(4)) / 4) / 2
+    loss = ClipLoss(label_weight=w, label_similarity=temp)
+    got = loss(torch.tensor(img), torch.tensor(txt), s, feats, labels=labels)["contrastive_loss"].item()
+    assert got == pytest.approx(expect, abs=1e-6)
+    assert targets[0, 1] > 5 * targets[0, 2]  # row 0 goes mostly to the report like its own
+
+
+def test_label_similarity_limits_and_errors() -> None:
+    torch.manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(5, 6), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 6), dim=-1)
+    feats, labels = torch.randn(5, 3), torch.tensor([1, 1, 1, 0, -1])
+    equal = ClipLoss(label_weight=0.5)(img, txt, 5.0, labels=labels)["contrastive_loss"].item()
+    # a very high temperature shares equally: the plain label targets
+    flat = ClipLoss(label_weight=0.5, label_similarity=1e6)(img, txt, 5.0, feats, labels=labels)["contrastive_loss"]
+    assert flat.item() == pytest.approx(equal, abs=1e-5)
+    # a finite one moves the class share, but never across classes: one study per class is the plain loss
+    sharp = ClipLoss(label_weight=0.5, label_similarity=0.05)(img, txt, 5.0, feats, labels=labels)["contrastive_loss"]
+    assert abs(sharp.item() - equal) > 1e-4
+    plain = ClipLoss()(img, txt, 5.0)["contrastive_loss"].item()
+    distinct = ClipLoss(label_weight=0.5, label_similarity=0.05)(img, txt, 5.0, feats, labels=torch.tensor([0, 1, 2, 3, 4]))
+    assert distinct["contrastive_loss"].item() == pytest.approx(plain, abs=1e-6)
+    with pytest.raises(ValueError, match="target_features"):
+        ClipLoss(label_weight=0.5, label_similarity=0.1)(img, txt, 5.0, labels=labels)
+    with pytest.raises(ValueError, match="> 0"):
+        ClipLoss(label_weight=0.5, label_similarity=0.0)
+
+
 def test_twin_views_share_one_view() -> None:
     g = torch.Generator().manual_seed(0)
     original = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)  # (4, 3)

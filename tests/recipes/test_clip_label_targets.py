@@ -63,3 +63,26 @@ def test_unlabelled_batch_trains_as_the_paper_and_warns_once(caplog):
         lab.training_step(batch)
     assert a == pytest.approx(plain.training_step(batch)["contrastive_loss"].item(), abs=1e-6)
     assert sum("no class labels" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_label_similarity_reads_the_step_report_features(tmp_path, monkeypatch):
+    """``recipe.label_similarity``: the step shares the class half by the frozen report features it trains on,
+    and a tiny cohort trains with it through ``fit`` (the option reaches the loss of the loaded run)."""
+    rec = _recipe(label_targets=0.5, label_similarity=0.1)
+    rec.log_logit_scale.data.fill_(math.log(100.0))
+    batch = {"image": torch.randn(3, 1, 4, 16, 16), "text": ["Infarct.", "Acute infarct.", "Normal."],
+             "label": torch.tensor([0, 0, 0])}  # one class: only the similarity split tells the targets apart
+    rec.eval()
+    got = rec.training_step(batch)["contrastive_loss"].item()
+    f = rec(batch)
+    args = (f["image_embed"], f["text_embed"], f["logit_scale"], f["text_features"])
+    expect = ClipLoss(gather=False, label_weight=0.5, label_similarity=0.1)(*args, labels=batch["label"])
+    equal = ClipLoss(gather=False, label_weight=0.5)(*args, labels=batch["label"])
+    assert got == pytest.approx(expect["contrastive_loss"].item(), abs=1e-6)
+    assert abs(got - equal["contrastive_loss"].item()) > 1e-5
+
+    import medalign
+
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run, _ = fit_tiny_clip(tmp_path, label_targets=0.5, label_similarity=0.1)
+    assert medalign.load(run).recipe.loss.label_similarity == 0.1

@@ -47,8 +47,11 @@ WORKER = textwrap.dedent(
     y = torch.tensor([0, 3, 1, 3, 0, -1])
     lab = ClipLoss(gather=True, label_weight=0.5)(i.detach(), t.detach(), 2.0, labels=y[rows])
     mean_lab = torch.tensor([lab["contrastive_loss"].item()]); dist.all_reduce(mean_lab); mean_lab /= world
+    # label similarity: the report features are gathered, and each rank finds its own rows by offset
+    ls = ClipLoss(gather=True, label_weight=0.5, label_similarity=0.3)(i.detach(), t.detach(), 2.0, x_txt[rows], labels=y[rows])
+    mean_ls = torch.tensor([ls["contrastive_loss"].item()]); dist.all_reduce(mean_ls); mean_ls /= world
     if rank == 0:
-        json.dump({"loss": mean_loss.item(), "soft": mean_soft.item(), "label": mean_lab.item(),
+        json.dump({"loss": mean_loss.item(), "soft": mean_soft.item(), "label": mean_lab.item(), "label_sim": mean_ls.item(),
                    "grads": [p.grad.flatten().tolist() for p in params]},
                   open(os.path.join(out_dir, "ddp.json"), "w"))
 
@@ -92,6 +95,8 @@ def test_ddp_gather_matches_single_process(tmp_path: Path) -> None:
     y = torch.tensor([0, 3, 1, 3, 0, -1])  # classes shared across the two ranks' shards
     lab = ClipLoss(gather=False, label_weight=0.5)(i.detach(), t.detach(), 2.0, labels=y)["contrastive_loss"]
     assert abs(got["label"] - lab.item()) < 1e-5 and abs(lab.item() - loss.item()) > 1e-4
+    ls = ClipLoss(gather=False, label_weight=0.5, label_similarity=0.3)(i.detach(), t.detach(), 2.0, x_txt, labels=y)
+    assert abs(got["label_sim"] - ls["contrastive_loss"].item()) < 1e-5
     for g, p in zip(got["grads"], params):
         torch.testing.assert_close(torch.tensor(g), p.grad.flatten(), atol=1e-5, rtol=1e-4)
 

@@ -32,18 +32,28 @@ class ClipLoss(nn.Module):
     other, which the few-per-batch classes of a small cohort need: a report of small vessel
     disease is no longer pushed away from another study's white-matter lesions. A row with an
     unknown label keeps its own targets.
+
+    Label similarity (off by default; with label targets and ``target_features``): the class share
+    that goes to the *other* reports of a row's class is split by report similarity,
+    ``softmax(cos(f_i, f_j) / label_similarity)`` over them, instead of equally; the row's own
+    report keeps its equal share, so the total that goes to other reports is unchanged. For a
+    grab-bag class ("others": atrophy, small vessel disease, demyelination, sinus disease) a study
+    is then pulled mostly to reports of its own kind, not to the class's mean.
     """
 
     def __init__(self, gather: bool = True, target_temperature: float | None = None,
-                 label_weight: float = 0.0) -> None:
+                 label_weight: float = 0.0, label_similarity: float | None = None) -> None:
         super().__init__()
         if target_temperature is not None and target_temperature <= 0:
             raise ValueError(f"target_temperature must be > 0 (or None for one-hot targets), got {target_temperature}")
         if not 0.0 <= label_weight <= 1.0:
             raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
+        if label_similarity is not None and label_similarity <= 0:
+            raise ValueError(f"label_similarity must be > 0 (or None for an equal share), got {label_similarity}")
         self.gather = gather
         self.target_temperature = target_temperature
         self.label_weight = float(label_weight)
+        self.label_similarity = label_similarity
 
     def forward(self, image_embed: torch.Tensor, text_embed: torch.Tensor,
                 logit_scale: torch.Tensor | float,
@@ -78,18 +88,36 @@ class ClipLoss(nn.Module):
                 raise ValueError("ClipLoss with label_weight needs the batch's class labels (B,)")
             y = labels.to(image_embed.device).long()  # (B,)
             all_y = gather_no_grad(y) if self.gather and world > 1 else y  # (world * B,)
-            targets = self._with_label_targets(targets, y, all_y, logits_per_image.dtype)
+            sim = None
+            if self.label_similarity is not None:
+                if target_features is None or target_features.shape[0] != b:
+                    raise ValueError("ClipLoss with label_similarity needs target_features (B, Dt) for the batch")
+                f = F.normalize(target_features.detach().float(), dim=-1)  # (B, Dt)
+                all_f = gather_no_grad(f) if self.gather and world > 1 else f  # (world * B, Dt)
+                sim = f @ all_f.T / self.label_similarity  # (B, world * B)
+            targets = self._with_label_targets(targets, y, all_y, logits_per_image.dtype, sim, offset)
         loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
         return {"contrastive_loss": loss}
 
     def _with_label_targets(self, base: torch.Tensor, y: torch.Tensor, all_y: torch.Tensor,
-                            dtype: torch.dtype) -> torch.Tensor:
+                            dtype: torch.dtype, sim: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
         """Mix ``base`` targets (indices (B,) or rows (B, world * B)) with the rows of this rank's labels
         ``y`` (B,) over all ranks' ``all_y`` (world * B,); label equality is symmetric, so the same rows
-        serve as targets in both directions."""
+        serve as targets in both directions. ``sim`` (B, world * B): report similarity / temperature, for
+        ``label_similarity``; each row is then a distribution over the columns, used for both directions as
+        the soft report targets are. This rank's rows sit at columns ``offset + arange(B)``."""
+        n_all = all_y.shape[0]
         if base.dim() == 1:  # indices -> one-hot rows
-            base = F.one_hot(base, all_y.shape[0]).to(dtype)  # (B, world * B)
-        same = (y[:, None] == all_y[None, :]).to(dtype)  # (B, world * B)
-        same = same / same.sum(1, keepdim=True)  # rows sum to 1 (a row always matches itself)
+            base = F.one_hot(base, n_all).to(dtype)  # (B, world * B)
+        is_same = y[:, None] == all_y[None, :]  # (B, world * B)
+        n = is_same.sum(1, keepdim=True).to(dtype)  # (B, 1): >= 1, a row always matches itself
+        if sim is None:
+            same = is_same.to(dtype) / n  # rows sum to 1
+        else:
+            own = F.one_hot(torch.arange(y.shape[0], device=y.device) + offset, n_all).bool()  # (B, world * B)
+            others = is_same & ~own
+            # a row without another report of its class gets a uniform row here, times (n - 1) / n = 0
+            w = torch.softmax(sim.float().masked_fill(~others, torch.finfo(torch.float32).min), dim=1).to(dtype)
+            same = own.to(dtype) / n + w * (n - 1) / n  # own keeps 1 / n; the others share (n - 1) / n
         w = self.label_weight * (y >= 0).to(dtype)[:, None]  # (B, 1): an unknown label keeps its own targets
         return (1 - w) * base + w * same

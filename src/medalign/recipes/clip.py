@@ -144,6 +144,10 @@ class ClipRecipe(Recipe):
             paper): each study's targets become (1 - w) x its own report + w x the batch's reports
             of the same class (manifest column ``label``; rows without one keep their own; see
             :class:`~medalign.losses.clip.ClipLoss`).
+        label_similarity: with ``label_targets``, split the class share among the batch's other reports
+            of the class by the similarity of their frozen features (softmax of cos / this temperature)
+            instead of equally, so a study of a grab-bag class is pulled to reports of its own kind
+            (``None`` = equally; see :class:`~medalign.losses.clip.ClipLoss`).
         twin_views: > 0 trains a patient's studies in one batch (a study and its lesion-free twin,
             ``synth brain --twins``) through one shared view, a single sequence with this
             probability (:func:`shared_views`); 0 = the loop's plain shuffle.
@@ -173,7 +177,8 @@ class ClipRecipe(Recipe):
                  gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
-                 lesion_targets: str = "any", label_targets: float = 0.0, twin_views: float = 0.0,
+                 lesion_targets: str = "any", label_targets: float = 0.0, label_similarity: float | None = None,
+                 twin_views: float = 0.0,
                  view_distill: float = 0.0, view_distill_batch: int = 8, lesion_voxels: float = 0.0,
                  lesion_upsample: Sequence[int] = (1, 4, 4)) -> None:
         super().__init__()
@@ -215,7 +220,8 @@ class ClipRecipe(Recipe):
             raise ValueError(f"recipe.view_distill_batch must be >= 0 (0 = the whole batch), got {view_distill_batch}")
         self.view_distill = ViewDistillLoss(view_distill) if view_distill != 0 else None
         self.view_distill_batch = int(view_distill_batch)
-        self.loss = ClipLoss(gather=gather, target_temperature=target_temperature, label_weight=label_targets)
+        self.loss = ClipLoss(gather=gather, target_temperature=target_temperature, label_weight=label_targets,
+                             label_similarity=label_similarity)
         self.embed_dim = embed_dim
         select_report_section("", text_section)  # fail early on an unknown section name
         self.text_section = text_section
