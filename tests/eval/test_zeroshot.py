@@ -96,3 +96,46 @@ def test_binary_auroc_matches_sklearn_with_ties():
     score = np.round(rng.random(40), 1)  # many ties
     assert binary_auroc(pos, score) == pytest.approx(roc_auc_score(pos, score))
     assert binary_auroc(np.ones(3, bool), np.arange(3)) is None
+
+
+def _subclass_yaml(tmp_path, others: str) -> str:
+    body = "".join(f"{c}:\n  presence: ['{c} prompt']\n" for c in CLASSES if c != "others") + others
+    p = tmp_path / "prompts.yaml"
+    p.write_text(body, encoding="utf-8")
+    return str(p)
+
+
+def test_subclasses_load_as_grouped_presence_prompts(tmp_path):
+    path = _subclass_yaml(tmp_path, "others:\n  subclasses:\n    svd: ['Small vessel disease.', 'white matter lesions']\n"
+                                    "    atrophy: ['Atrophy.']\n  absence: ['no other abnormality']\n")
+    p = load_prompts(path)
+    assert p["others"] == {"presence": ["Small vessel disease.", "white matter lesions", "Atrophy."],
+                           "absence": ["no other abnormality"], "groups": [0, 0, 1]}
+    assert "groups" not in p["tumor"]
+    assert load_prompts(path, one_per_class=True)["others"] == {"presence": ["Small vessel disease."], "absence": []}
+    from medalign.errors import MedAlignError
+
+    for bad, why in (("others:\n  presence: ['x']\n  subclasses: {a: ['y']}\n", "not both"),
+                     ("others:\n  subclasses: {}\n", "not both"),
+                     ("others:\n  subclasses:\n    svd: []\n", "subclass 'svd' has no prompts")):
+        with pytest.raises(MedAlignError, match=why):
+            load_prompts(_subclass_yaml(tmp_path, bad))
+
+
+def test_a_class_with_subclasses_scores_the_max_of_their_ensembles():
+    prompts = {"a": {"presence": ["a1", "a2", "a3"], "absence": [], "groups": [0, 0, 1]},
+               "b": {"presence": ["b1"], "absence": []}}
+    table = {"a1": [1, 0, 0], "a2": [0, 1, 0], "a3": [0, 0, 1], "b1": [0.6, 0.8, 0]}
+    bank = embed_prompts(prompts, lambda ts: np.array([table[t] for t in ts], float))
+    assert bank["group"].tolist() == [0, 0, 1, 0]
+    img = np.array([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]) / np.array([[1.0], [np.sqrt(2)]])
+    # row 0: subclass 1 (a3) matches exactly, while the class mean (1, 1, 1)/sqrt 3 gives 1/sqrt 3
+    # row 1: subclass 0's ensemble (1, 1, 0)/sqrt 2 matches exactly
+    assert scores_from_prompt_bank(img, bank) == pytest.approx(np.array([[1.0, 0.0], [1.0, 1.4 / np.sqrt(2)]]))
+    flat = {**prompts, "a": {k: v for k, v in prompts["a"].items() if k != "groups"}}
+    flat_bank = embed_prompts(flat, lambda ts: np.array([table[t] for t in ts], float))
+    assert scores_from_prompt_bank(img, flat_bank)[0, 0] == pytest.approx(1 / np.sqrt(3))
+    # max pooling of scores within each subclass, then the max over subclasses: the max over all prompts
+    assert scores_from_prompt_bank(img, bank, pool="max") == pytest.approx(scores_from_prompt_bank(img, flat_bank, pool="max"))
+    bank_without_groups = {k: v for k, v in flat_bank.items() if k != "group"}  # a bank made before subclasses
+    assert scores_from_prompt_bank(img, bank_without_groups) == pytest.approx(scores_from_prompt_bank(img, flat_bank))

@@ -12,6 +12,11 @@ images identically within a class but can pick different classes. The paper's pr
 prompt per class (``one_per_class=True``: the first presence prompt). With
 ``absence="subtract"`` the pooled similarity to the class's absence prompts is subtracted
 (CheXzero-style positive-minus-negative).
+
+Subclasses (hierarchical label sets, CHiLS: Novack et al., ICML 2023): a class of the YAML may list
+``subclasses: {name: [prompts]}`` instead of ``presence``; each subclass is pooled on its own and the
+class scores the max over its subclasses, so a grab-bag class ("others": atrophy, small vessel
+disease, ...) is not one mean embedding that sits near none of its kinds.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ DEFAULT_POOL = "ensemble"
 
 
 def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | None = None,
-                 one_per_class: bool = False) -> dict[str, dict[str, list[str]]]:
-    """Read a prompts YAML -> {class: {"presence": [...], "absence": [...]}} in ``classes`` order.
+                 one_per_class: bool = False) -> dict[str, dict[str, list]]:
+    """Read a prompts YAML -> {class: {"presence": [...], "absence": [...]}} in ``classes`` order; a class
+    given by ``subclasses`` also gets ``"groups"``: its subclass index per presence prompt.
 
     ``one_per_class`` keeps only the first presence prompt and no absence prompts.
     """
@@ -48,12 +54,36 @@ def load_prompts(path: str | Path | None = None, *, classes: Sequence[str] | Non
             raise MedAlignError(f"{path}: no prompts for class '{c}'")
         if isinstance(entry, list):  # bare list = presence prompts only
             entry = {"presence": entry}
+        pres, groups = _presence(entry, c, path)
+        absn = [str(p) for p in entry.get("absence") or []]
+        if one_per_class:
+            out[c] = {"presence": pres[:1], "absence": []}
+        else:
+            out[c] = {"presence": pres, "absence": absn, **({"groups": groups} if groups else {})}
+    return out
+
+
+def _presence(entry: dict, c: str, path: Path) -> tuple[list[str], list[int]]:
+    """(presence prompts, subclass index per prompt or [] without subclasses) of one YAML class entry."""
+    from medalign.errors import MedAlignError
+
+    subs = entry.get("subclasses")
+    if subs is None:
         pres = [str(p) for p in entry.get("presence") or []]
         if not pres:
             raise MedAlignError(f"{path}: class '{c}' has no presence prompts")
-        absn = [str(p) for p in entry.get("absence") or []]
-        out[c] = {"presence": pres[:1], "absence": []} if one_per_class else {"presence": pres, "absence": absn}
-    return out
+        return pres, []
+    if entry.get("presence") or not isinstance(subs, dict) or not subs:
+        raise MedAlignError(f"{path}: class '{c}': give either presence prompts or a non-empty subclasses mapping "
+                            "{name: [prompts]}, not both")
+    pres, groups = [], []
+    for k, (name, prompts) in enumerate(subs.items()):
+        prompts = prompts.get("presence") if isinstance(prompts, dict) else prompts
+        if not prompts or not isinstance(prompts, list):
+            raise MedAlignError(f"{path}: class '{c}', subclass '{name}' has no prompts")
+        pres += [str(p) for p in prompts]
+        groups += [k] * len(prompts)
+    return pres, groups
 
 
 def pool_scores(sim: np.ndarray, pool: str) -> np.ndarray:
@@ -75,12 +105,13 @@ def ensemble_embedding(prompt_embed: np.ndarray) -> np.ndarray:
 
 def zero_shot_scores(
     image_embed: np.ndarray,
-    presence: Sequence[np.ndarray],
+    presence: Sequence[np.ndarray | Sequence[np.ndarray]],
     *,
     absence: Sequence[np.ndarray | None] | None = None,
     pool: str = DEFAULT_POOL,
 ) -> np.ndarray:
-    """(N, E) images x per-class prompt embeddings [(P_c, E)] -> (N, C) class scores."""
+    """(N, E) images x per-class prompt embeddings [(P_c, E)] -> (N, C) class scores. A class given as a
+    list of arrays [(P_k, E)] has subclasses: each is pooled alone and the class takes their max."""
     if pool not in POOLS:
         raise ValueError(f"unknown pool '{pool}'; allowed: {', '.join(POOLS)}")
 
@@ -91,7 +122,7 @@ def zero_shot_scores(
 
     cols = []
     for c, pe in enumerate(presence):
-        s = score(pe)
+        s = np.max(np.stack([score(g) for g in pe], axis=1), axis=1) if isinstance(pe, (list, tuple)) else score(pe)
         if absence is not None and absence[c] is not None and len(absence[c]):
             s = s - score(absence[c])
         cols.append(s)
@@ -100,15 +131,19 @@ def zero_shot_scores(
 
 def embed_prompts(prompts: Mapping[str, Mapping[str, list[str]]],
                   encode_text: Callable[[list[str]], np.ndarray]) -> dict:
-    """Encode every prompt once -> {"classes", "texts", "class_index", "kind", "embed"} (flat arrays)."""
-    texts, cls, kind = [], [], []
+    """Encode every prompt once -> {"classes", "texts", "class_index", "kind", "group", "embed"} (flat arrays;
+    ``group``: a presence prompt's subclass index within its class, 0 without subclasses, -1 for absence)."""
+    texts, cls, kind, group = [], [], [], []
     for ci, (c, entry) in enumerate(prompts.items()):
-        for k in ("presence", "absence"):
-            for t in entry.get(k, []):
-                texts.append(t), cls.append(ci), kind.append(k)
+        pres = list(entry.get("presence", []))
+        groups = list(entry.get("groups") or [0] * len(pres))
+        for t, g in zip(pres, groups):
+            texts.append(t), cls.append(ci), kind.append("presence"), group.append(int(g))
+        for t in entry.get("absence", []):
+            texts.append(t), cls.append(ci), kind.append("absence"), group.append(-1)
     emb = np.asarray(encode_text(texts), dtype=np.float32)
-    return {"classes": np.asarray(list(prompts)), "texts": np.asarray(texts),
-            "class_index": np.asarray(cls), "kind": np.asarray(kind), "embed": emb}
+    return {"classes": np.asarray(list(prompts)), "texts": np.asarray(texts), "class_index": np.asarray(cls),
+            "kind": np.asarray(kind), "group": np.asarray(group, dtype=int), "embed": emb}
 
 
 def scores_from_prompt_bank(image_embed: np.ndarray, bank: Mapping, *, pool: str = DEFAULT_POOL,
@@ -117,10 +152,16 @@ def scores_from_prompt_bank(image_embed: np.ndarray, bank: Mapping, *, pool: str
     if absence not in ("ignore", "subtract"):
         raise ValueError(f"absence must be 'ignore' or 'subtract', got '{absence}'")
     ci, kind, emb = np.asarray(bank["class_index"]), np.asarray(bank["kind"]), np.asarray(bank["embed"])
+    group = np.asarray(bank.get("group", np.zeros(len(ci), dtype=int)))  # banks saved before subclasses: none
     pres, absn = [], []
     for c in range(len(bank["classes"])):
-        p = emb[(ci == c) & (kind == "presence")]
-        pres.append(p[:1] if one_per_class else p)
+        sel = (ci == c) & (kind == "presence")
+        p, g = emb[sel], group[sel]
+        if one_per_class:
+            pres.append(p[:1])
+        else:  # one array per subclass (in YAML order) when the class has several, else the class's array
+            subs = [p[g == k] for k in dict.fromkeys(g.tolist())]
+            pres.append(subs if len(subs) > 1 else p)
         a = emb[(ci == c) & (kind == "absence")]
         absn.append(a if (absence == "subtract" and not one_per_class) else None)
     return zero_shot_scores(image_embed, pres, absence=absn, pool=pool)

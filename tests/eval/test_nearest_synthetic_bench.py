@@ -1,0 +1,61 @@
+"""benchmarks/nearest_synthetic.py: cosine neighbours, like-for-like sequences, and on a tiny run a real case
+that is a copy of a synthetic study finds that study first."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nibabel")
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from tiny_runs import load_benchmark  # noqa: E402
+
+bench = load_benchmark("nearest_synthetic")
+
+
+def test_nearest_orders_by_cosine_not_by_length():
+    syn = np.array([[10.0, 0.0], [0.6, 0.8], [0.0, -1.0]])  # (N, E); row 0 long but 45 degrees off
+    top, sim = bench.nearest(np.array([1.0, 1.0]), syn, 2)
+    assert top.tolist() == [1, 0]
+    assert sim.tolist() == pytest.approx([1.4 / np.sqrt(2), 1 / np.sqrt(2)])
+
+
+def test_script_on_a_tiny_run(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
+    rng = np.random.default_rng(4)
+    cohort = tmp_path / "cohort"
+    _study(cohort, "S1", "others", "wmh", rng)
+    _study(cohort, "S2", "tumor", "glioma", rng)
+    _normal_study(cohort, "S3", rng)
+    (cohort / "S2" / "dwi.nii.gz").unlink()  # FLAIR only: a neighbour of FLAIR-only cases, never of a dwi+flair one
+    shared = tmp_path / "shared"
+    case = shared / "real_dev" / "wmh_copy"
+    case.mkdir(parents=True)
+    shutil.copy(cohort / "S1" / "flair.nii.gz", case / "flair.nii.gz")  # a FLAIR-only "real" copy of S1's FLAIR
+    both = shared / "real_dev" / "both"
+    both.mkdir()
+    for s in ("dwi", "flair"):
+        shutil.copy(cohort / "S3" / f"{s}.nii.gz", both / f"{s}.nii.gz")
+    (shared / "real_dev" / "cases.json").write_text(json.dumps([
+        {"case": "wmh_copy", "class": "others", "files": {"flair": "flair.nii.gz"}},
+        {"case": "both", "class": "normal", "files": {"dwi": "dwi.nii.gz", "flair": "flair.nii.gz"}}]), encoding="utf-8")
+    out = tmp_path / "near.json"
+    monkeypatch.setattr(sys, "argv", ["nearest_synthetic.py", str(run), "--cohort", str(cohort), "--k", "2",
+                                      "--shared", str(shared), "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    flair_case = res["runs"][str(run)]["real_dev/wmh_copy"]
+    assert flair_case["sequences"] == ["flair"]
+    assert flair_case["neighbours"][0] == "S1" and flair_case["top_similarity"] == pytest.approx(1.0, abs=1e-4)
+    assert flair_case["own_class"] == pytest.approx(0.5)  # S1 (others) and one other study of k = 2
+    whole = res["runs"][str(run)]["real_dev/both"]
+    assert whole["neighbours"][0] == "S3" and "S2" not in whole["neighbours"]  # S2 has no DWI: not compared
+    assert sum(res["summed"]["real_dev/wmh_copy"].values()) == 2
