@@ -43,8 +43,8 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
     seqs = tuple(s for s in model.sequences if s in case["files"])
     if not seqs:
         return None
-    have = [s for s in studies if all(q in s["files"] for q in seqs)]
     if seqs not in memo:
+        have = [s for s in studies if all(q in s["files"] for q in seqs)]
         memo[seqs] = (have, model.encode_image([{q: s["files"][q] for q in seqs} for s in have]) if have else None)
     have, emb = memo[seqs]
     if emb is None:

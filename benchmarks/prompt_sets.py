@@ -78,12 +78,13 @@ def main() -> None:
     for run in a.runs:
         m = medalign.load(run)
         views = run_embeddings(m, a.dev, a.heldout, alone, a.shared)
+        stacked = np.concatenate([emb for emb, _, _ in views.values()])  # (sum N_view, E): one scoring per set
+        ends = np.cumsum([len(emb) for emb, _, _ in views.values()])
         res = {}
         for name, path in sets.items():
-            res[name] = {}
-            for view, (emb, labels, names) in views.items():
-                classes, p = m.zero_shot_probabilities(emb, prompts=path)
-                res[name][view] = {**accuracy(classes, p, labels), "names": names}
+            classes, p = m.zero_shot_probabilities(stacked, prompts=path)
+            res[name] = {view: {**accuracy(classes, pv, labels), "names": names}
+                         for (view, (_, labels, names)), pv in zip(views.items(), np.split(p, ends[:-1]))}
         out["runs"][run] = res
         print(f"{Path(run).name:<20} " + "  ".join(
             f"{name}: " + " ".join(f"{v} {r['acc']:.3f}" for v, r in res[name].items() if v != "real")

@@ -252,3 +252,8 @@ def test_twin_views_share_one_view() -> None:
     for _ in range(20):
         o = shared_views(orig2.clone(), orig2, ["a", "a"], 1.0, generator=g)
         assert int(o[0].nonzero()) in (1, 2) and torch.equal(o[0], o[1])
+
+
+def test_label_similarity_without_label_targets_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs label_weight > 0"):
+        ClipLoss(label_similarity=0.1)

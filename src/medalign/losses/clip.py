@@ -50,6 +50,9 @@ class ClipLoss(nn.Module):
             raise ValueError(f"label_weight must be in [0, 1], got {label_weight}")
         if label_similarity is not None and label_similarity <= 0:
             raise ValueError(f"label_similarity must be > 0 (or None for an equal share), got {label_similarity}")
+        if label_similarity is not None and label_weight == 0:
+            raise ValueError("label_similarity splits the class-label targets: it needs label_weight > 0 "
+                             "(recipe.label_targets)")
         self.gather = gather
         self.target_temperature = target_temperature
         self.label_weight = float(label_weight)
@@ -75,26 +78,23 @@ class ClipLoss(nn.Module):
         logits_per_image = logit_scale * image_embed @ all_text.T  # (B, world * B)
         logits_per_text = logit_scale * text_embed @ all_image.T  # (B, world * B)
         targets = torch.arange(b, device=image_embed.device) + offset  # (B,)
-        if self.target_temperature is not None:
+        cos = None  # (B, world * B) cosine of the frozen report features, for the soft and similarity targets
+        if self.target_temperature is not None or self.label_similarity is not None:
+            option = "target_temperature" if self.target_temperature is not None else "label_similarity"
             if target_features is None or target_features.shape[0] != b:
-                raise ValueError("ClipLoss with target_temperature needs target_features (B, Dt) for the batch")
+                raise ValueError(f"ClipLoss with {option} needs target_features (B, Dt) for the batch")
             f = F.normalize(target_features.detach().float(), dim=-1)  # (B, Dt)
             all_f = gather_no_grad(f) if self.gather and world > 1 else f  # (world * B, Dt)
-            # rows = this rank's reports, columns = all reports; the matrix is symmetric, so the
-            # same targets serve both directions
-            targets = F.softmax(f @ all_f.T / self.target_temperature, dim=-1).to(logits_per_image.dtype)  # (B, world * B)
+            cos = f @ all_f.T  # rows = this rank's reports, columns = all reports
+        if self.target_temperature is not None:
+            # the matrix is symmetric, so the same targets serve both directions
+            targets = F.softmax(cos / self.target_temperature, dim=-1).to(logits_per_image.dtype)  # (B, world * B)
         if self.label_weight > 0:
             if labels is None or labels.shape[0] != b:
                 raise ValueError("ClipLoss with label_weight needs the batch's class labels (B,)")
             y = labels.to(image_embed.device).long()  # (B,)
             all_y = gather_no_grad(y) if self.gather and world > 1 else y  # (world * B,)
-            sim = None
-            if self.label_similarity is not None:
-                if target_features is None or target_features.shape[0] != b:
-                    raise ValueError("ClipLoss with label_similarity needs target_features (B, Dt) for the batch")
-                f = F.normalize(target_features.detach().float(), dim=-1)  # (B, Dt)
-                all_f = gather_no_grad(f) if self.gather and world > 1 else f  # (world * B, Dt)
-                sim = f @ all_f.T / self.label_similarity  # (B, world * B)
+            sim = cos / self.label_similarity if self.label_similarity is not None else None  # (B, world * B)
             targets = self._with_label_targets(targets, y, all_y, logits_per_image.dtype, sim, offset)
         loss = (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
         return {"contrastive_loss": loss}
