@@ -1,7 +1,7 @@
 """Which synthetic studies each real case sits nearest to, in a trained run's image embedding space.
 
     python benchmarks/nearest_synthetic.py RUN [RUN ...] --cohort COHORT [--splits train] [--k 10]
-                                           [--shared ../shared/data] [--out results.json]
+                                           [--factors] [--shared ../shared/data] [--out results.json]
 
 A sim-to-real check that needs no prompts: a model that has learnt a finding on the synthetic cohort
 should embed a real case of that finding near the synthetic studies of it. Each real case of
@@ -12,10 +12,19 @@ FLAIR-only real case is compared with the synthetic FLAIRs alone), so like is co
 case and run: the findings of its ``k`` nearest synthetic studies by cosine similarity (grouped as
 ``finding_calls.py`` groups them, small vessel disease by Fazekas grade), the share of them in the
 case's own class, and the nearest similarity; then the counts summed over the runs.
+
+``--factors``: which drawn domain factor (``ground_truth.json["domain"]``: skull stripping, noise,
+edge enhancement, slice thickness, contrast, ...; :func:`study_factors`) makes a synthetic study of
+the case's class look like the real case to the models. Per run each study's similarity to the case
+is z-scored over the studies compared, averaged over the runs, and ranked against each factor
+(Spearman) within the case's class. Use a cohort with the factors spread (a default `synth brain`
+cohort; several cohorts: one run of the script each) and many runs; it points at what to change in
+the generator, and is no measure of transfer by itself.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,13 +36,53 @@ from finding_calls import cohort_studies  # noqa: E402
 from real_cases import DEFAULT_SHARED, real_cases  # noqa: E402
 
 
+def cosine(real: np.ndarray, synthetic: np.ndarray) -> np.ndarray:
+    """Cosine similarity (N,) of every row of ``synthetic`` (N, E) to ``real`` (E,)."""
+    s = synthetic / np.maximum(np.linalg.norm(synthetic, axis=1, keepdims=True), 1e-12)  # (N, E)
+    return s @ (real / max(float(np.linalg.norm(real)), 1e-12))
+
+
 def nearest(real: np.ndarray, synthetic: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (k,) of the ``k`` rows of ``synthetic`` (N, E) nearest to ``real`` (E,) by cosine, nearest
     first, and their similarities (k,)."""
-    s = synthetic / np.maximum(np.linalg.norm(synthetic, axis=1, keepdims=True), 1e-12)  # (N, E)
-    sim = s @ (real / max(float(np.linalg.norm(real)), 1e-12))  # (N,)
+    sim = cosine(real, synthetic)
     top = np.argsort(-sim, kind="stable")[:k]
     return top, sim[top]
+
+
+def study_factors(gt: dict, sequence: str) -> dict[str, float]:
+    """The domain factors of one randomised study (``ground_truth.json``) as numbers, those of ``sequence``'s
+    series for the per-series ones; {} for a study drawn without randomisation."""
+    d = gt.get("domain")
+    if not d:
+        return {}
+    a, c, pt = d["acquisition"].get(sequence, {}), d["contrast"].get(sequence, {}), d.get("patient", {})
+    out = {"skull_stripped": float(d["skull_stripped"]), "protocol_thick": float(d["protocol"] == "thick"),
+           "protocol_3d": float(d["protocol"] == "3d"), "conspicuity": d["conspicuity"], "texture_cv": d["texture_cv"],
+           "sulcal_gamma": pt.get("sulcal_gamma"), "atrophy": gt.get("atrophy"), "age_years": gt.get("age_years")}
+    if a:
+        out.update({"sharpen": a.get("sharpen") or 0.0, "noise_scale": a["noise_scale"], "thickness_mm": a["thickness_mm"],
+                    "inplane_mm": a["inplane_mm"], "partial": float(a["partial"]), "bias_amp": a["bias_amp"],
+                    "ghost": a["ghost"], "motion": float(a["motion"] is not None)})
+    if c:
+        out.update({"gm_to_wm": c["gm"] / c["wm"], "csf_to_wm": c["csf"] / c["wm"]})
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def factor_ranks(z: dict[str, float], factors: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """{factor: {rho, p, n}} (Spearman of a study's mean z-scored similarity ``z`` {study: z} against each factor
+    {study: {factor: value}}), strongest first; a factor that does not vary is left out."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for f in sorted({k for v in factors.values() for k in v}):
+        ids = [s for s in z if f in factors.get(s, {})]
+        x = np.array([factors[s][f] for s in ids])
+        if len(ids) < 5 or np.ptp(x) == 0:
+            continue
+        rho, p = spearmanr(x, [z[s] for s in ids])
+        out[f] = {"rho": round(float(rho), 3), "p": float(f"{p:.3g}"), "n": len(ids)}
+    return dict(sorted(out.items(), key=lambda kv: -abs(kv[1]["rho"])))
 
 
 def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) -> dict | None:
@@ -50,11 +99,32 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
     if emb is None:
         return None
     real = model.encode_image([{q: case["files"][q] for q in seqs}])[0]
-    top, sim = nearest(real, emb, min(k, len(have)))
+    sim = cosine(real, emb)  # (N,)
+    top = np.argsort(-sim, kind="stable")[:min(k, len(have))]
     groups = Counter(have[j]["group"] for j in top)
     own = sum(have[j]["label"] == case["class"] for j in top) / len(top)
+    z = (sim - sim.mean()) / max(float(sim.std()), 1e-12)  # this run's scale, so runs can be averaged
     return {"sequences": list(seqs), "groups": dict(groups.most_common()), "own_class": round(own, 3),
-            "top_similarity": round(float(sim[0]), 4), "neighbours": [have[j]["study"] for j in top]}
+            "top_similarity": round(float(sim[top[0]]), 4), "neighbours": [have[j]["study"] for j in top],
+            "z": {s["study"]: float(v) for s, v in zip(have, z)}}
+
+
+def case_factors(cohort: Path, cases: list[dict], zs: dict[str, dict[str, list[float]]],
+                 sequence: dict[str, str]) -> dict[str, dict]:
+    """Per case: the domain factors (of its first sequence ``sequence[case]``'s series) ranked within the
+    studies of its class (``factor_ranks``); prints the strongest."""
+    gts = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in cohort.glob("*/ground_truth.json")}
+    out = {}
+    print("== domain factors that bring the case's class nearer (Spearman rho of mean z; within its class)")
+    for c in cases:
+        if c["case"] not in zs:
+            continue
+        seq = sequence[c["case"]]
+        z = {s: float(np.mean(v)) for s, v in zs[c["case"]].items() if gts.get(s, {}).get("label") == c["class"]}
+        ranks = factor_ranks(z, {s: study_factors(gts[s], seq) for s in z})
+        out[c["case"]] = ranks
+        print(f"  {c['case']:<34} " + ", ".join(f"{f} {r['rho']:+.2f}" for f, r in list(ranks.items())[:5]))
+    return out
 
 
 def main() -> None:
@@ -63,6 +133,8 @@ def main() -> None:
     ap.add_argument("--cohort", type=Path, required=True, help="a `synth brain` output folder")
     ap.add_argument("--splits", default="", help="comma-separated splits to keep (e.g. train: the run's own studies)")
     ap.add_argument("--k", type=int, default=10, help="neighbours per case")
+    ap.add_argument("--factors", action="store_true",
+                    help="also rank the drawn domain factors by how close they bring the case's class to the case")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -81,6 +153,7 @@ def main() -> None:
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
     out: dict = {"cohort": str(a.cohort), "splits": a.splits, "k": a.k, "runs": {}, "summed": {}}
     summed: dict[str, Counter] = {}
+    zs: dict[str, dict[str, list[float]]] = {}  # case -> study -> z per run
     for run in a.runs:
         m = medalign.load(run)
         studies = cohort_studies(a.cohort, list(m.sequences), splits)
@@ -92,6 +165,8 @@ def main() -> None:
             r = case_neighbours(m, c, studies, a.k, memo)
             if r is None:
                 continue
+            for sid, v in r.pop("z").items():
+                zs.setdefault(c["case"], {}).setdefault(sid, []).append(v)
             rows[c["case"]] = r
             summed.setdefault(c["case"], Counter()).update(r["groups"])
             near = ", ".join(f"{g} {n}" for g, n in list(r["groups"].items())[:4])
@@ -102,6 +177,9 @@ def main() -> None:
     for case, cnt in summed.items():
         out["summed"][case] = dict(cnt.most_common())
         print(f"  {case:<34} " + ", ".join(f"{g} {n}" for g, n in cnt.most_common(6)))
+    if a.factors:
+        first = {case: r["sequences"][0] for rows in out["runs"].values() for case, r in rows.items()}
+        out["factors"] = case_factors(a.cohort, cases, zs, first)
     if a.out:
         atomic_write_json(a.out, out)
 

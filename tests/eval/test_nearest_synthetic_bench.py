@@ -49,7 +49,7 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
         {"case": "both", "class": "normal", "files": {"dwi": "dwi.nii.gz", "flair": "flair.nii.gz"}}]), encoding="utf-8")
     out = tmp_path / "near.json"
     monkeypatch.setattr(sys, "argv", ["nearest_synthetic.py", str(run), "--cohort", str(cohort), "--k", "2",
-                                      "--shared", str(shared), "--out", str(out)])
+                                      "--shared", str(shared), "--out", str(out), "--factors"])
     bench.main()
     res = json.loads(out.read_text(encoding="utf-8"))
     flair_case = res["runs"][str(run)]["real_dev/wmh_copy"]
@@ -59,3 +59,21 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     whole = res["runs"][str(run)]["real_dev/both"]
     assert whole["neighbours"][0] == "S3" and "S2" not in whole["neighbours"]  # S2 has no DWI: not compared
     assert sum(res["summed"]["real_dev/wmh_copy"].values()) == 2
+    assert set(res["factors"]) == {"real_dev/wmh_copy", "real_dev/both"}  # drawn without randomisation: no factor
+    assert res["factors"]["real_dev/both"] == {} and "z" not in whole
+
+
+def test_study_factors_and_their_ranking():
+    from medalign.data.synth.brain import plan_cohort
+
+    t = plan_cohort(20, 4)[0]
+    f = bench.study_factors(t, "flair")
+    g = t["domain"]["acquisition"]["flair"]
+    assert f["skull_stripped"] == float(t["domain"]["skull_stripped"]) and f["noise_scale"] == g["noise_scale"]
+    assert f["csf_to_wm"] == pytest.approx(t["domain"]["contrast"]["flair"]["csf"] / t["domain"]["contrast"]["flair"]["wm"])
+    assert bench.study_factors({"label": "normal"}, "flair") == {}  # drawn without randomisation
+    factors = {f"S{i}": {"a": float(i), "b": float(-i * i), "flat": 1.0} for i in range(8)}
+    z = {f"S{i}": float(i) + 0.1 for i in range(8)}
+    ranks = bench.factor_ranks(z, factors)
+    assert list(ranks) == ["a", "b"] and ranks["a"]["rho"] == 1.0 and ranks["b"]["rho"] == -1.0  # "flat" left out
+    assert ranks["a"]["n"] == 8

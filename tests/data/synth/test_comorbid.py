@@ -22,8 +22,8 @@ def _comorbid(t: dict) -> list[dict]:
 def test_plan_adds_it_to_eligible_patients_only_and_changes_nothing_else():
     kw = dict(seed=8, studies_per_patient="1-3", paraphrases=2)
     base = plan_cohort(300, **kw)
-    assert plan_cohort(300, comorbid_svd=0.0, **kw) == base  # off: the plan unchanged
-    plans = plan_cohort(300, comorbid_svd=0.7, **kw)
+    assert plan_cohort(300, domain=R.DomainOptions(comorbid_svd=0.0), **kw) == base  # off: the plan unchanged
+    plans = plan_cohort(300, domain=R.DomainOptions(comorbid_svd=0.7), **kw)
     eligible = hits = 0
     by_patient: dict[str, set] = {}
     for before, t in zip(base, plans):
@@ -86,4 +86,4 @@ def test_cli_option_recorded_and_bad_values_fail_in_one_line(tmp_path, capsys):
     from medalign.errors import MedAlignError
 
     with pytest.raises(MedAlignError, match="probability"):
-        generate_brain_cohort(tmp_path / "e", n=5, comorbid_svd=1.5)
+        generate_brain_cohort(tmp_path / "e", n=5, domain=R.DomainOptions(comorbid_svd=1.5))

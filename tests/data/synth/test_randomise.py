@@ -185,18 +185,19 @@ def test_clinical_noise_option_changes_only_the_flairs_noise(tmp_path):
                 changed.add((t["study_id"], f.name.split(".")[0]))
     assert {s for _, s in changed} == {"flair"} and {sid for sid, _ in changed} == noisier
     plans = plan_cohort(20, 4)  # the default share, as `synth brain` without the option draws it
-    assert plans == plan_cohort(20, 4, clinical_noise=R.CLINICAL_NOISE_P) != plan_cohort(20, 4, clinical_noise=0.0)
+    assert plans == plan_cohort(20, 4, domain=R.DomainOptions(clinical_noise=R.CLINICAL_NOISE_P)) != plan_cohort(
+        20, 4, domain=R.DomainOptions(clinical_noise=0.0))
     with pytest.raises(Exception, match="--clinical-noise needs domain randomisation"):
         generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False,
-                              clinical_noise=0.5)
+                              domain=R.DomainOptions(clinical_noise=0.5))
 
 
 def test_sharpen_draws_one_filter_per_study_and_nothing_else():
     """Share 0 (the default) draws nothing: the plan is the one before the option. Share p: a study's
     series share one amount from ``SHARPEN`` (one scanner's reconstruction), about a share p of the
     studies get one, and every other draw is the same as without it (it is drawn last)."""
-    assert R.SHARPEN_P == 0.0 and plan_cohort(40, 4) == plan_cohort(40, 4, sharpen=0.0)
-    plain, sharp = plan_cohort(40, 4, sharpen=0.0), plan_cohort(40, 4, sharpen=0.5)
+    assert R.SHARPEN_P == 0.0 and plan_cohort(40, 4) == plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.0))
+    plain, sharp = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=p)) for p in (0.0, 0.5))
     on = 0
     for t0, t in zip(plain, sharp):
         amounts = {s: g.pop("sharpen") for s, g in t["domain"]["acquisition"].items()}
@@ -245,7 +246,8 @@ def test_sharpen_option_changes_the_images_and_records_the_filter(tmp_path):
         assert np.array_equal(np.asanyarray(nib.load(tmp_path / "a" / t["study_id"] / "lesion_mask.nii.gz").dataobj),
                               np.asanyarray(nib.load(gt.parent / "lesion_mask.nii.gz").dataobj))
     with pytest.raises(Exception, match="--sharpen needs domain randomisation"):
-        generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False, sharpen=0.5)
+        generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False,
+                              domain=R.DomainOptions(sharpen=0.5))
 
 
 def test_cohort_files_follow_the_recorded_domain(cohort):
@@ -381,10 +383,10 @@ def test_white_matter_lesions_take_their_own_conspicuity():
     truth = plan_cohort(20, seed=8)[0]
     before = R.draw_domain(truth)
     assert "wm_conspicuity" not in before
-    after = R.draw_domain(truth, (1.2, 1.4))
+    after = R.draw_domain(truth, R.DomainOptions(wm_conspicuity=(1.2, 1.4)))
     assert _in(after.pop("wm_conspicuity"), (1.2, 1.4))
     assert after == before
-    plans = plan_cohort(20, seed=8, wm_conspicuity=(1.2, 1.4))
+    plans = plan_cohort(20, seed=8, domain=R.DomainOptions(wm_conspicuity=(1.2, 1.4)))
     assert all(_in(t["domain"]["wm_conspicuity"], (1.2, 1.4)) for t in plans)
 
 
@@ -462,7 +464,7 @@ def test_wm_shine_hides_white_matter_lesions_on_dwi_and_t2s_only():
         assert hidden["lesion"][name] == plain["lesion"][name]
     truth = plan_cohort(20, seed=8)[0]
     before = R.draw_domain(truth)
-    after = R.draw_domain(truth, wm_shine=(0.0, 0.5))
+    after = R.draw_domain(truth, R.DomainOptions(wm_shine=(0.0, 0.5)))
     assert _in(after.pop("wm_shine"), (0.0, 0.5)) and after == before
 
 

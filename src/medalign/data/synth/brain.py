@@ -52,8 +52,8 @@ from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy, open_sulci
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, sample_truth
-from medalign.data.synth.randomise import (CLINICAL_NOISE_P, SHARPEN_P, apply_grid, artefacts, coverage_target,
-                                            record_options, study_contrast)
+from medalign.data.synth.randomise import (DomainOptions, apply_grid, artefacts, coverage_target, record_options,
+                                            study_contrast)
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
@@ -126,9 +126,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 paraphrases: int = 0, twins: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
                 class_weights: dict[str, float] | None = None,
-                wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
-                wm_shine: tuple[float, float] | None = None, clinical_noise: float = CLINICAL_NOISE_P,
-                sharpen: float = SHARPEN_P) -> list[dict]:
+                domain: DomainOptions = DomainOptions()) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -140,14 +138,10 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     those proportions; val and test stay balanced. ``twins`` = f > 0 appends
     lesion-free twins of a fraction f of the abnormal training studies (``synth.twins``; the
     first n studies stay exactly as planned without them), of ``twin_classes`` only when given.
-    ``wm_conspicuity`` (lo, hi): each randomised study also draws a factor on the conspicuity of its
-    white-matter lesions (``randomise.draw_domain``); None = off, the plan unchanged. ``wm_shine``
-    (lo, hi) likewise, a factor on their conspicuity on DWI, ADC and T2* only. ``clinical_noise`` = p:
-    a share p of the randomised FLAIRs draw their noise from ``randomise.CLINICAL_NOISE`` (0 = off); ``sharpen``
-    = p: a share p of the randomised studies get an edge-enhancing reconstruction (``randomise.SHARPEN``).
-    ``comorbid_svd`` = p > 0: randomised infarct, tumour and haemorrhage patients of 50 or older get
-    background small vessel disease with probability p (``randomise.comorbid_svd_finding``), drawn and
-    reported beside their finding; 0 = off, the plan unchanged.
+    ``domain`` (``randomise.DomainOptions``: white-matter lesion conspicuity, clinical-grade noise,
+    edge enhancement, skull stripping, background small vessel disease) sets how the randomised
+    studies' domains are drawn; the defaults are the generator's (an option off draws nothing, so
+    the plan is unchanged).
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
@@ -224,7 +218,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
         if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
-            randomise_truth(truth, wm_conspicuity, comorbid_svd, wm_shine, clinical_noise, sharpen)
+            randomise_truth(truth, domain)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
         truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
@@ -390,9 +384,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
                           twin_classes: Sequence[str] | None = None,
                           class_weights: dict[str, float] | None = None,
-                          wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
-                          wm_shine: tuple[float, float] | None = None, clinical_noise: float | None = None,
-                          sharpen: float | None = None) -> Path:
+                          domain: DomainOptions = DomainOptions()) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -410,9 +402,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     adds lesion-free twins of a fraction f of the abnormal training studies (of ``twin_classes``
     when given; ``synth.twins``) after the n planned ones, recorded as ``"twins"`` (fraction,
     classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
-    classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``;
-    ``wm_conspicuity``, ``wm_shine``, ``comorbid_svd``, ``clinical_noise`` and ``sharpen`` likewise (``plan_cohort``),
-    recorded under their names; None = ``randomise.CLINICAL_NOISE_P`` / ``SHARPEN_P`` when randomising.
+    classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``; ``domain``
+    likewise (``plan_cohort``), recorded under the options' names (``DomainOptions.record``).
     """
     import pandas as pd
 
@@ -420,25 +411,13 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
 
     if shape_mode not in ("clinical", "small"):
         raise MedAlignError(f"--shape-mode must be 'clinical' or 'small', got '{shape_mode}'")
-    for option, factor in (("--wm-conspicuity", wm_conspicuity), ("--wm-shine", wm_shine)):
-        if factor is not None and not randomise:  # each scales a randomised study's conspicuity
-            raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
-    for option, p in (("--comorbid-svd", comorbid_svd), ("--clinical-noise", clinical_noise or 0.0),
-                      ("--sharpen", sharpen or 0.0)):
-        if not 0.0 <= p <= 1.0:
-            raise MedAlignError(f"{option} must be a probability in [0, 1], got {p}")
-        if p > 0 and not randomise:  # white-matter disease shapes and noise are drawn by randomisation
-            raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
-    # the default shares; an unrandomised cohort draws no noise factor and no filter at all
-    clinical_noise = (CLINICAL_NOISE_P if randomise else 0.0) if clinical_noise is None else clinical_noise
-    sharpen = (SHARPEN_P if randomise else 0.0) if sharpen is None else sharpen
+    domain.check(randomise)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
-                        class_weights=class_weights, wm_conspicuity=wm_conspicuity, comorbid_svd=comorbid_svd,
-                        wm_shine=wm_shine, clinical_noise=clinical_noise, sharpen=sharpen)
+                        class_weights=class_weights, domain=domain)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -475,17 +454,11 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
             "classes": list(CLASSES)}
     if randomise:  # absent without randomisation: that cohort.json stays as it was
         info["randomise"] = True
+        info.update(domain.record())
     if paraphrases:  # likewise absent without paraphrases
         info["paraphrases"] = int(paraphrases)
     if class_weights:  # likewise absent without weights
         info["class_weights"] = {c: float(class_weights.get(c, 1.0)) for c in CLASSES}
-    if wm_conspicuity is not None:  # likewise absent without it
-        info["wm_conspicuity"] = [float(v) for v in wm_conspicuity]
-    if wm_shine is not None:
-        info["wm_shine"] = [float(v) for v in wm_shine]
-    for key, p in (("comorbid_svd", comorbid_svd), ("clinical_noise", clinical_noise), ("sharpen", sharpen)):
-        if p > 0:
-            info[key] = float(p)
     if twins:  # likewise absent without twins
         info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
                          "n": len(plans) - n}

@@ -29,6 +29,7 @@ here runs and the cohort is byte-identical to the generator without this module.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -129,6 +130,8 @@ FINE_FLAIR_P = 0.4               # thick protocol: FLAIR on an interpolated 512-
 PARTIAL_P = 0.15                 # per sequence; the real volunteer DWI is a 64 mm slab
 PARTIAL_COVER_MM = (60.0, 110.0)
 FULL_COVER_MM = 150.0
+# Share of studies stored skull-stripped (zero outside the brain), `synth brain --skull-strip P`. All nine real FLAIRs
+# in ../shared/data are (BraTS and the clinical WMH cases), most clinical exports are not.
 SKULL_STRIP_P = 0.4
 GHOST_P, GHOST = 0.25, (0.02, 0.10)
 MOTION_P, MOTION_MM = 0.15, 2.0  # k-space motion: translation sd (mm) after a random line
@@ -144,6 +147,54 @@ ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
 # on fresh seeds 5-9, under a rule written first, DEV +0.02 and tumours 109 vs 107 of 150 (stop 45): adopted.
 GLIOMA_SCALE = (0.85, 1.30)
 GLIOMA_TAIL_U, GLIOMA_TAIL_MAX = 0.9, 1.60
+
+
+@dataclass(frozen=True)
+class DomainOptions:
+    """The ``synth brain`` options that change how a randomised study's domain is drawn; None / the defaults
+    are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
+    (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
+    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``: probabilities (``COMORBID_CLASSES``,
+    ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``)."""
+
+    wm_conspicuity: tuple[float, float] | None = None
+    wm_shine: tuple[float, float] | None = None
+    comorbid_svd: float = 0.0
+    clinical_noise: float | None = None
+    sharpen: float | None = None
+    skull_strip: float | None = None
+
+    def resolved(self) -> "DomainOptions":
+        """The same options with every None replaced by the generator's default."""
+        return DomainOptions(self.wm_conspicuity, self.wm_shine, self.comorbid_svd,
+                             CLINICAL_NOISE_P if self.clinical_noise is None else self.clinical_noise,
+                             SHARPEN_P if self.sharpen is None else self.sharpen,
+                             SKULL_STRIP_P if self.skull_strip is None else self.skull_strip)
+
+    def check(self, randomise: bool) -> None:
+        """One-line errors: a probability outside [0, 1], or an option set without domain randomisation."""
+        from medalign.errors import MedAlignError
+
+        for key in ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip"):
+            p, option = getattr(self, key), "--" + key.replace("_", "-")
+            if p is not None and not 0.0 <= p <= 1.0:
+                raise MedAlignError(f"{option} must be a probability in [0, 1], got {p}")
+        given = {"--wm-conspicuity": self.wm_conspicuity is not None, "--wm-shine": self.wm_shine is not None,
+                 "--comorbid-svd": self.comorbid_svd > 0, "--clinical-noise": bool(self.clinical_noise),
+                 "--sharpen": bool(self.sharpen), "--skull-strip": bool(self.skull_strip)}
+        for option, on in given.items():
+            if on and not randomise:  # each changes how a randomised study is drawn
+                raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
+
+    def record(self) -> dict[str, Any]:
+        """``cohort.json`` entries of a randomised cohort: the ranges set and every probability above 0."""
+        r = self.resolved()
+        out: dict[str, Any] = {k: [float(v) for v in rng] for k, rng in
+                               (("wm_conspicuity", r.wm_conspicuity), ("wm_shine", r.wm_shine)) if rng is not None}
+        for key in ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip"):
+            if getattr(r, key) > 0:
+                out[key] = float(getattr(r, key))
+        return out
 
 
 def glioma_scale(u: float) -> float:
@@ -223,14 +274,14 @@ def _acquisition(rng: np.random.Generator, protocol: str, three_d: str, fine: bo
     return out
 
 
-def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None,
-                wm_shine: tuple[float, float] | None = None, clinical_noise: float = CLINICAL_NOISE_P,
-                sharpen: float = SHARPEN_P) -> dict[str, Any]:
-    """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``;
-    ``wm_conspicuity`` (lo, hi): also a factor on k for the white-matter lesions (``WM_LESIONS``);
-    ``wm_shine`` (lo, hi): a further factor on their k on ``SHINE_SEQUENCES`` only; ``clinical_noise``: the
-    share of FLAIRs whose noise is drawn from ``CLINICAL_NOISE`` (:func:`noise_scale`; same draws); ``sharpen``:
-    the share of studies whose series are reconstructed with an edge-enhancing filter (``SHARPEN``)."""
+def draw_domain(truth: dict, options: DomainOptions = DomainOptions()) -> dict[str, Any]:
+    """One study's domain factors (JSON-ready) from its own stream ``truth["seed"] + [11]``, as ``options``
+    (:class:`DomainOptions`) set them: ``wm_conspicuity`` also draws a factor on k for the white-matter lesions
+    (``WM_LESIONS``), ``wm_shine`` a further one on ``SHINE_SEQUENCES`` only, ``clinical_noise`` the share of
+    FLAIRs whose noise is drawn from ``CLINICAL_NOISE`` (:func:`noise_scale`; same draws), ``sharpen`` the share
+    of studies reconstructed with an edge-enhancing filter (``SHARPEN``), ``skull_strip`` the share stored
+    skull-stripped (same draw)."""
+    o = options.resolved()
     rng = np.random.default_rng(list(truth["seed"]) + [DOMAIN_STREAM])
     protocol = str(rng.choice(list(PROTOCOL_P), p=list(PROTOCOL_P.values())))
     three_d = str(rng.choice(["t1", "flair", "t1c"]))
@@ -240,16 +291,16 @@ def draw_domain(truth: dict, wm_conspicuity: tuple[float, float] | None = None,
         "protocol": protocol, "three_d": three_d if protocol == "3d" else None, "fine_flair": fine and protocol == "thick",
         "contrast": _contrast(rng), "conspicuity": _u(rng, CONSPICUITY), "texture_cv": _u(rng, TEXTURE_CV),
     }
-    dom["acquisition"] = _acquisition(rng, protocol, three_d, fine, clinical_noise)
+    dom["acquisition"] = _acquisition(rng, protocol, three_d, fine, o.clinical_noise)
     sinus = any(f.get("variant") == "sinus" for f in truth.get("findings", []))
-    dom["skull_stripped"] = bool(strip_u < SKULL_STRIP_P) and not sinus  # a sinus finding lies outside the brain
-    if wm_conspicuity is not None:  # drawn last: every earlier draw unchanged
-        dom["wm_conspicuity"] = _u(rng, wm_conspicuity)
-    if wm_shine is not None:  # after it, for the same reason
-        dom["wm_shine"] = _u(rng, wm_shine)
-    if sharpen > 0:  # last of all; 0 draws nothing, so the plan stays byte for byte as without it
+    dom["skull_stripped"] = bool(strip_u < o.skull_strip) and not sinus  # a sinus finding lies outside the brain
+    if o.wm_conspicuity is not None:  # drawn last: every earlier draw unchanged
+        dom["wm_conspicuity"] = _u(rng, o.wm_conspicuity)
+    if o.wm_shine is not None:  # after it, for the same reason
+        dom["wm_shine"] = _u(rng, o.wm_shine)
+    if o.sharpen > 0:  # last of all; 0 draws nothing, so the plan stays byte for byte as without it
         u = rng.random(2)
-        amount = round(SHARPEN[0] + float(u[1]) * (SHARPEN[1] - SHARPEN[0]), 4) if u[0] < sharpen else 0.0
+        amount = round(SHARPEN[0] + float(u[1]) * (SHARPEN[1] - SHARPEN[0]), 4) if u[0] < o.sharpen else 0.0
         for g in dom["acquisition"].values():  # one scanner's reconstruction for every series of the study
             g["sharpen"] = amount
     return dom
@@ -281,12 +332,11 @@ def comorbid_svd_finding(truth: dict, p: float) -> dict | None:
             "fazekas": grade, "comorbid": True}
 
 
-def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = None, comorbid_svd: float = 0.0,
-                    wm_shine: tuple[float, float] | None = None, clinical_noise: float = CLINICAL_NOISE_P,
-                    sharpen: float = SHARPEN_P) -> dict:
+def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> dict:
     """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
-    slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`);
-    with ``comorbid_svd`` > 0, background small vessel disease (:func:`comorbid_svd_finding`)."""
+    slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`, as
+    ``options`` set it); with ``options.comorbid_svd`` > 0, background small vessel disease
+    (:func:`comorbid_svd_finding`)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -301,12 +351,12 @@ def randomise_truth(truth: dict, wm_conspicuity: tuple[float, float] | None = No
     base = float(truth["atrophy"])
     if not any(f.get("variant") == "atrophy" for f in truth["findings"]):
         truth["atrophy"] = round(float(np.clip(base * slope + offset, 0.0, ATROPHY_MAX)), 3)
-    dom = draw_domain(truth, wm_conspicuity, wm_shine, clinical_noise, sharpen)
+    dom = draw_domain(truth, options)
     dom["patient"] = {"atrophy_base": base, "atrophy_slope": round(slope, 4), "atrophy_offset": round(offset, 4),
                       "glioma_scale": round(glioma, 4), "sulcal_gamma": round(sulci, 4), **wmd}
     truth["domain"] = dom
-    if comorbid_svd > 0:  # after every other draw; its own stream
-        f = comorbid_svd_finding(truth, comorbid_svd)
+    if options.comorbid_svd > 0:  # after every other draw; its own stream
+        f = comorbid_svd_finding(truth, options.comorbid_svd)
         if f is not None:
             truth["findings"].append(f)
     return truth
