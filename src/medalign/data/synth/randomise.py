@@ -29,12 +29,13 @@ here runs and the cohort is byte-identical to the generator without this module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
+from medalign.errors import MedAlignError
 
 DOMAIN_STREAM = 11   # study stream: truth["seed"] + [11] (t1c uses 7)
 PATIENT_STREAM = 11  # patient stream: truth["anatomy_seed"] + [11] (lesion shapes use 5)
@@ -166,15 +167,12 @@ class DomainOptions:
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
-        return DomainOptions(self.wm_conspicuity, self.wm_shine, self.comorbid_svd,
-                             CLINICAL_NOISE_P if self.clinical_noise is None else self.clinical_noise,
-                             SHARPEN_P if self.sharpen is None else self.sharpen,
-                             SKULL_STRIP_P if self.skull_strip is None else self.skull_strip)
+        return replace(self, clinical_noise=CLINICAL_NOISE_P if self.clinical_noise is None else self.clinical_noise,
+                       sharpen=SHARPEN_P if self.sharpen is None else self.sharpen,
+                       skull_strip=SKULL_STRIP_P if self.skull_strip is None else self.skull_strip)
 
     def check(self, randomise: bool) -> None:
         """One-line errors: a probability outside [0, 1], or an option set without domain randomisation."""
-        from medalign.errors import MedAlignError
-
         for key in ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip"):
             p, option = getattr(self, key), "--" + key.replace("_", "-")
             if p is not None and not 0.0 <= p <= 1.0:
