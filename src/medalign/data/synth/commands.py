@@ -82,13 +82,11 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                                             "of the noise range, x 0.9-1.5: the real clinical FLAIRs' "
                                                             "SNR); 0 = off. Default: 0.2 with randomisation."),
         sharpen: Optional[float] = typer.Option(None, "--sharpen", min=0.0, max=1.0,
-                                                help="P: a share P of the studies are reconstructed with an edge-enhancing "
-                                                     "filter (in-plane unsharp mask, as scanners apply; the real clinical "
-                                                     "FLAIRs' local contrast); 0 = off. Default: off."),
+                                                help="P: a share P of the studies get an edge-enhancing reconstruction "
+                                                     "(in-plane unsharp mask, as scanners apply); 0 = off. Default: off."),
         skull_strip: Optional[float] = typer.Option(None, "--skull-strip", min=0.0, max=1.0,
-                                                    help="P: a share P of the studies are stored skull-stripped (zero "
-                                                         "outside the brain, as BraTS and many research FLAIRs are; "
-                                                         "never a sinus finding). Default: 0.4 with randomisation."),
+                                                    help="P: a share P of the studies are stored skull-stripped (as BraTS "
+                                                         "and many research FLAIRs are). Default: 0.4 with randomisation."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -97,17 +95,15 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         from medalign.data.synth.brain import generate_brain_cohort
         from medalign.data.synth.randomise import DomainOptions
 
+        domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
+                               wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
+                               clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
                                          twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
-                                         class_weights=parse_class_weights(class_weights),
-                                         domain=DomainOptions(
-                                             wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
-                                             wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True),
-                                             comorbid_svd=comorbid_svd, clinical_noise=clinical_noise,
-                                             sharpen=sharpen, skull_strip=skull_strip))
+                                         class_weights=parse_class_weights(class_weights), domain=domain)
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
