@@ -69,20 +69,21 @@ def study_factors(gt: dict, sequence: str) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-def factor_ranks(z: dict[str, float], factors: dict[str, dict[str, float]]) -> dict[str, dict]:
-    """{factor: {rho, p, n}} (Spearman of a study's mean z-scored similarity ``z`` {study: z} against each factor
-    {study: {factor: value}}), strongest first; a factor that does not vary is left out."""
+def factor_ranks(z: dict[str, float], factors: dict[str, dict[str, float]]) -> list[dict]:
+    """[{factor, rho, p, n}] (Spearman of a study's mean z-scored similarity ``z`` {study: z} against each factor
+    {study: {factor: value}}), strongest first (a list: JSON writers may sort keys); a factor that does not vary
+    is left out."""
     from scipy.stats import spearmanr
 
-    out = {}
+    out = []
     for f in sorted({k for v in factors.values() for k in v}):
         ids = [s for s in z if f in factors.get(s, {})]
         x = np.array([factors[s][f] for s in ids])
         if len(ids) < 5 or np.ptp(x) == 0:
             continue
         rho, p = spearmanr(x, [z[s] for s in ids])
-        out[f] = {"rho": round(float(rho), 3), "p": float(f"{p:.3g}"), "n": len(ids)}
-    return dict(sorted(out.items(), key=lambda kv: -abs(kv[1]["rho"])))
+        out.append({"factor": f, "rho": round(float(rho), 3), "p": float(f"{p:.3g}"), "n": len(ids)})
+    return sorted(out, key=lambda r: -abs(r["rho"]))
 
 
 def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) -> dict | None:
@@ -110,7 +111,7 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
 
 
 def case_factors(cohort: Path, cases: list[dict], zs: dict[str, dict[str, list[float]]],
-                 sequence: dict[str, str]) -> dict[str, dict]:
+                 sequence: dict[str, str]) -> dict[str, list[dict]]:
     """Per case: the domain factors (of its first sequence ``sequence[case]``'s series) ranked within the
     studies of its class (``factor_ranks``); prints the strongest."""
     gts = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in cohort.glob("*/ground_truth.json")}
@@ -123,7 +124,7 @@ def case_factors(cohort: Path, cases: list[dict], zs: dict[str, dict[str, list[f
         z = {s: float(np.mean(v)) for s, v in zs[c["case"]].items() if gts.get(s, {}).get("label") == c["class"]}
         ranks = factor_ranks(z, {s: study_factors(gts[s], seq) for s in z})
         out[c["case"]] = ranks
-        print(f"  {c['case']:<34} " + ", ".join(f"{f} {r['rho']:+.2f}" for f, r in list(ranks.items())[:5]))
+        print(f"  {c['case']:<34} " + ", ".join(f"{r['factor']} {r['rho']:+.2f}" for r in ranks[:5]))
     return out
 
 
