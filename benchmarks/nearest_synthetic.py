@@ -87,8 +87,9 @@ def factor_ranks(z: dict[str, float], factors: dict[str, dict[str, float]]) -> l
 
 
 def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) -> dict | None:
-    """{sequences, groups {finding group: count}, own_class (share of the k in the case's class), top_similarity}
-    of one real case, or None when the run reads none of its sequences. ``memo`` keeps the synthetic
+    """{sequences, groups {finding group: count}, own_class (share of the k in the case's class), top_similarity,
+    neighbours, z {study: similarity z-scored over the studies compared}} of one real case, or None when the run
+    reads none of its sequences. ``memo`` keeps the synthetic
     embeddings per sequence set (every case with the same sequences reuses them)."""
     seqs = tuple(s for s in model.sequences if s in case["files"])
     if not seqs:
@@ -114,7 +115,7 @@ def case_factors(cohort: Path, cases: list[dict], zs: dict[str, dict[str, list[f
                  sequence: dict[str, str]) -> dict[str, list[dict]]:
     """Per case: the domain factors (of its first sequence ``sequence[case]``'s series) ranked within the
     studies of its class (``factor_ranks``); prints the strongest."""
-    gts = {p.parent.name: json.loads(p.read_text(encoding="utf-8")) for p in cohort.glob("*/ground_truth.json")}
+    gts = {t["study_id"]: t for t in (json.loads(p.read_text(encoding="utf-8")) for p in cohort.glob("*/ground_truth.json"))}
     out = {}
     print("== domain factors that bring the case's class nearer (Spearman rho of mean z; within its class)")
     for c in cases:
