@@ -46,8 +46,13 @@ def nearest(real: np.ndarray, synthetic: np.ndarray, k: int) -> tuple[np.ndarray
     """Indices (k,) of the ``k`` rows of ``synthetic`` (N, E) nearest to ``real`` (E,) by cosine, nearest
     first, and their similarities (k,)."""
     sim = cosine(real, synthetic)
-    top = np.argsort(-sim, kind="stable")[:k]
+    top = _top(sim, k)
     return top, sim[top]
+
+
+def _top(sim: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest of ``sim`` (N,), largest first; ties in input order."""
+    return np.argsort(-sim, kind="stable")[:k]
 
 
 def study_factors(gt: dict, sequence: str) -> dict[str, float]:
@@ -101,8 +106,8 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
     if emb is None:
         return None
     real = model.encode_image([{q: case["files"][q] for q in seqs}])[0]
-    sim = cosine(real, emb)  # (N,)
-    top = np.argsort(-sim, kind="stable")[:min(k, len(have))]
+    sim = cosine(real, emb)  # (N,): all of them, for the z-scores below
+    top = _top(sim, k)
     groups = Counter(have[j]["group"] for j in top)
     own = sum(have[j]["label"] == case["class"] for j in top) / len(top)
     z = (sim - sim.mean()) / max(float(sim.std()), 1e-12)  # this run's scale, so runs can be averaged

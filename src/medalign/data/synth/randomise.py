@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -167,6 +167,7 @@ class DomainOptions:
     clinical_noise: float | None = None
     sharpen: float | None = None
     skull_strip: float | None = None
+    PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
@@ -176,23 +177,22 @@ class DomainOptions:
 
     def check(self, randomise: bool) -> None:
         """One-line errors: a probability outside [0, 1], or an option set without domain randomisation."""
-        for key in ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip"):
-            p, option = getattr(self, key), "--" + key.replace("_", "-")
+        given = {"wm_conspicuity": self.wm_conspicuity is not None, "wm_shine": self.wm_shine is not None}
+        for key in self.PROBABILITIES:
+            p = getattr(self, key)
             if p is not None and not 0.0 <= p <= 1.0:
-                raise MedAlignError(f"{option} must be a probability in [0, 1], got {p}")
-        given = {"--wm-conspicuity": self.wm_conspicuity is not None, "--wm-shine": self.wm_shine is not None,
-                 "--comorbid-svd": self.comorbid_svd > 0, "--clinical-noise": bool(self.clinical_noise),
-                 "--sharpen": bool(self.sharpen), "--skull-strip": bool(self.skull_strip)}
-        for option, on in given.items():
+                raise MedAlignError(f"--{key.replace('_', '-')} must be a probability in [0, 1], got {p}")
+            given[key] = bool(p)  # None (the default) and 0 (off) need no randomisation
+        for key, on in given.items():
             if on and not randomise:  # each changes how a randomised study is drawn
-                raise MedAlignError(f"{option} needs domain randomisation: drop --no-randomise")
+                raise MedAlignError(f"--{key.replace('_', '-')} needs domain randomisation: drop --no-randomise")
 
     def record(self) -> dict[str, Any]:
         """``cohort.json`` entries of a randomised cohort: the ranges set and every probability above 0."""
         r = self.resolved()
         out: dict[str, Any] = {k: [float(v) for v in rng] for k, rng in
                                (("wm_conspicuity", r.wm_conspicuity), ("wm_shine", r.wm_shine)) if rng is not None}
-        for key in ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip"):
+        for key in self.PROBABILITIES:
             if getattr(r, key) > 0:
                 out[key] = float(getattr(r, key))
         return out
