@@ -31,7 +31,8 @@ def test_skull_strip_share_changes_only_the_stripped_flag_on_the_same_draw(monke
 
 def test_options_resolve_check_and_record():
     o = R.DomainOptions()
-    assert o.resolved() == R.DomainOptions(None, None, 0.0, R.CLINICAL_NOISE_P, R.SHARPEN_P, R.SKULL_STRIP_P)
+    assert o.resolved() == R.DomainOptions(None, None, 0.0, R.CLINICAL_NOISE_P, R.SHARPEN_P, R.SKULL_STRIP_P,
+                                           R.INFARCT_TERRITORY_P)
     assert o.record() == {"clinical_noise": R.CLINICAL_NOISE_P, "skull_strip": R.SKULL_STRIP_P}  # SHARPEN_P is 0
     assert R.DomainOptions(wm_shine=(0.0, 0.5), sharpen=0.3, skull_strip=0.0).record() == {
         "wm_shine": [0.0, 0.5], "clinical_noise": R.CLINICAL_NOISE_P, "sharpen": 0.3}

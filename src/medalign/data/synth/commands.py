@@ -65,14 +65,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         class_weights: str = typer.Option("", "--class-weights",
                                           help="CLASS=W,... relative share of each class in the training split (1 for a class "
                                                "not named; val and test stay balanced), e.g. others=2. Default: balanced."),
-        wm_conspicuity: str = typer.Option("", "--wm-conspicuity",
-                                           help="LO,HI: each study's white-matter lesions (small vessel disease, MS plaques) "
-                                                "also get a conspicuity factor drawn from this range (brighter on FLAIR/T2 "
-                                                "for > 1), recorded in ground_truth.json. Default: off."),
-        wm_shine: str = typer.Option("", "--wm-shine",
-                                     help="LO,HI: each study's white-matter lesions also get a factor from this range on "
-                                          "their conspicuity on DWI, ADC and T2* only (0 = invisible there, 1 = as "
-                                          "drawn), recorded in ground_truth.json. Default: off."),
+        wm_conspicuity: str = typer.Option("", "--wm-conspicuity", help="LO,HI: each study's white-matter lesions (small "
+                                           "vessel disease, MS plaques) also get a conspicuity factor from this range. Default: off."),
+        wm_shine: str = typer.Option("", "--wm-shine", help="LO,HI: the same on DWI, ADC and T2* only (0 = invisible there, "
+                                     "1 = as drawn). Default: off."),
         comorbid_svd: float = typer.Option(0.0, "--comorbid-svd", min=0.0, max=1.0,
                                            help="P: infarct, tumour and haemorrhage patients of 50 or older also get "
                                                 "background small vessel disease with probability P, drawn and named in the "
@@ -87,6 +83,9 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         skull_strip: Optional[float] = typer.Option(None, "--skull-strip", min=0.0, max=1.0,
                                                     help="P: a share P of the studies are stored skull-stripped (as BraTS "
                                                          "and many research FLAIRs are). Default: 0.4 with randomisation."),
+        infarct_territory: Optional[float] = typer.Option(None, "--infarct-territory", min=0.0, max=1.0, help="P: a share P of "
+                                                          "the territorial infarcts are the wedge of their arterial territory, "
+                                                          "cortex included, instead of an ellipsoid. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -97,7 +96,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
 
         domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
-                               clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip)
+                               clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
+                               infarct_territory=infarct_territory)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

@@ -17,6 +17,8 @@ import numpy as np
 from medalign.data.schema import CLASSES
 from medalign.data.synth.anatomy import _mm_to_vox
 from medalign.data.synth.shapes import blob as _blob
+from medalign.data.synth.shapes import wedge
+from medalign.data.synth.wm_disease import _mni
 from medalign.errors import MedAlignError
 
 # Region centres in MNI mm for the right hemisphere (x > 0); the left side flips x.
@@ -215,9 +217,34 @@ class _Canvas:
         return self.anat["step_mm"]
 
 
+def _territory_wedge(canvas: _Canvas, f: dict, c: np.ndarray, R: float) -> np.ndarray:
+    """A territorial infarct by its arterial territory: a cone from deep in the hemisphere (its apex
+    ``2R`` below the cortex) to the cortical surface beyond the territory's centre ``c``, in the
+    infarct's own hemisphere, cortex included (the brain map cuts it at the surface and the sulci)."""
+    anat = canvas.anat
+    tip = _surface_point(anat, c)
+    axis = tip - np.array(np.nonzero(anat["mask"] > 0.5)).mean(1)  # outwards, as _surface_point walks
+    u = axis / max(float(np.linalg.norm(axis)), 1e-6)
+    w = wedge(canvas.shape, tip - u * 2 * R, tip, float(f["tan_half"]), canvas.rng, 0.2, beyond=R)
+    hemi = np.clip(_side_sign(f["side"]) * _mni(anat, 0) / canvas.vox + 0.5, 0, 1)  # (X,): its own side, 1 voxel soft
+    return w * hemi[:, None, None] * canvas.brain
+
+
 def _draw_infarct(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray:
-    """Acute infarct, or chronic: gliosis rim around a CSF-like core. Returns its mask map."""
+    """Acute infarct, or chronic: gliosis rim around a CSF-like core; an ellipsoid, or with ``shape:
+    "territory"`` the wedge of its arterial territory (:func:`_territory_wedge`). Returns its mask map."""
     shape, brain, rng = canvas.shape, canvas.brain, canvas.rng
+    if f.get("shape") == "territory":
+        import scipy.ndimage as ndi
+
+        b = _territory_wedge(canvas, f, c, R)
+        if f["age"] == "acute":
+            canvas.comps.append(("infarct_acute", b))
+        else:  # a CSF-like cavity inside a gliotic rim ~3 mm thick, one voxel at least (coarse grids)
+            inside = b > 0.5
+            core = np.clip((ndi.distance_transform_edt(inside) * canvas.vox - 2.5) / 1.5, 0, 1)
+            canvas.comps += [("gliosis", b), ("infarct_chronic", core * ndi.binary_erosion(inside) * brain)]
+        return b
     radii = R * rng.uniform(0.75, 1.0, 3)
     b = _blob(shape, c, radii, rng, 0.25) * brain
     if f["age"] == "acute":
