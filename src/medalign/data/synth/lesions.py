@@ -182,12 +182,16 @@ def sample_truths(n: int, seed: int = 0, *, classes: Sequence[str] = CLASSES) ->
 
 
 # ----------------------------------------------------------------------------- lesion maps
-def _surface_point(anat: dict, center_vox: np.ndarray) -> np.ndarray:
-    """Walk from the brain centre through ``center_vox`` to the brain surface."""
+def _outward(anat: dict, center_vox: np.ndarray) -> np.ndarray:
+    """Unit vector (voxels) from the brain centre through ``center_vox``."""
+    d = center_vox - np.array(np.nonzero(anat["mask"] > 0.5)).mean(1)
+    return d / max(np.linalg.norm(d), 1e-6)
+
+
+def _surface_point(anat: dict, center_vox: np.ndarray, d: np.ndarray | None = None) -> np.ndarray:
+    """Walk from ``center_vox`` along ``d`` (default :func:`_outward`) to the brain surface."""
     mask = anat["mask"]
-    origin = np.array(np.nonzero(mask > 0.5)).mean(1)
-    d = center_vox - origin
-    d /= max(np.linalg.norm(d), 1e-6)
+    d = _outward(anat, center_vox) if d is None else d
     p = center_vox.copy()
     for _ in range(200):
         q = np.round(p + d).astype(int)
@@ -222,9 +226,8 @@ def _territory_wedge(canvas: _Canvas, f: dict, c: np.ndarray, R: float) -> np.nd
     ``2R`` below the cortex) to the cortical surface beyond the territory's centre ``c``, in the
     infarct's own hemisphere, cortex included (the brain map cuts it at the surface and the sulci)."""
     anat = canvas.anat
-    tip = _surface_point(anat, c)
-    axis = tip - np.array(np.nonzero(anat["mask"] > 0.5)).mean(1)  # outwards, as _surface_point walks
-    u = axis / max(float(np.linalg.norm(axis)), 1e-6)
+    u = _outward(anat, c)
+    tip = _surface_point(anat, c, u)
     w = wedge(canvas.shape, tip - u * 2 * R, tip, float(f["tan_half"]), canvas.rng, 0.2, beyond=R)
     hemi = np.clip(_side_sign(f["side"]) * _mni(anat, 0) / canvas.vox + 0.5, 0, 1)  # (X,): its own side, 1 voxel soft
     return w * hemi[:, None, None] * canvas.brain
@@ -234,24 +237,22 @@ def _draw_infarct(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> n
     """Acute infarct, or chronic: gliosis rim around a CSF-like core; an ellipsoid, or with ``shape:
     "territory"`` the wedge of its arterial territory (:func:`_territory_wedge`). Returns its mask map."""
     shape, brain, rng = canvas.shape, canvas.brain, canvas.rng
+    chronic = f["age"] != "acute"
     if f.get("shape") == "territory":
         import scipy.ndimage as ndi
 
         b = _territory_wedge(canvas, f, c, R)
-        if f["age"] == "acute":
-            canvas.comps.append(("infarct_acute", b))
-        else:  # a CSF-like cavity inside a gliotic rim ~3 mm thick, one voxel at least (coarse grids)
-            inside = b > 0.5
-            core = np.clip((ndi.distance_transform_edt(inside) * canvas.vox - 2.5) / 1.5, 0, 1)
-            canvas.comps += [("gliosis", b), ("infarct_chronic", core * ndi.binary_erosion(inside) * brain)]
-        return b
-    radii = R * rng.uniform(0.75, 1.0, 3)
-    b = _blob(shape, c, radii, rng, 0.25) * brain
-    if f["age"] == "acute":
+        inside = b > 0.5  # chronic: a CSF-like cavity inside a gliotic rim ~3 mm thick, one voxel at least
+        core = (np.clip((ndi.distance_transform_edt(inside) * canvas.vox - 2.5) / 1.5, 0, 1)
+                * ndi.binary_erosion(inside)) if chronic else None
+    else:
+        radii = R * rng.uniform(0.75, 1.0, 3)
+        b = _blob(shape, c, radii, rng, 0.25) * brain
+        core = _blob(shape, c, radii * 0.7, rng, 0.2) if chronic else None
+    if core is None:
         canvas.comps.append(("infarct_acute", b))
     else:
-        core = _blob(shape, c, radii * 0.7, rng, 0.2) * brain
-        canvas.comps += [("gliosis", b), ("infarct_chronic", core)]
+        canvas.comps += [("gliosis", b), ("infarct_chronic", core * brain)]
     return b
 
 
