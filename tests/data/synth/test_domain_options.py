@@ -1,8 +1,10 @@
-"""``randomise.DomainOptions`` and ``synth brain --skull-strip`` (issue 20)."""
+"""``randomise.DomainOptions``, ``synth brain --skull-strip`` and ``--sharpen-sequences`` (issue 20)."""
 from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from medalign.data.synth import randomise as R
@@ -59,3 +61,44 @@ def test_skull_strip_option_from_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     generate_brain_cohort(tmp_path / "c", n=20, seed=4, shape_mode="small", workers=1, randomise=False)
     assert "skull_strip" not in json.loads((tmp_path / "c" / "cohort.json").read_text())
+
+
+def test_sharpen_sequences_filter_only_those_series_on_the_same_draw():
+    """With ``sharpen_sequences`` the named series get the amount every series gets without it, the
+    others 0 (recorded, not absent), and no other draw moves."""
+    every, flair = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.5, sharpen_sequences=q)) for q in (None, ("flair",)))
+    on = 0
+    for t_all, t in zip(every, flair):
+        a_all = {s: g.pop("sharpen") for s, g in t_all["domain"]["acquisition"].items()}
+        a = {s: g.pop("sharpen") for s, g in t["domain"]["acquisition"].items()}
+        assert t == t_all and a["flair"] == a_all["flair"]
+        assert {v for s, v in a.items() if s != "flair"} == {0.0}
+        on += a["flair"] > 0
+    assert 0 < on < 40
+    assert R.DomainOptions(sharpen=0.3, sharpen_sequences=("flair",)).record()["sharpen_sequences"] == ["flair"]
+    assert "sharpen_sequences" not in R.DomainOptions(sharpen_sequences=("flair",)).record()  # sharpen off: nothing to say
+    with pytest.raises(MedAlignError, match="--sharpen-sequences: unknown sequence 'flar'; choose from dwi, adc"):
+        R.DomainOptions(sharpen=0.3, sharpen_sequences=("flar",)).check(randomise=True)
+    with pytest.raises(MedAlignError, match="--sharpen-sequences needs domain randomisation"):
+        R.DomainOptions(sharpen_sequences=("flair",)).check(randomise=False)
+
+
+def test_sharpen_sequences_from_the_command_line(tmp_path, capsys):
+    """`--sharpen 1 --sharpen-sequences flair` changes every study's FLAIR and leaves its other series
+    and masks byte for byte as without the filter; a misspelt sequence is one line and writes nothing."""
+    from medalign.cli import main
+
+    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--sharpen", "1", "--sharpen-sequences", "flair"]) == 0
+    assert json.loads((tmp_path / "b" / "cohort.json").read_text())["sharpen_sequences"] == ["flair"]
+    for study in sorted(p.parent for p in (tmp_path / "b").glob("*/ground_truth.json")):
+        for f in sorted(study.glob("*.nii.gz")):
+            a = np.asanyarray(nib.load(tmp_path / "a" / study.name / f.name).dataobj)
+            same = np.array_equal(a, np.asanyarray(nib.load(f).dataobj))
+            assert same == (not f.name.startswith("flair")), (study.name, f.name)
+    capsys.readouterr()  # the progress bars so far
+    assert main([*base, "--out", str(tmp_path / "c"), "--sharpen", "1", "--sharpen-sequences", "flair,dw"]) != 0
+    err = capsys.readouterr().err
+    assert "--sharpen-sequences: unknown sequence 'dw'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()

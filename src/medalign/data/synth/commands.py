@@ -22,6 +22,12 @@ def parse_range(text: str, option: str, zero_ok: bool = False) -> tuple[float, f
     return lo, hi
 
 
+def parse_names(text: str) -> tuple[str, ...] | None:
+    """A comma-separated list of names ("" = not given, None)."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    return names or None
+
+
 def parse_class_weights(text: str) -> dict[str, float] | None:
     """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
     out: dict[str, float] = {}
@@ -77,9 +83,9 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                                        help="P: a share P of the FLAIRs get clinical-grade noise (the top "
                                                             "of the noise range, x 0.9-1.5: the real clinical FLAIRs' "
                                                             "SNR); 0 = off. Default: 0.2 with randomisation."),
-        sharpen: Optional[float] = typer.Option(None, "--sharpen", min=0.0, max=1.0,
-                                                help="P: a share P of the studies get an edge-enhancing reconstruction "
-                                                     "(in-plane unsharp mask, as scanners apply); 0 = off. Default: off."),
+        sharpen: Optional[float] = typer.Option(None, "--sharpen", min=0.0, max=1.0, help="P: a share P of the studies get an "
+                                                "edge-enhancing reconstruction (in-plane unsharp mask, as scanners apply); 0 = off."),
+        sharpen_sequences: str = typer.Option("", "--sharpen-sequences", help="SEQ,...: only these series (e.g. flair). Default: all."),
         skull_strip: Optional[float] = typer.Option(None, "--skull-strip", min=0.0, max=1.0,
                                                     help="P: a share P of the studies are stored skull-stripped (as BraTS "
                                                          "and many research FLAIRs are). Default: 0.4 with randomisation."),
@@ -97,7 +103,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
-                               infarct_territory=infarct_territory)
+                               infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences))
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

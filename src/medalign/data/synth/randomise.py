@@ -124,6 +124,8 @@ CLINICAL_NOISE, CLINICAL_NOISE_SEQUENCES, CLINICAL_NOISE_P = (0.9, 1.5), ("flair
 # covers every verdict with real data (37 of 37), but under a rule written first (fresh seeds 21-25) DEV 0.577 vs
 # 0.616, lower in every seed, DEV "others" 50 vs 65 of 150: off (README, "Known limitations", stop 49).
 SHARPEN, SHARPEN_SIGMA_MM, SHARPEN_P = (0.5, 2.5), 2.0, 0.0
+# Which series get it (`--sharpen-sequences`; None = every series of the study, one scanner's reconstruction).
+SHARPEN_SEQUENCES: tuple[str, ...] | None = None
 PROTOCOL_P = {"standard": 0.45, "thick": 0.35, "3d": 0.20}
 THICKNESS_MM = {"standard": (3.0, 6.0), "thick": (5.0, 8.0), "3d": (0.9, 1.3),
                 "dwi": (4.0, 6.0), "dwi_thick": (5.0, 7.5)}  # real clinical WMH FLAIR: 7.5-8 mm, 16 slices
@@ -169,7 +171,8 @@ class DomainOptions:
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
     ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``: probabilities
-    (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``)."""
+    (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``);
+    ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
     wm_shine: tuple[float, float] | None = None
@@ -178,6 +181,7 @@ class DomainOptions:
     sharpen: float | None = None
     skull_strip: float | None = None
     infarct_territory: float | None = None
+    sharpen_sequences: tuple[str, ...] | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory")
 
@@ -186,11 +190,16 @@ class DomainOptions:
         return replace(self, clinical_noise=CLINICAL_NOISE_P if self.clinical_noise is None else self.clinical_noise,
                        sharpen=SHARPEN_P if self.sharpen is None else self.sharpen,
                        skull_strip=SKULL_STRIP_P if self.skull_strip is None else self.skull_strip,
-                       infarct_territory=INFARCT_TERRITORY_P if self.infarct_territory is None else self.infarct_territory)
+                       infarct_territory=INFARCT_TERRITORY_P if self.infarct_territory is None else self.infarct_territory,
+                       sharpen_sequences=SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences)
 
     def check(self, randomise: bool) -> None:
         """One-line errors: a probability outside [0, 1], or an option set without domain randomisation."""
-        given = {"wm_conspicuity": self.wm_conspicuity is not None, "wm_shine": self.wm_shine is not None}
+        given = {"wm_conspicuity": self.wm_conspicuity is not None, "wm_shine": self.wm_shine is not None,
+                 "sharpen_sequences": self.sharpen_sequences is not None}
+        unknown = sorted(set(self.sharpen_sequences or ()) - set(ALL_SEQUENCES))
+        if unknown:
+            raise MedAlignError(f"--sharpen-sequences: unknown sequence {unknown[0]!r}; choose from {', '.join(ALL_SEQUENCES)}")
         for key in self.PROBABILITIES:
             p = getattr(self, key)
             if p is not None and not 0.0 <= p <= 1.0:
@@ -208,6 +217,8 @@ class DomainOptions:
         for key in self.PROBABILITIES:
             if getattr(r, key) > 0:
                 out[key] = float(getattr(r, key))
+        if r.sharpen > 0 and r.sharpen_sequences is not None:
+            out["sharpen_sequences"] = list(r.sharpen_sequences)
         return out
 
 
@@ -315,8 +326,8 @@ def draw_domain(truth: dict, options: DomainOptions = DomainOptions()) -> dict[s
     if o.sharpen > 0:  # last of all; 0 draws nothing, so the plan stays byte for byte as without it
         u = rng.random(2)
         amount = round(SHARPEN[0] + float(u[1]) * (SHARPEN[1] - SHARPEN[0]), 4) if u[0] < o.sharpen else 0.0
-        for g in dom["acquisition"].values():  # one scanner's reconstruction for every series of the study
-            g["sharpen"] = amount
+        for s, g in dom["acquisition"].items():  # one scanner's reconstruction for the study's series
+            g["sharpen"] = amount if o.sharpen_sequences is None or s in o.sharpen_sequences else 0.0
     return dom
 
 
