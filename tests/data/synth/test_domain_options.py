@@ -34,9 +34,10 @@ def test_skull_strip_share_changes_only_the_stripped_flag_on_the_same_draw(monke
 def test_options_resolve_check_and_record():
     o = R.DomainOptions()
     assert o.resolved() == R.DomainOptions(None, None, 0.0, R.CLINICAL_NOISE_P, R.SHARPEN_P, R.SKULL_STRIP_P,
-                                           R.INFARCT_TERRITORY_P)
-    assert o.record() == {"clinical_noise": R.CLINICAL_NOISE_P, "skull_strip": R.SKULL_STRIP_P}  # SHARPEN_P is 0
-    assert R.DomainOptions(wm_shine=(0.0, 0.5), sharpen=0.3, skull_strip=0.0).record() == {
+                                           R.INFARCT_TERRITORY_P, R.SHARPEN_SEQUENCES)
+    assert o.record() == {"clinical_noise": R.CLINICAL_NOISE_P, "skull_strip": R.SKULL_STRIP_P, "sharpen": R.SHARPEN_P,
+                          "sharpen_sequences": ["flair"]}
+    assert R.DomainOptions(wm_shine=(0.0, 0.5), sharpen=0.3, skull_strip=0.0, sharpen_sequences=("all",)).record() == {
         "wm_shine": [0.0, 0.5], "clinical_noise": R.CLINICAL_NOISE_P, "sharpen": 0.3}
     o.check(randomise=False)  # the defaults need nothing
     R.DomainOptions(skull_strip=0.0, clinical_noise=0.0).check(randomise=False)  # off is off either way
@@ -66,7 +67,7 @@ def test_skull_strip_option_from_the_command_line(tmp_path, capsys):
 def test_sharpen_sequences_filter_only_those_series_on_the_same_draw():
     """With ``sharpen_sequences`` the named series get the amount every series gets without it, the
     others 0 (recorded, not absent), and no other draw moves."""
-    every, flair = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.5, sharpen_sequences=q)) for q in (None, ("flair",)))
+    every, flair = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.5, sharpen_sequences=q)) for q in (("all",), ("flair",)))
     on = 0
     for t_all, t in zip(every, flair):
         a_all = {s: g.pop("sharpen") for s, g in t_all["domain"]["acquisition"].items()}
@@ -76,8 +77,8 @@ def test_sharpen_sequences_filter_only_those_series_on_the_same_draw():
         on += a["flair"] > 0
     assert 0 < on < 40
     assert R.DomainOptions(sharpen=0.3, sharpen_sequences=("flair",)).record()["sharpen_sequences"] == ["flair"]
-    assert "sharpen_sequences" not in R.DomainOptions(sharpen_sequences=("flair",)).record()  # sharpen off: nothing to say
-    with pytest.raises(MedAlignError, match="--sharpen-sequences: unknown sequence 'flar'; choose from dwi, adc"):
+    assert "sharpen_sequences" not in R.DomainOptions(sharpen=0.0, sharpen_sequences=("flair",)).record()  # off: nothing to say
+    with pytest.raises(MedAlignError, match="--sharpen-sequences: unknown sequence 'flar'; choose from all, dwi, adc"):
         R.DomainOptions(sharpen=0.3, sharpen_sequences=("flar",)).check(randomise=True)
     with pytest.raises(MedAlignError, match="--sharpen-sequences needs domain randomisation"):
         R.DomainOptions(sharpen_sequences=("flair",)).check(randomise=False)
@@ -89,7 +90,7 @@ def test_sharpen_sequences_from_the_command_line(tmp_path, capsys):
     from medalign.cli import main
 
     base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "a"), "--sharpen", "0"]) == 0
     assert main([*base, "--out", str(tmp_path / "b"), "--sharpen", "1", "--sharpen-sequences", "flair"]) == 0
     assert json.loads((tmp_path / "b" / "cohort.json").read_text())["sharpen_sequences"] == ["flair"]
     for study in sorted(p.parent for p in (tmp_path / "b").glob("*/ground_truth.json")):

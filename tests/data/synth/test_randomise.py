@@ -193,11 +193,15 @@ def test_clinical_noise_option_changes_only_the_flairs_noise(tmp_path):
 
 
 def test_sharpen_draws_one_filter_per_study_and_nothing_else():
-    """Share 0 (the default) draws nothing: the plan is the one before the option. Share p: a study's
+    """Share 0 draws nothing: the plan is the one before the option. Share p over every series: a study's
     series share one amount from ``SHARPEN`` (one scanner's reconstruction), about a share p of the
-    studies get one, and every other draw is the same as without it (it is drawn last)."""
-    assert R.SHARPEN_P == 0.0 and plan_cohort(40, 4) == plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.0))
-    plain, sharp = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=p)) for p in (0.0, 0.5))
+    studies get one, and every other draw is the same as without it (it is drawn last). The default is
+    ``SHARPEN_P`` on ``SHARPEN_SEQUENCES`` (FLAIR alone, stop 53)."""
+    assert plan_cohort(40, 4) == plan_cohort(40, 4, domain=R.DomainOptions(sharpen=R.SHARPEN_P, sharpen_sequences=("flair",)))
+    assert (R.SHARPEN_P, R.SHARPEN_SEQUENCES) == (0.45, ("flair",))
+    off = plan_cohort(40, 4, domain=R.DomainOptions(sharpen=0.0))
+    assert all("sharpen" not in g for t in off for g in t["domain"]["acquisition"].values())
+    plain, sharp = (plan_cohort(40, 4, domain=R.DomainOptions(sharpen=p, sharpen_sequences=("all",))) for p in (0.0, 0.5))
     on = 0
     for t0, t in zip(plain, sharp):
         amounts = {s: g.pop("sharpen") for s, g in t["domain"]["acquisition"].items()}
@@ -233,8 +237,8 @@ def test_sharpen_option_changes_the_images_and_records_the_filter(tmp_path):
     from medalign.cli import main
 
     base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 0
-    assert main([*base, "--out", str(tmp_path / "b"), "--sharpen", "1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "a"), "--sharpen", "0"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--sharpen", "1", "--sharpen-sequences", "all"]) == 0
     assert json.loads((tmp_path / "b" / "cohort.json").read_text())["sharpen"] == 1.0
     assert "sharpen" not in json.loads((tmp_path / "a" / "cohort.json").read_text())
     for gt in sorted((tmp_path / "b").glob("*/ground_truth.json")):

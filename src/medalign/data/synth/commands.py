@@ -84,8 +84,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
                                                             "of the noise range, x 0.9-1.5: the real clinical FLAIRs' "
                                                             "SNR); 0 = off. Default: 0.2 with randomisation."),
         sharpen: Optional[float] = typer.Option(None, "--sharpen", min=0.0, max=1.0, help="P: a share P of the studies get an "
-                                                "edge-enhancing reconstruction (in-plane unsharp mask, as scanners apply); 0 = off."),
-        sharpen_sequences: str = typer.Option("", "--sharpen-sequences", help="SEQ,...: only these series (e.g. flair). Default: all."),
+                                                "edge-enhancing reconstruction (in-plane unsharp mask, as scanners apply); 0 = off. Default: 0.45."),
+        sharpen_sequences: str = typer.Option("", "--sharpen-sequences", help="SEQ,... or all: the series it applies to. Default: flair."),
         skull_strip: Optional[float] = typer.Option(None, "--skull-strip", min=0.0, max=1.0,
                                                     help="P: a share P of the studies are stored skull-stripped (as BraTS "
                                                          "and many research FLAIRs are). Default: 0.4 with randomisation."),
