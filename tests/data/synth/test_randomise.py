@@ -195,7 +195,7 @@ def test_clinical_noise_option_changes_only_the_flairs_noise(tmp_path):
 def test_sharpen_draws_one_filter_per_study_and_nothing_else():
     """Share 0 draws nothing: the plan is the one before the option. Share p over every series: a study's
     series share one amount from ``SHARPEN`` (one scanner's reconstruction), about a share p of the
-    studies get one, and every other draw is the same as without it (it is drawn last). The default is
+    studies get one, and every other draw is the same as without it (it is drawn after them). The default is
     ``SHARPEN_P`` on ``SHARPEN_SEQUENCES`` (FLAIR alone, stop 53)."""
     assert plan_cohort(40, 4) == plan_cohort(40, 4, domain=R.DomainOptions(sharpen=R.SHARPEN_P, sharpen_sequences=("flair",)))
     assert (R.SHARPEN_P, R.SHARPEN_SEQUENCES) == (0.45, ("flair",))

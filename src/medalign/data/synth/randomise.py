@@ -336,7 +336,7 @@ def draw_domain(truth: dict, options: DomainOptions = DomainOptions()) -> dict[s
             g["sharpen"] = amount if o.sharpen_sequences is None or s in o.sharpen_sequences else 0.0
     if o.wm_conspicuity is not None:
         dom["wm_conspicuity"] = _u(rng, o.wm_conspicuity)
-    if o.wm_shine is not None:  # after it, for the same reason
+    if o.wm_shine is not None:  # after it, so that --wm-shine moves no draw above
         dom["wm_shine"] = _u(rng, o.wm_shine)
     return dom
 
