@@ -108,7 +108,7 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
-                                         twins=twins, twin_classes=[c.strip() for c in twin_classes.split(",") if c.strip()] or None,
+                                         twins=twins, twin_classes=parse_names(twin_classes),
                                          class_weights=parse_class_weights(class_weights), domain=domain)
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
