@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medalign.models.image3d import IMAGE_ENCODERS, CoordChannels, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder
+from medalign.models.image3d import (IMAGE_ENCODERS, CoordChannels, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder,
+                                    mirror_lr)
 
 SHAPE3 = (8, 32, 32)
 
@@ -232,6 +233,53 @@ def test_local_contrast_encoder_option() -> None:
     spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "local_contrast": 4}
     built = build_image_encoder(spec, in_channels=3, input_shape=SHAPE3)
     assert built.stem.in_channels == 6
+
+
+def test_mirror_lr_mirrors_about_each_studys_head_centre() -> None:
+    """Column w goes to 2c - w, c the head's mean column, per study (one head centred, one off-centre);
+    what would come from outside the grid is 0; mirroring twice gives back what stayed inside."""
+    x = torch.arange(2 * 3 * 12, dtype=torch.float32).reshape(2, 1, 3, 12)  # (B, C, H, W)
+    head = torch.zeros(2, 1, 3, 12)
+    head[0, ..., 2:10] = 1  # centre 5.5: w <-> 11 - w
+    head[1, ..., 5:10] = 1  # centre 7: w <-> 14 - w
+    m = mirror_lr(x, head)
+    assert torch.equal(m[0], x[0].flip(-1))
+    assert torch.equal(m[1, ..., 3:12], x[1, ..., 3:12].flip(-1)) and (m[1, ..., :3] == 0).all()
+    assert torch.equal(mirror_lr(m, head)[1, ..., 3:12], x[1, ..., 3:12])
+
+
+def test_bilateral_channel_sees_mirrored_lesions_not_one_sided_ones() -> None:
+    """Bright spots at mirrored places on both sides light the bilateral channel there; the same spot on one
+    side only leaves it near 0; shifting the whole head shifts the channel with it (the mirror follows the
+    head, not the grid); without the option the output is the plain two groups."""
+    head = torch.zeros(2, 48, 48)
+    head[:, 8:40, 4:36] = 1.0  # (D, H, W): a head off the grid's centre, columns 4-35 (centre 19.5)
+    one = head.clone()
+    one[:, 20:23, 8:11] = 3.0  # one-sided bright spot, columns 8-10
+    both = one.clone()
+    both[:, 20:23, 29:32] = 3.0  # its mirror image about column 19.5: columns 29-31
+    out = LocalContrast(4, bilateral=True)(torch.stack([one, both])[:, None])  # (2, 3, 2, 48, 48)
+    assert out.shape == (2, 3, 2, 48, 48)
+    lat = out[:, 2]  # the bilateral channel
+    assert lat[1, :, 21, 9].min() > 0.05 and lat[1, :, 21, 30].min() > 0.05
+    assert lat[0].max() < 0.2 * lat[1, :, 21, 9].min()
+    assert (lat >= 0).all() and (lat[:, :, head[0] == 0] == 0).all()
+    shifted = LocalContrast(4, bilateral=True)(torch.roll(both, 8, dims=-1)[None, None])[0, 2]
+    assert torch.allclose(shifted, torch.roll(lat[1], 8, dims=-1), atol=1e-5)
+    plain = LocalContrast(4)(torch.stack([one, both])[:, None])
+    assert torch.allclose(plain, out[:, :2])
+
+
+def test_bilateral_encoder_option() -> None:
+    """``bilateral`` triples the stem's input and needs ``local_contrast``; gradients reach every parameter."""
+    torch.manual_seed(0)
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1,
+                               out_dim=16, local_contrast=4, bilateral=True)
+    assert enc.stem.in_channels == 6
+    enc(torch.randn(2, 2, *SHAPE3))["global"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
+    with pytest.raises(ValueError, match="bilateral needs local_contrast"):
+        IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1, bilateral=True)
 
 
 def test_coord_channels_values() -> None:

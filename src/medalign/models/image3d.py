@@ -100,32 +100,71 @@ class LocalContrast(nn.Module):
     and on the synthetic cohort the trained encoders did not carry white-matter disease (probe
     AUC ~0.6) while a local-contrast statistic, with no training, did (0.80,
     benchmarks/feature_probe.py).
+
+    ``bilateral``: a third group of channels, (B, 3C, *S): each sequence's bright excess (the positive
+    contrast) averaged over the same surround, and the minimum of that and its value at the mirrored
+    position, mirrored about the head's own left-right centre (the last axis; per study, so a shifted
+    or off-centre head keeps its symmetry): "bright on both sides here". Why: on FLAIR alone the trained
+    models call confluent white-matter disease, bilateral and near symmetric, an infarct, which is
+    one-sided, as tumours and haematomas are; pooled left/right halves (``lr_asymmetry``) cannot tell
+    mirrored lesions from lesions on both sides at unrelated places.
     """
 
-    def __init__(self, block: int = 4, spatial_dims: int = 3) -> None:
+    def __init__(self, block: int = 4, spatial_dims: int = 3, bilateral: bool = False) -> None:
         super().__init__()
         if int(block) < 1:
             raise ValueError(f"local_contrast block must be >= 1 voxel, got {block}")
         _check_dims(spatial_dims)  # the filter is in-plane (last two axes) either way
         self.block = int(block)
+        self.bilateral = bool(bilateral)
 
-    def _surround(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of ``x`` (B, C, *S) over the 3 x 3 blocks around each voxel (times a constant that cancels)."""
-        lead = x.shape[:-2]
+    def _blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``x`` (B, C, *S) over the 3 x 3 blocks around each block, per block: (B, C, *S[:-2], h, w)
+        with h, w = H, W / block rounded up (times a constant that cancels)."""
         flat = x.reshape(-1, 1, *x.shape[-2:])  # (B * C * D, 1, H, W): in-plane only, 2D kernels are the fast ones
-        lo = F.avg_pool2d(flat, self.block, ceil_mode=True)  # (B * C * D, 1, H / block, W / block)
+        lo = F.avg_pool2d(flat, self.block, ceil_mode=True)  # (B * C * D, 1, h, w)
         lo = F.avg_pool2d(lo, 3, stride=1, padding=1, count_include_pad=True)
-        up = F.interpolate(lo, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B * C * D, 1, H, W)
-        return up.reshape(*lead, *x.shape[-2:])  # (B, C, *S)
+        return lo.reshape(*x.shape[:-2], *lo.shape[-2:])  # (B, C, *S[:-2], h, w)
+
+    @staticmethod
+    def _up(lo: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Block means (B, C, *S[:-2], h, w) interpolated back to every voxel, (B, C, *S[:-2], *size)."""
+        up = F.interpolate(lo.reshape(-1, 1, *lo.shape[-2:]), size=tuple(size), mode="bilinear",
+                           align_corners=False)  # (B * C * D, 1, H, W)
+        return up.reshape(*lo.shape[:-2], *size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
         head = (x != 0).any(dim=1, keepdim=True).to(x.dtype)  # (B, 1, *S): one mask, pooled once
         # padding and partial blocks weigh numerator and denominator alike, so they cancel here
-        surround = self._surround(x * head).div_(self._surround(head).clamp_min_(1e-6))  # (B, C, *S)
+        head_lo = self._blocks(head)  # (B, 1, *S[:-2], h, w)
+        weight = self._up(head_lo, size).clamp_min_(1e-6)  # (B, 1, *S)
+        surround = self._up(self._blocks(x * head), size).div_(weight)  # (B, C, *S)
         # not torch.sub(..., out=surround): out= has no autograd, and attribution maps
         # (eval.localisation) differentiate with respect to the input
         contrast = (x - surround).mul_(head)  # (B, C, *S), 0 outside the head
-        return torch.cat([x, contrast], dim=1)  # (B, 2C, *S)
+        if not self.bilateral:
+            return torch.cat([x, contrast], dim=1)  # (B, 2C, *S)
+        # at block resolution (16x fewer values in-plane): the mean bright excess around each block, and
+        # the smaller of it and its mirror's, mirrored about the head's centre in block units
+        excess = self._blocks(contrast.clamp(min=0)) / head_lo.clamp_min(1e-6)  # (B, C, *S[:-2], h, w)
+        both = torch.minimum(excess, mirror_lr(excess, head_lo))  # (B, C, *S[:-2], h, w)
+        return torch.cat([x, contrast, self._up(both, size) * head], dim=1)  # (B, 3C, *S)
+
+
+def mirror_lr(x: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, C, *S) mirrored left-right (last axis) about each study's head centre: the mean column
+    of ``head`` (B, 1, *S; any non-negative weights), the mirrored column rounded to the nearest one;
+    columns mirrored from outside the grid are 0."""
+    width = x.shape[-1]
+    cols = torch.arange(width, device=x.device, dtype=x.dtype)  # (W,)
+    per_col = head.flatten(1, -2).sum(1)  # (B, W): head voxels in each column
+    centre = (per_col * cols).sum(-1) / per_col.sum(-1).clamp_min(1.0)  # (B,)
+    src = torch.round(2.0 * centre[:, None] - cols).long()  # (B, W): the column each one mirrors
+    inside = ((src >= 0) & (src < width)).to(x.dtype)  # (B, W)
+    view = (x.shape[0],) + (1,) * (x.dim() - 2) + (width,)  # (B, 1, ..., W), broadcast over C and *S
+    index = src.clamp(0, width - 1).reshape(view).expand_as(x)  # (B, C, *S)
+    return torch.gather(x, -1, index) * inside.reshape(view)  # (B, C, *S)
 
 
 class CoordChannels(nn.Module):
@@ -182,6 +221,8 @@ class UNetEncoder(nn.Module):
         local_contrast: a block size (voxels in-plane): the input also carries each sequence's
             local contrast at full resolution (:class:`LocalContrast`), before a strided stem
             averages thin lesions away.
+        bilateral: with ``local_contrast``, the input also carries where bright excess lies on
+            both sides of the head (:class:`LocalContrast`'s ``bilateral``).
         coord_channels: the input also carries each voxel's position (:class:`CoordChannels`).
     """
 
@@ -199,6 +240,7 @@ class UNetEncoder(nn.Module):
         pool_levels: Sequence[int] | str | None = None,
         lr_asymmetry: bool = False,
         local_contrast: int | None = None,
+        bilateral: bool = False,
         coord_channels: bool = False,
     ) -> None:
         super().__init__()
@@ -229,9 +271,11 @@ class UNetEncoder(nn.Module):
         stride = _as_tuple(stem_stride, spatial_dims)
         self.contrast: nn.Module = nn.Identity()
         first_in = in_channels
+        if bilateral and local_contrast is None:
+            raise ValueError("bilateral needs local_contrast (a block size), e.g. local_contrast: 4")
         if local_contrast is not None:
-            self.contrast = LocalContrast(local_contrast, spatial_dims)
-            first_in = 2 * in_channels
+            self.contrast = LocalContrast(local_contrast, spatial_dims, bilateral=bilateral)
+            first_in = (3 if bilateral else 2) * in_channels
         self.coords: nn.Module = nn.Identity()
         if coord_channels:
             self.coords = CoordChannels(spatial_dims)
