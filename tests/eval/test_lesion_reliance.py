@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
 from tiny_runs import load_benchmark, make_tiny_runs  # noqa: E402
+from tiny_volumes import write_lesion_study  # noqa: E402
 
 bench = load_benchmark("lesion_reliance")
 
@@ -67,21 +68,7 @@ def test_summarise_is_paired_per_group():
     assert s["b"]["change"] == {"value": pytest.approx(0.1)}  # one study: no interval
 
 
-def _study(root: Path, sid: str, label: str, variant: str, rng: np.random.Generator) -> None:
-    d = root / sid
-    d.mkdir(parents=True)
-    affine = np.diag([1.5, 1.5, 5.0, 1.0])
-    head = np.zeros((32, 32, 8), np.float32)
-    head[4:28, 4:28, 1:7] = 1
-    lesion = np.zeros_like(head, dtype=np.uint8)
-    lesion[8:16, 10:18, 3:5] = 1
-    for s in ("dwi", "flair"):
-        x = head * (0.5 + 0.05 * rng.standard_normal(head.shape)) + 1.5 * lesion
-        nib.save(nib.Nifti1Image(x.astype(np.float32), affine), d / f"{s}.nii.gz")
-    nib.save(nib.Nifti1Image(lesion, affine), d / "lesion_mask.nii.gz")
-    gt = {"study_id": sid, "label": label, "findings": [{"variant": variant}]}
-    (d / "ground_truth.json").write_text(json.dumps(gt), encoding="utf-8")
-
+_study = write_lesion_study
 
 
 def _normal_study(root: Path, sid: str, rng: np.random.Generator) -> None:
