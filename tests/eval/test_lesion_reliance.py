@@ -68,11 +68,8 @@ def test_summarise_is_paired_per_group():
     assert s["b"]["change"] == {"value": pytest.approx(0.1)}  # one study: no interval
 
 
-_study = write_lesion_study
-
-
 def _normal_study(root: Path, sid: str, rng: np.random.Generator) -> None:
-    """A lesion-free study on the grid of :func:`_study`, labelled normal."""
+    """A lesion-free study on the grid of :func:`tiny_volumes.write_lesion_study`, labelled normal."""
     d = root / sid
     d.mkdir(parents=True)
     head = np.zeros((32, 32, 8), np.float32)
@@ -94,9 +91,9 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(1)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "others", "wmh", rng)
-    _study(cohort, "S2", "tumor", "glioma", rng)
-    _study(cohort, "S3", "normal", "none", rng)  # not a variant asked for: left out
+    write_lesion_study(cohort, "S1", "others", "wmh", rng)
+    write_lesion_study(cohort, "S2", "tumor", "glioma", rng)
+    write_lesion_study(cohort, "S3", "normal", "none", rng)  # not a variant asked for: left out
     out = tmp_path / "lr.json"
     shared = SHARED if SHARED.is_dir() else tmp_path / "no_shared"
     monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--cohort", str(cohort), "--shared", str(shared),
@@ -122,8 +119,8 @@ def test_twins_compare_each_study_with_its_lesion_free_twin(tmp_path, monkeypatc
     run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(2)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "others", "wmh", rng)
-    _study(cohort, "S2", "others", "wmh", rng)  # no twin: left out
+    write_lesion_study(cohort, "S1", "others", "wmh", rng)
+    write_lesion_study(cohort, "S2", "others", "wmh", rng)  # no twin: left out
     _normal_study(cohort, "T1", rng)
     gt = json.loads((cohort / "T1" / "ground_truth.json").read_text(encoding="utf-8"))
     (cohort / "T1" / "ground_truth.json").write_text(json.dumps({**gt, "twin_of": "S1"}), encoding="utf-8")
