@@ -15,7 +15,8 @@ pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (2-sequence studies; a tiny CLIP run)
+from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (2-sequence studies; a tiny CLIP run)
+from tiny_volumes import write_lesion_study  # noqa: E402
 from tiny_runs import load_benchmark  # noqa: E402
 
 bench = load_benchmark("feature_probe")
@@ -62,9 +63,9 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe_cohort")
     rng = np.random.default_rng(0)
     for i in range(3):
-        _study(root, f"W{i}", "others", "wmh", rng)
+        write_lesion_study(root, f"W{i}", "others", "wmh", rng)
         _normal_study(root, f"N{i}", rng)
-    _study(root, "T0", "tumor", "glioma", rng)  # neither group: left out
+    write_lesion_study(root, "T0", "tumor", "glioma", rng)  # neither group: left out
     return root
 
 

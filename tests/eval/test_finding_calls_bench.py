@@ -14,7 +14,8 @@ pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from tiny_volumes import write_lesion_study  # noqa: E402
 from tiny_runs import load_benchmark  # noqa: E402
 
 bench = load_benchmark("finding_calls")
@@ -50,8 +51,8 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(2)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "others", "wmh", rng)
-    _study(cohort, "S2", "tumor", "glioma", rng)
+    write_lesion_study(cohort, "S1", "others", "wmh", rng)
+    write_lesion_study(cohort, "S2", "tumor", "glioma", rng)
     _normal_study(cohort, "S3", rng)
     (cohort / "S3" / "dwi.nii.gz").unlink()  # a FLAIR-only study: in the whole-study and FLAIR views only
     for sid, text in (("S1", "Impression: moderate small vessel disease."), ("S2", "Impression: left frontal glioma."),
@@ -86,7 +87,7 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
 def test_zero_shot_probabilities_is_what_classify_reports(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "others", "wmh", np.random.default_rng(3))
+    write_lesion_study(cohort, "S1", "others", "wmh", np.random.default_rng(3))
     import medalign
 
     m = medalign.load(run)
@@ -131,7 +132,7 @@ def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
              for k, v in load_file(str(last)).items()}
     save_file(state, str(last), metadata=meta)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "tumor", "glioma", np.random.default_rng(7))
+    write_lesion_study(cohort, "S1", "tumor", "glioma", np.random.default_rng(7))
     out = tmp_path / "calls.json"
     monkeypatch.setattr(sys, "argv", ["finding_calls.py", str(run), "--cohort", str(cohort), "--alone", "",
                                       "--checkpoint", "last", "--out", str(out)])

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 spec = importlib.util.spec_from_file_location("lesion_head", ROOT / "benchmarks" / "lesion_head.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
-from test_lesion_reliance import _normal_study, _study  # noqa: E402  (2-sequence studies with and without a lesion)
+from test_lesion_reliance import _normal_study  # noqa: E402  (2-sequence studies with and without a lesion)
+from tiny_volumes import write_lesion_study  # noqa: E402
 
 
 class _FirstChannel(torch.nn.Module):
@@ -45,8 +46,8 @@ def tiny_aux_run(tmp_path_factory):
         fit(cfg, root / "run")
         cohort = root / "cohort_lr"
         rng = np.random.default_rng(0)
-        _study(cohort, "S1", "others", "wmh", rng)
-        _study(cohort, "S2", "tumor", "glioma", rng)
+        write_lesion_study(cohort, "S1", "others", "wmh", rng)
+        write_lesion_study(cohort, "S2", "tumor", "glioma", rng)
         _normal_study(cohort, "S3", rng)
         yield root / "run", cohort
 

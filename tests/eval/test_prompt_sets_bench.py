@@ -14,7 +14,8 @@ pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from tiny_volumes import write_lesion_study  # noqa: E402
 from tiny_runs import load_benchmark  # noqa: E402
 
 bench = load_benchmark("prompt_sets")
@@ -40,8 +41,8 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(5)
     dev = tmp_path / "dev"
-    _study(dev, "S1", "others", "wmh", rng)
-    _study(dev, "S2", "tumor", "glioma", rng)
+    write_lesion_study(dev, "S1", "others", "wmh", rng)
+    write_lesion_study(dev, "S2", "tumor", "glioma", rng)
     _normal_study(dev, "S3", rng)
     sub = tmp_path / "kinds.yaml"
     sub.write_text((ROOT / "benchmarks" / "prompt_sets" / "others_kinds.yaml").read_text(encoding="utf-8"), encoding="utf-8")

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("nibabel")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: tiny_runs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_lesion_reliance import _study, _tiny_run  # noqa: E402  (a dwi + flair study with a lesion; a tiny CLIP run)
+from test_lesion_reliance import _tiny_run  # noqa: E402  (a dwi + flair study with a lesion; a tiny CLIP run)
+from tiny_volumes import write_lesion_study  # noqa: E402
 from tiny_runs import load_benchmark  # noqa: E402
 
 bench = load_benchmark("real_cases")
@@ -23,7 +24,7 @@ def test_real_cases_skips_what_a_run_cannot_read(tmp_path, monkeypatch, capsys):
     import medalign
 
     run = _tiny_run(tmp_path, monkeypatch)
-    _study(tmp_path / "src", "W0", "others", "wmh", np.random.default_rng(0))
+    write_lesion_study(tmp_path / "src", "W0", "others", "wmh", np.random.default_rng(0))
     shared = tmp_path / "shared"  # a stand-in for ../shared/data: a FLAIR the run reads, a T1 it does not
     for case, seq in (("wmh_x", "flair"), ("t1_only", "t1")):
         (shared / "real_dev" / case).mkdir(parents=True)

@@ -14,7 +14,8 @@ pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_lesion_reliance import _normal_study, _study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
+from tiny_volumes import write_lesion_study  # noqa: E402
 from tiny_runs import load_benchmark  # noqa: E402
 
 bench = load_benchmark("zero_shot_calibration")
@@ -53,7 +54,7 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
     rng = np.random.default_rng(4)
     cohort = tmp_path / "cohort"
-    _study(cohort, "S1", "tumor", "glioma", rng)
+    write_lesion_study(cohort, "S1", "tumor", "glioma", rng)
     _normal_study(cohort, "S2", rng)
     (cohort / "S2" / "dwi.nii.gz").unlink()  # FLAIR only: in both views
     out = tmp_path / "cal.json"
