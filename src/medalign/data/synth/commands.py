@@ -92,6 +92,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         infarct_territory: Optional[float] = typer.Option(None, "--infarct-territory", min=0.0, max=1.0, help="P: a share P of "
                                                           "the territorial infarcts are the wedge of their arterial territory, "
                                                           "cortex included, instead of an ellipsoid. Default: off."),
+        infarct_watershed: Optional[float] = typer.Option(None, "--infarct-watershed", min=0.0, max=1.0, help="P: a share P "
+                                                          "of the territorial infarcts are border-zone (watershed) infarcts "
+                                                          "instead: a cortical ACA-MCA or MCA-PCA wedge, or a chain of small "
+                                                          "foci in the corona radiata. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -103,7 +107,8 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
-                               infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences))
+                               infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
+                               infarct_watershed=infarct_watershed)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

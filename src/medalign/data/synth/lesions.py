@@ -28,6 +28,14 @@ TERRITORIES = {"MCA": (40, -12, 14), "ACA": (9, 22, 44), "PCA": (18, -76, 4)}
 DEEP = {"basal ganglia": (22, 2, 2), "thalamus": (12, -18, 6), "internal capsule": (20, -6, 8),
         "corona radiata": (25, -10, 28)}
 SINUSES = {"maxillary": (30, 20, -45), "frontal": (12, 62, 8)}  # approximate, in the head
+# Border-zone (watershed) infarcts: the cortical zones between two arterial territories (ACA-MCA, a strip of the
+# parasagittal high convexity; MCA-PCA, parieto-occipital) and the internal zone, the corona radiata beside the
+# lateral ventricle's body, where small infarcts line up from front to back ("string of pearls").
+WATERSHED = {"ACA-MCA": (20, 4, 52), "MCA-PCA": (36, -64, 30), "internal": (26, -12, 28)}
+WATERSHED_P = (0.35, 0.3, 0.35)
+WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge narrower than a territory's
+WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
+WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream (randomise's streams are 11-13)
 
 OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
 OTHERS_P = (0.35, 0.3, 0.23, 0.12)  # the unrandomised cohort's mix
@@ -68,6 +76,40 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
                       "size_mm": round(float(rng.uniform(12, 18)), 1),
                       "center_mm": _jitter(rng, (s * c[0], c[1], c[2] + 10 * i), 3.0)})
     return F
+
+
+def watershed_findings(side: str, age: str, rng: np.random.Generator) -> list[dict]:
+    """The findings of one border-zone (watershed) infarct on ``side`` (variant ``watershed``, region a
+    ``WATERSHED`` zone): a cortical zone is one wedge drawn as a territory's (``shape: "territory"``) but
+    narrower and smaller; the internal zone is a chain of 3-6 small foci, one finding each (as lacunes are),
+    spaced 7-10 mm from front to back through the zone's centre."""
+    s = _side_sign(side)
+    zone = str(rng.choice(list(WATERSHED), p=list(WATERSHED_P)))
+    c = WATERSHED[zone]
+    base = {"class": "infarct", "kind": "infarct", "variant": "watershed", "age": age, "side": side, "region": zone}
+    if zone != "internal":
+        return [{**base, "count": 1, "size_mm": round(float(rng.uniform(*WATERSHED_CORTICAL_MM)), 1),
+                 "shape": "territory", "tan_half": round(float(rng.uniform(*WATERSHED_TAN_HALF)), 4),
+                 "center_mm": _jitter(rng, (s * c[0], c[1], c[2]), 3.0)}]
+    count = int(rng.integers(WATERSHED_FOCI[0], WATERSHED_FOCI[1] + 1))
+    step, size = float(rng.uniform(*WATERSHED_STEP_MM)), round(float(rng.uniform(*WATERSHED_FOCUS_MM)), 1)
+    y0 = float(rng.normal(c[1], 3.0))
+    return [{**base, "count": count, "size_mm": size,
+             "center_mm": _jitter(rng, (s * c[0], y0 + step * (i - (count - 1) / 2), c[2]), 1.5)} for i in range(count)]
+
+
+def watershed_infarcts(truth: dict, p: float) -> None:
+    """With probability ``p``, replace a planned study's territorial infarct (in place) by a border-zone infarct
+    of the same side and age (:func:`watershed_findings`), drawn from the patient's
+    own stream ``truth["anatomy_seed"] + [WATERSHED_STREAM]``: follow-ups keep the zone, every other draw of the
+    plan is unchanged, and ``p`` = 0 draws nothing."""
+    F = truth["findings"]
+    at = [i for i, f in enumerate(F) if f.get("variant") == "territorial"]
+    if p <= 0 or not at:
+        return
+    rw = np.random.default_rng(list(truth["anatomy_seed"]) + [WATERSHED_STREAM])
+    if float(rw.random()) < p:
+        F[at[0]:at[0] + 1] = watershed_findings(F[at[0]]["side"], F[at[0]]["age"], rw)
 
 
 def _tumor_findings(rng: np.random.Generator, side: str) -> list[dict]:

@@ -41,6 +41,7 @@ DOMAIN_STREAM = 11   # study stream: truth["seed"] + [11] (t1c uses 7)
 PATIENT_STREAM = 11  # patient stream: truth["anatomy_seed"] + [11] (lesion shapes use 5)
 COMORBID_STREAM = 12  # background small vessel disease: truth["anatomy_seed"] + [12] (a patient's, like atrophy)
 TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (a patient's)
+# 14: border-zone infarcts, lesions.WATERSHED_STREAM
 ALL_SEQUENCES = (*SEQUENCES, *POST_CONTRAST)
 
 # Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every
@@ -166,6 +167,10 @@ GLIOMA_TAIL_U, GLIOMA_TAIL_MAX = 0.9, 1.60
 # default's 0.604, the default's DEV 0.599, but real WMH "others" 1/15 vs 5/15 (the mild two go to "normal"):
 # off by default (README, "Known limitations", stop 52).
 INFARCT_TERRITORY_P, TERRITORY_TAN_HALF = 0.0, (0.5, 0.8)
+# Border-zone (watershed) infarcts (``synth brain --infarct-watershed P``): with probability P a patient's territorial
+# infarct is drawn in a watershed zone instead (``lesions.watershed_infarcts``), its report naming the zone. Off by
+# default: not measured as a training default.
+INFARCT_WATERSHED_P = 0.0
 
 
 def _series(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -178,8 +183,9 @@ class DomainOptions:
     """The ``synth brain`` options that change how a randomised study's domain is drawn; None / the defaults
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
-    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``: probabilities
-    (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``);
+    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``:
+    probabilities (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``,
+    ``INFARCT_WATERSHED_P``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -190,8 +196,9 @@ class DomainOptions:
     skull_strip: float | None = None
     infarct_territory: float | None = None
     sharpen_sequences: tuple[str, ...] | None = None
+    infarct_watershed: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
-                                                "infarct_territory")
+                                                "infarct_territory", "infarct_watershed")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
@@ -199,6 +206,7 @@ class DomainOptions:
                        sharpen=SHARPEN_P if self.sharpen is None else self.sharpen,
                        skull_strip=SKULL_STRIP_P if self.skull_strip is None else self.skull_strip,
                        infarct_territory=INFARCT_TERRITORY_P if self.infarct_territory is None else self.infarct_territory,
+                       infarct_watershed=INFARCT_WATERSHED_P if self.infarct_watershed is None else self.infarct_watershed,
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
     def check(self, randomise: bool) -> None:
@@ -372,7 +380,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`, as
     ``options`` set it); with ``options.comorbid_svd`` > 0, background small vessel disease
     (:func:`comorbid_svd_finding`); with ``infarct_territory`` > 0, the shape of territorial infarcts
-    (:func:`territory_shapes`)."""
+    (:func:`territory_shapes`); with ``infarct_watershed`` > 0, border-zone infarcts (:func:`watershed_infarcts`)."""
+    from medalign.data.synth.lesions import watershed_infarcts
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -396,6 +405,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
         if f is not None:
             truth["findings"].append(f)
     territory_shapes(truth, options.resolved().infarct_territory)
+    watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
     return truth
 
 

@@ -77,6 +77,9 @@ _LOBE_DESC = {"frontal": "frontal lobe", "temporal": "temporal lobe", "parietal"
               "occipital": "occipital lobe"}
 _TERR = {"MCA": ["MCA", "middle cerebral artery"], "ACA": ["ACA", "anterior cerebral artery"],
          "PCA": ["PCA", "posterior cerebral artery"]}
+_WATERSHED = {"ACA-MCA": ["ACA-MCA watershed zone", "anterior (ACA-MCA) border zone"],
+              "MCA-PCA": ["MCA-PCA watershed zone", "posterior (MCA-PCA) border zone"],
+              "internal": ["internal border zone of the corona radiata", "deep watershed zone (centrum semiovale)"]}
 
 STRONG_HEDGES = ["in keeping with", "consistent with", "compatible with", "most likely representing",
                  "suggestive of", "typical of"]
@@ -121,8 +124,12 @@ def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
     if f["variant"] == "territorial":
         terr = _pick(rng, _TERR[f["region"]] if not ab else [f["region"]])
         where = f"{side} {terr} territory"
+    elif f["variant"] == "watershed":
+        where = f"{side} {_pick(rng, _WATERSHED[f['region']])}"
     else:
         where = f"{side} {f['region']}"
+    if f["variant"] == "watershed" and not heldout:
+        return _watershed(f, where, sz, rng)
     if heldout:
         if f["age"] == "acute":
             main = [f"Cytotoxic oedema in the {where} distribution, compatible with a recent stroke.",
@@ -152,6 +159,21 @@ def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
                 f"Mature infarct involving the {where}{sz}."]
         imp = "chronic infarct"
     return [_pick(rng, main)], imp
+
+
+def _watershed(f: dict, where: str, sz: str, rng) -> tuple[list[str], str]:
+    """A border-zone infarct's sentence and impression: a cortical wedge, or the internal zone's chain of foci."""
+    chain = f["region"] == "internal"
+    if f["age"] == "acute":
+        main = ([f"A chain of small foci of restricted diffusion in the {where}, {_pick(rng, STRONG_HEDGES)} acute watershed infarcts.",
+                 f"Several acute infarcts lined up in the {where} (high DWI, low ADC), a border-zone pattern."] if chain else
+                [f"Acute infarct in the {where} with restricted diffusion{sz}, a watershed pattern.",
+                 f"Wedge of restricted diffusion in the {where}{sz}, {_pick(rng, STRONG_HEDGES)} an acute border-zone infarct."])
+        return [_pick(rng, main)], "acute watershed infarcts" if chain else "acute watershed infarct"
+    main = ([f"A row of small old infarcts with gliosis in the {where}, a watershed pattern."] if chain else
+            [f"Chronic infarct in the {where}{sz} with encephalomalacia and gliosis.",
+             f"Established old border-zone infarct in the {where}: FLAIR-bright gliosis, no restricted diffusion."])
+    return [_pick(rng, main)], "chronic watershed infarcts" if chain else "chronic watershed infarct"
 
 
 def _tumor(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
@@ -301,6 +323,8 @@ def _rad_finding(f: dict, rng, ab: bool) -> str:
     side = _side(rng, f.get("side", ""), ab)
     if label == "infarct":
         where = f"{side} {_pick(rng, _TERR[f['region']]) if v == 'territorial' else f['region']}"
+        if v == "watershed":
+            where = f"{side} {f['region']} watershed"
         if f["age"] == "acute":
             if v == "lacunar":
                 return _pick(rng, [f"Acute lacune, {where}.", f"Punctate acute infarct {where}.",
