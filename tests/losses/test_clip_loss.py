@@ -87,6 +87,48 @@ def test_single_sequence_views() -> None:
     assert 0.45 < d[:, 0].float().mean() < 0.55
 
 
+def test_weighted_single_sequence_views() -> None:
+    """``weights`` pick the one sequence in proportion to them among the present ones, a weight of 0
+    never while a weighted one is present, uniformly where none is; equal weights pick exactly what no
+    weights pick (the same random draw, so a run without the option is unchanged)."""
+    from medalign.recipes.views import single_views
+
+    full = torch.ones(20000, 3, dtype=torch.bool)
+    assert torch.equal(single_views(full, torch.Generator().manual_seed(3)),
+                       single_views(full, torch.Generator().manual_seed(3), torch.tensor([2.0, 2.0, 2.0])))
+    d = single_views(full, torch.Generator().manual_seed(0), torch.tensor([1.0, 0.0, 2.0]))
+    assert (d.sum(1) == 1).all()
+    share = d.float().mean(0)  # (3,)
+    assert share[1] == 0 and abs(share[0] - 1 / 3) < 0.02 and abs(share[2] - 2 / 3) < 0.02, share
+    mixed = torch.tensor([[True, True, False], [False, True, False], [False, False, False]]).repeat(6000, 1)
+    d = single_views(mixed, torch.Generator().manual_seed(1), torch.tensor([0.0, 0.0, 1.0]))
+    assert not (d & ~mixed).any() and torch.equal(d.any(1), mixed.any(1))  # never an absent one, none from none
+    first = d[0::3].float().mean(0)  # no weighted sequence present: uniform over the two it has
+    assert abs(first[0] - 0.5) < 0.03 and abs(first[1] - 0.5) < 0.03
+
+
+def test_single_sequence_weights_in_the_recipe() -> None:
+    """The recipe option: training views of one sequence follow the weights; one-line errors name the key."""
+    from medalign.recipes.clip import ClipRecipe
+
+    kw = dict(sequences=("dwi", "t2s", "flair"), input_shape=(4, 16, 16), embed_dim=8,
+              image_encoder={"name": "unet3d_cpu", "channels": [4, 8, 8, 8], "stem_stride": [1, 4, 4],
+                             "layer_order": "cbr", "global_pool": "avgmax", "pool_levels": "all", "out_dim": 8},
+              text_encoder={"device": "cpu"}, gather=False, single_sequence=1.0)
+    r = ClipRecipe(single_sequence_weights={"flair": 1}, **kw).train()
+    batch = {"image": torch.randn(64, 3, 4, 16, 16), "sequence_mask": torch.ones(64, 3, dtype=torch.bool)}
+    _, mask, _ = r.image_inputs(batch)
+    assert torch.equal(mask, torch.tensor([[False, False, True]]).expand(64, 3))
+    with pytest.raises(ValueError, match=r"recipe.single_sequence_weights: 't1' is not one of the run's sequences \(dwi, t2s, flair\)"):
+        ClipRecipe(single_sequence_weights={"t1": 1}, **kw)
+    with pytest.raises(ValueError, match=r"non-negative numbers, not all 0; got dwi: -1"):
+        ClipRecipe(single_sequence_weights={"dwi": -1, "flair": 1}, **kw)
+    with pytest.raises(ValueError, match="not all 0"):
+        ClipRecipe(single_sequence_weights={"flair": 0}, **kw)
+    with pytest.raises(ValueError, match="must map sequences to weights"):
+        ClipRecipe(single_sequence_weights=2.0, **kw)
+
+
 def _soft_ce(row: list[float], target: list[float]) -> float:
     lse = math.log(sum(math.exp(v) for v in row))
     return sum(t * (lse - v) for t, v in zip(target, row))

@@ -84,6 +84,24 @@ def lesion_evidence(logits: torch.Tensor, mode: str = "lesion") -> torch.Tensor:
     return torch.cat(out, dim=1)  # (B, 2 (1 + K))
 
 
+def _sequence_weights(weights: dict[str, float] | None, sequences: Sequence[str]) -> torch.Tensor | None:
+    """``recipe.single_sequence_weights`` as a (C,) tensor in ``sequences`` order; one-line errors naming the key."""
+    if weights is None:
+        return None
+    if not isinstance(weights, dict):
+        raise ValueError(f"recipe.single_sequence_weights must map sequences to weights, e.g. {{flair: 2, dwi: 1}}; got {weights!r}")
+    unknown = sorted(set(weights) - set(sequences))
+    if unknown:
+        raise ValueError(f"recipe.single_sequence_weights: '{unknown[0]}' is not one of the run's sequences "
+                         f"({', '.join(sequences)})")
+    bad = {k: v for k, v in weights.items() if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)}
+    if bad or not any(weights.values()):
+        key = next(iter(bad), "")
+        raise ValueError(f"recipe.single_sequence_weights must be non-negative numbers, not all 0"
+                         + (f"; got {key}: {bad[key]!r}" if bad else ""))
+    return torch.tensor([float(weights.get(s, 0.0)) for s in sequences])  # (C,)
+
+
 @RECIPES.register("clip")
 class ClipRecipe(Recipe):
     """Image-report contrastive learning (brain-CLIP, METHODS.md section 1).
@@ -102,6 +120,9 @@ class ClipRecipe(Recipe):
             that a study with fewer sequences still embeds sensibly.
         single_sequence: probability that a training study shows just one of its present
             sequences (drawn uniformly), as a single-FLAIR or single-DWI study would.
+        single_sequence_weights: ``{sequence: weight}``: draw that one sequence in proportion to these
+            weights instead (sequences not named weigh 0; a study with none of them present: uniformly),
+            e.g. ``{flair: 2, dwi: 1}`` for the single series real studies most often are.
         gather: all-gather embeddings across DDP ranks (negatives span the global batch).
         jitter: training-only on-tensor augmentation ``{"shift": [d, h, w], "scale": s, "tail": {...}}``
             (see :func:`jitter_batch`, :func:`bright_tail`); ``None`` = off (paper: TorchIO augmentation in the data layer).
@@ -174,7 +195,7 @@ class ClipRecipe(Recipe):
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
-                 gather: bool = True, text_section: str = "full", jitter: dict | None = None,
+                 single_sequence_weights: dict[str, float] | None = None, gather: bool = True, text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
                  lesion_targets: str = "any", label_targets: float = 0.0, label_similarity: float | None = None,
@@ -215,6 +236,7 @@ class ClipRecipe(Recipe):
         self.log_scale_max = math.log(logit_scale_max)
         self.sequence_dropout = float(sequence_dropout)
         self.single_sequence = float(single_sequence)
+        self.single_weights = _sequence_weights(single_sequence_weights, self.sequences)
         self.twin_views = float(twin_views)
         if view_distill_batch < 0:
             raise ValueError(f"recipe.view_distill_batch must be >= 0 (0 = the whole batch), got {view_distill_batch}")
@@ -355,7 +377,7 @@ class ClipRecipe(Recipe):
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
         if self.training:  # a no-op when the probabilities are 0
             original = mask
-            mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence)
+            mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence, weights=self.single_weights)
             if self.twin_views > 0 and batch.get("patient_id") is not None:
                 mask = shared_views(mask, original, batch["patient_id"], self.twin_views)
         if self.training and self.jitter:

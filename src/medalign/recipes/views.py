@@ -11,9 +11,10 @@ from medalign.data.samplers import indices_by_patient
 
 
 def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Generator | None = None,
-                     single: float = 0.0) -> torch.Tensor:
+                     single: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Drop each present sequence with probability ``p``, keeping at least one per sample; with
-    probability ``single`` a sample instead keeps just one of its present sequences (uniformly).
+    probability ``single`` a sample instead keeps just one of its present sequences (uniformly, or
+    in proportion to ``weights``: see :func:`single_views`).
 
     Independent dropout rarely leaves one given sequence of three alone (0.9 % of samples at
     ``p`` = 0.1), yet a single FLAIR or DWI is what many real studies are; ``single`` shows the
@@ -28,17 +29,24 @@ def sequence_dropout(sequence_mask: torch.Tensor, p: float, generator: torch.Gen
         empty = ~new.any(dim=1)  # (B,) samples that would lose every channel keep their original mask
         new = torch.where(empty[:, None], sequence_mask, new)
     if single > 0:
-        one = single_views(sequence_mask, generator)  # (B, C)
+        one = single_views(sequence_mask, generator, weights)  # (B, C)
         chosen = torch.rand(sequence_mask.shape[0], generator=generator, device=sequence_mask.device) < single  # (B,)
         new = torch.where(chosen[:, None] & one.any(dim=1, keepdim=True), one, new)
     return new
 
 
-def single_views(sequence_mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One of each sample's present sequences, drawn uniformly: (B, C) bool -> (B, C) bool with at
-    most one True per row (none where the sample had none)."""
+def single_views(sequence_mask: torch.Tensor, generator: torch.Generator | None = None,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One of each sample's present sequences: (B, C) bool -> (B, C) bool with at most one True per
+    row (none where the sample had none). Drawn uniformly, or with ``weights`` (C,) >= 0 in proportion
+    to them among the present sequences (a sample with no weighted sequence present: uniformly);
+    the same random draw either way, so equal weights pick what no weights pick."""
     draw = torch.rand(sequence_mask.shape, generator=generator, device=sequence_mask.device)  # (B, C)
-    pick = draw.masked_fill(~sequence_mask, -1.0).argmax(dim=1)  # (B,) a present sequence
+    if weights is not None:  # Efraimidis-Spirakis: argmax u ** (1 / w) picks i with probability w_i / sum(w)
+        w = weights.to(draw).expand_as(draw) * sequence_mask  # (B, C)
+        w = torch.where((w > 0).any(dim=1, keepdim=True), w, sequence_mask.to(draw))
+        draw = torch.where(w > 0, draw.clamp_min(1e-12).log() / w.clamp_min(1e-12), torch.full_like(draw, -torch.inf))
+    pick = draw.masked_fill(~sequence_mask, -torch.inf).argmax(dim=1)  # (B,) a present sequence
     return torch.nn.functional.one_hot(pick, sequence_mask.shape[1]).bool() & sequence_mask  # (B, C)
 
 
