@@ -2,13 +2,19 @@
 vs as acquired, per class / variant: mean, and the change with a 95 % bootstrap CI over studies.
 
     python benchmarks/lesion_reliance.py RUN [RUN ...] [--cohort SYNTH_DIR] [--variants wmh,glioma]
-        [--sequences flair] [--twins] [--shared ../shared/data] [--out results.json]
+        [--sequences flair] [--twins] [--erase mask|beyond|both] [--shared ../shared/data] [--out results.json]
 
 Erasing: every lesion voxel (the mask grown by ``--grow`` voxels in-plane, default 1: a mask
 leaves out the lesion's partial-volume fringe) takes the median of the tissue around it (a
 2-voxel in-plane ring, background left out), in every series, the mask resampled to that
 series' grid (nearest neighbour). A model that recognises a class from its lesions loses p(true) when they are erased;
 one that calls it from something else (age, atrophy, the absence of other findings) does not.
+
+``--erase beyond`` erases instead, in the real clinical WMH FLAIRs, the bright tissue their masks leave
+out (:func:`unmasked_bright`: connected regions of at least 1 ml brighter than the masked lesions' median,
+outside the mask grown by 2 voxels, themselves grown by 3); ``both`` erases the two together. One such
+region, a one-sided cortical-subcortical parietal hyperintensity, carries most of wmh_2516044939's
+"infarct" (README, "Known limitations", stop 55).
 
 Studies: the real cases with a lesion mask in ``--shared`` (the 3 clinical WMH FLAIRs, ``mask``;
 the 6 BraTS gliomas, ``OTMultiClass`` > 0; ``real_cases.py`` lists them), and with ``--cohort``
@@ -109,6 +115,53 @@ def twin_items(cohort: Path, variants: list[str], sequences: list[str]) -> tuple
     return items, twins
 
 
+def unmasked_bright(flair: str, mask: str, out: str, min_ml: float = 1.0) -> bool:
+    """Write to ``out`` the bright regions of ``flair`` that ``mask`` leaves out (see the module docstring);
+    False, and nothing written, when there are none. In-plane morphology only: the slices are thick."""
+    import scipy.ndimage as ndi
+    import SimpleITK as sitk
+
+    img, m_img = sitk.ReadImage(flair), sitk.ReadImage(mask)
+    x = sitk.GetArrayFromImage(img).astype(np.float32)  # (z, y, x)
+    m = sitk.GetArrayFromImage(sitk.Resample(m_img, img, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    if not m.any():
+        return False
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = True  # a 3 x 3 in-plane square
+    bright = (x > np.median(x[m])) & ~ndi.binary_dilation(m, structure=plane, iterations=2)
+    bright = ndi.binary_opening(bright, structure=plane)  # (z, y, x) without single-voxel noise
+    lab, n = ndi.label(bright)
+    ml = np.prod(img.GetSpacing()) / 1000.0
+    keep = [k + 1 for k, v in enumerate(ndi.sum(bright, lab, range(1, n + 1))) if v * ml >= min_ml]
+    if not keep:
+        return False
+    region = ndi.binary_dilation(np.isin(lab, keep), structure=plane, iterations=3) & (x > 0)
+    out_img = sitk.GetImageFromArray(region.astype(np.uint8))
+    out_img.CopyInformation(img)
+    sitk.WriteImage(out_img, out)
+    return True
+
+
+def beyond_items(items: list[dict], out: Path, mode: str) -> list[dict]:
+    """``--erase beyond|both``: the real WMH items whose masks leave bright regions out, each with the mask
+    to erase (those regions, or those regions and the lesion mask), written under ``out``."""
+    import SimpleITK as sitk
+
+    chosen = []
+    for i, it in enumerate(items):
+        if not it["group"].startswith("real ") or it["class"] != "others" or "flair" not in it["files"]:
+            continue
+        extra = out / f"beyond_{i:04d}.nii.gz"
+        if not unmasked_bright(it["files"]["flair"], it["mask"], str(extra)):
+            continue
+        if mode == "both":
+            ref = sitk.ReadImage(str(extra))
+            lesion = sitk.Resample(sitk.ReadImage(it["mask"]), ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            sitk.WriteImage(sitk.Or(ref > 0, lesion > 0), str(extra))
+        chosen.append({**it, "group": f"real {it['class']} ({mode})", "mask": str(extra)})
+    return chosen
+
+
 def erased_copies(items: list[dict], out: Path, grow: int = 0) -> list[dict]:
     """Per item, its files with the lesion erased (mask grown by ``grow`` voxels), written under ``out``."""
     import SimpleITK as sitk
@@ -162,6 +215,9 @@ def main() -> None:
     ap.add_argument("--twins", action="store_true",
                     help="compare with each --cohort study's lesion-free twin (`synth brain --twins`) instead of "
                          "erasing; the real cases are left out")
+    ap.add_argument("--erase", choices=("mask", "beyond", "both"), default="mask",
+                    help="what to erase in the real clinical WMH FLAIRs: the lesion mask, the bright tissue it "
+                         "leaves out, or both (beyond / both: the synthetic cohort and BraTS are left out)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -170,6 +226,8 @@ def main() -> None:
 
     logging.getLogger("medalign.api").setLevel(logging.ERROR)  # "skipping t1c" is expected for 3-sequence models
     twins = None
+    if a.twins and a.erase != "mask":
+        raise SystemExit("--twins compares with lesion-free twins; --erase beyond/both is for the real WMH")
     if a.twins:
         if a.cohort is None:
             raise SystemExit("--twins needs --cohort (a `synth brain --twins` output folder)")
@@ -180,8 +238,13 @@ def main() -> None:
             items += synthetic_items(a.cohort, a.variants.split(","), a.sequences.split(","))
     if not items:
         raise SystemExit(f"no study with a lesion mask{' and a twin' if a.twins else ''} (shared {a.shared}, cohort {a.cohort})")
-    result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "twins": a.twins, "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        if a.erase != "mask":
+            items = beyond_items(items, Path(tmp), a.erase)
+            if not items:
+                raise SystemExit("--erase beyond: no real WMH case has bright tissue outside its mask")
+        result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "twins": a.twins, "erase": a.erase,
+                        "runs": {}}
         erased = twins if twins is not None else erased_copies(items, Path(tmp), a.grow)
         for run in a.runs:
             m = medalign.load(run)
@@ -192,7 +255,8 @@ def main() -> None:
             summary = summarise(groups, p0, p1)
             for g, per in class_changes(groups, r0, r1).items():
                 summary[g]["class_change"] = per
-            result["runs"][run] = {"summary": summary, "p_true": p0.round(4).tolist(), "p_true_erased": p1.round(4).tolist()}
+            result["runs"][run] = {"summary": summary, "p_true": p0.round(4).tolist(), "p_true_erased": p1.round(4).tolist(),
+                                   "called": [r["label"] for r in r0], "called_erased": [r["label"] for r in r1]}
             for g, s in summary.items():
                 c = s["change"]
                 ci = f" [{c['lo']:+.2f}, {c['hi']:+.2f}]" if "lo" in c else ""

@@ -154,3 +154,58 @@ def test_class_changes_say_where_the_lesion_evidence_goes():
               {"probabilities": {"others": 0.4, "tumor": 0.2, "normal": 0.4}}]
     ch = bench.class_changes(["g", "g"], as_is, erased)["g"]
     assert ch == pytest.approx({"others": 0.05, "tumor": -0.35, "normal": 0.3})  # the lesion had fed "tumor"
+
+
+def _flair_with_unmasked_region(root: Path) -> tuple[Path, Path]:
+    """A FLAIR (0.5 x 0.5 x 5 mm) with a masked lesion and a larger bright region the mask leaves out."""
+    rng = np.random.default_rng(4)
+    x = np.zeros((6, 100, 100), np.float32)  # (z, y, x)
+    x[:, 5:95, 5:95] = 100 + rng.normal(0, 2, (6, 90, 90))
+    m = np.zeros(x.shape, np.uint8)
+    m[1:5, 20:40, 20:40] = 1
+    x[m > 0] = 200  # masked lesion, median 200
+    x[2:4, 60:85, 60:85] = 260  # 2 x 25 x 25 voxels = 1.56 ml, outside the mask
+    x[3, 10, 80] = 400  # one bright voxel: noise, not a region
+    root.mkdir(parents=True, exist_ok=True)
+    flair, mask = root / "flair.nii.gz", root / "mask.nii.gz"
+    sitk.WriteImage(_image(x, spacing=(0.5, 0.5, 5.0)), str(flair))
+    sitk.WriteImage(_image(m, spacing=(0.5, 0.5, 5.0)), str(mask))
+    return flair, mask
+
+
+def test_unmasked_bright_finds_what_the_mask_leaves_out(tmp_path):
+    flair, mask = _flair_with_unmasked_region(tmp_path / "case")
+    out = tmp_path / "beyond.nii.gz"
+    assert bench.unmasked_bright(str(flair), str(mask), str(out))
+    r = sitk.GetArrayFromImage(sitk.ReadImage(str(out))) > 0
+    assert r[2:4, 60:85, 60:85].all()  # the region, grown in-plane
+    assert not r[:, 20:40, 20:40].any() and not r[3, 10, 80] and not r[0].any() and not r[5].any()
+    assert r[2:4].sum() < 2 * 35 * 35  # grown by 3 voxels each way at most
+    assert not bench.unmasked_bright(str(flair), str(mask), str(tmp_path / "none.nii.gz"), min_ml=2.0)  # 1.56 ml < 2
+    assert not (tmp_path / "none.nii.gz").exists()
+
+
+def test_erase_beyond_on_a_tiny_run(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
+    flair, mask = _flair_with_unmasked_region(tmp_path / "shared" / "real_dev" / "wmh_1")
+    cases = [{"case": "wmh_1", "class": "others", "files": {"flair": "flair.nii.gz", "mask": "mask.nii.gz"}}]
+    (tmp_path / "shared" / "real_dev" / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    for mode in ("beyond", "both"):
+        out = tmp_path / f"{mode}.json"
+        monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--shared", str(tmp_path / "shared"),
+                                          "--erase", mode, "--out", str(out)])
+        bench.main()
+        res = json.loads(out.read_text(encoding="utf-8"))
+        r = res["runs"][str(run)]
+        assert res["erase"] == mode and res["studies"] == ["real_dev/wmh_1"]
+        assert list(r["summary"]) == [f"real others ({mode})"] and len(r["called"]) == len(r["called_erased"]) == 1
+    import medalign
+
+    m = medalign.load(run)
+    as_is = m.classify([{"flair": str(flair)}])[0]
+    assert r["p_true"][0] == pytest.approx(as_is["probabilities"]["others"], abs=1e-4) and r["called"] == [as_is["label"]]
+    (tmp_path / "shared" / "real_dev" / "wmh_1" / "flair.nii.gz").unlink()
+    sitk.WriteImage(_image(np.full((6, 100, 100), 100, np.float32), spacing=(0.5, 0.5, 5.0)), str(flair))
+    monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--shared", str(tmp_path / "shared"), "--erase", "beyond"])
+    with pytest.raises(SystemExit, match="no real WMH case has bright tissue outside its mask"):
+        bench.main()
