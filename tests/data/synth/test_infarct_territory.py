@@ -9,6 +9,7 @@ import numpy as np
 
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort
+from medalign.data.synth.lesions import TERRITORY_TAN_HALF
 from medalign.data.synth.shapes import wedge
 
 
@@ -44,7 +45,7 @@ def test_plan_marks_territorial_infarcts_only_and_changes_nothing_else():
         after = json.loads(json.dumps(t))
         for f in after["findings"]:
             if f.pop("shape", None):
-                assert R.TERRITORY_TAN_HALF[0] <= f.pop("tan_half") <= R.TERRITORY_TAN_HALF[1]
+                assert TERRITORY_TAN_HALF[0] <= f.pop("tan_half") <= TERRITORY_TAN_HALF[1]
         assert after == json.loads(json.dumps(before))  # nothing else moves, the report included
         if _shaped(t):
             by_patient.setdefault(t["patient_id"], set()).add(tuple((f["shape"], f["tan_half"]) for f in _shaped(t)))

@@ -78,10 +78,10 @@ def test_cli_default_paraphrases_match_the_library():
     import inspect
 
     from medalign.data.synth.brain import DEFAULT_PARAPHRASES, generate_brain_cohort
-    from medalign.data.synth.commands import register
+    from medalign.data.synth.commands import _register_brain
 
     assert inspect.signature(generate_brain_cohort).parameters["paraphrases"].default == DEFAULT_PARAPHRASES > 0
-    src = inspect.getsource(register)
+    src = inspect.getsource(_register_brain)
     assert f'typer.Option({DEFAULT_PARAPHRASES}, "--paraphrases"' in src
 
 

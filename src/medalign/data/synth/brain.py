@@ -132,7 +132,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
     streams, so ``randomise=False`` plans exactly what the generator planned before it).
     ``paraphrases`` = K > 0 adds ``report_paraphrases``: up to K other reports of the same
-    truth from the training phrasing families (``report_grammar.generate_paraphrases``, own
+    truth from the training phrasing families (``paraphrases.generate_paraphrases``, own
     random streams: everything else is planned exactly as with K = 0). ``class_weights`` (class ->
     relative weight, 1 for a class not named) shares the training split among the classes in
     those proportions; val and test stay balanced. ``twins`` = f > 0 appends
@@ -147,7 +147,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     studies of a patient share a split and a class (follow-ups of the same disease).
     """
     from medalign.data.synth.randomise import randomise_truth
-    from medalign.data.synth.report_grammar import PARAPHRASE_STREAM, generate_paraphrases, generate_report
+    from medalign.data.synth.paraphrases import PARAPHRASE_STREAM, generate_paraphrases
+    from medalign.data.synth.report_grammar import generate_report
 
     if not (20 <= n <= 10_000):
         raise MedAlignError(f"--n must be between 20 and 10000, got {n}")

@@ -45,6 +45,13 @@ def parse_class_weights(text: str) -> dict[str, float] | None:
 
 
 def register(app: typer.Typer, synth: typer.Typer) -> None:
+    _register_brain(synth)
+    _register_reports(app)
+
+
+def _register_brain(synth: typer.Typer) -> None:
+    """``synth brain``: one option per generator setting, so the signature is long."""
+
     @synth.command("brain")
     def synth_brain(
         out: Path = typer.Option(..., "--out", help="Output folder (manifest.csv + one folder per study)."),
@@ -118,6 +125,10 @@ def register(app: typer.Typer, synth: typer.Typer) -> None:
         dt = time.perf_counter() - t0
         n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
+
+
+def _register_reports(app: typer.Typer) -> None:
+    """``label-reports``."""
 
     @app.command("label-reports")
     def label_reports_cmd(

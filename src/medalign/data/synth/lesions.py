@@ -35,7 +35,12 @@ WATERSHED = {"ACA-MCA": (20, 4, 52), "MCA-PCA": (36, -64, 30), "internal": (26, 
 WATERSHED_P = (0.35, 0.3, 0.35)
 WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge narrower than a territory's
 WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
-WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream (randomise's streams are 11-13)
+TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (a patient's; randomise's: 11, 12)
+TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth); randomise.INFARCT_TERRITORY_P
+WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream
+# ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
+# border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
+INFARCT_WATERSHED_P = 0.0
 
 OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
 OTHERS_P = (0.35, 0.3, 0.23, 0.12)  # the unrandomised cohort's mix
@@ -76,6 +81,20 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
                       "size_mm": round(float(rng.uniform(12, 18)), 1),
                       "center_mm": _jitter(rng, (s * c[0], c[1], c[2] + 10 * i), 3.0)})
     return F
+
+
+def territory_shapes(truth: dict, p: float) -> None:
+    """Mark a planned study's territorial infarcts ``shape: "territory"`` (in place) with probability ``p``,
+    with the wedge's ``tan_half``; drawn from the patient's own stream ``truth["anatomy_seed"] +
+    [TERRITORY_STREAM]`` (follow-ups keep the shape; every other draw of the plan is unchanged, and ``p`` = 0
+    draws nothing)."""
+    if p <= 0 or not any(f.get("variant") == "territorial" for f in truth["findings"]):
+        return
+    rt = np.random.default_rng(list(truth["anatomy_seed"]) + [TERRITORY_STREAM])
+    u, tan_half = float(rt.random()), round(float(rt.uniform(*TERRITORY_TAN_HALF)), 4)
+    for f in truth["findings"]:
+        if f.get("variant") == "territorial" and u < p:
+            f["shape"], f["tan_half"] = "territory", tan_half
 
 
 def watershed_findings(side: str, age: str, rng: np.random.Generator) -> list[dict]:

@@ -34,14 +34,14 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from medalign.data.synth.lesions import INFARCT_WATERSHED_P, territory_shapes, watershed_infarcts
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
 DOMAIN_STREAM = 11   # study stream: truth["seed"] + [11] (t1c uses 7)
 PATIENT_STREAM = 11  # patient stream: truth["anatomy_seed"] + [11] (lesion shapes use 5)
 COMORBID_STREAM = 12  # background small vessel disease: truth["anatomy_seed"] + [12] (a patient's, like atrophy)
-TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (a patient's)
-# 14: border-zone infarcts, lesions.WATERSHED_STREAM
+# 13, 14: infarct shapes (lesions.TERRITORY_STREAM, lesions.WATERSHED_STREAM), a patient's
 ALL_SEQUENCES = (*SEQUENCES, *POST_CONTRAST)
 
 # Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every
@@ -162,15 +162,11 @@ GLIOMA_TAIL_U, GLIOMA_TAIL_MAX = 0.9, 1.60
 # P a patient's territorial infarct is a cortical-subcortical wedge, its base on the cortex of the territory
 # (MCA, ACA, PCA) and its apex deep in the hemisphere (``lesions._territory_wedge``), as ischaemic strokes are,
 # instead of an ellipsoid round the territory's centre, which on FLAIR alone is a deep bright blob, the look of
-# confluent white-matter disease and of a tumour. TAN_HALF: tan of the wedge's half-angle (base radius / depth).
+# confluent white-matter disease and of a tumour. The wedge's half-angle: lesions.TERRITORY_TAN_HALF.
 # Measured at P = 1 (stop 52, training seeds 31-35, rule written first): DEV of its own generator 0.625 vs the
 # default's 0.604, the default's DEV 0.599, but real WMH "others" 1/15 vs 5/15 (the mild two go to "normal"):
 # off by default (README, "Known limitations", stop 52).
-INFARCT_TERRITORY_P, TERRITORY_TAN_HALF = 0.0, (0.5, 0.8)
-# Border-zone (watershed) infarcts (``synth brain --infarct-watershed P``): with probability P a patient's territorial
-# infarct is drawn in a watershed zone instead (``lesions.watershed_infarcts``), its report naming the zone. Off by
-# default: not measured as a training default.
-INFARCT_WATERSHED_P = 0.0
+INFARCT_TERRITORY_P = 0.0
 
 
 def _series(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -184,8 +180,7 @@ class DomainOptions:
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
     ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``:
-    probabilities (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ``SHARPEN``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``,
-    ``INFARCT_WATERSHED_P``);
+    probabilities (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ..., ``lesions.INFARCT_WATERSHED_P``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -381,7 +376,6 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     ``options`` set it); with ``options.comorbid_svd`` > 0, background small vessel disease
     (:func:`comorbid_svd_finding`); with ``infarct_territory`` > 0, the shape of territorial infarcts
     (:func:`territory_shapes`); with ``infarct_watershed`` > 0, border-zone infarcts (:func:`watershed_infarcts`)."""
-    from medalign.data.synth.lesions import watershed_infarcts
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -408,19 +402,6 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
     return truth
 
-
-def territory_shapes(truth: dict, p: float) -> None:
-    """Mark a planned study's territorial infarcts ``shape: "territory"`` (in place) with probability ``p``,
-    with the wedge's ``tan_half``; drawn from the patient's own stream ``truth["anatomy_seed"] +
-    [TERRITORY_STREAM]`` (follow-ups keep the shape; every other draw of the plan is unchanged, and ``p`` = 0
-    draws nothing)."""
-    if p <= 0 or not any(f.get("variant") == "territorial" for f in truth["findings"]):
-        return
-    rt = np.random.default_rng(list(truth["anatomy_seed"]) + [TERRITORY_STREAM])
-    u, tan_half = float(rt.random()), _u(rt, TERRITORY_TAN_HALF)
-    for f in truth["findings"]:
-        if f.get("variant") == "territorial" and u < p:
-            f["shape"], f["tan_half"] = "territory", tan_half
 
 
 # ----------------------------------------------------------------------------- applying

@@ -18,7 +18,7 @@ Phrasing families (``FAMILIES``; the family of each report is drawn from its ``r
   lesion", "intracerebral bleed", "cytotoxic oedema ... recent stroke", "unremarkable study",
   "leukoaraiosis") that no training family uses, to measure generalisation beyond templates.
 
-``generate_paraphrases`` draws other reports of the same truth from the training families
+``paraphrases.generate_paraphrases`` draws other reports of the same truth from the training families
 only (never ``heldout``), on their own random streams: extra text views for training (issue 16).
 
 Every family may add a comparison with the prior study (follow-up visits say so), incidental
@@ -494,26 +494,3 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
         text = text.replace(". ", ".\n", 2)
     text = text.replace("?  ", "? ")
     return _americanise(text) if american else text
-
-
-PARAPHRASE_STREAM = 16  # paraphrases' random streams: [seed, PARAPHRASE_STREAM, study index, draw]
-
-
-def generate_paraphrases(truth: dict, stream: Sequence[int], k: int, *, exclude: Sequence[str] = ()) -> list[str]:
-    """Up to ``k`` distinct further reports of ``truth`` in the training families only.
-
-    Draw ``j`` uses ``np.random.default_rng([*stream, j])``: a stream no other part of the
-    generator uses, so the study's report and images do not change. Every draw is
-    ``generate_report(..., heldout=False)`` (standard or radiologist family, never the held-out
-    one, which stays unseen in training). Draws equal to the report (``exclude``) or to an
-    earlier paraphrase are skipped; after ``4 * k`` draws the list may be shorter than ``k``
-    (a normal study's terse "NAD." has few wordings).
-    """
-    out: list[str] = []
-    for j in range(4 * max(0, int(k))):
-        if len(out) >= k:
-            break
-        text = generate_report(truth, np.random.default_rng([*stream, j]), heldout=False)
-        if text not in out and text not in exclude:
-            out.append(text)
-    return out

@@ -38,7 +38,8 @@ def lesion_free_twins(plans: list[dict], fraction: float, *, seed: int, paraphra
                       classes: Sequence[str] | None = None) -> list[dict]:
     """Twins of a ``fraction`` of the eligible studies of ``plans`` (``plan_cohort``'s output;
     sources of ``classes`` only when given), numbered after them (``S{len(plans) + k + 1}``)."""
-    from medalign.data.synth.report_grammar import PARAPHRASE_STREAM, generate_paraphrases, generate_report
+    from medalign.data.synth.paraphrases import PARAPHRASE_STREAM, generate_paraphrases
+    from medalign.data.synth.report_grammar import generate_report
 
     if not 0.0 <= fraction <= 1.0:
         raise MedAlignError(f"--twins must be in [0, 1], got {fraction}")
