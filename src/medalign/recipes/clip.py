@@ -89,7 +89,8 @@ def _sequence_weights(weights: dict[str, float] | None, sequences: Sequence[str]
     if weights is None:
         return None
     if not isinstance(weights, dict):
-        raise ValueError(f"recipe.single_sequence_weights must map sequences to weights, e.g. {{flair: 2, dwi: 1}}; got {weights!r}")
+        raise ValueError("recipe.single_sequence_weights must map sequences to weights, e.g. {flair: 2, dwi: 1}; "
+                         f"got {weights!r}")
     unknown = sorted(set(weights) - set(sequences))
     if unknown:
         raise ValueError(f"recipe.single_sequence_weights: '{unknown[0]}' is not one of the run's sequences "
@@ -195,7 +196,8 @@ class ClipRecipe(Recipe):
                  image_encoder: dict | None = None, text_encoder: dict | None = None, embed_dim: int = 256,
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
-                 single_sequence_weights: dict[str, float] | None = None, gather: bool = True, text_section: str = "full", jitter: dict | None = None,
+                 single_sequence_weights: dict[str, float] | None = None, gather: bool = True,
+                 text_section: str = "full", jitter: dict | None = None,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
                  lesion_targets: str = "any", label_targets: float = 0.0, label_similarity: float | None = None,
@@ -377,7 +379,8 @@ class ClipRecipe(Recipe):
             mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, C)
         if self.training:  # a no-op when the probabilities are 0
             original = mask
-            mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence, weights=self.single_weights)
+            mask = sequence_dropout(mask, self.sequence_dropout, single=self.single_sequence,
+                                    weights=self.single_weights)
             if self.twin_views > 0 and batch.get("patient_id") is not None:
                 mask = shared_views(mask, original, batch["patient_id"], self.twin_views)
         if self.training and self.jitter:

@@ -2,6 +2,8 @@
 
 ``sample_truth`` draws one study's truth for a class (no images): findings with variant, side,
 region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
+``territory_shapes`` and ``watershed_infarcts`` reshape a planned study's territorial infarct
+(``synth brain --infarct-territory`` / ``--infarct-watershed``; called by ``randomise.randomise_truth``).
 ``_lesions`` draws those findings on the template grid as lesion components (irregular
 ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
 sources of mass effect (used by ``anatomy._elastic``). White-matter findings refined by domain
@@ -35,8 +37,8 @@ WATERSHED = {"ACA-MCA": (20, 4, 52), "MCA-PCA": (36, -64, 30), "internal": (26, 
 WATERSHED_P = (0.35, 0.3, 0.35)
 WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge narrower than a territory's
 WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
-TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (a patient's; randomise's: 11, 12)
-TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth); randomise.INFARCT_TERRITORY_P
+TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (randomise's: 11, 12)
+TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth)
 WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream
 # ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
 # border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
