@@ -20,7 +20,6 @@ on one column with 17 % of its masked lesion and an unmasked one-sided hyperinte
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -132,7 +131,9 @@ def main() -> None:
                       f"top hidden: {max(r['top_hidden'], key=r['top_hidden'].get)} "
                       f"(p({r['target']}) {r['top_hidden'][r['target']]:.2f})", flush=True)
     if a.out:
-        Path(a.out).write_text(json.dumps(result, indent=1), encoding="utf-8")
+        from medalign.utils import atomic_write_json
+
+        atomic_write_json(a.out, result)
 
 
 if __name__ == "__main__":
