@@ -53,8 +53,10 @@ def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_
     _stage("6/8 evaluate (retrieval, zero-shot, probes, baselines, CIs)", ["evaluate", str(run_dir), "--split", "test", *(evaluate_args or [])])
     _stage("7/8 example text query", ["search", str(run_dir), "--text", EXAMPLE_QUERY, "--k", "5"])
     _stage("8/8 HTML report", ["report", str(run_dir), "--out", str(out / "report.html"), "--overwrite"])
+    # from the cache of stage 2 (the run's own inputs), not the NIfTI files: preprocessing every study
+    # again (registration included) was most of this stage's 96 s
     _stage("index for the retrieval service", ["index", "build", str(run_dir), "--manifest", str(manifest),
-                                                "--out", str(out / "index")])
+                                                "--cache", str(cache), "--out", str(out / "index")])
     metrics = run_dir / "eval" / "metrics.json"
     if metrics.exists():
         from medalign.eval.bootstrap import format_ci
