@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medalign.models.image3d import (IMAGE_ENCODERS, CoordChannels, DoubleConv, LocalContrast, UNetEncoder, build_image_encoder,
-                                    mirror_lr)
+                                    contrast_shares, mirror_lr)
 
 SHAPE3 = (8, 32, 32)
 
@@ -215,13 +215,8 @@ def test_local_contrast_differentiates_with_respect_to_its_input() -> None:
     assert torch.autograd.gradcheck(lambda v: LocalContrast(4)(v * head + 2.0 * head), (x[:, :1].clone().requires_grad_(True),))
 
 
-def test_local_contrast_encoder_option() -> None:
-    """``local_contrast`` doubles the stem's input; gradients reach every parameter; a masked sequence's
-    contrast is masked too (the filter runs after the sequence mask); the spec path of the recipes builds it."""
-    torch.manual_seed(0)
-    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1,
-                               out_dim=16, local_contrast=4)
-    assert enc.stem.in_channels == 4 and isinstance(enc.contrast, LocalContrast)
+def _trains_and_masks_a_sequence(enc: UNetEncoder) -> None:
+    """Gradients reach every parameter of a 2-sequence encoder, and a masked sequence counts as a zeroed one."""
     x = torch.randn(2, 2, *SHAPE3)
     enc(x)["global"].square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
@@ -230,6 +225,16 @@ def test_local_contrast_encoder_option() -> None:
     x0 = x.clone()
     x0[0, 1] = 0
     assert torch.allclose(enc(x, mask)["global"], enc(x0, mask.new_ones(2, 2))["global"], atol=1e-6)
+
+
+def test_local_contrast_encoder_option() -> None:
+    """``local_contrast`` doubles the stem's input; gradients reach every parameter; a masked sequence's
+    contrast is masked too (the filter runs after the sequence mask); the spec path of the recipes builds it."""
+    torch.manual_seed(0)
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1,
+                               out_dim=16, local_contrast=4)
+    assert enc.stem.in_channels == 4 and isinstance(enc.contrast, LocalContrast)
+    _trains_and_masks_a_sequence(enc)
     spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "local_contrast": 4}
     built = build_image_encoder(spec, in_channels=3, input_shape=SHAPE3)
     assert built.stem.in_channels == 6
@@ -280,6 +285,37 @@ def test_bilateral_encoder_option() -> None:
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.parameters())
     with pytest.raises(ValueError, match="bilateral needs local_contrast"):
         IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1, bilateral=True)
+
+
+def test_contrast_shares_count_head_voxels_above_each_level() -> None:
+    """Flat tissue gives 0 at every level; thin lesions raise the share at the levels they exceed and not
+    above; more lesion voxels give a larger value (monotone log scale); the background and an absent
+    sequence do not count."""
+    head = _head((2, 32, 32))
+    x = torch.stack([head.clone(), head.clone(), torch.zeros_like(head)])  # (3, D, H, W): 3rd sequence absent
+    x[0, 1, 14, 15:17] = 2.2  # excess 1.2: above 0.5 and 1, not 1.5 or 2
+    x[1, 1, 14, 15:17] = 2.2
+    x[1, 1, 20, 10:16] = 2.2  # the same lesion and five more voxels of it
+    out = LocalContrast(4)(x[None])  # (1, 6, D, H, W)
+    s = contrast_shares(out[:, 3:], x[None] != 0).reshape(3, 4)  # (C, levels 0.5, 1, 1.5, 2)
+    flat = contrast_shares(LocalContrast(4)(head[None, None])[:, 1:], head[None, None] != 0)
+    assert flat.abs().max() == 0
+    assert s[0, 0] > 0.1 and s[0, 1] > 0.1 and s[0, 2] < 0.01 and s[0, 3] < 0.01
+    assert s[1, 0] > s[0, 0] + 0.1 and s[1, 1] > s[0, 1] + 0.1
+    assert (s[2] == 0).all()
+
+
+def test_contrast_shares_encoder_option() -> None:
+    """``contrast_shares`` adds 4 numbers per sequence before the output layer; a masked sequence adds none
+    of its own (zeros, as its channels); it needs ``local_contrast`` and a global pooling."""
+    torch.manual_seed(0)
+    kw = dict(in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1, out_dim=16, local_contrast=4)
+    enc = IMAGE_ENCODERS.build("unet3d_cpu", **kw, contrast_shares=True)
+    plain = IMAGE_ENCODERS.build("unet3d_cpu", **kw)
+    assert enc.fc.in_features == plain.fc.in_features + 2 * 4
+    _trains_and_masks_a_sequence(enc)
+    with pytest.raises(ValueError, match="contrast_shares needs local_contrast"):
+        IMAGE_ENCODERS.build("unet3d_cpu", **{**kw, "local_contrast": None}, contrast_shares=True)
 
 
 def test_coord_channels_values() -> None:
