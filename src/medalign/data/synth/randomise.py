@@ -180,7 +180,8 @@ class DomainOptions:
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
     ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``:
-    probabilities (``COMORBID_CLASSES``, ``CLINICAL_NOISE``, ..., ``lesions.INFARCT_WATERSHED_P``);
+    probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``, ``SHARPEN_P``, ``SKULL_STRIP_P``,
+    ``INFARCT_TERRITORY_P``, ``lesions.INFARCT_WATERSHED_P``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -401,7 +402,6 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     territory_shapes(truth, options.resolved().infarct_territory)
     watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
     return truth
-
 
 
 # ----------------------------------------------------------------------------- applying
