@@ -1,7 +1,7 @@
 """Early vs late/attention fusion on a held-out synthetic cohort, and what each loses per missing sequence.
 
     python benchmarks/study_fusion.py --model NAME RUN CACHE [--model NAME RUN CACHE ...] \
-        --manifest HELDOUT/manifest.csv [--train-manifest TRAIN/manifest.csv --train-cache C ...]
+        --manifest HELDOUT/manifest.csv [--checkpoint best|last] [--no-subsets] [--out F]
 
 Each ``--model`` is a run and the held-out cohort's cache preprocessed with that run's settings
 (an early-fusion run needs a co-registered cache of its 3 sequences, a study-level run reads a
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--no-subsets", action="store_true", help="full studies only")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                    help="best (validation-selected, as classify loads) or last")
     a = ap.parse_args()
 
     import pandas as pd
@@ -75,9 +77,9 @@ def main() -> None:
 
     df = pd.read_csv(a.manifest, dtype=str, keep_default_na=False)
     ids, y = df["study_id"].tolist(), np.array([CLASSES.index(v) for v in df["label"]])
-    results: dict = {"manifest": a.manifest, "n": len(ids), "models": {}}
+    results: dict = {"manifest": a.manifest, "n": len(ids), "checkpoint": a.checkpoint, "models": {}}
     for name, run, cache_dir in a.model:
-        model = medalign.load(run)
+        model = medalign.load(run, checkpoint=a.checkpoint)
         cache = CohortCache(cache_dir)
         seqs = list(model.sequences)
         txt = model.encode_report(df["report"].tolist())  # (N, E)
