@@ -51,10 +51,20 @@ def test_lesion_contrast_and_volume_known_values():
     rim = ndimage.binary_dilation(lesion > 0, structure=cross) & (lesion == 0)
     vol2 = np.where(rim, -7.0, vol)
     assert study_metrics(vol2, head, lesion)["lesion_contrast"] == pytest.approx(2.5)
+    # lesion heterogeneity: robust spread inside the lesion / the head's. The head a checkerboard of 0 and 2
+    # (median 1, MAD 1), the lesion even (spread 0), then half of it dark (25 at 3.5, 25 at -0.5: MAD 2)
+    zz, yy, xx = np.indices(head.shape)
+    board = np.where(head, 2.0 * ((zz + yy + xx) % 2), 0.0)
+    even = np.where(lesion > 0, 3.5, board)
+    assert study_metrics(even, head, lesion)["lesion_heterogeneity"] == pytest.approx(0.0)
+    cored = even.copy()
+    cored[3, 15:20, 15:20] = -0.5
+    assert study_metrics(cored, head, lesion)["lesion_heterogeneity"] == pytest.approx(2.0)
     # no lesion voxels / no mask: no lesion figures (not zeros that would drag the range down)
     for les in (np.zeros_like(lesion), None):
         m0 = study_metrics(vol, head, les)
         assert m0["lesion_contrast"] is None and m0["lesion_volume"] is None and m0["lesion_largest_share"] is None
+        assert m0["lesion_heterogeneity"] is None
     assert m0["intensity_p50"] == pytest.approx(1.0)
 
 

@@ -169,7 +169,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
     from medalign.utils import atomic_path
 
     seqs = list(result["sequences"])
-    fig, axes = plt.subplots(len(seqs), 8, figsize=(28, 3.1 * len(seqs)), squeeze=False)
+    fig, axes = plt.subplots(len(seqs), 9, figsize=(31.5, 3.1 * len(seqs)), squeeze=False)
     for r, s in enumerate(seqs):
         sq = result["sequences"][s]
         h, cov = sq["histogram"], sq["coverage"]
@@ -192,6 +192,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
         for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
                                              ("lesion_volume", "lesion volume (fraction of head)", True),
                                              ("lesion_largest_share", "largest lesion / lesion volume", False),
+                                             ("lesion_heterogeneity", "signal spread inside the lesion / head's", False),
                                              ("snr", "SNR (signal SD / residual noise SD)", True),
                                              ("texture", "texture (1-4 voxel band / spread)", False),
                                              ("local_contrast", "local contrast, p99.9 (no mask needed)", False),

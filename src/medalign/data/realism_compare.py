@@ -36,11 +36,11 @@ import pandas as pd
 from medalign.errors import MedAlignError
 
 METRICS: tuple[str, ...] = ("intensity_p05", "intensity_p50", "intensity_p95", "lesion_contrast",
-                            "lesion_volume", "lesion_largest_share", "snr", "texture", "local_contrast",
-                            "normal_local_contrast")
+                            "lesion_volume", "lesion_largest_share", "lesion_heterogeneity", "snr", "texture",
+                            "local_contrast", "normal_local_contrast")
 # also per class: the lesion metrics, and local contrast (it needs no mask, so it reaches real cases that have none)
-LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share", "local_contrast",
-                                   "normal_local_contrast")
+LESION_METRICS: tuple[str, ...] = ("lesion_contrast", "lesion_volume", "lesion_largest_share", "lesion_heterogeneity",
+                                   "local_contrast", "normal_local_contrast")
 LOCAL_WINDOW = (1, 9, 9)  # (D, H, W) surround of the local contrast
 COVERAGE_PCT: tuple[float, float] = (1.0, 99.0)
 N_BINS = 60
@@ -51,6 +51,8 @@ DEFINITIONS = {
     "lesion_contrast": "mean(lesion) - mean(head minus lesion dilated by 1 in-plane voxel), normalised units",
     "lesion_volume": "lesion voxels / head voxels",
     "lesion_largest_share": "voxels of the largest 26-connected lesion component / lesion voxels",
+    "lesion_heterogeneity": "1.4826 x MAD of the lesion's intensities / 1.4826 x MAD of the head's: one even "
+                            "signal (~0.5-1) or a mix, e.g. a dark necrotic core inside bright oedema (> 1.5)",
     "snr": "SD of in-plane Gaussian-smoothed (sigma 1 voxel) signal / (1.4826 x MAD of image - smoothed), "
            "inside the head eroded by 2 in-plane voxels",
     "texture": "1.4826 x MAD of (in-plane Gaussian sigma 0.5 - sigma 2 voxels) in the eroded head less the "
@@ -113,6 +115,9 @@ def study_metrics(vol: np.ndarray, head: np.ndarray, lesion: np.ndarray | None =
         if normal.sum() >= 10:
             out["lesion_contrast"] = float(x[les].mean() - x[normal].mean())
         out["lesion_volume"] = float(les.sum() / head.sum())
+        spread_head = _robust_sd(vals)
+        if les.sum() >= 5 and spread_head > 0:  # a spread needs a few voxels
+            out["lesion_heterogeneity"] = _robust_sd(x[les]) / spread_head
         comp, n = ndimage.label(les, structure=np.ones((3, 3, 3), bool))
         out["lesion_largest_share"] = float(np.bincount(comp.ravel())[1:].max() / les.sum())
     inner = ndimage.binary_erosion(head, structure=_inplane(), iterations=2)
