@@ -246,7 +246,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     import scipy.ndimage as ndi
 
     dom = truth.get("domain")
-    con = study_contrast(dom) if dom else None
+    con = study_contrast(dom, truth["findings"]) if dom else None
     anat = load_anatomy(4 if shape_mode == "small" else 2)
     rng_anat = np.random.default_rng(truth["anatomy_seed"])
     rng = np.random.default_rng(truth["seed"])

@@ -103,6 +103,10 @@ def _register_brain(synth: typer.Typer) -> None:
                                                           "of the territorial infarcts are border-zone (watershed) infarcts "
                                                           "instead: a cortical ACA-MCA or MCA-PCA wedge, or a chain of small "
                                                           "foci in the corona radiata. Default: off."),
+        glioma_cores: Optional[float] = typer.Option(None, "--glioma-cores", min=0.0, max=1.0, help="P: a share P of "
+                                                     "the necrotic gliomas have a large core (0.65-0.95 of the solid "
+                                                     "radius) whose FLAIR signal is drawn from CSF-dark to oedema-bright, "
+                                                     "as real high-grade gliomas show. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -115,7 +119,7 @@ def _register_brain(synth: typer.Typer) -> None:
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
                                infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
-                               infarct_watershed=infarct_watershed)
+                               infarct_watershed=infarct_watershed, glioma_cores=glioma_cores)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

@@ -43,6 +43,17 @@ WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream
 # ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
 # border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
 INFARCT_WATERSHED_P = 0.0
+GLIOMA_CORE_STREAM = 15  # truth["anatomy_seed"] + [15], a patient's stream
+# ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass.
+# Their necrotic or cystic core is large and, depending on its protein content, from CSF-dark to nearly as bright as
+# the oedema; within the whole-tumour mask the BraTS FLAIRs spread 1.0-2.9 head SDs (robust), the drawn gliomas
+# 0.6-1.4 (their core, 0.55 of the solid radius, held ~3 % of the mask). A share P of the necrotic gliomas get a core
+# of GLIOMA_CORE_RADIUS x the solid radius with a FLAIR signal from GLIOMA_CORE_FLAIR (signal units, WM 0.48).
+# Off by default: with P = 0.6 the drawn gliomas spread 0.72-1.08-3.54 (10th-50th-90th percentile), covering the BraTS,
+# but models trained on it lost synthetic and real accuracy (README, "Known limitations", stop 58).
+GLIOMA_CORE_RADIUS = (0.65, 0.95)
+GLIOMA_CORE_FLAIR = (0.10, 0.70)
+GLIOMA_CORES_P = 0.0
 
 OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
 OTHERS_P = (0.35, 0.3, 0.23, 0.12)  # the unrandomised cohort's mix
@@ -97,6 +108,21 @@ def territory_shapes(truth: dict, p: float) -> None:
     for f in truth["findings"]:
         if f.get("variant") == "territorial" and u < p:
             f["shape"], f["tan_half"] = "territory", tan_half
+
+
+def glioma_cores(truth: dict, p: float) -> None:
+    """With probability ``p``, give a planned study's necrotic gliomas (in place) a large core, ``core_radius`` x the
+    solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); drawn
+    from the patient's own stream ``truth["anatomy_seed"] + [GLIOMA_CORE_STREAM]`` (follow-ups keep the core, every
+    other draw of the plan is unchanged, and ``p`` = 0 draws nothing). Only gliomas reported with necrosis get one,
+    so the report already says what is drawn."""
+    if p <= 0 or not any(f.get("variant") == "glioma" and f.get("necrosis") for f in truth["findings"]):
+        return
+    rg = np.random.default_rng(list(truth["anatomy_seed"]) + [GLIOMA_CORE_STREAM])
+    u, radius, flair = float(rg.random()), float(rg.uniform(*GLIOMA_CORE_RADIUS)), float(rg.uniform(*GLIOMA_CORE_FLAIR))
+    for f in truth["findings"]:
+        if f.get("variant") == "glioma" and f.get("necrosis") and u < p:
+            f["core_radius"], f["core_flair"] = round(radius, 3), round(flair, 3)
 
 
 def watershed_findings(side: str, age: str, rng: np.random.Generator) -> list[dict]:
@@ -328,7 +354,7 @@ def _draw_tumor(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.
         solid = _blob(shape, c, radii, rng, 0.2)
         canvas.comps += [("edema", ed), ("tumor_solid", solid)]
         if f["necrosis"]:
-            canvas.comps.append(("tumor_necrosis", _blob(shape, c, radii * 0.55, rng, 0.2)))
+            canvas.comps.append(("tumor_necrosis", _blob(shape, c, radii * float(f.get("core_radius", 0.55)), rng, 0.2)))
         canvas.masses.append((c, R, 0.35))
         return np.maximum(ed, solid)
     cs = _surface_point(canvas.anat, c)

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.lesions import INFARCT_WATERSHED_P, territory_shapes, watershed_infarcts
+from medalign.data.synth.lesions import GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes, watershed_infarcts
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
@@ -179,9 +179,9 @@ class DomainOptions:
     """The ``synth brain`` options that change how a randomised study's domain is drawn; None / the defaults
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
-    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``:
-    probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``, ``SHARPEN_P``, ``SKULL_STRIP_P``,
-    ``INFARCT_TERRITORY_P``, ``lesions.INFARCT_WATERSHED_P``);
+    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``,
+    ``glioma_cores``: probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``, ``SHARPEN_P``, ``SKULL_STRIP_P``,
+    ``INFARCT_TERRITORY_P``, ``lesions.INFARCT_WATERSHED_P``, ``lesions.GLIOMA_CORES_P``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -193,8 +193,9 @@ class DomainOptions:
     infarct_territory: float | None = None
     sharpen_sequences: tuple[str, ...] | None = None
     infarct_watershed: float | None = None
+    glioma_cores: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
-                                                "infarct_territory", "infarct_watershed")
+                                                "infarct_territory", "infarct_watershed", "glioma_cores")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
@@ -203,6 +204,7 @@ class DomainOptions:
                        skull_strip=SKULL_STRIP_P if self.skull_strip is None else self.skull_strip,
                        infarct_territory=INFARCT_TERRITORY_P if self.infarct_territory is None else self.infarct_territory,
                        infarct_watershed=INFARCT_WATERSHED_P if self.infarct_watershed is None else self.infarct_watershed,
+                       glioma_cores=GLIOMA_CORES_P if self.glioma_cores is None else self.glioma_cores,
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
     def check(self, randomise: bool) -> None:
@@ -376,7 +378,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`, as
     ``options`` set it); with ``options.comorbid_svd`` > 0, background small vessel disease
     (:func:`comorbid_svd_finding`); with ``infarct_territory`` > 0, the shape of territorial infarcts
-    (:func:`territory_shapes`); with ``infarct_watershed`` > 0, border-zone infarcts (:func:`watershed_infarcts`)."""
+    (:func:`territory_shapes`); with ``infarct_watershed`` > 0, border-zone infarcts (:func:`watershed_infarcts`);
+    with ``glioma_cores`` > 0, large necrotic glioma cores of drawn FLAIR signal (:func:`glioma_cores`)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -401,13 +404,15 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
             truth["findings"].append(f)
     territory_shapes(truth, options.resolved().infarct_territory)
     watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
+    glioma_cores(truth, options.resolved().glioma_cores)
     return truth
 
 
 # ----------------------------------------------------------------------------- applying
-def study_contrast(dom: dict) -> dict[str, Any]:
+def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     """The study's contrast tables: ``tissue`` / ``lesion`` (for ``sequences._signal``) and
-    ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k."""
+    ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k. A glioma
+    finding's ``core_flair`` (``lesions.glioma_cores``) replaces the FLAIR signal of its necrotic core."""
     from medalign.data.synth.enhancement import T1C_CONTRAST, T1C_TISSUE
 
     c, k = dom["contrast"], float(dom["conspicuity"])
@@ -423,6 +428,11 @@ def study_contrast(dom: dict) -> dict[str, Any]:
     lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** exponent(name, s)
                           for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
+    core = [f["core_flair"] for f in findings if f.get("variant") == "glioma" and f.get("core_flair") is not None]
+    if core:  # like every lesion: relative to this study's WM, by its conspicuity
+        fi = SEQUENCES.index("flair")
+        v = c["flair"]["wm"] * (float(core[0]) / TISSUE_CONTRAST["flair"]["wm"]) ** k
+        lesion["tumor_necrosis"] = tuple(v if i == fi else x for i, x in enumerate(lesion["tumor_necrosis"]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
 
