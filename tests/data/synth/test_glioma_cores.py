@@ -89,6 +89,25 @@ def test_a_dark_core_makes_the_tumour_heterogeneous_on_flair():
     assert b > 1.3 * a, (a, b)
 
 
+def test_the_core_is_drawn_at_its_radius():
+    from medalign.data.synth.anatomy import _tissues, load_anatomy
+    from medalign.data.synth.lesions import _lesions
+
+    anat = load_anatomy(4)
+
+    def core_and_mask(t: dict) -> tuple[float, float]:
+        comps, mask, _ = _lesions(anat, t, _tissues(anat, t)[0], np.random.default_rng(t["anatomy_seed"] + [5]))
+        return sum(float(c.sum()) for name, c in comps if name == "tumor_necrosis"), float((mask > 0.5).sum())
+
+    t1 = next(t for t in plan_cohort(80, 1, domain=R.DomainOptions(glioma_cores=1.0))
+              if _necrotic(t) and _necrotic(t)[0]["core_radius"] > 0.8)
+    t0 = next(t for t in plan_cohort(80, 1) if t["study_id"] == t1["study_id"])
+    (c0, m0), (c1, m1) = core_and_mask(t0), core_and_mask(t1)
+    assert m1 == m0  # the lesion mask is the tumour's, core or not
+    ratio = (_necrotic(t1)[0]["core_radius"] / 0.55) ** 3  # a blob's volume goes with its radius cubed
+    assert 0.6 * ratio < c1 / c0 < 1.4 * ratio, (c1 / c0, ratio)
+
+
 def test_the_option_from_the_command_line(tmp_path, capsys):
     from medalign.cli import main
 
