@@ -192,7 +192,7 @@ def realism_figure(result: dict[str, Any], out: str | Path) -> Path:
         for c, (m, title, log) in enumerate((("lesion_contrast", "lesion contrast (lesion - normal)", False),
                                              ("lesion_volume", "lesion volume (fraction of head)", True),
                                              ("lesion_largest_share", "largest lesion / lesion volume", False),
-                                             ("lesion_heterogeneity", "signal spread inside the lesion / head's", False),
+                                             ("lesion_heterogeneity", "signal spread inside the lesion / head's", True),
                                              ("snr", "SNR (signal SD / residual noise SD)", True),
                                              ("texture", "texture (1-4 voxel band / spread)", False),
                                              ("local_contrast", "local contrast, p99.9 (no mask needed)", False),
