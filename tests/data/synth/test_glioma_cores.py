@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from medalign.data.realism_compare import _robust_sd
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
 from medalign.data.synth.lesions import GLIOMA_CORE_FLAIR, GLIOMA_CORE_RADIUS
@@ -74,11 +75,7 @@ def _flair_spread(truth: dict) -> float:
     out = synthesize_study(truth, shape_mode="small")
     x, m = np.asarray(out["flair"][0], float), np.asarray(out["mask"][0]) > 0
     head = x > 0.25 * np.percentile(x, 99)
-
-    def rsd(v: np.ndarray) -> float:
-        return 1.4826 * float(np.median(np.abs(v - np.median(v))))
-
-    return rsd(x[m]) / rsd(x[head])
+    return _robust_sd(x[m]) / _robust_sd(x[head])
 
 
 def test_a_dark_core_makes_the_tumour_heterogeneous_on_flair():

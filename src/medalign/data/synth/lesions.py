@@ -354,7 +354,8 @@ def _draw_tumor(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.
         solid = _blob(shape, c, radii, rng, 0.2)
         canvas.comps += [("edema", ed), ("tumor_solid", solid)]
         if f["necrosis"]:
-            canvas.comps.append(("tumor_necrosis", _blob(shape, c, radii * float(f.get("core_radius", 0.55)), rng, 0.2)))
+            core = radii * float(f.get("core_radius", 0.55))  # glioma_cores: a larger core when drawn
+            canvas.comps.append(("tumor_necrosis", _blob(shape, c, core, rng, 0.2)))
         canvas.masses.append((c, R, 0.35))
         return np.maximum(ed, solid)
     cs = _surface_point(canvas.anat, c)

@@ -34,7 +34,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.lesions import GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes, watershed_infarcts
+from medalign.data.synth.lesions import (GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes,
+                                         watershed_infarcts)
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
@@ -428,10 +429,10 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** exponent(name, s)
                           for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
-    core = [f["core_flair"] for f in findings if f.get("variant") == "glioma" and f.get("core_flair") is not None]
-    if core:  # like every lesion: relative to this study's WM, by its conspicuity
+    core = next((f["core_flair"] for f in findings if f.get("variant") == "glioma" and f.get("core_flair") is not None), None)
+    if core is not None:  # like every lesion: relative to this study's WM, by its conspicuity
         fi = SEQUENCES.index("flair")
-        v = c["flair"]["wm"] * (float(core[0]) / TISSUE_CONTRAST["flair"]["wm"]) ** k
+        v = c["flair"]["wm"] * (float(core) / TISSUE_CONTRAST["flair"]["wm"]) ** k
         lesion["tumor_necrosis"] = tuple(v if i == fi else x for i, x in enumerate(lesion["tumor_necrosis"]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
