@@ -34,8 +34,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.lesions import (GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes,
-                                         watershed_infarcts)
+from medalign.data.synth.lesions import GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes, watershed_infarcts
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
