@@ -107,6 +107,10 @@ def _register_brain(synth: typer.Typer) -> None:
                                                      "the necrotic gliomas have a large core (0.65-0.95 of the solid "
                                                      "radius) whose FLAIR signal is drawn from CSF-dark to oedema-bright, "
                                                      "as real high-grade gliomas show. Default: off."),
+        infarct_mismatch: Optional[float] = typer.Option(None, "--infarct-mismatch", min=0.0, max=1.0, help="P: a share P "
+                                                         "of the studies with an acute territorial or lacunar infarct are "
+                                                         "hyperacute: bright on DWI, not yet on FLAIR (DWI-FLAIR mismatch), "
+                                                         "and the report says so. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -119,7 +123,8 @@ def _register_brain(synth: typer.Typer) -> None:
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
                                infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
-                               infarct_watershed=infarct_watershed, glioma_cores=glioma_cores)
+                               infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
+                               infarct_mismatch=infarct_mismatch)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

@@ -34,7 +34,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.lesions import GLIOMA_CORES_P, INFARCT_WATERSHED_P, glioma_cores, territory_shapes, watershed_infarcts
+from medalign.data.synth.lesions import (FLAIR_DRAWN, GLIOMA_CORES_P, INFARCT_MISMATCH_P, INFARCT_WATERSHED_P, glioma_cores,
+                                        infarct_mismatch, territory_shapes, watershed_infarcts)
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
@@ -180,8 +181,8 @@ class DomainOptions:
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
     ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``,
-    ``glioma_cores``: probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``, ``SHARPEN_P``, ``SKULL_STRIP_P``,
-    ``INFARCT_TERRITORY_P``, ``lesions.INFARCT_WATERSHED_P``, ``lesions.GLIOMA_CORES_P``);
+    ``glioma_cores``, ``infarct_mismatch``: probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``, ``SHARPEN_P``,
+    ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``, ``lesions.INFARCT_WATERSHED_P``, ``GLIOMA_CORES_P``, ``INFARCT_MISMATCH_P``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -194,17 +195,16 @@ class DomainOptions:
     sharpen_sequences: tuple[str, ...] | None = None
     infarct_watershed: float | None = None
     glioma_cores: float | None = None
+    infarct_mismatch: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
-                                                "infarct_territory", "infarct_watershed", "glioma_cores")
+                                                "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
-        return replace(self, clinical_noise=CLINICAL_NOISE_P if self.clinical_noise is None else self.clinical_noise,
-                       sharpen=SHARPEN_P if self.sharpen is None else self.sharpen,
-                       skull_strip=SKULL_STRIP_P if self.skull_strip is None else self.skull_strip,
-                       infarct_territory=INFARCT_TERRITORY_P if self.infarct_territory is None else self.infarct_territory,
-                       infarct_watershed=INFARCT_WATERSHED_P if self.infarct_watershed is None else self.infarct_watershed,
-                       glioma_cores=GLIOMA_CORES_P if self.glioma_cores is None else self.glioma_cores,
+        defaults = {"clinical_noise": CLINICAL_NOISE_P, "sharpen": SHARPEN_P, "skull_strip": SKULL_STRIP_P,
+                    "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P,
+                    "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P}
+        return replace(self, **{k: d if getattr(self, k) is None else getattr(self, k) for k, d in defaults.items()},
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
     def check(self, randomise: bool) -> None:
@@ -376,10 +376,9 @@ def comorbid_svd_finding(truth: dict, p: float) -> dict | None:
 def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> dict:
     """Add the domain factors to a planned study (in place; returns it): the patient's atrophy
     slope and white-matter disease shapes, then the study's ``domain`` (:func:`draw_domain`, as
-    ``options`` set it); with ``options.comorbid_svd`` > 0, background small vessel disease
-    (:func:`comorbid_svd_finding`); with ``infarct_territory`` > 0, the shape of territorial infarcts
-    (:func:`territory_shapes`); with ``infarct_watershed`` > 0, border-zone infarcts (:func:`watershed_infarcts`);
-    with ``glioma_cores`` > 0, large necrotic glioma cores of drawn FLAIR signal (:func:`glioma_cores`)."""
+    ``options`` set it); then each finding option above 0: background small vessel disease (``comorbid_svd``,
+    :func:`comorbid_svd_finding`), and the ``lesions`` functions of the same names (territorial infarct shapes,
+    border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
@@ -405,6 +404,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     territory_shapes(truth, options.resolved().infarct_territory)
     watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
     glioma_cores(truth, options.resolved().glioma_cores)
+    infarct_mismatch(truth, options.resolved().infarct_mismatch)
     return truth
 
 
@@ -412,7 +412,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
 def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     """The study's contrast tables: ``tissue`` / ``lesion`` (for ``sequences._signal``) and
     ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k. A glioma
-    finding's ``core_flair`` (``lesions.glioma_cores``) replaces the FLAIR signal of its necrotic core."""
+    finding's drawn FLAIR signal (``lesions.FLAIR_DRAWN``: a glioma's core, a hyperacute infarct) replaces its component's."""
     from medalign.data.synth.enhancement import T1C_CONTRAST, T1C_TISSUE
 
     c, k = dom["contrast"], float(dom["conspicuity"])
@@ -428,11 +428,11 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** exponent(name, s)
                           for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
-    core = next((f["core_flair"] for f in findings if f.get("variant") == "glioma" and f.get("core_flair") is not None), None)
-    if core is not None:  # like every lesion: relative to this study's WM, by its conspicuity
-        fi = SEQUENCES.index("flair")
-        v = c["flair"]["wm"] * (float(core) / TISSUE_CONTRAST["flair"]["wm"]) ** k
-        lesion["tumor_necrosis"] = tuple(v if i == fi else x for i, x in enumerate(lesion["tumor_necrosis"]))
+    fi = SEQUENCES.index("flair")
+    for key, name in FLAIR_DRAWN.items():  # like every lesion: relative to this study's WM, by its conspicuity
+        drawn = next((f[key] for f in findings if f.get(key) is not None), None)
+        v = None if drawn is None else c["flair"]["wm"] * (float(drawn) / TISSUE_CONTRAST["flair"]["wm"]) ** k
+        lesion[name] = lesion[name] if v is None else tuple(v if i == fi else x for i, x in enumerate(lesion[name]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
 

@@ -66,11 +66,8 @@ def _size(rng: np.random.Generator, mm: float | None) -> str:
 
 
 def _side(rng: np.random.Generator, side: str, abbrev: bool) -> str:
-    if side not in ("left", "right"):
-        return side
-    if abbrev and rng.random() < 0.5:
-        return {"left": "L", "right": "R"}[side]
-    return side
+    abbreviate = side in ("left", "right") and abbrev and rng.random() < 0.5  # rng drawn only when it can abbreviate
+    return {"left": "L", "right": "R"}[side] if abbreviate else side
 
 
 _LOBE_DESC = {"frontal": "frontal lobe", "temporal": "temporal lobe", "parietal": "parietal lobe",
@@ -114,6 +111,7 @@ _HEADERS = ["MRI BRAIN WITHOUT CONTRAST.", "MR HEAD:", "EXAM: MRI brain.", "Clin
             "Indication: headache.", "MRI head (non-contrast).", "Indication: confusion, query cause."]
 _TECHNIQUE = ["Technique: DWI, ADC, T2*, FLAIR, T1 and T2 sequences.",
               "Sequences: axial DWI/ADC, GRE, FLAIR, T1, T2.", "Multiplanar multisequence MRI of the brain."]
+_MISMATCH = ["No corresponding FLAIR signal change (DWI-FLAIR mismatch).", "No FLAIR hyperintensity yet in the area of restriction."]
 _TRAILERS = ["Page 1 of 1", "Electronically signed.", "Dictated, not read.", "Report verified by consultant radiologist.",
              "-- end of report --", "Page 1 of 1. Report approved."]
 
@@ -140,7 +138,7 @@ def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
             main = [f"Old stroke in the {where} with encephalomalacia{sz}.",
                     f"Remote ischaemic insult of the {where}, with tissue loss and gliotic change."]
             imp = "old stroke"
-        return [_pick(rng, main)], imp
+        return _mismatch(f, [_pick(rng, main)], imp, rng)
     if f["age"] == "acute":
         if f["variant"] == "lacunar":
             main = [f"Acute lacunar infarct in the {where}{sz}.",
@@ -158,7 +156,12 @@ def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
                 f"Established old infarct in the {where}: CSF-signal cavity with FLAIR-bright gliotic rim, no restricted diffusion.",
                 f"Mature infarct involving the {where}{sz}."]
         imp = "chronic infarct"
-    return [_pick(rng, main)], imp
+    return _mismatch(f, [_pick(rng, [m for m in main if "FLAIR" not in m or "mismatch_flair" not in f])], imp, rng)
+
+
+def _mismatch(f: dict, parts: list[str], imp: str, rng) -> tuple[list[str], str]:
+    """A hyperacute infarct (``lesions.infarct_mismatch``): no FLAIR change yet, said in the body and the impression."""
+    return (parts, imp) if "mismatch_flair" not in f else (parts + [_pick(rng, _MISMATCH)], "hyperacute " + imp.split(" ", 1)[1])
 
 
 def _watershed(f: dict, where: str, sz: str, rng) -> tuple[list[str], str]:
@@ -322,9 +325,10 @@ def _rad_finding(f: dict, rng, ab: bool) -> str:
     label, v = f["class"], f["variant"]
     side = _side(rng, f.get("side", ""), ab)
     if label == "infarct":
-        where = f"{side} {_pick(rng, _TERR[f['region']]) if v == 'territorial' else f['region']}"
-        if v == "watershed":
-            where = f"{side} {f['region']} watershed"
+        where = (f"{side} {f['region']} watershed" if v == "watershed"
+                 else f"{side} {_pick(rng, _TERR[f['region']]) if v == 'territorial' else f['region']}")
+        if "mismatch_flair" in f:  # lesions.infarct_mismatch: a hyperacute infarct, not yet seen on FLAIR
+            return _pick(rng, [f"Hyperacute {where} infarct, DWI-FLAIR mismatch.", f"DWI+/FLAIR- {where} infarct (mismatch)."])
         if f["age"] == "acute":
             if v == "lacunar":
                 return _pick(rng, [f"Acute lacune, {where}.", f"Punctate acute infarct {where}.",
