@@ -62,7 +62,7 @@ INFARCT_MISMATCH_STREAM = 16  # truth["anatomy_seed"] + [16], a patient's stream
 # FLAIR alone a bright deep mass was an infarct as often as a tumour. A share P of the studies with an acute territorial or
 # lacunar infarct are hyperacute: its FLAIR signal is ``mismatch_flair``, drawn from INFARCT_MISMATCH_FLAIR (WM 0.48,
 # GM 0.62: iso to faint), and the report says so. Off by default: at P = 0.5, held out 0.671 vs 0.684 on the default cohort,
-# and on `--n 360` real gliomas 16/24 vs 13/24 without it, 22/24 for the preset (README, "Known limitations", stop 59).
+# on `--n 360 --seed 0` real gliomas 16/24 vs 13/24 without it, not on `--seed 1` (README, "Known limitations", stop 59).
 INFARCT_MISMATCH_FLAIR = (0.48, 0.60)
 INFARCT_MISMATCH_P = 0.0
 # a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
