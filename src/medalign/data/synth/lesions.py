@@ -109,48 +109,48 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
     return F
 
 
+def _patient_share(truth: dict, stream: int, p: float, found: list[dict],
+                   ranges: Sequence[tuple[float, float]]) -> list[float] | None:
+    """The draw of a finding option that a share ``p`` of the patients get: from the patient's own stream
+    ``truth["anatomy_seed"] + [stream]``, a uniform u and one value per range; the values if u < ``p``, else None.
+    Nothing is drawn with ``p`` = 0 or no ``found`` findings, so every other draw of the plan is unchanged."""
+    if p <= 0 or not found:
+        return None
+    rng = np.random.default_rng(list(truth["anatomy_seed"]) + [stream])
+    u, values = float(rng.random()), [float(rng.uniform(*r)) for r in ranges]
+    return values if u < p else None
+
+
 def territory_shapes(truth: dict, p: float) -> None:
     """Mark a planned study's territorial infarcts ``shape: "territory"`` (in place) with probability ``p``,
-    with the wedge's ``tan_half``; drawn from the patient's own stream ``truth["anatomy_seed"] +
-    [TERRITORY_STREAM]`` (follow-ups keep the shape; every other draw of the plan is unchanged, and ``p`` = 0
-    draws nothing)."""
-    if p <= 0 or not any(f.get("variant") == "territorial" for f in truth["findings"]):
-        return
-    rt = np.random.default_rng(list(truth["anatomy_seed"]) + [TERRITORY_STREAM])
-    u, tan_half = float(rt.random()), round(float(rt.uniform(*TERRITORY_TAN_HALF)), 4)
-    for f in truth["findings"]:
-        if f.get("variant") == "territorial" and u < p:
-            f["shape"], f["tan_half"] = "territory", tan_half
+    with the wedge's ``tan_half``; a patient's own draw (:func:`_patient_share`, ``TERRITORY_STREAM``: follow-ups keep
+    the shape)."""
+    found = [f for f in truth["findings"] if f.get("variant") == "territorial"]
+    drawn = _patient_share(truth, TERRITORY_STREAM, p, found, [TERRITORY_TAN_HALF])
+    for f in found if drawn else ():
+        f["shape"], f["tan_half"] = "territory", round(drawn[0], 4)
 
 
 def glioma_cores(truth: dict, p: float) -> None:
     """With probability ``p``, give a planned study's necrotic gliomas (in place) a large core, ``core_radius`` x the
-    solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); drawn
-    from the patient's own stream ``truth["anatomy_seed"] + [GLIOMA_CORE_STREAM]`` (follow-ups keep the core, every
-    other draw of the plan is unchanged, and ``p`` = 0 draws nothing). Only gliomas reported with necrosis get one,
-    so the report already says what is drawn."""
-    if p <= 0 or not any(f.get("variant") == "glioma" and f.get("necrosis") for f in truth["findings"]):
-        return
-    rg = np.random.default_rng(list(truth["anatomy_seed"]) + [GLIOMA_CORE_STREAM])
-    u, radius, flair = float(rg.random()), float(rg.uniform(*GLIOMA_CORE_RADIUS)), float(rg.uniform(*GLIOMA_CORE_FLAIR))
-    for f in truth["findings"]:
-        if f.get("variant") == "glioma" and f.get("necrosis") and u < p:
-            f["core_radius"], f["core_flair"] = round(radius, 3), round(flair, 3)
+    solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); a
+    patient's own draw (:func:`_patient_share`, ``GLIOMA_CORE_STREAM``: follow-ups keep the core). Only gliomas
+    reported with necrosis get one, so the report already says what is drawn."""
+    found = [f for f in truth["findings"] if f.get("variant") == "glioma" and f.get("necrosis")]
+    drawn = _patient_share(truth, GLIOMA_CORE_STREAM, p, found, [GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR])
+    for f in found if drawn else ():
+        f["core_radius"], f["core_flair"] = round(drawn[0], 3), round(drawn[1], 3)
 
 
 def infarct_mismatch(truth: dict, p: float) -> None:
     """With probability ``p``, make a planned study's acute territorial and lacunar infarcts hyperacute (in place): their
-    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`), drawn from the patient's own stream
-    ``truth["anatomy_seed"] + [INFARCT_MISMATCH_STREAM]`` (every other draw of the plan is unchanged, and ``p`` = 0 draws
-    nothing). The report grammar then says there is no FLAIR change yet."""
-    acute = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
+    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`_patient_share`,
+    ``INFARCT_MISMATCH_STREAM``). The report grammar then says there is no FLAIR change yet."""
+    found = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
              and f.get("variant") in ("territorial", "lacunar")]
-    if p <= 0 or not acute:
-        return
-    rm = np.random.default_rng(list(truth["anatomy_seed"]) + [INFARCT_MISMATCH_STREAM])
-    u, flair = float(rm.random()), float(rm.uniform(*INFARCT_MISMATCH_FLAIR))
-    for f in acute if u < p else ():
-        f["mismatch_flair"] = round(flair, 3)
+    drawn = _patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
+    for f in found if drawn else ():
+        f["mismatch_flair"] = round(drawn[0], 3)
 
 
 def watershed_findings(side: str, age: str, rng: np.random.Generator) -> list[dict]:

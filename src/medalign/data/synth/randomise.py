@@ -429,10 +429,10 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
                           for s, v in zip(SEQUENCES, vals))
               for name, vals in LESION_CONTRAST.items()}
     fi = SEQUENCES.index("flair")
-    for key, name in FLAIR_DRAWN.items():  # like every lesion: relative to this study's WM, by its conspicuity
-        drawn = next((f[key] for f in findings if f.get(key) is not None), None)
-        v = None if drawn is None else c["flair"]["wm"] * (float(drawn) / TISSUE_CONTRAST["flair"]["wm"]) ** k
-        lesion[name] = lesion[name] if v is None else tuple(v if i == fi else x for i, x in enumerate(lesion[name]))
+    drawn = {name: float(f[key]) for f in findings for key, name in FLAIR_DRAWN.items() if f.get(key) is not None}
+    for name, v in drawn.items():  # like every lesion: relative to this study's WM, by its conspicuity
+        x = c["flair"]["wm"] * (v / TISSUE_CONTRAST["flair"]["wm"]) ** k
+        lesion[name] = tuple(x if i == fi else y for i, y in enumerate(lesion[name]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
 
