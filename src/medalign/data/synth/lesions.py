@@ -4,7 +4,8 @@
 region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
 ``territory_shapes`` and ``watershed_infarcts`` reshape a planned study's territorial infarct
 (``synth brain --infarct-territory`` / ``--infarct-watershed``; called by ``randomise.randomise_truth``);
-``glioma_cores`` and ``infarct_mismatch`` draw a glioma's core or a hyperacute infarct's FLAIR signal.
+``glioma_cores`` and ``infarct_mismatch`` draw a glioma's core or a hyperacute infarct's FLAIR signal; ``others_svd``
+gives a share of the "others" patients small vessel disease instead of their planned finding.
 ``_lesions`` draws those findings on the template grid as lesion components (irregular
 ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
 sources of mass effect (used by ``anatomy._elastic``). White-matter findings refined by domain
@@ -40,31 +41,24 @@ WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge
 WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
 TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (randomise's: 11, 12)
 TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth)
-WATERSHED_STREAM = 14  # truth["anatomy_seed"] + [14], a patient's stream
+# patients' own streams, truth["anatomy_seed"] + [k]: border-zone infarcts, glioma cores, hyperacute infarcts, SVD
+WATERSHED_STREAM, GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, OTHERS_SVD_STREAM = 14, 15, 16, 17
 # ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
 # border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
 INFARCT_WATERSHED_P = 0.0
-GLIOMA_CORE_STREAM = 15  # truth["anatomy_seed"] + [15], a patient's stream
-# ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass.
-# Their necrotic or cystic core is large and, depending on its protein content, from CSF-dark to nearly as bright as
-# the oedema; within the whole-tumour mask the BraTS FLAIRs spread 1.0-2.9 head SDs (robust), the drawn gliomas
-# 0.6-1.4 (their core, 0.55 of the solid radius, held ~3 % of the mask). A share P of the necrotic gliomas get a core
-# of GLIOMA_CORE_RADIUS x the solid radius with a FLAIR signal from GLIOMA_CORE_FLAIR (signal units, WM 0.48).
-# Off by default: with P = 0.6 the drawn gliomas spread 0.72-1.08-3.54 (10th-50th-90th percentile), covering the BraTS,
-# but models trained on it lost synthetic and real accuracy (README, "Known limitations", stop 58).
-GLIOMA_CORE_RADIUS = (0.65, 0.95)
-GLIOMA_CORE_FLAIR = (0.10, 0.70)
-GLIOMA_CORES_P = 0.0
-INFARCT_MISMATCH_STREAM = 16  # truth["anatomy_seed"] + [16], a patient's stream
-# ``synth brain --infarct-mismatch P`` (:func:`infarct_mismatch`): an acute infarct shows on FLAIR only hours after it
-# shows on DWI; within ~4.5 h of onset most are DWI-bright and FLAIR-negative (the DWI-FLAIR mismatch: PRE-FLAIR, Thomalla
-# et al., Lancet Neurol 2011; WAKE-UP selects on it). Every drawn acute infarct was FLAIR-bright (0.95, as oedema), so on
-# FLAIR alone a bright deep mass was an infarct as often as a tumour. A share P of the studies with an acute territorial or
-# lacunar infarct are hyperacute: its FLAIR signal is ``mismatch_flair``, drawn from INFARCT_MISMATCH_FLAIR (WM 0.48,
-# GM 0.62: iso to faint), and the report says so. Off by default: at P = 0.5, held out 0.671 vs 0.684 on the default cohort,
-# on `--n 360 --seed 0` real gliomas 16/24 vs 13/24 without it, not on `--seed 1` (README, "Known limitations", stop 59).
+# ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass; their
+# necrotic core is large and from CSF-dark to nearly oedema-bright (BraTS FLAIRs spread 1.0-2.9 head SDs inside the
+# tumour, the drawn gliomas 0.6-1.4). Off by default: at P = 0.6 models lost synthetic and real accuracy (README, stop 58).
+GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR, GLIOMA_CORES_P = (0.65, 0.95), (0.10, 0.70), 0.0
+# ``synth brain --infarct-mismatch P`` (:func:`infarct_mismatch`): within ~4.5 h of onset most acute infarcts are
+# DWI-bright and FLAIR-negative (PRE-FLAIR, Thomalla et al., Lancet Neurol 2011); their FLAIR signal is drawn from
+# INFARCT_MISMATCH_FLAIR (WM 0.48: iso to faint). Off by default: held out 0.671 vs 0.684 at P = 0.5 (README, stop 59).
 INFARCT_MISMATCH_FLAIR = (0.48, 0.60)
 INFARCT_MISMATCH_P = 0.0
+# ``synth brain --others-svd P`` (:func:`others_svd`): the real clinical WMH are small vessel disease of 11-34 ml, the demo
+# cohort trains on ~10 of grade 2-3 (vs ~33 territorial infarcts as bright on FLAIR). A share P of the other "others"
+# patients (atrophy, MS, sinus disease) get small vessel disease instead, the class balance untouched. Off by default.
+OTHERS_SVD_P = 0.0
 # a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
 FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "mismatch_flair": "infarct_acute"}
 
@@ -109,7 +103,7 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
     return F
 
 
-def _patient_share(truth: dict, stream: int, p: float, found: list[dict],
+def patient_share(truth: dict, stream: int, p: float, found: list[dict],
                    ranges: Sequence[tuple[float, float]]) -> list[float] | None:
     """The draw of a finding option that a share ``p`` of the patients get: from the patient's own stream
     ``truth["anatomy_seed"] + [stream]``, a uniform u and one value per range; the values if u < ``p``, else None.
@@ -123,10 +117,10 @@ def _patient_share(truth: dict, stream: int, p: float, found: list[dict],
 
 def territory_shapes(truth: dict, p: float) -> None:
     """Mark a planned study's territorial infarcts ``shape: "territory"`` (in place) with probability ``p``,
-    with the wedge's ``tan_half``; a patient's own draw (:func:`_patient_share`, ``TERRITORY_STREAM``: follow-ups keep
+    with the wedge's ``tan_half``; a patient's own draw (:func:`patient_share`, ``TERRITORY_STREAM``: follow-ups keep
     the shape)."""
     found = [f for f in truth["findings"] if f.get("variant") == "territorial"]
-    drawn = _patient_share(truth, TERRITORY_STREAM, p, found, [TERRITORY_TAN_HALF])
+    drawn = patient_share(truth, TERRITORY_STREAM, p, found, [TERRITORY_TAN_HALF])
     for f in found if drawn else ():
         f["shape"], f["tan_half"] = "territory", round(drawn[0], 4)
 
@@ -134,23 +128,37 @@ def territory_shapes(truth: dict, p: float) -> None:
 def glioma_cores(truth: dict, p: float) -> None:
     """With probability ``p``, give a planned study's necrotic gliomas (in place) a large core, ``core_radius`` x the
     solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); a
-    patient's own draw (:func:`_patient_share`, ``GLIOMA_CORE_STREAM``: follow-ups keep the core). Only gliomas
+    patient's own draw (:func:`patient_share`, ``GLIOMA_CORE_STREAM``: follow-ups keep the core). Only gliomas
     reported with necrosis get one, so the report already says what is drawn."""
     found = [f for f in truth["findings"] if f.get("variant") == "glioma" and f.get("necrosis")]
-    drawn = _patient_share(truth, GLIOMA_CORE_STREAM, p, found, [GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR])
+    drawn = patient_share(truth, GLIOMA_CORE_STREAM, p, found, [GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR])
     for f in found if drawn else ():
         f["core_radius"], f["core_flair"] = round(drawn[0], 3), round(drawn[1], 3)
 
 
 def infarct_mismatch(truth: dict, p: float) -> None:
     """With probability ``p``, make a planned study's acute territorial and lacunar infarcts hyperacute (in place): their
-    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`_patient_share`,
+    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`patient_share`,
     ``INFARCT_MISMATCH_STREAM``). The report grammar then says there is no FLAIR change yet."""
     found = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
              and f.get("variant") in ("territorial", "lacunar")]
-    drawn = _patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
+    drawn = patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
     for f in found if drawn else ():
         f["mismatch_flair"] = round(drawn[0], 3)
+
+
+def others_svd(truth: dict, p: float) -> None:
+    """With probability ``p``, turn a planned "others" study's finding other than small vessel disease into small vessel
+    disease (in place; a patient's own draw, :func:`patient_share`, ``OTHERS_SVD_STREAM``: follow-ups keep it). A study
+    planned with atrophy takes its age's atrophy. Before ``wm_disease.refine_wmd``, which gives the grade."""
+    found = [f for f in truth["findings"] if f.get("kind") == "others" and f.get("variant") != "wmh"]
+    drawn = patient_share(truth, OTHERS_SVD_STREAM, p, found, [(0.7, 1.0)])
+    for f in found if drawn else ():
+        if f["variant"] == "atrophy":
+            truth["atrophy"] = round(age_atrophy(float(truth["age_years"])), 3)
+        f.pop("locations", None)
+        f.update(variant="wmh", region="periventricular", side="bilateral", count=1, size_mm=None,
+                 severity=round(drawn[0], 3))
 
 
 def watershed_findings(side: str, age: str, rng: np.random.Generator) -> list[dict]:
@@ -261,6 +269,11 @@ def _others_finding(t: dict, rng: np.random.Generator, p: Sequence[float] = OTHE
     return f
 
 
+def age_atrophy(age: float, noise: float = 0.0) -> float:
+    """A patient's atrophy at ``age`` years (0 before 45, 0.3 at 90, capped at 0.35), plus ``noise``."""
+    return float(np.clip((age - 45) / 45 * 0.3 + noise, 0.0, 0.35))
+
+
 def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = None,
                  others_p: Sequence[float] = OTHERS_P) -> dict:
     """Sample the ground truth of one study of class ``label`` (no images): findings with
@@ -269,7 +282,7 @@ def sample_truth(label: str, rng: np.random.Generator, *, age: float | None = No
     if label not in CLASSES:
         raise MedAlignError(f"unknown class '{label}'; allowed: {', '.join(CLASSES)}")
     age = float(age if age is not None else rng.uniform(25, 88))
-    base_atrophy = float(np.clip((age - 45) / 45 * 0.3 + rng.normal(0, 0.05), 0.0, 0.35))
+    base_atrophy = age_atrophy(age, float(rng.normal(0, 0.05)))
     t: dict[str, Any] = {"label": label, "age_years": round(age, 1), "sex": str(rng.choice(["F", "M"])),
                          "atrophy": round(base_atrophy, 3), "findings": [], "incidental": []}
     side = str(rng.choice(["left", "right"]))
