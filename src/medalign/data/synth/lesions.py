@@ -104,7 +104,7 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
 
 
 def patient_share(truth: dict, stream: int, p: float, found: list[dict],
-                   ranges: Sequence[tuple[float, float]]) -> list[float] | None:
+                  ranges: Sequence[tuple[float, float]]) -> list[float] | None:
     """The draw of a finding option that a share ``p`` of the patients get: from the patient's own stream
     ``truth["anatomy_seed"] + [stream]``, a uniform u and one value per range; the values if u < ``p``, else None.
     Nothing is drawn with ``p`` = 0 or no ``found`` findings, so every other draw of the plan is unchanged."""

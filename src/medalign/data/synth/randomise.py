@@ -118,7 +118,7 @@ CLINICAL_NOISE, CLINICAL_NOISE_SEQUENCES, CLINICAL_NOISE_P = (0.9, 1.5), ("flair
 # real clinical WMH FLAIRs' local contrast (realism report's measure, lesion dilated by 2 voxels left out) is 2.4-2.7,
 # above every synthetic FLAIR of any class (p95 2.0-2.05; tumours 1.7), so that in training only infarcts and
 # haemorrhages reach their whole-image local contrast. On all series, P = 0.3 and 0.45 missed their rules written first
-# (DEV lower in every seed; README, "Known limitations", stops 47-49). FLAIR alone, P = 0.45, the default since stop 53:
+# (DEV lower; README, "Known limitations", stops 47-49). FLAIR alone, P = 0.45, the default since stop 53:
 # the 7 verdicts are all FLAIR, DWI / T2* keep the infarct, haemorrhage and small-vessel cues; realism 37 of 37, seeds
 # 36-39: DEV 0.600 vs 0.615, held out 0.684 vs 0.667, real WMH 5/12 vs 2/12 (README, stop 53).
 SHARPEN, SHARPEN_SIGMA_MM, SHARPEN_P = (0.5, 2.5), 2.0, 0.45
