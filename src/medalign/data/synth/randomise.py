@@ -377,7 +377,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     (territorial infarct shapes, border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
-    others_svd(truth, options.resolved().others_svd)  # first: refine_wmd below grades the new small vessel disease
+    o = options.resolved()
+    others_svd(truth, o.others_svd)  # first: refine_wmd below grades the new small vessel disease
     rp = np.random.default_rng(list(truth["anatomy_seed"]) + [PATIENT_STREAM])
     slope = float(rp.uniform(*ATROPHY_SLOPE))
     offset = float(rp.normal(0, ATROPHY_SD))
@@ -398,10 +399,10 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
         f = comorbid_svd_finding(truth, options.comorbid_svd)
         if f is not None:
             truth["findings"].append(f)
-    territory_shapes(truth, options.resolved().infarct_territory)
-    watershed_infarcts(truth, options.resolved().infarct_watershed)  # after territory_shapes: it replaces the finding
-    glioma_cores(truth, options.resolved().glioma_cores)
-    infarct_mismatch(truth, options.resolved().infarct_mismatch)
+    territory_shapes(truth, o.infarct_territory)
+    watershed_infarcts(truth, o.infarct_watershed)  # after territory_shapes: it replaces the finding
+    glioma_cores(truth, o.glioma_cores)
+    infarct_mismatch(truth, o.infarct_mismatch)
     return truth
 
 
