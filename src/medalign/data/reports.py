@@ -340,3 +340,29 @@ def report_views(text: str, section: str = "full", max_views: int = 6, label_pre
     out = out[:max_views] or [text]
     return out + [v for v in extra if v not in out]
 
+
+
+# Laterality words a report uses: the words in any case, and the abbreviations as written ("L MCA territory",
+# "Lt frontal"). Lower-case single letters are left alone: in free text they are rarely sides.
+_SIDES = re.compile(r"\b(left|right|lt|rt)\b|\b([LR])\b", re.IGNORECASE)
+_SWAP = {"left": "right", "right": "left", "lt": "rt", "rt": "lt", "L": "R", "R": "L"}
+
+
+def _swap_side(m: re.Match) -> str:
+    word = m.group(0)
+    if m.group(2) is not None:  # a single letter: only the capital is a side
+        return _SWAP[word] if word.isupper() else word
+    new = _SWAP[word.lower()]
+    if word.isupper() and len(word) > 1:
+        return new.upper()
+    return new[0].upper() + new[1:] if word[0].isupper() else new
+
+
+def mirror_laterality(text: str) -> str:
+    """The report of the left-right mirrored image: "left" <-> "right" (any case, also in "left-sided"),
+    "Lt" <-> "Rt" and the capital abbreviations "L" <-> "R"; everything else unchanged.
+
+    Used to keep an image and its report true to each other when training mirrors the image
+    (``recipe.flip_lr``); "bilateral", "midline" and unsided findings need no change.
+    """
+    return _SIDES.sub(_swap_side, _as_text(text))

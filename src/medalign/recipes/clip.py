@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medalign.data.reports import report_views, select_report_section
+from medalign.data.reports import mirror_laterality, report_views, select_report_section
 from medalign.data.schema import CLASSES, PAPER_SEQUENCES
 from medalign.losses.clip import ClipLoss
 from medalign.losses.distill import ViewDistillLoss
@@ -20,6 +20,7 @@ from medalign.models.text import TextEncoder
 from medalign.recipes import RECIPES, Recipe
 # re-exported: the view helpers lived here before recipes.views
 from medalign.recipes.views import bright_tail, jitter_batch, sequence_dropout, shared_views, single_views  # noqa: F401
+from medalign.recipes.views import mirror_batch
 
 
 TEXT_VIEW_MODES = ("none", "sections", "paraphrases")
@@ -127,6 +128,10 @@ class ClipRecipe(Recipe):
         gather: all-gather embeddings across DDP ranks (negatives span the global batch).
         jitter: training-only on-tensor augmentation ``{"shift": [d, h, w], "scale": s, "tail": {...}}``
             (see :func:`jitter_batch`, :func:`bright_tail`); ``None`` = off (paper: TorchIO augmentation in the data layer).
+        flip_lr: probability that a training study is mirrored left-right, its report's sides swapped
+            with it ("left" <-> "right", "L" <-> "R": :func:`medalign.data.reports.mirror_laterality`),
+            so the pair stays true (a plain flip would pair "left MCA infarct" with a right one).
+            0 = off (the preset); the mirrored reports are encoded once by :meth:`prepare`.
         text_section: which part of a *report* the text encoder sees: ``"full"`` (the whole
             report, default) or ``"impression"`` (the impression/conclusion section when the
             report has one, else the report without boilerplate; see
@@ -197,7 +202,7 @@ class ClipRecipe(Recipe):
                  projection: str = "linear", logit_scale_init: float = 1 / 0.07, logit_scale_max: float = 100.0,
                  learn_logit_scale: bool = True, sequence_dropout: float = 0.0, single_sequence: float = 0.0,
                  single_sequence_weights: dict[str, float] | None = None, gather: bool = True,
-                 text_section: str = "full", jitter: dict | None = None,
+                 text_section: str = "full", jitter: dict | None = None, flip_lr: float = 0.0,
                  target_temperature: float | None = None, text_views: bool | str = False,
                  text_adapter: bool = False, lesion_aux: float = 0.0, lesion_evidence: bool | str = False,
                  lesion_targets: str = "any", label_targets: float = 0.0, label_similarity: float | None = None,
@@ -250,6 +255,9 @@ class ClipRecipe(Recipe):
         select_report_section("", text_section)  # fail early on an unknown section name
         self.text_section = text_section
         self.jitter = dict(jitter) if jitter else None
+        if not 0.0 <= float(flip_lr) <= 1.0:
+            raise ValueError(f"recipe.flip_lr is a probability in [0, 1], got {flip_lr}")
+        self.flip_lr = float(flip_lr)
 
     # ------------------------------------------------------------------ parts
     def _local_conv(self, out_channels: int, option: str) -> nn.Module:
@@ -361,6 +369,8 @@ class ClipRecipe(Recipe):
         texts = set(self.report_texts([r for r, _ in pairs]))
         if self.text_view_mode != "none":
             texts |= {v for r, p in set(pairs) for v in self._views(r, p)}
+        if self.flip_lr > 0:
+            texts |= {mirror_laterality(t) for t in texts}
         texts = sorted(texts)
         if texts:
             self._text_on_device().sentence(texts)
@@ -390,10 +400,22 @@ class ClipRecipe(Recipe):
                 image = jitter_batch(image, **self.jitter)
         return image, mask, lesion
 
+    def mirror(self, image: torch.Tensor, texts: list[str], lesion: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+        """In training with ``flip_lr``: mirror a share of the studies left-right and swap the sides
+        in their texts (image (B, C, *spatial), B texts, lesion masks (B, *spatial) or None)."""
+        if not (self.training and self.flip_lr > 0):
+            return image, texts, lesion
+        image, flipped, lesion = mirror_batch(image, self.flip_lr, follow=lesion)
+        texts = [mirror_laterality(t) if f else t for t, f in zip(texts, flipped.tolist())]
+        return image, texts, lesion
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         aux = (self.lesion_head is not None or self.voxel_head is not None) and self.training
         image, mask, lesion = self.image_inputs(batch, lesions=aux)
-        feats = self.text_features(self.training_texts(batch["text"], batch.get("paraphrases")))  # (B, Dt), frozen
+        texts = self.training_texts(batch["text"], batch.get("paraphrases"))
+        image, texts, lesion = self.mirror(image, texts, lesion)
+        feats = self.text_features(texts)  # (B, Dt), frozen
         embed, enc = self._encode(image, mask)
         out = {
             "image_embed": embed,

@@ -110,8 +110,8 @@ class GloriaRecipe(ClipRecipe):
             after centring, a word's context vector only aligns with it where a region differs
             from the rest of its own image (e.g. a lesion); uniform attention gives a zero context.
         sequence_dropout, single_sequence: as :class:`ClipRecipe`.
-        text_section, jitter: as :class:`ClipRecipe`; the section applies to the global *and* the
-            word branch (training batches and ``localise`` reports).
+        text_section, jitter, flip_lr: as :class:`ClipRecipe`; the section applies to the global *and* the
+            word branch (training batches and ``localise`` reports), and so do the mirrored sides.
     """
 
     def __init__(self, *, sequences: Sequence[str] = PAPER_SEQUENCES, input_shape: Sequence[int] | None = (16, 112, 112),
@@ -121,13 +121,14 @@ class GloriaRecipe(ClipRecipe):
                  gather: bool = True, temp1: float = 4.0, temp2: float = 5.0, temp3: float = 10.0, agg: str = "sum",
                  local_weight: float = 1.0, global_weight: float = 1.0, local_projection: str = "linear",
                  normalise_regions: bool = False, drop_stopwords: bool = False, text_section: str = "full",
-                 jitter: dict | None = None, head_regions: float | None = None,
+                 jitter: dict | None = None, flip_lr: float = 0.0, head_regions: float | None = None,
                  drop_negated: bool = False, center_regions: bool = False, word_softmax: bool = False) -> None:
         super().__init__(sequences=sequences, input_shape=input_shape, image_encoder=image_encoder,
                          text_encoder=text_encoder, embed_dim=embed_dim, projection=projection,
                          logit_scale_init=logit_scale_init, logit_scale_max=logit_scale_max,
                          learn_logit_scale=learn_logit_scale, sequence_dropout=sequence_dropout,
-                         single_sequence=single_sequence, gather=gather, text_section=text_section, jitter=jitter)
+                         single_sequence=single_sequence, gather=gather, text_section=text_section, jitter=jitter,
+                         flip_lr=flip_lr)
         local_dim = getattr(self.image_encoder, "local_dim", None)
         if local_dim is None:
             raise ValueError(f"image encoder {type(self.image_encoder).__name__} has no local features (local_dim)")
@@ -194,6 +195,7 @@ class GloriaRecipe(ClipRecipe):
         # batch["text"] holds manifest reports: both branches see the configured ``text_section``
         # (as ClipRecipe.encode_report does); without this a "text_section: impression" was ignored.
         texts = self.report_texts(batch["text"])
+        image, texts, _ = self.mirror(image, texts)  # training with flip_lr only
         return {**self.image_features(image, mask), **self.text_word_features(texts),
                 "logit_scale": self.logit_scale()}
 

@@ -1,6 +1,6 @@
 """Training views of a batch for the contrastive recipes: which sequences a study shows
 (:func:`sequence_dropout`, :func:`shared_views`, :func:`single_views`) and cheap on-tensor
-augmentation (:func:`jitter_batch`, :func:`bright_tail`)."""
+augmentation (:func:`jitter_batch`, :func:`bright_tail`, :func:`mirror_batch`)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -127,3 +127,21 @@ def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: f
         g = 1 + (torch.rand(image.shape[:2], generator=generator, device=image.device) * 2 - 1) * scale  # (B, C)
         out = out * g.to(out.dtype).reshape(*g.shape, *([1] * spatial))  # (B, C, 1, ...)
     return out if follow is None else (out, moved)
+
+
+def mirror_batch(image: torch.Tensor, p: float, generator: torch.Generator | None = None,
+                 follow: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Mirror each sample left-right with probability ``p``: the last axis, the patient's left-right
+    in medalign's RAS cache (W). The caller swaps the sides of the sample's report
+    (:func:`medalign.data.reports.mirror_laterality`) for the samples flipped, so the pair stays true.
+
+    image (B, C, *spatial) -> (same shape, flipped (B,) bool, ``follow`` (B, *spatial) mirrored with
+    its image, or None).
+    """
+    flipped = (torch.rand(image.shape[0], generator=generator) < p).to(image.device)  # (B,)
+    if not bool(flipped.any()):
+        return image, flipped, follow
+    out = torch.where(flipped.reshape(-1, *([1] * (image.dim() - 1))), image.flip(-1), image)  # (B, C, *spatial)
+    if follow is not None:
+        follow = torch.where(flipped.reshape(-1, *([1] * (follow.dim() - 1))), follow.flip(-1), follow)  # (B, *spatial)
+    return out, flipped, follow
