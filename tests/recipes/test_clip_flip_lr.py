@@ -108,3 +108,17 @@ def test_gloria_mirrors_its_word_branch_too(tmp_path):
     assert "right" in rec(batch)["word_lists"][0] and "left" not in rec(batch)["word_lists"][0]
     rec.eval()
     assert "left" in rec(batch)["word_lists"][0]
+
+
+def test_a_patients_studies_share_the_draw_with_twin_views():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 1, 1, 1, 4)  # (B, C, D, H, W)
+    groups = [f"P{i // 2}" for i in range(64)]  # study + twin
+    _, flipped, _ = mirror_batch(x, 0.5, generator=g, groups=groups)
+    assert torch.equal(flipped[0::2], flipped[1::2]) and 0 < int(flipped.sum()) < 64
+    rec, fake = _recipe(flip_lr=0.5, twin_views=0.5)
+    rec.train()
+    torch.manual_seed(0)
+    for _ in range(10):
+        texts = rec.mirror(torch.zeros(2, 1, 4, 16, 16), ["left", "left"], patients=["P1", "P1"])[1]
+        assert texts[0] == texts[1]

@@ -400,13 +400,15 @@ class ClipRecipe(Recipe):
                 image = jitter_batch(image, **self.jitter)
         return image, mask, lesion
 
-    def mirror(self, image: torch.Tensor, texts: list[str], lesion: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    def mirror(self, image: torch.Tensor, texts: list[str], lesion: torch.Tensor | None = None,
+               patients: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
         """In training with ``flip_lr``: mirror a share of the studies left-right and swap the sides
-        in their texts (image (B, C, *spatial), B texts, lesion masks (B, *spatial) or None)."""
+        in their texts (image (B, C, *spatial), B texts, lesion masks (B, *spatial) or None); with
+        ``twin_views`` a patient's studies in the batch share the draw (``patients``: B ids)."""
         if not (self.training and self.flip_lr > 0):
             return image, texts, lesion
-        image, flipped, lesion = mirror_batch(image, self.flip_lr, follow=lesion)
+        groups = patients if self.twin_views > 0 else None
+        image, flipped, lesion = mirror_batch(image, self.flip_lr, follow=lesion, groups=groups)
         texts = [mirror_laterality(t) if f else t for t, f in zip(texts, flipped.tolist())]
         return image, texts, lesion
 
@@ -414,7 +416,7 @@ class ClipRecipe(Recipe):
         aux = (self.lesion_head is not None or self.voxel_head is not None) and self.training
         image, mask, lesion = self.image_inputs(batch, lesions=aux)
         texts = self.training_texts(batch["text"], batch.get("paraphrases"))
-        image, texts, lesion = self.mirror(image, texts, lesion)
+        image, texts, lesion = self.mirror(image, texts, lesion, batch.get("patient_id"))
         feats = self.text_features(texts)  # (B, Dt), frozen
         embed, enc = self._encode(image, mask)
         out = {

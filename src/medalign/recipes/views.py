@@ -130,15 +130,21 @@ def jitter_batch(image: torch.Tensor, shift: Sequence[int] = (0, 0, 0), scale: f
 
 
 def mirror_batch(image: torch.Tensor, p: float, generator: torch.Generator | None = None,
-                 follow: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 follow: torch.Tensor | None = None, groups: Sequence[str] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Mirror each sample left-right with probability ``p``: the last axis, the patient's left-right
     in medalign's RAS cache (W). The caller swaps the sides of the sample's report
     (:func:`medalign.data.reports.mirror_laterality`) for the samples flipped, so the pair stays true.
+    ``groups`` (B ids, e.g. patients): the members of a group share the first member's draw, so a
+    study and its lesion-free twin (:func:`shared_views`) still differ only at the lesions.
 
     image (B, C, *spatial) -> (same shape, flipped (B,) bool, ``follow`` (B, *spatial) mirrored with
     its image, or None).
     """
-    flipped = (torch.rand(image.shape[0], generator=generator) < p).to(image.device)  # (B,)
+    flipped = torch.rand(image.shape[0], generator=generator) < p  # (B,)
+    for ix in (indices_by_patient(groups).values() if groups is not None else ()):
+        flipped[ix] = bool(flipped[ix[0]])
+    flipped = flipped.to(image.device)
     if not bool(flipped.any()):
         return image, flipped, follow
     out = torch.where(flipped.reshape(-1, *([1] * (image.dim() - 1))), image.flip(-1), image)  # (B, C, *spatial)
