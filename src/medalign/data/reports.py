@@ -341,7 +341,6 @@ def report_views(text: str, section: str = "full", max_views: int = 6, label_pre
     return out + [v for v in extra if v not in out]
 
 
-
 # Laterality words a report uses: the words in any case, and the abbreviations as written ("L MCA territory",
 # "Lt frontal"). Lower-case single letters are left alone: in free text they are rarely sides.
 _SIDES = re.compile(r"\b(left|right|lt|rt)\b|\b([LR])\b", re.IGNORECASE)
