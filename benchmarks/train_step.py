@@ -8,6 +8,7 @@ frozen transformer every time (what the reference implementation did).
     python benchmarks/train_step.py --encoder unet3d --batch 2 --steps 1   # paper encoder is slow on CPU
     python benchmarks/train_step.py --manifest M --cache DIR # real cached cohort (train split)
     python benchmarks/train_step.py --encoder cpu_config,cpu_config+contrast_shares --batch 16 --threads 2
+    python benchmarks/train_step.py --encoder cpu_config+channels_last=false,cpu_config --batch 16 --threads 2 --steps 8
 """
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def bench(encoder: str, args: argparse.Namespace) -> dict:
         enc_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "brain_clip_cpu.yaml")["recipe"]["image_encoder"]
     else:
         enc_cfg = {"name": name}
-    enc_cfg = {**enc_cfg, **{k: True for k in switches}}
+    # "+OPT" turns a boolean option on, "+OPT=false" off (cpu_config+channels_last=false)
+    enc_cfg = {**enc_cfg, **{k.split("=")[0]: k.split("=", 1)[-1].lower() not in ("false", "0", "off") if "=" in k else True
+                             for k in switches}}
     recipe = ClipRecipe(sequences=seqs, input_shape=shape, image_encoder=enc_cfg,
                         text_encoder={"cache_dir": args.text_cache})
     opt = torch.optim.Adam([p for p in recipe.parameters() if p.requires_grad], lr=1e-4)
@@ -87,7 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="cpu_config,unet3d",
                     help="comma list of: cpu_config (configs/brain_clip_cpu.yaml), unet3d_cpu, unet3d (paper); "
-                         "NAME+OPT turns the encoder's boolean option OPT on (cpu_config+contrast_shares)")
+                         "NAME+OPT turns the encoder's boolean option OPT on (cpu_config+contrast_shares), "
+                         "NAME+OPT=false off (cpu_config+channels_last=false)")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--channels", type=int, default=3)

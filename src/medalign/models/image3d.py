@@ -245,6 +245,10 @@ class UNetEncoder(nn.Module):
             (:func:`contrast_shares`): how much of the head stands out from its surround, a statistic
             that separates white-matter disease from normal brains on the synthetic cohort without
             training (probe AUC ~0.8) while the trained features did not (``feature_probe.py``).
+        channels_last: 3D only: keep the weights and the maps from the stem on in channels-last order
+            (``torch.channels_last_3d``, NDHWC), the layout oneDNN's and cuDNN's 3D convolutions run
+            fastest in (``benchmarks/train_step.py``); the values match the default layout to float
+            rounding. Off by default; on in the CPU preset.
     """
 
     def __init__(
@@ -264,6 +268,7 @@ class UNetEncoder(nn.Module):
         bilateral: bool = False,
         coord_channels: bool = False,
         contrast_shares: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         _check_dims(spatial_dims)
@@ -338,6 +343,11 @@ class UNetEncoder(nn.Module):
             pooled += in_channels * len(CONTRAST_SHARE_LEVELS) if self.contrast_shares else 0
             self.out_dim = int(out_dim or pooled)
             self.fc = nn.Identity() if out_dim is None else nn.Linear(pooled, self.out_dim)
+        if channels_last and spatial_dims != 3:
+            raise ValueError("channels_last is for 3D encoders (torch.channels_last_3d); use it with spatial_dims=3")
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        if channels_last:
+            self.to(memory_format=self.memory_format)  # the 5D conv weights; .to(device) keeps the layout
 
     @staticmethod
     def _final_shape(shape: tuple[int, ...], stride: tuple[int, ...], n_levels: int) -> tuple[int, ...]:
@@ -361,7 +371,7 @@ class UNetEncoder(nn.Module):
             raise ValueError(f"UNetEncoder(global_pool='flatten') was built for input {self.input_shape}, got {tuple(x.shape[2:])}")
         x = mask_sequences(x, sequence_mask)
         inp = self.contrast(x)  # (B, 2C or 3C, *S) with local contrast: [x, its contrast, (bilateral)]
-        h = self.stem(self.coords(inp))
+        h = self.stem(self.coords(inp).contiguous(memory_format=self.memory_format))  # same shape, layout only
         local = h
         maps: list[torch.Tensor] = []
         for i, level in enumerate(self.levels):
