@@ -47,9 +47,9 @@ def bench(encoder: str, args: argparse.Namespace) -> dict:
         enc_cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "brain_clip_cpu.yaml")["recipe"]["image_encoder"]
     else:
         enc_cfg = {"name": name}
-    # "+OPT" turns a boolean option on, "+OPT=false" off (cpu_config+channels_last=false)
-    enc_cfg = {**enc_cfg, **{k.split("=")[0]: k.split("=", 1)[-1].lower() not in ("false", "0", "off") if "=" in k else True
-                             for k in switches}}
+    for switch in switches:  # "+OPT" turns a boolean option on, "+OPT=false" off (cpu_config+channels_last=false)
+        key, _, value = switch.partition("=")
+        enc_cfg = {**enc_cfg, key: value.lower() not in ("false", "0", "off")}
     recipe = ClipRecipe(sequences=seqs, input_shape=shape, image_encoder=enc_cfg,
                         text_encoder={"cache_dir": args.text_cache})
     opt = torch.optim.Adam([p for p in recipe.parameters() if p.requires_grad], lr=1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from test_gloria import _tiny_cohort  # noqa: E402  (the tiny lesion cohort with masks, reused)
@@ -55,6 +56,37 @@ def tiny_clip_recipe(**kw):
                       image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2),
                                      "local_level": 1, "global_pool": "avg"},
                       text_encoder={"device": "cpu"}, **kw)
+
+
+class FakeText:
+    """A frozen text encoder stand-in: 6-d features whose first value is the text's length; records every text."""
+    dim = 6
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def sentence(self, texts):
+        self.seen.extend(texts)
+        return torch.tensor([[float(len(t))] + [1.0] * (self.dim - 1) for t in texts])  # (B, 6)
+
+
+def fake_text_clip_recipe(input_shape=(8, 16, 16), **kw):
+    """(a FLAIR-only ClipRecipe reading the impression, its :class:`FakeText`): for text-side unit tests."""
+    from medalign.recipes.clip import ClipRecipe
+
+    rec = ClipRecipe(sequences=("flair",), input_shape=input_shape, text_section="impression", embed_dim=4,
+                     image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2), "local_level": 1,
+                                    "global_pool": "avg"}, text_encoder={"device": "cpu"}, gather=False, **kw)
+    fake = FakeText()
+    rec._text[:] = [fake]
+    rec.text_proj = type(rec.text_proj)(fake.dim, 4, "linear")  # sized for the fake encoder
+    if rec.text_adapter is not None:  # built for the real encoder's width: rebuild at the fake's
+        d = fake.dim
+        rec.text_adapter = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.GELU(), torch.nn.Linear(d, d))
+        torch.nn.init.zeros_(rec.text_adapter[2].weight)
+        torch.nn.init.zeros_(rec.text_adapter[2].bias)
+    return rec, fake
 
 
 def fit_tiny_clip(root: Path, **recipe) -> tuple[Path, list[dict]]:

@@ -2,37 +2,23 @@
 its report's sides swap with it, so the pair stays true; exact values, only in training, cached up front."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from medalign.data.reports import mirror_laterality
 from medalign.recipes.views import mirror_batch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_runs import fake_text_clip_recipe  # noqa: E402
+
 REPORT = "Indication: weakness. Acute infarct in the L MCA territory. IMPRESSION: Left acute infarct."
 
 
-class _FakeText:
-    dim = 6
-    device = torch.device("cpu")
-
-    def __init__(self):
-        self.seen: list[str] = []
-
-    def sentence(self, texts):
-        self.seen.extend(texts)
-        return torch.tensor([[float(len(t))] + [1.0] * (self.dim - 1) for t in texts])  # (B, 6)
-
-
 def _recipe(**kw):
-    from medalign.recipes.clip import ClipRecipe
-
-    rec = ClipRecipe(sequences=("flair",), input_shape=(4, 16, 16), text_section="impression", embed_dim=4,
-                     image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2), "local_level": 1,
-                                    "global_pool": "avg"}, text_encoder={"device": "cpu"}, gather=False, **kw)
-    fake = _FakeText()
-    rec._text[:] = [fake]
-    rec.text_proj = type(rec.text_proj)(6, 4, "linear")  # sized for the fake encoder
-    return rec, fake
+    return fake_text_clip_recipe(input_shape=(4, 16, 16), **kw)
 
 
 def test_mirror_laterality_swaps_sides_only():

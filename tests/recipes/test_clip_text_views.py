@@ -3,6 +3,7 @@ manifest column that carries the paraphrases, and the optional text adapter."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,36 +14,11 @@ import torch
 
 from medalign.data.reports import label_report, report_views
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_runs import fake_text_clip_recipe as _recipe  # noqa: E402
+
 REPORT = ("Indication: headache. Acute infarct in the left MCA territory. No haemorrhage. "
           "Incidental pineal cyst. IMPRESSION: Left acute infarct. Page 1 of 1")
-
-
-class _FakeText:
-    dim = 6
-    device = torch.device("cpu")
-
-    def __init__(self):
-        self.seen: list[str] = []
-
-    def sentence(self, texts):
-        self.seen.extend(texts)
-        return torch.tensor([[float(len(t))] + [1.0] * (self.dim - 1) for t in texts])  # (B, 6)
-
-
-def _recipe(**kw):
-    from medalign.recipes.clip import ClipRecipe
-
-    rec = ClipRecipe(sequences=("flair",), input_shape=(8, 16, 16), text_section="impression", embed_dim=4,
-                     image_encoder={"name": "unet3d_cpu", "channels": (4, 8), "stem_stride": (1, 2, 2), "local_level": 1,
-                                    "global_pool": "avg"}, text_encoder={"device": "cpu"}, gather=False, **kw)
-    fake = _FakeText()
-    rec._text[:] = [fake]
-    rec.text_proj = type(rec.text_proj)(6, 4, "linear")  # sized for the fake encoder
-    if rec.text_adapter is not None:  # built for the real encoder's width: rebuild at 6
-        rec.text_adapter = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.GELU(), torch.nn.Linear(6, 6))
-        torch.nn.init.zeros_(rec.text_adapter[2].weight)
-        torch.nn.init.zeros_(rec.text_adapter[2].bias)
-    return rec, fake
 
 
 def test_report_views_are_distinct_and_keep_the_label():

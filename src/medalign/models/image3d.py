@@ -247,7 +247,7 @@ class UNetEncoder(nn.Module):
             training (probe AUC ~0.8) while the trained features did not (``feature_probe.py``).
         channels_last: 3D only: keep the weights and the maps from the stem on in channels-last order
             (``torch.channels_last_3d``, NDHWC), the layout oneDNN's and cuDNN's 3D convolutions run
-            fastest in (``benchmarks/train_step.py``); the values match the default layout to float
+            fastest in (``benchmarks/memory_format.py``); the values match the default layout to float
             rounding. Off by default; on in the CPU preset.
     """
 

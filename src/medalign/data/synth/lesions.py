@@ -58,7 +58,7 @@ INFARCT_MISMATCH_P = 0.0
 # ``synth brain --others-svd P`` (:func:`others_svd`): a share P of the "others" patients planned with atrophy, MS or sinus
 # disease get small vessel disease (SVD) instead, the class balance untouched. Off by default: at P = 0.5 FLAIR-alone SVD
 # "others" 42 vs 20 of 84 held out, but FLAIR-alone normals 59 vs 87 of 160, held out 0.662 vs 0.684 (README, stop 60).
-OTHERS_SVD_P = 0.0
+OTHERS_SVD_P, WMH_SEVERITY = 0.0, (0.7, 1.0)  # WMH_SEVERITY: a planned small vessel disease's severity, a converted one's
 # a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
 FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "mismatch_flair": "infarct_acute"}
 
@@ -152,7 +152,7 @@ def others_svd(truth: dict, p: float) -> None:
     disease (in place; a patient's own draw, :func:`patient_share`, ``OTHERS_SVD_STREAM``: follow-ups keep it). A study
     planned with atrophy takes its age's atrophy. Before ``wm_disease.refine_wmd``, which gives the grade."""
     found = [f for f in truth["findings"] if f.get("kind") == "others" and f.get("variant") != "wmh"]
-    drawn = patient_share(truth, OTHERS_SVD_STREAM, p, found, [(0.7, 1.0)])
+    drawn = patient_share(truth, OTHERS_SVD_STREAM, p, found, [WMH_SEVERITY])
     for f in found if drawn else ():
         if f["variant"] == "atrophy":
             truth["atrophy"] = round(age_atrophy(float(truth["age_years"])), 3)
@@ -258,7 +258,7 @@ def _others_finding(t: dict, rng: np.random.Generator, p: Sequence[float] = OTHE
         f["region"] = str(rng.choice(["generalised", "ventriculomegaly"], p=[0.6, 0.4]))
     elif variant == "wmh":
         f["region"] = "periventricular"
-        f["severity"] = round(float(rng.uniform(0.7, 1.0)), 3)
+        f["severity"] = round(float(rng.uniform(*WMH_SEVERITY)), 3)
     elif variant == "demyelination":
         f["region"] = "periventricular"
         f["count"] = int(rng.integers(6, 14))
