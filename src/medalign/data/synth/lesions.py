@@ -48,7 +48,7 @@ WATERSHED_STREAM, GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, OTHERS_SVD_STREAM
 INFARCT_WATERSHED_P = 0.0
 # ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass; their
 # necrotic core is large and from CSF-dark to nearly oedema-bright (BraTS FLAIRs spread 1.0-2.9 head SDs inside the
-# tumour, the drawn gliomas 0.6-1.4). Off by default: at P = 0.6 models lost synthetic and real accuracy (README, stop 58).
+# tumour, the drawn gliomas 0.6-1.4). Off: at P = 0.6 models lost accuracy, on 360 studies real gliomas (README, stops 58, 62).
 GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR, GLIOMA_CORES_P = (0.65, 0.95), (0.10, 0.70), 0.0
 # ``synth brain --infarct-mismatch P`` (:func:`infarct_mismatch`): within ~4.5 h of onset most acute infarcts are
 # DWI-bright and FLAIR-negative (PRE-FLAIR, Thomalla et al., Lancet Neurol 2011); their FLAIR signal is drawn from
