@@ -11,7 +11,7 @@ import pytest
 from medalign.data.realism_compare import _robust_sd
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
-from medalign.data.synth.lesions import GLIOMA_CORE_FLAIR, GLIOMA_CORE_RADIUS
+from medalign.data.synth.flair_drawn import GLIOMA_CORE_FLAIR, GLIOMA_CORE_RADIUS
 from medalign.data.synth.sequences import SEQUENCES
 
 KW = dict(seed=6, studies_per_patient="1-3", paraphrases=0)

@@ -10,7 +10,7 @@ import pytest
 
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
-from medalign.data.synth.lesions import INFARCT_MISMATCH_FLAIR
+from medalign.data.synth.flair_drawn import INFARCT_MISMATCH_FLAIR
 from medalign.data.synth.sequences import SEQUENCES
 
 KW = dict(seed=3, studies_per_patient="1-3", paraphrases=0)  # follow-ups: their infarcts are chronic

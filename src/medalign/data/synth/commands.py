@@ -115,6 +115,10 @@ def _register_brain(synth: typer.Typer) -> None:
                                                    "\"others\" patients planned with atrophy, MS or sinus disease get small "
                                                    "vessel disease instead (graded, drawn and reported as such); the class "
                                                    "balance is unchanged. Default: off."),
+        glioma_bright: Optional[float] = typer.Option(None, "--glioma-bright", min=0.0, max=1.0, help="P: a share P of "
+                                                      "the gliomas have a solid part brighter than their oedema on FLAIR "
+                                                      "(1.00-1.30; oedema 0.98), as some real high-grade gliomas show; "
+                                                      "reports unchanged. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -128,7 +132,7 @@ def _register_brain(synth: typer.Typer) -> None:
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
                                infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
                                infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
-                               infarct_mismatch=infarct_mismatch, others_svd=others_svd)
+                               infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

@@ -4,7 +4,7 @@
 region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
 ``territory_shapes`` and ``watershed_infarcts`` reshape a planned study's territorial infarct
 (``synth brain --infarct-territory`` / ``--infarct-watershed``; called by ``randomise.randomise_truth``);
-``glioma_cores`` and ``infarct_mismatch`` draw a glioma's core or a hyperacute infarct's FLAIR signal; ``others_svd``
+``others_svd``
 gives a share of the "others" patients small vessel disease instead of their planned finding.
 ``_lesions`` draws those findings on the template grid as lesion components (irregular
 ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
@@ -20,6 +20,7 @@ import numpy as np
 
 from medalign.data.schema import CLASSES
 from medalign.data.synth.anatomy import _mm_to_vox
+from medalign.data.synth.flair_drawn import patient_share
 from medalign.data.synth.shapes import blob as _blob
 from medalign.data.synth.shapes import wedge
 from medalign.data.synth.wm_disease import _mni
@@ -41,26 +42,15 @@ WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge
 WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
 TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (randomise's: 11, 12)
 TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth)
-# patients' own streams, truth["anatomy_seed"] + [k]: border-zone infarcts, glioma cores, hyperacute infarcts, SVD
-WATERSHED_STREAM, GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, OTHERS_SVD_STREAM = 14, 15, 16, 17
+# patients' own streams, truth["anatomy_seed"] + [k]: border-zone infarcts, SVD (15, 16, 18: ``synth.flair_drawn``)
+WATERSHED_STREAM, OTHERS_SVD_STREAM = 14, 17
 # ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
 # border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
 INFARCT_WATERSHED_P = 0.0
-# ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass; their
-# necrotic core is large and from CSF-dark to nearly oedema-bright (BraTS FLAIRs spread 1.0-2.9 head SDs inside the
-# tumour, the drawn gliomas 0.6-1.4). Off: at P = 0.6 models lost accuracy, on 360 studies real gliomas (README, stops 58, 62).
-GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR, GLIOMA_CORES_P = (0.65, 0.95), (0.10, 0.70), 0.0
-# ``synth brain --infarct-mismatch P`` (:func:`infarct_mismatch`): within ~4.5 h of onset most acute infarcts are
-# DWI-bright and FLAIR-negative (PRE-FLAIR, Thomalla et al., Lancet Neurol 2011); their FLAIR signal is drawn from
-# INFARCT_MISMATCH_FLAIR (WM 0.48: iso to faint). Off by default: held out 0.671 vs 0.684 at P = 0.5 (README, stop 59).
-INFARCT_MISMATCH_FLAIR = (0.48, 0.60)
-INFARCT_MISMATCH_P = 0.0
 # ``synth brain --others-svd P`` (:func:`others_svd`): a share P of the "others" patients planned with atrophy, MS or sinus
 # disease get small vessel disease (SVD) instead, the class balance untouched. Off by default: at P = 0.5 FLAIR-alone SVD
 # "others" 42 vs 20 of 84 held out, but FLAIR-alone normals 59 vs 87 of 160, held out 0.662 vs 0.684 (README, stop 60).
 OTHERS_SVD_P, WMH_SEVERITY = 0.0, (0.7, 1.0)  # WMH_SEVERITY: a planned small vessel disease's severity, a converted one's
-# a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
-FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "mismatch_flair": "infarct_acute"}
 
 OTHERS_VARIANTS = ("atrophy", "wmh", "demyelination", "sinus")
 OTHERS_P = (0.35, 0.3, 0.23, 0.12)  # the unrandomised cohort's mix
@@ -103,18 +93,6 @@ def _infarct_findings(rng: np.random.Generator, side: str) -> list[dict]:
     return F
 
 
-def patient_share(truth: dict, stream: int, p: float, found: list[dict],
-                  ranges: Sequence[tuple[float, float]]) -> list[float] | None:
-    """The draw of a finding option that a share ``p`` of the patients get: from the patient's own stream
-    ``truth["anatomy_seed"] + [stream]``, a uniform u and one value per range; the values if u < ``p``, else None.
-    Nothing is drawn with ``p`` = 0 or no ``found`` findings, so every other draw of the plan is unchanged."""
-    if p <= 0 or not found:
-        return None
-    rng = np.random.default_rng(list(truth["anatomy_seed"]) + [stream])
-    u, values = float(rng.random()), [float(rng.uniform(*r)) for r in ranges]
-    return values if u < p else None
-
-
 def territory_shapes(truth: dict, p: float) -> None:
     """Mark a planned study's territorial infarcts ``shape: "territory"`` (in place) with probability ``p``,
     with the wedge's ``tan_half``; a patient's own draw (:func:`patient_share`, ``TERRITORY_STREAM``: follow-ups keep
@@ -123,28 +101,6 @@ def territory_shapes(truth: dict, p: float) -> None:
     drawn = patient_share(truth, TERRITORY_STREAM, p, found, [TERRITORY_TAN_HALF])
     for f in found if drawn else ():
         f["shape"], f["tan_half"] = "territory", round(drawn[0], 4)
-
-
-def glioma_cores(truth: dict, p: float) -> None:
-    """With probability ``p``, give a planned study's necrotic gliomas (in place) a large core, ``core_radius`` x the
-    solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); a
-    patient's own draw (:func:`patient_share`, ``GLIOMA_CORE_STREAM``: follow-ups keep the core). Only gliomas
-    reported with necrosis get one, so the report already says what is drawn."""
-    found = [f for f in truth["findings"] if f.get("variant") == "glioma" and f.get("necrosis")]
-    drawn = patient_share(truth, GLIOMA_CORE_STREAM, p, found, [GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR])
-    for f in found if drawn else ():
-        f["core_radius"], f["core_flair"] = round(drawn[0], 3), round(drawn[1], 3)
-
-
-def infarct_mismatch(truth: dict, p: float) -> None:
-    """With probability ``p``, make a planned study's acute territorial and lacunar infarcts hyperacute (in place): their
-    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`patient_share`,
-    ``INFARCT_MISMATCH_STREAM``). The report grammar then says there is no FLAIR change yet."""
-    found = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
-             and f.get("variant") in ("territorial", "lacunar")]
-    drawn = patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
-    for f in found if drawn else ():
-        f["mismatch_flair"] = round(drawn[0], 3)
 
 
 def others_svd(truth: dict, p: float) -> None:

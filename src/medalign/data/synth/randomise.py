@@ -34,8 +34,9 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.lesions import (FLAIR_DRAWN, GLIOMA_CORES_P, INFARCT_MISMATCH_P, INFARCT_WATERSHED_P, OTHERS_SVD_P,
-                                        glioma_cores, infarct_mismatch, others_svd, territory_shapes, watershed_infarcts)
+from medalign.data.synth.flair_drawn import (FLAIR_DRAWN, GLIOMA_BRIGHT_P, GLIOMA_CORES_P, INFARCT_MISMATCH_P, glioma_bright,
+                                             glioma_cores, infarct_mismatch)
+from medalign.data.synth.lesions import INFARCT_WATERSHED_P, OTHERS_SVD_P, others_svd, territory_shapes, watershed_infarcts
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
@@ -174,9 +175,8 @@ class DomainOptions:
     are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
     (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
     ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``,
-    ``glioma_cores``, ``infarct_mismatch``, ``others_svd``: probabilities (of ``COMORBID_CLASSES``; ``CLINICAL_NOISE_P``,
-    ``SHARPEN_P``, ``SKULL_STRIP_P``, ``INFARCT_TERRITORY_P``, and ``lesions``' ``INFARCT_WATERSHED_P``, ``GLIOMA_CORES_P``,
-    ``INFARCT_MISMATCH_P``, ``OTHERS_SVD_P``);
+    ``glioma_cores``, ``infarct_mismatch``, ``others_svd``, ``glioma_bright``: probabilities (``comorbid_svd``: of
+    ``COMORBID_CLASSES``; the defaults: the ``*_P`` constants here, in ``lesions`` and in ``flair_drawn``);
     ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
 
     wm_conspicuity: tuple[float, float] | None = None
@@ -191,14 +191,15 @@ class DomainOptions:
     glioma_cores: float | None = None
     infarct_mismatch: float | None = None
     others_svd: float | None = None
+    glioma_bright: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch",
-                                                "others_svd")
+                                                "others_svd", "glioma_bright")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
         defaults = {"clinical_noise": CLINICAL_NOISE_P, "sharpen": SHARPEN_P, "skull_strip": SKULL_STRIP_P,
-                    "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P,
+                    "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P, "glioma_bright": GLIOMA_BRIGHT_P,
                     "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P, "others_svd": OTHERS_SVD_P}
         return replace(self, **{k: d if getattr(self, k) is None else getattr(self, k) for k, d in defaults.items()},
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
@@ -402,6 +403,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     territory_shapes(truth, o.infarct_territory)
     watershed_infarcts(truth, o.infarct_watershed)  # after territory_shapes: it replaces the finding
     glioma_cores(truth, o.glioma_cores)
+    glioma_bright(truth, o.glioma_bright)
     infarct_mismatch(truth, o.infarct_mismatch)
     return truth
 
@@ -409,8 +411,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
 # ----------------------------------------------------------------------------- applying
 def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     """The study's contrast tables: ``tissue`` / ``lesion`` (for ``sequences._signal``) and
-    ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k. A glioma
-    finding's drawn FLAIR signal (``lesions.FLAIR_DRAWN``: a glioma's core, a hyperacute infarct) replaces its component's."""
+    ``t1c_tissue`` / ``t1c`` (for ``enhancement.t1c_signal``); lesions by conspicuity k. A finding's
+    drawn FLAIR signal (``flair_drawn.FLAIR_DRAWN``) replaces its component's."""
     from medalign.data.synth.enhancement import T1C_CONTRAST, T1C_TISSUE
 
     c, k = dom["contrast"], float(dom["conspicuity"])

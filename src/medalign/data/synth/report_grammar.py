@@ -160,7 +160,7 @@ def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
 
 
 def _mismatch(f: dict, parts: list[str], imp: str, rng) -> tuple[list[str], str]:
-    """A hyperacute infarct (``lesions.infarct_mismatch``): no FLAIR change yet, said in the body and the impression."""
+    """A hyperacute infarct (``flair_drawn.infarct_mismatch``): no FLAIR change yet, said in the body and the impression."""
     return (parts, imp) if "mismatch_flair" not in f else (parts + [_pick(rng, _MISMATCH)], "hyperacute " + imp.split(" ", 1)[1])
 
 
@@ -327,7 +327,7 @@ def _rad_finding(f: dict, rng, ab: bool) -> str:
     if label == "infarct":
         where = (f"{side} {f['region']} watershed" if v == "watershed"
                  else f"{side} {_pick(rng, _TERR[f['region']]) if v == 'territorial' else f['region']}")
-        if "mismatch_flair" in f:  # lesions.infarct_mismatch: a hyperacute infarct, not yet seen on FLAIR
+        if "mismatch_flair" in f:  # flair_drawn.infarct_mismatch: a hyperacute infarct, not yet seen on FLAIR
             return _pick(rng, [f"Hyperacute {where} infarct, DWI-FLAIR mismatch.", f"DWI+/FLAIR- {where} infarct (mismatch)."])
         if f["age"] == "acute":
             if v == "lacunar":

@@ -1,0 +1,73 @@
+"""Finding options of the synthetic brain cohort that draw one lesion component's FLAIR signal (issue 20).
+
+Each is a ``synth brain`` option and a ``randomise.DomainOptions`` probability, off by default: a share P of the
+patients (:func:`patient_share`: the patient's own stream, so follow-ups keep the draw) get the value on their
+findings, and ``randomise.study_contrast`` gives the component named in :data:`FLAIR_DRAWN` that FLAIR signal,
+relative to the study's white matter like every lesion. ``glioma_cores`` also draws the necrotic core larger.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+# patients' own streams, truth["anatomy_seed"] + [k] (lesions' other options: 13, 14, 17)
+GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, GLIOMA_SOLID_STREAM = 15, 16, 18
+# ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass; their
+# necrotic core is large and from CSF-dark to nearly oedema-bright (BraTS FLAIRs spread 1.0-2.9 head SDs inside the
+# tumour, the drawn gliomas 0.6-1.4). Off: at P = 0.6 models lost accuracy, on 360 studies real gliomas (README, stops 58, 62).
+GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR, GLIOMA_CORES_P = (0.65, 0.95), (0.10, 0.70), 0.0
+# ``synth brain --glioma-bright P`` (:func:`glioma_bright`): in BraTS pat0001 and pat0004 the tumour core is brighter on
+# FLAIR than the oedema (by 0.5 and 1.5 head SDs); no drawn glioma's is (oedema 0.98 > solid 0.90), and models trained on
+# 360 studies placed pat0001 among acute infarcts (README, stop 62). The solid part's FLAIR when drawn; off by default.
+GLIOMA_SOLID_FLAIR, GLIOMA_BRIGHT_P = (1.00, 1.30), 0.0
+# ``synth brain --infarct-mismatch P`` (:func:`infarct_mismatch`): within ~4.5 h of onset most acute infarcts are
+# DWI-bright and FLAIR-negative (PRE-FLAIR, Thomalla et al., Lancet Neurol 2011); their FLAIR signal is drawn from
+# INFARCT_MISMATCH_FLAIR (WM 0.48: iso to faint). Off by default: held out 0.671 vs 0.684 at P = 0.5 (README, stop 59).
+INFARCT_MISMATCH_FLAIR = (0.48, 0.60)
+INFARCT_MISMATCH_P = 0.0
+# a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
+FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "solid_flair": "tumor_solid", "mismatch_flair": "infarct_acute"}
+
+
+def patient_share(truth: dict, stream: int, p: float, found: list[dict],
+                  ranges: Sequence[tuple[float, float]]) -> list[float] | None:
+    """The draw of a finding option that a share ``p`` of the patients get: from the patient's own stream
+    ``truth["anatomy_seed"] + [stream]``, a uniform u and one value per range; the values if u < ``p``, else None.
+    Nothing is drawn with ``p`` = 0 or no ``found`` findings, so every other draw of the plan is unchanged."""
+    if p <= 0 or not found:
+        return None
+    rng = np.random.default_rng(list(truth["anatomy_seed"]) + [stream])
+    u, values = float(rng.random()), [float(rng.uniform(*r)) for r in ranges]
+    return values if u < p else None
+
+
+def glioma_cores(truth: dict, p: float) -> None:
+    """With probability ``p``, give a planned study's necrotic gliomas (in place) a large core, ``core_radius`` x the
+    solid radius, whose FLAIR signal is ``core_flair`` (:data:`GLIOMA_CORE_RADIUS`, :data:`GLIOMA_CORE_FLAIR`); a
+    patient's own draw (:func:`patient_share`, ``GLIOMA_CORE_STREAM``: follow-ups keep the core). Only gliomas
+    reported with necrosis get one, so the report already says what is drawn."""
+    found = [f for f in truth["findings"] if f.get("variant") == "glioma" and f.get("necrosis")]
+    drawn = patient_share(truth, GLIOMA_CORE_STREAM, p, found, [GLIOMA_CORE_RADIUS, GLIOMA_CORE_FLAIR])
+    for f in found if drawn else ():
+        f["core_radius"], f["core_flair"] = round(drawn[0], 3), round(drawn[1], 3)
+
+
+def glioma_bright(truth: dict, p: float) -> None:
+    """With probability ``p``, give a planned study's gliomas (in place) a solid part brighter than their oedema on FLAIR,
+    ``solid_flair`` (:data:`GLIOMA_SOLID_FLAIR`); a patient's own draw (``GLIOMA_SOLID_STREAM``). Reports unchanged."""
+    found = [f for f in truth["findings"] if f.get("variant") == "glioma"]
+    drawn = patient_share(truth, GLIOMA_SOLID_STREAM, p, found, [GLIOMA_SOLID_FLAIR])
+    for f in found if drawn else ():
+        f["solid_flair"] = round(drawn[0], 3)
+
+
+def infarct_mismatch(truth: dict, p: float) -> None:
+    """With probability ``p``, make a planned study's acute territorial and lacunar infarcts hyperacute (in place): their
+    FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`patient_share`,
+    ``INFARCT_MISMATCH_STREAM``). The report grammar then says there is no FLAIR change yet."""
+    found = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
+             and f.get("variant") in ("territorial", "lacunar")]
+    drawn = patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
+    for f in found if drawn else ():
+        f["mismatch_flair"] = round(drawn[0], 3)
