@@ -4,8 +4,8 @@
 region (MNI centres below), size, count and age; patient age and atrophy; incidental findings.
 ``territory_shapes`` and ``watershed_infarcts`` reshape a planned study's territorial infarct
 (``synth brain --infarct-territory`` / ``--infarct-watershed``; called by ``randomise.randomise_truth``);
-``others_svd``
-gives a share of the "others" patients small vessel disease instead of their planned finding.
+``others_svd`` gives a share of the "others" patients small vessel disease instead of their planned finding (the
+options that draw a lesion part's FLAIR signal, and their shared draw ``patient_share``, are ``synth.flair_drawn``).
 ``_lesions`` draws those findings on the template grid as lesion components (irregular
 ellipsoids, each a ``LESION_CONTRAST`` name in ``sequences``), the lesion-mask map and the
 sources of mass effect (used by ``anatomy._elastic``). White-matter findings refined by domain
