@@ -18,3 +18,19 @@ def added_keys(base: list[dict], plan: list[dict], changed: set[str]) -> dict[st
             out[t["study_id"]].append({k: v for k, v in f.items() if k not in f0})
         assert {k: v for k, v in t.items() if k != "findings"} == {k: v for k, v in before.items() if k != "findings"}
     return out
+
+
+def option_cli(tmp_path, capsys, flag: str):
+    """``synth brain FLAG 1`` on a tiny cohort records the option's share in ``cohort.json``, and ``FLAG 0.5`` with
+    ``--no-randomise`` is refused with one line and writes nothing. Returns the folder of the cohort written."""
+    import json
+
+    from medalign.cli import main
+
+    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
+    assert main([*base, "--out", str(tmp_path / "a"), flag, "1"]) == 0
+    assert json.loads((tmp_path / "a" / "cohort.json").read_text())[flag[2:].replace("-", "_")] == 1.0
+    assert main([*base, "--no-randomise", "--out", str(tmp_path / "b"), flag, "0.5"]) != 0
+    assert f"{flag} needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    return tmp_path / "a"

@@ -3,7 +3,6 @@ nothing else in the plan moves, that the study's contrast table changes the core
 drawn FLAIR is heterogeneous inside the tumour as the real BraTS FLAIRs are, and the CLI."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from medalign.data.synth.flair_drawn import GLIOMA_CORE_FLAIR, GLIOMA_CORE_RADIU
 from medalign.data.synth.sequences import SEQUENCES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_checks import added_keys  # noqa: E402
+from plan_checks import added_keys, option_cli  # noqa: E402
 
 KW = dict(seed=6, studies_per_patient="1-3", paraphrases=0)
 
@@ -106,11 +105,4 @@ def test_the_core_is_drawn_at_its_radius():
 
 
 def test_the_option_from_the_command_line(tmp_path, capsys):
-    from medalign.cli import main
-
-    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a"), "--glioma-cores", "1"]) == 0
-    assert json.loads((tmp_path / "a" / "cohort.json").read_text())["glioma_cores"] == 1.0
-    assert main([*base, "--no-randomise", "--out", str(tmp_path / "b"), "--glioma-cores", "0.5"]) != 0
-    assert "--glioma-cores needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+    option_cli(tmp_path, capsys, "--glioma-cores")

@@ -3,7 +3,8 @@ else in the plan moves, that the study's contrast table and image change the inf
 says what was drawn, and the CLI."""
 from __future__ import annotations
 
-import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
 from medalign.data.synth.flair_drawn import INFARCT_MISMATCH_FLAIR
 from medalign.data.synth.sequences import SEQUENCES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_checks import option_cli  # noqa: E402
 
 KW = dict(seed=3, studies_per_patient="1-3", paraphrases=0)  # follow-ups: their infarcts are chronic
 
@@ -88,11 +92,4 @@ def test_a_hyperacute_infarct_is_bright_on_dwi_and_not_on_flair():
 
 
 def test_the_option_from_the_command_line(tmp_path, capsys):
-    from medalign.cli import main
-
-    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a"), "--infarct-mismatch", "1"]) == 0
-    assert json.loads((tmp_path / "a" / "cohort.json").read_text())["infarct_mismatch"] == 1.0
-    assert main([*base, "--no-randomise", "--out", str(tmp_path / "b"), "--infarct-mismatch", "0.5"]) != 0
-    assert "--infarct-mismatch needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
+    option_cli(tmp_path, capsys, "--infarct-mismatch")

@@ -4,6 +4,8 @@ drawn lesion is a wedge of its own hemisphere reaching the cortex, and the CLI."
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +13,9 @@ from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort
 from medalign.data.synth.lesions import TERRITORY_TAN_HALF
 from medalign.data.synth.shapes import wedge
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_checks import option_cli  # noqa: E402
 
 
 def _shaped(t: dict) -> list[dict]:
@@ -94,14 +99,7 @@ def test_the_drawn_infarct_is_a_wedge_of_its_hemisphere_reaching_the_cortex():
 
 
 def test_the_option_from_the_command_line(tmp_path, capsys):
-    from medalign.cli import main
-
-    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a"), "--infarct-territory", "1"]) == 0
-    assert json.loads((tmp_path / "a" / "cohort.json").read_text())["infarct_territory"] == 1.0
-    shaped = [f for gt in (tmp_path / "a").glob("*/ground_truth.json")
+    out = option_cli(tmp_path, capsys, "--infarct-territory")
+    shaped = [f for gt in out.glob("*/ground_truth.json")
               for f in json.loads(gt.read_text())["findings"] if f.get("variant") == "territorial"]
     assert shaped and all(f["shape"] == "territory" for f in shaped)
-    assert main([*base, "--no-randomise", "--out", str(tmp_path / "b"), "--infarct-territory", "0.5"]) != 0
-    assert "--infarct-territory needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()

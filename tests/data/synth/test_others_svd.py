@@ -4,6 +4,8 @@ vessel disease, and the CLI."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -11,6 +13,9 @@ import pytest
 
 from medalign.data.synth import randomise as R
 from medalign.data.synth.brain import plan_cohort, synthesize_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_checks import option_cli  # noqa: E402
 
 KW = dict(seed=5, studies_per_patient="1-3", paraphrases=0)  # follow-ups: a patient's visits must agree
 
@@ -73,13 +78,6 @@ def test_the_converted_study_is_drawn_as_white_matter_disease():
 
 
 def test_the_option_from_the_command_line(tmp_path, capsys):
-    from medalign.cli import main
-
-    base = ["synth", "brain", "--n", "20", "--seed", "4", "--shape-mode", "small", "--workers", "1", "--paraphrases", "0"]
-    assert main([*base, "--out", str(tmp_path / "a"), "--others-svd", "1"]) == 0
-    assert json.loads((tmp_path / "a" / "cohort.json").read_text())["others_svd"] == 1.0
-    gts = [json.loads(p.read_text()) for p in sorted((tmp_path / "a").glob("S*/ground_truth.json"))]
+    out = option_cli(tmp_path, capsys, "--others-svd")
+    gts = [json.loads(p.read_text()) for p in sorted(out.glob("S*/ground_truth.json"))]
     assert Counter(_variant(t) for t in gts if t["label"] == "others") == Counter({"wmh": 4})
-    assert main([*base, "--no-randomise", "--out", str(tmp_path / "b"), "--others-svd", "0.5"]) != 0
-    assert "--others-svd needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()

@@ -119,6 +119,15 @@ def _register_brain(synth: typer.Typer) -> None:
                                                       "the gliomas have a solid part brighter than their oedema on FLAIR "
                                                       "(1.00-1.30; oedema 0.98), as some real high-grade gliomas show; "
                                                       "reports unchanged. Default: off."),
+        infarct_onset: Optional[float] = typer.Option(None, "--infarct-onset", min=0.0, max=1.0, help="P: a share P of "
+                                                      "the studies with an acute territorial or lacunar infarct get its time "
+                                                      "from onset drawn, as its FLAIR signal: from not yet visible (reported "
+                                                      "as a DWI-FLAIR mismatch) to as bright as a glioma's oedema. Default: off."),
+        lesion_flair_spread: Optional[float] = typer.Option(None, "--lesion-flair-spread", min=0.0, max=1.0, help="P: a "
+                                                            "share P of the studies get how far each lesion component "
+                                                            "stands out on FLAIR drawn apart (x 0.5-1.5 on its conspicuity "
+                                                            "exponent), so brightness alone does not tell the finding. "
+                                                            "Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -132,7 +141,8 @@ def _register_brain(synth: typer.Typer) -> None:
                                clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
                                infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
                                infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
-                               infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright)
+                               infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright,
+                               infarct_onset=infarct_onset, lesion_flair_spread=lesion_flair_spread)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

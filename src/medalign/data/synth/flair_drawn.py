@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 # patients' own streams, truth["anatomy_seed"] + [k] (lesions' other options: 13, 14, 17)
-GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, GLIOMA_SOLID_STREAM = 15, 16, 18
+GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, GLIOMA_SOLID_STREAM, INFARCT_ONSET_STREAM = 15, 16, 18, 19
+FLAIR_SPREAD_STREAM = 20  # a study's own: truth["seed"] + [20]
 # ``synth brain --glioma-cores P`` (:func:`glioma_cores`): real high-grade gliomas on FLAIR are not one bright mass; their
 # necrotic core is large and from CSF-dark to nearly oedema-bright (BraTS FLAIRs spread 1.0-2.9 head SDs inside the
 # tumour, the drawn gliomas 0.6-1.4). Off: at P = 0.6 models lost accuracy, on 360 studies real gliomas (README, stops 58, 62).
@@ -26,8 +27,20 @@ GLIOMA_SOLID_FLAIR, GLIOMA_BRIGHT_P = (1.00, 1.30), 0.0
 # INFARCT_MISMATCH_FLAIR (WM 0.48: iso to faint). Off by default: held out 0.671 vs 0.684 at P = 0.5 (README, stop 59).
 INFARCT_MISMATCH_FLAIR = (0.48, 0.60)
 INFARCT_MISMATCH_P = 0.0
+# ``synth brain --infarct-onset P`` (:func:`infarct_onset`): an acute infarct's FLAIR signal rises with the time from onset,
+# relative signal ~1.0-1.2 x the white matter's in the first hours, ~1.5-2 after a day or more (Petkova et al., Radiology
+# 2010); drawn at 0.95 (~2 x WM 0.48) every acute infarct is days old and as FLAIR-bright as a glioma's oedema (0.98),
+# brighter on average than the drawn gliomas (stop 63). The draw spans onset to days: up to the mismatch range's top it
+# is a hyperacute mismatch, reported as such. Off by default.
+INFARCT_ONSET_FLAIR, INFARCT_ONSET_P = (0.48, 0.95), 0.0
+# ``synth brain --lesion-flair-spread P`` (:func:`lesion_flair_spread`): models read a FLAIR lesion's class from how far it
+# stands out (README, stops 39, 40, 63), which real lesions do not follow; as SynthSeg draws each label's intensity, a
+# share P of the studies get a factor per lesion component on its FLAIR conspicuity exponent (a bright component stays
+# bright, a dark one dark; how far each stands out, and their order, are drawn). Off by default.
+LESION_FLAIR_SPREAD, LESION_FLAIR_SPREAD_P = (0.5, 1.5), 0.0
 # a finding's drawn FLAIR signal -> the lesion component it replaces (``randomise.study_contrast``)
-FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "solid_flair": "tumor_solid", "mismatch_flair": "infarct_acute"}
+FLAIR_DRAWN = {"core_flair": "tumor_necrosis", "solid_flair": "tumor_solid", "mismatch_flair": "infarct_acute",
+               "onset_flair": "infarct_acute"}
 
 
 def patient_share(truth: dict, stream: int, p: float, found: list[dict],
@@ -62,12 +75,43 @@ def glioma_bright(truth: dict, p: float) -> None:
         f["solid_flair"] = round(drawn[0], 3)
 
 
+def _acute_infarcts(truth: dict) -> list[dict]:
+    """The planned study's acute territorial and lacunar infarcts: those a mismatch or an onset can be drawn for."""
+    return [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
+            and f.get("variant") in ("territorial", "lacunar")]
+
+
 def infarct_mismatch(truth: dict, p: float) -> None:
     """With probability ``p``, make a planned study's acute territorial and lacunar infarcts hyperacute (in place): their
     FLAIR signal is ``mismatch_flair`` (:data:`INFARCT_MISMATCH_FLAIR`); a patient's own draw (:func:`patient_share`,
     ``INFARCT_MISMATCH_STREAM``). The report grammar then says there is no FLAIR change yet."""
-    found = [f for f in truth["findings"] if f.get("class") == "infarct" and f.get("age") == "acute"
-             and f.get("variant") in ("territorial", "lacunar")]
+    found = _acute_infarcts(truth)
     drawn = patient_share(truth, INFARCT_MISMATCH_STREAM, p, found, [INFARCT_MISMATCH_FLAIR])
     for f in found if drawn else ():
         f["mismatch_flair"] = round(drawn[0], 3)
+
+
+def infarct_onset(truth: dict, p: float) -> None:
+    """With probability ``p``, draw the time from onset of a planned study's acute territorial and lacunar infarcts (in
+    place) as their FLAIR signal, from :data:`INFARCT_ONSET_FLAIR`; a patient's own draw (``INFARCT_ONSET_STREAM``).
+    Up to the top of :data:`INFARCT_MISMATCH_FLAIR` the infarct is hyperacute (``mismatch_flair``: the report says there is
+    no FLAIR change yet), above it ``onset_flair`` (the report is unchanged). Infarcts already hyperacute keep their draw."""
+    found = [f for f in _acute_infarcts(truth) if "mismatch_flair" not in f]
+    drawn = patient_share(truth, INFARCT_ONSET_STREAM, p, found, [INFARCT_ONSET_FLAIR])
+    key = "mismatch_flair" if drawn and drawn[0] <= INFARCT_MISMATCH_FLAIR[1] else "onset_flair"
+    for f in found if drawn else ():
+        f[key] = round(drawn[0], 3)
+
+
+def lesion_flair_spread(truth: dict, p: float) -> None:
+    """With probability ``p``, give a planned study (in place) one factor per lesion component on its FLAIR conspicuity
+    exponent, ``truth["domain"]["flair_k"]`` (:data:`LESION_FLAIR_SPREAD`); the study's own stream
+    (``FLAIR_SPREAD_STREAM``), drawn whatever its findings, so a follow-up draws its own. Nothing is drawn at ``p`` = 0."""
+    from medalign.data.synth.sequences import LESION_CONTRAST
+
+    if p <= 0:
+        return
+    rng = np.random.default_rng(list(truth["seed"]) + [FLAIR_SPREAD_STREAM])
+    u, k = float(rng.random()), rng.uniform(*LESION_FLAIR_SPREAD, size=len(LESION_CONTRAST))
+    if u < p:
+        truth["domain"]["flair_k"] = {name: round(float(v), 4) for name, v in zip(LESION_CONTRAST, k)}

@@ -34,8 +34,9 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from medalign.data.synth.flair_drawn import (FLAIR_DRAWN, GLIOMA_BRIGHT_P, GLIOMA_CORES_P, INFARCT_MISMATCH_P, glioma_bright,
-                                             glioma_cores, infarct_mismatch)
+from medalign.data.synth.flair_drawn import (FLAIR_DRAWN, GLIOMA_BRIGHT_P, GLIOMA_CORES_P, INFARCT_MISMATCH_P, INFARCT_ONSET_P,
+                                             LESION_FLAIR_SPREAD_P, glioma_bright, glioma_cores, infarct_mismatch,
+                                             infarct_onset, lesion_flair_spread)
 from medalign.data.synth.lesions import INFARCT_WATERSHED_P, OTHERS_SVD_P, others_svd, territory_shapes, watershed_infarcts
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
@@ -46,15 +47,12 @@ COMORBID_STREAM = 12  # background small vessel disease: truth["anatomy_seed"] +
 # 13, 14: infarct shapes (lesions.TERRITORY_STREAM, lesions.WATERSHED_STREAM), a patient's
 ALL_SEQUENCES = (*SEQUENCES, *POST_CONTRAST)
 
-# Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every
-# range. Measured on the real cases (3-class Gaussian mixture on brain voxels away from the lesion;
-# /tmp/h20b/measure_real.py in the issue-20 report):
-#   clinical FLAIR (real_dev wmh_*): GM/WM 1.07-1.14, CSF/WM 0.59-0.79 (ventricle 1st percentile
-#   0.31-0.48 of the brain median), (GM-WM)/(WM-CSF) 0.16-0.55; BraTS FLAIR (z-scored, so only the
-#   affine-invariant ratio): (GM-WM)/(WM-CSF) 0.13-0.51; today's synthetic FLAIR: GM/WM 1.29,
-#   CSF/WM 0.17, (GM-WM)/(WM-CSF) 0.35;
-#   BraTS T1c: (GM-WM)/(WM-CSF) -0.35..-0.60 (today's T1: -0.44).
-# The other sequences have no real reference in ../shared/data: +-20-30 % around today's value.
+# Ratio to WM of GM / CSF / scalp per sequence. Today's values (TISSUE_CONTRAST) lie inside every range. Measured on
+# the real cases (3-class Gaussian mixture on brain voxels away from the lesion; the issue-20 report): clinical FLAIR
+# (real_dev wmh_*): GM/WM 1.07-1.14, CSF/WM 0.59-0.79 (ventricle 1st percentile 0.31-0.48 of the brain median),
+# (GM-WM)/(WM-CSF) 0.16-0.55; BraTS FLAIR (z-scored, so only the affine-invariant ratio): (GM-WM)/(WM-CSF) 0.13-0.51;
+# today's synthetic FLAIR: GM/WM 1.29, CSF/WM 0.17, (GM-WM)/(WM-CSF) 0.35; BraTS T1c: (GM-WM)/(WM-CSF) -0.35..-0.60
+# (today's T1: -0.44). The other sequences have no real reference in ../shared/data: +-20-30 % around today's value.
 CONTRAST_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "dwi":   {"gm": (1.05, 1.35), "csf": (0.10, 0.40), "scalp": (0.10, 0.40)},
     "adc":   {"gm": (1.05, 1.30), "csf": (3.60, 4.60), "scalp": (0.40, 0.70)},
@@ -171,13 +169,11 @@ def _series(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class DomainOptions:
-    """The ``synth brain`` options that change how a randomised study's domain is drawn; None / the defaults
-    are the generator's own (each is documented at its constant above). ``wm_conspicuity`` / ``wm_shine``:
-    (lo, hi) ranges of a factor on the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``);
-    ``comorbid_svd``, ``clinical_noise``, ``sharpen``, ``skull_strip``, ``infarct_territory``, ``infarct_watershed``,
-    ``glioma_cores``, ``infarct_mismatch``, ``others_svd``, ``glioma_bright``: probabilities (``comorbid_svd``: of
-    ``COMORBID_CLASSES``; the defaults: the ``*_P`` constants here, in ``lesions`` and in ``flair_drawn``);
-    ``sharpen_sequences``: the series ``sharpen`` applies to (``SHARPEN_SEQUENCES``)."""
+    """The ``synth brain`` options that change how a randomised study's domain is drawn; None / the defaults are the
+    generator's own (each documented at its constant). ``wm_conspicuity`` / ``wm_shine``: (lo, hi) ranges of a factor on
+    the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``); ``sharpen_sequences``: the series
+    ``sharpen`` applies to (``SHARPEN_SEQUENCES``); the others (:attr:`PROBABILITIES`) are probabilities (``comorbid_svd``:
+    of ``COMORBID_CLASSES``), their defaults the ``*_P`` constants here, in ``lesions`` and in ``flair_drawn``."""
 
     wm_conspicuity: tuple[float, float] | None = None
     wm_shine: tuple[float, float] | None = None
@@ -192,15 +188,18 @@ class DomainOptions:
     infarct_mismatch: float | None = None
     others_svd: float | None = None
     glioma_bright: float | None = None
+    infarct_onset: float | None = None
+    lesion_flair_spread: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch",
-                                                "others_svd", "glioma_bright")
+                                                "others_svd", "glioma_bright", "infarct_onset", "lesion_flair_spread")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
         defaults = {"clinical_noise": CLINICAL_NOISE_P, "sharpen": SHARPEN_P, "skull_strip": SKULL_STRIP_P,
                     "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P, "glioma_bright": GLIOMA_BRIGHT_P,
-                    "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P, "others_svd": OTHERS_SVD_P}
+                    "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P, "others_svd": OTHERS_SVD_P,
+                    "infarct_onset": INFARCT_ONSET_P, "lesion_flair_spread": LESION_FLAIR_SPREAD_P}
         return replace(self, **{k: d if getattr(self, k) is None else getattr(self, k) for k, d in defaults.items()},
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
@@ -405,6 +404,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     glioma_cores(truth, o.glioma_cores)
     glioma_bright(truth, o.glioma_bright)
     infarct_mismatch(truth, o.infarct_mismatch)
+    infarct_onset(truth, o.infarct_onset)  # after the mismatch: a hyperacute infarct keeps its draw
+    lesion_flair_spread(truth, o.lesion_flair_spread)
     return truth
 
 
@@ -420,10 +421,9 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     kw = k * float(dom.get("wm_conspicuity", 1.0))
     kw_shine = kw * float(dom.get("wm_shine", 1.0))
 
-    def exponent(name: str, s: str) -> float:
-        if name not in WM_LESIONS:
-            return k
-        return kw_shine if s in SHINE_SEQUENCES else kw
+    def exponent(name: str, s: str) -> float:  # x the component's FLAIR factor (flair_drawn.lesion_flair_spread)
+        f = float(dom.get("flair_k", {}).get(name, 1.0)) if s == "flair" else 1.0
+        return f * (k if name not in WM_LESIONS else kw_shine if s in SHINE_SEQUENCES else kw)
 
     lesion = {name: tuple(c[s]["wm"] * (v / TISSUE_CONTRAST[s]["wm"]) ** exponent(name, s)
                           for s, v in zip(SEQUENCES, vals))
@@ -431,7 +431,7 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     fi = SEQUENCES.index("flair")
     drawn = {name: float(f[key]) for f in findings for key, name in FLAIR_DRAWN.items() if f.get(key) is not None}
     for name, v in drawn.items():  # like every lesion: relative to this study's WM, by its conspicuity
-        x = c["flair"]["wm"] * (v / TISSUE_CONTRAST["flair"]["wm"]) ** k
+        x = c["flair"]["wm"] * (v / TISSUE_CONTRAST["flair"]["wm"]) ** (k * float(dom.get("flair_k", {}).get(name, 1.0)))
         lesion[name] = tuple(x if i == fi else y for i, y in enumerate(lesion[name]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
