@@ -3,7 +3,9 @@
 Each is a ``synth brain`` option and a ``randomise.DomainOptions`` probability, off by default: a share P of the
 patients (:func:`patient_share`: the patient's own stream, so follow-ups keep the draw) get the value on their
 findings, and ``randomise.study_contrast`` gives the component named in :data:`FLAIR_DRAWN` that FLAIR signal,
-relative to the study's white matter like every lesion. ``glioma_cores`` also draws the necrotic core larger.
+relative to the study's white matter like every lesion. ``glioma_cores`` also draws the necrotic core larger;
+``infarct_onset`` draws an acute infarct's FLAIR across the time from onset. ``lesion_flair_spread`` is a study's draw
+instead: one factor per lesion component on its FLAIR conspicuity exponent (``flair_k`` in the study's domain).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ WATERSHED_CORTICAL_MM, WATERSHED_TAN_HALF = (22.0, 36.0), (0.35, 0.6)  # a wedge
 WATERSHED_FOCI, WATERSHED_FOCUS_MM, WATERSHED_STEP_MM = (3, 6), (5.0, 9.0), (7.0, 10.0)  # the internal chain
 TERRITORY_STREAM = 13  # infarct shape by arterial territory: truth["anatomy_seed"] + [13] (randomise's: 11, 12)
 TERRITORY_TAN_HALF = (0.5, 0.8)  # tan of the territory wedge's half-angle (base radius / depth)
-# patients' own streams, truth["anatomy_seed"] + [k]: border-zone infarcts, SVD (15, 16, 18: ``synth.flair_drawn``)
+# patients' own streams, truth["anatomy_seed"] + [k]: border-zone infarcts, SVD (15, 16, 18, 19: ``synth.flair_drawn``)
 WATERSHED_STREAM, OTHERS_SVD_STREAM = 14, 17
 # ``synth brain --infarct-watershed P`` (``randomise.DomainOptions``): a share P of the territorial infarcts drawn as
 # border-zone infarcts instead (:func:`watershed_infarcts`). Off by default: not measured as a training default.
