@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-
-def finding_kind(truth: dict, label: str) -> str:
-    """``class/variant[/age]`` of the first finding of the study's labelled class; ``class/-`` without one."""
-    found = [f for f in truth.get("findings", []) if f.get("class") == label]
-    if not found:
-        return f"{label}/-"
-    f = found[0]
-    return "/".join(str(x) for x in (label, f.get("variant") or "-", f.get("age")) if x)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_fusion import study_variants  # noqa: E402
 
 
 def measure(cache: Path, ids: list[str], kinds: dict[str, str], sequence: str) -> list[dict]:
@@ -65,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     man = pd.read_csv(a.cohort / "manifest.csv", dtype=str, keep_default_na=False)
     man = man[man["split"].isin(a.splits.split(","))]
-    kinds = {}
-    for sid, label in zip(man["study_id"], man["label"]):
-        gt = a.cohort / sid / "ground_truth.json"
-        if not gt.is_file():
-            raise SystemExit(f"no ground truth for study {sid} ({gt}); --cohort needs a `synth brain` cohort")
-        kinds[sid] = finding_kind(json.loads(gt.read_text(encoding="utf-8")), label)
+    ids = man["study_id"].tolist()
+    kinds = dict(zip(ids, study_variants(str(a.cohort / "manifest.csv"), ids, man["label"].tolist(), age=True)))
     rows = measure(a.cache or a.cohort / ".cache", list(kinds), kinds, a.sequence)
     res = {"cohort": str(a.cohort), "splits": a.splits, "sequence": a.sequence, "rows": rows, "summary": summary(rows)}
     print(f"{'finding':<34} {'n':>4} {'contrast mean (sd)':>20} {'volume median':>14}")

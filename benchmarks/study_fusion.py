@@ -42,18 +42,19 @@ def embed(model, cache, ids: list[str], keep: np.ndarray, batch: int = 16) -> np
     return np.concatenate(out)
 
 
-def study_variants(manifest: str, ids: list[str], labels: list[str]) -> list[str]:
+def study_variants(manifest: str, ids: list[str], labels: list[str], *, age: bool = False) -> list[str]:
     """``class/variant`` per study from its ``ground_truth.json`` (``synth brain``): the variant of the first
-    finding of the study's labelled class, ``class/-`` when it has none (normal brains, other cohorts)."""
+    finding of the study's labelled class, ``class/-`` when it has none (normal brains, other cohorts);
+    ``age``: ``/age`` appended where the finding has one (acute, chronic)."""
     root = Path(manifest).resolve().parent
     out = []
     for sid, label in zip(ids, labels):
         gt = root / sid / "ground_truth.json"
         if not gt.is_file():
-            raise SystemExit(f"--by-variant: no ground truth for study {sid} ({gt}); it needs a `synth brain` cohort")
+            raise SystemExit(f"no ground truth for study {sid} ({gt}): finding variants need a `synth brain` cohort")
         found = [f for f in json.loads(gt.read_text(encoding="utf-8")).get("findings", []) if f.get("class") == label]
         variant = (found[0].get("variant") if found else None) or "-"
-        out.append(f"{label}/{variant}")
+        out.append(f"{label}/{variant}" + (f"/{found[0]['age']}" if age and found and found[0].get("age") else ""))
     return out
 
 

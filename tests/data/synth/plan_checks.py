@@ -34,3 +34,14 @@ def option_cli(tmp_path, capsys, flag: str):
     assert f"{flag} needs domain randomisation: drop --no-randomise" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
     return tmp_path / "a"
+
+
+def only_flair_moves(plain: dict, drawn: dict, component: str | None = None) -> None:
+    """Two ``randomise.study_contrast`` tables differ only on FLAIR, and there only in ``component``'s signal (None:
+    any component's): a finding option that draws one part's FLAIR moves nothing else."""
+    from medalign.data.synth.sequences import SEQUENCES
+
+    fi = SEQUENCES.index("flair")
+    for name in plain["lesion"]:
+        for i, (a, b) in enumerate(zip(plain["lesion"][name], drawn["lesion"][name])):
+            assert a == b or (i == fi and component in (None, name)), (name, i)

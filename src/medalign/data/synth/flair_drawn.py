@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from medalign.data.synth.sequences import LESION_CONTRAST
+
 # patients' own streams, truth["anatomy_seed"] + [k] (lesions' other options: 13, 14, 17)
 GLIOMA_CORE_STREAM, INFARCT_MISMATCH_STREAM, GLIOMA_SOLID_STREAM, INFARCT_ONSET_STREAM = 15, 16, 18, 19
 FLAIR_SPREAD_STREAM = 20  # a study's own: truth["seed"] + [20]
@@ -109,8 +111,6 @@ def lesion_flair_spread(truth: dict, p: float) -> None:
     """With probability ``p``, give a planned study (in place) one factor per lesion component on its FLAIR conspicuity
     exponent, ``truth["domain"]["flair_k"]`` (:data:`LESION_FLAIR_SPREAD`); the study's own stream
     (``FLAIR_SPREAD_STREAM``), drawn whatever its findings, so a follow-up draws its own. Nothing is drawn at ``p`` = 0."""
-    from medalign.data.synth.sequences import LESION_CONTRAST
-
     if p <= 0:
         return
     rng = np.random.default_rng(list(truth["seed"]) + [FLAIR_SPREAD_STREAM])

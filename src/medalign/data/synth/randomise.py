@@ -431,7 +431,7 @@ def study_contrast(dom: dict, findings: Sequence[dict] = ()) -> dict[str, Any]:
     fi = SEQUENCES.index("flair")
     drawn = {name: float(f[key]) for f in findings for key, name in FLAIR_DRAWN.items() if f.get(key) is not None}
     for name, v in drawn.items():  # like every lesion: relative to this study's WM, by its conspicuity
-        x = c["flair"]["wm"] * (v / TISSUE_CONTRAST["flair"]["wm"]) ** (k * float(dom.get("flair_k", {}).get(name, 1.0)))
+        x = c["flair"]["wm"] * (v / TISSUE_CONTRAST["flair"]["wm"]) ** exponent(name, "flair")
         lesion[name] = tuple(x if i == fi else y for i, y in enumerate(lesion[name]))
     t1c = {name: c["t1c"]["wm"] * (v / T1C_TISSUE["wm"]) ** k for name, v in T1C_CONTRAST.items()}
     return {"tissue": tissue, "lesion": lesion, "t1c_tissue": dict(c["t1c"]), "t1c": t1c}
