@@ -67,3 +67,29 @@ def test_dicom_folder_with_two_series_lists_them(tmp_path):
     one.mkdir()
     _write_series(one, "1.2.826.0.1.3680043.2.1125.1.3", 5, 10)
     assert read_volume(one).GetSize() == (16, 16, 5)
+
+
+def _slab(path: Path, z0_mm: float, n: int = 10, seed: int = 0) -> None:
+    """A head-like ellipsoid with texture, in axial slices of 5 mm starting at z0_mm (world), 2 mm in-plane."""
+    zz, yy, xx = np.mgrid[0:n, 0:40, 0:40]
+    head = ((yy - 20) / 16.0) ** 2 + ((xx - 20) / 14.0) ** 2 < 1.0  # (z, y, x), every slice
+    arr = head * (100 + 10 * np.random.default_rng(seed).standard_normal(head.shape))  # (z, y, x)
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    affine[:3, 3] = (-40.0, -40.0, z0_mm)
+    nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0).astype(np.float32), affine), str(path))  # (x, y, z) on disk
+
+
+def test_series_outside_the_references_field_of_view_is_absent_not_fatal(tmp_path):
+    """A FLAIR slab of the upper head and a T2* slab of the lower head, not overlapping (partial coverage from
+    opposite ends, as a synthetic study drew): the T2* is an absent channel, named in the info, and the study is
+    preprocessed; a series that overlaps is kept; the reference itself is never dropped."""
+    _slab(tmp_path / "flair.nii.gz", 60.0)  # z 60-105 mm
+    _slab(tmp_path / "t2s.nii.gz", -60.0, seed=1)  # z -60 to -15 mm: nowhere near
+    _slab(tmp_path / "dwi.nii.gz", 40.0, seed=2)  # z 40-85 mm: overlaps the FLAIR
+    cfg = PreprocessConfig(sequences=("dwi", "t2s", "flair"), shape=(8, 16, 16), register=False)
+    st = preprocess_study({"dwi": str(tmp_path / "dwi.nii.gz"), "t2s": str(tmp_path / "t2s.nii.gz"),
+                           "flair": str(tmp_path / "flair.nii.gz")}, cfg, study_id="s9")
+    assert st.sequence_mask.tolist() == [True, False, True]
+    assert not st.image[1].any() and st.image[0].std() > 0 and st.image[2].std() > 0
+    assert st.info["outside_reference"] == ["t2s"] and st.info["available"] == ["dwi", "flair"]
+    assert st.info["per_sequence"]["t2s"]["outside_reference"] is True

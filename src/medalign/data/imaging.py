@@ -45,7 +45,9 @@ Pipeline of :func:`preprocess_study` (defaults follow the brain-CLIP paper):
    unit is then set by the tissue rather than by how much dark CSF the head holds (an atrophic
    brain's wide sulci and ventricles inflate the SD, and every lesion fades in z-score units;
    issue 20). Outside the head is 0 in all four; ``"none"`` leaves values as read.
-6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False.
+6. A sequence the study lacks becomes a zero channel with ``sequence_mask`` False; so does one whose
+   field of view misses the reference's head entirely (two partial slabs that do not overlap; listed
+   in ``info["outside_reference"]``), instead of failing the study.
 
 Head mask: if the reference has a constant background (skull-stripped data, e.g. BraTS), the
 output voxels that are at least half foreground, holes filled in 3D; otherwise an Otsu
@@ -397,13 +399,18 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
         arr[~np.isfinite(arr)] = backgrounds[s]
         resampled[s] = arr
     head = head_mask(resampled[ref_seq], ref_valid, foreground=ref_share)
+    outside: list[str] = []
     for c, s in enumerate(cfg.sequences):
         if s not in resampled:
             continue
         arr, norm = _normalise(resampled[s], head, cfg.normalise, cfg.percentiles)
-        if norm.get("constant"):
+        if norm.get("constant") and s == ref_seq:
             raise CohortError("image is constant inside the head (nothing to normalise)",
                               study_id=study_id, path=avail[s])
+        if norm.get("constant"):  # it has content (checked at read time), none of it in the reference's head:
+            outside.append(s)  # slabs of partial coverage that do not overlap; the study keeps its other series
+            seq_info.setdefault(s, {}).update({"path": avail[s], "outside_reference": True})
+            continue
         image[c] = arr
         seq_mask[c] = True
         im = images[s]
@@ -425,7 +432,8 @@ def preprocess_study(paths: Mapping[str, str | Path | None], cfg: PreprocessConf
         "study_id": study_id,
         "reference": ref_seq,
         "sequences": list(cfg.sequences),
-        "available": [s for s in cfg.sequences if s in images],
+        "available": [s for s in cfg.sequences if s in images and s not in outside],
+        "outside_reference": outside,
         "shape": [D, H, W],
         "spacing_dhw_mm": [float(spacing_xyz[2]), float(spacing_xyz[1]), float(spacing_xyz[0])],
         "canonical": cfg.canonical,
