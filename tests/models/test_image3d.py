@@ -354,3 +354,34 @@ def test_coord_channels_let_the_pooled_encoder_tell_where_a_lesion_is() -> None:
     assert torch.allclose(masked, enc(torch.zeros_like(centre))["global"], atol=1e-6)
     spec = {"name": "unet3d_cpu", "channels": [4, 8], "local_level": 1, "coord_channels": True, "local_contrast": 4}
     assert build_image_encoder(spec, in_channels=3, input_shape=SHAPE3).stem.in_channels == 6 + 4
+
+
+def test_radial_shells_average_each_ring_about_the_grid_centre() -> None:
+    """Ring means of a map, through-plane averaged: a signal at the centre lands in the inner ring only, one near
+    the sides in the outer ring only, while the whole-map pooling cannot tell them apart; the corners belong to the
+    outer ring; 2D maps too; the encoder is sized from the extra rings and trains through them."""
+    enc = UNetEncoder(1, channels=(2,), global_pool="avg", input_shape=None, local_level=0, radial_shells=2).eval()
+    assert enc.out_dim == 2 + 2 * 2  # whole + 2 rings, 2 channels
+    centre, side = torch.zeros(1, 2, 4, 8, 8), torch.zeros(1, 2, 4, 8, 8)
+    centre[:, 0, 1, 3:5, 3:5] = 1.0  # 4 voxels of one slice, at the centre
+    side[:, 0, 1, 3:5, 0] = side[:, 0, 1, 3:5, 7] = 1.0  # 4 voxels by the sides
+    a, b = enc._pool_map(centre), enc._pool_map(side)
+    assert torch.allclose(a[:, :2], b[:, :2])  # global pooling: the same
+    r = torch.sqrt(torch.linspace(-1, 1, 8)[:, None] ** 2 + torch.linspace(-1, 1, 8)[None, :] ** 2)
+    n_in = int((r < 0.5).sum())
+    # rings (ch0 in, ch0 out, ch1 in, ch1 out): 4 voxels on 1 of 4 slices, over the ring's columns
+    assert torch.allclose(a[:, 2:], torch.tensor([[1 / n_in, 0.0, 0.0, 0.0]]))
+    assert torch.allclose(b[:, 2:], torch.tensor([[0.0, 1 / (64 - n_in), 0.0, 0.0]]))
+    corner = torch.zeros(1, 2, 8, 8)
+    corner[:, 1, 0, 0] = 1.0  # 2D map, channel 1, a corner (radius sqrt 2: the open outer ring)
+    enc2 = UNetEncoder(1, channels=(2,), spatial_dims=2, global_pool="avg", input_shape=None, local_level=0,
+                       radial_shells=2).eval()
+    assert torch.allclose(enc2._pool_map(corner)[:, 2:], torch.tensor([[0.0, 0.0, 0.0, 1 / (64 - n_in)]]))
+    with pytest.raises(ValueError, match="radial_shells"):
+        UNetEncoder(1, channels=(4, 8), input_shape=(4, 8, 8), local_level=0, radial_shells=2)
+    torch.manual_seed(0)
+    cpu = IMAGE_ENCODERS.build("unet3d_cpu", in_channels=2, input_shape=SHAPE3, channels=(4, 8), local_level=1,
+                               out_dim=16, radial_shells=3, channels_last=True)
+    assert cpu.fc.in_features == (2 + 3) * (4 + 8)
+    cpu(torch.randn(2, 2, *SHAPE3))["global"].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cpu.parameters())

@@ -245,6 +245,10 @@ class UNetEncoder(nn.Module):
             (:func:`contrast_shares`): how much of the head stands out from its surround, a statistic
             that separates white-matter disease from normal brains on the synthetic cohort without
             training (probe AUC ~0.8) while the trained features did not (``feature_probe.py``).
+        radial_shells: with a global pooling, K > 0 also averages each pooled level's map in K in-plane rings
+            about the grid's centre (the data layer centres the head; radius scaled so the grid's sides are at 1,
+            rings [k/K, (k+1)/K), the last one open), through-plane averaged: how much of a signal lies deep, by
+            the ventricles, and how much near the cortex, which global pooling cannot say (issue 20).
         channels_last: 3D only: keep the weights and the maps from the stem on in channels-last order
             (``torch.channels_last_3d``, NDHWC), the layout oneDNN's and cuDNN's 3D convolutions run
             fastest in (``benchmarks/memory_format.py``); the values match the default layout to float
@@ -268,6 +272,7 @@ class UNetEncoder(nn.Module):
         bilateral: bool = False,
         coord_channels: bool = False,
         contrast_shares: bool = False,
+        radial_shells: int = 0,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -295,6 +300,9 @@ class UNetEncoder(nn.Module):
         if global_pool == "flatten" and lr_asymmetry:
             raise ValueError("lr_asymmetry needs a global pooling ('avg', 'max', 'avgmax'), not 'flatten'")
         self.lr_asymmetry = bool(lr_asymmetry)
+        if radial_shells and global_pool == "flatten":
+            raise ValueError("radial_shells needs a global pooling ('avg', 'max', 'avgmax'), not 'flatten'")
+        self.radial_shells = int(radial_shells)
         stride = _as_tuple(stem_stride, spatial_dims)
         self.contrast: nn.Module = nn.Identity()
         first_in = in_channels
@@ -340,6 +348,7 @@ class UNetEncoder(nn.Module):
             self.final_shape = None
             pooled = sum(channels[i] for i in self.pool_levels) * (2 if global_pool == "avgmax" else 1)
             pooled *= 2 if self.lr_asymmetry else 1
+            pooled += sum(channels[i] for i in self.pool_levels) * self.radial_shells
             pooled += in_channels * len(CONTRAST_SHARE_LEVELS) if self.contrast_shares else 0
             self.out_dim = int(out_dim or pooled)
             self.fc = nn.Identity() if out_dim is None else nn.Linear(pooled, self.out_dim)
@@ -390,6 +399,10 @@ class UNetEncoder(nn.Module):
 
     def _pool_map(self, h: torch.Tensor) -> torch.Tensor:
         pooled = self._pool_all(h)  # (B, P)
+        if self.radial_shells:
+            plane = h.mean(2) if h.dim() == 5 else h  # (B, C, H, W): through-plane mean
+            rings = plane.flatten(2) @ self._ring_weights(*plane.shape[-2:], plane)  # (B, C, K)
+            pooled = torch.cat([pooled, rings.flatten(1)], dim=1)  # (B, P + C * K)
         if not self.lr_asymmetry:
             return pooled
         half = h.shape[-1] // 2  # an odd middle column (the midline) belongs to neither half
@@ -397,6 +410,16 @@ class UNetEncoder(nn.Module):
             raise ValueError(f"lr_asymmetry needs at least 2 columns on the last axis, a level has {h.shape[-1]}")
         asym = (self._pool_all(h[..., :half]) - self._pool_all(h[..., -half:])).abs()  # (B, P)
         return torch.cat([pooled, asym], dim=1)  # (B, 2P)
+
+    def _ring_weights(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """(H * W, K) averaging weights of the in-plane rings (a column per ring, summing to 1; a ring with
+        no voxel at this size averages nothing)."""
+        y = torch.linspace(-1.0, 1.0, height, device=like.device, dtype=like.dtype)
+        x = torch.linspace(-1.0, 1.0, width, device=like.device, dtype=like.dtype)
+        r = torch.sqrt(y[:, None] ** 2 + x[None, :] ** 2).flatten()  # (H * W,)
+        ring = (r * self.radial_shells).long().clamp_(max=self.radial_shells - 1)  # (H * W,)
+        w = F.one_hot(ring, self.radial_shells).to(like.dtype)  # (H * W, K)
+        return w / w.sum(0).clamp_min(1.0)
 
     def _pool_all(self, h: torch.Tensor) -> torch.Tensor:
         hf = h.flatten(2)  # (B, C, prod(spatial))
