@@ -43,3 +43,36 @@ def test_real_cases_skips_what_a_run_cannot_read(tmp_path, monkeypatch, capsys):
     direct = medalign.load(run).classify([{"flair": str(shared / "real_dev" / "wmh_x" / "flair.nii.gz")}])[0]
     assert rows[0]["predicted"] == direct["label"]
     assert rows[0]["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
+
+
+def test_adapt_bn_reestimates_the_normalisation_on_the_given_studies(tmp_path, monkeypatch):
+    """--adapt-bn's copy: every BatchNorm's running mean and variance are its inputs' over the given studies (one
+    batch; a layer called once per series averages its calls), the run's model keeps the trained ones, and
+    encoding through the copy uses them."""
+    import medalign
+    import torch
+
+    run = _tiny_run(tmp_path, monkeypatch)
+    m = medalign.load(run)
+    before = {k: v.clone() for k, v in m.recipe.state_dict().items() if "running_" in k}
+    assert before, "the tiny run has no BatchNorm: nothing for this test to check"
+    torch.manual_seed(0)
+    c, shape = len(m.sequences), m.preprocess_config.shape
+    images = [torch.randn(c, *shape) * 2 + 1 for _ in range(3)]
+    masks = [torch.ones(c, dtype=torch.bool) for _ in range(3)]
+    seen: dict = {}  # each BatchNorm's inputs in the adaptation pass (the copy carries the original's hooks)
+    bns = [x for x in m.recipe.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    hooks = [bn.register_forward_hook(lambda mod, inp, out, i=i: seen.setdefault(i, []).append(inp[0].detach().clone()))
+             for i, bn in enumerate(bns)]
+    adapted = bench.adapt_batchnorm(m, images, masks)
+    for h in hooks:
+        h.remove()
+    adapted_bns = [x for x in adapted.recipe.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    for i, bn in enumerate(adapted_bns):
+        calls = [x.transpose(0, 1).flatten(1) for x in seen[i]]  # per call (channels, batch * voxels)
+        assert torch.allclose(bn.running_mean, torch.stack([x.mean(1) for x in calls]).mean(0), atol=1e-4)
+        assert torch.allclose(bn.running_var, torch.stack([x.var(1) for x in calls]).mean(0), rtol=1e-3, atol=1e-5)
+        assert not bn.training
+    assert all(torch.equal(v, before[k]) for k, v in m.recipe.state_dict().items() if k in before)  # original kept
+    e0, e1 = m.encode_image(torch.stack(images)), adapted.encode_image(torch.stack(images))
+    assert np.abs(e0 - e1).max() > 1e-3
