@@ -11,7 +11,9 @@ should embed a real case of that finding near the synthetic studies of it. Each 
 FLAIR-only real case is compared with the synthetic FLAIRs alone), so like is compared with like. Per
 case and run: the findings of its ``k`` nearest synthetic studies by cosine similarity (grouped as
 ``finding_calls.py`` groups them, small vessel disease by Fazekas grade), the share of them in the
-case's own class, and the nearest similarity; then the counts summed over the runs.
+case's own class, and the nearest similarity; then the counts summed over the runs. The ``k`` also
+vote: a case's ``vote`` is the class most of them hold (a tie goes to the tied class of the nearest),
+a readout that needs no prompts (issue 20, stop 64), counted right per class and run.
 
 ``--factors``: which drawn domain factor (``ground_truth.json["domain"]``: skull stripping, noise,
 edge enhancement, slice thickness, contrast, ...; :func:`study_factors`) makes a synthetic study of
@@ -53,6 +55,13 @@ def nearest(real: np.ndarray, synthetic: np.ndarray, k: int) -> tuple[np.ndarray
 def _top(sim: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest of ``sim`` (N,), largest first; ties in input order."""
     return np.argsort(-sim, kind="stable")[:k]
+
+
+def vote(labels: list[str]) -> str:
+    """The class most of ``labels`` (nearest first) hold; a tie goes to the tied class that comes first."""
+    counts = Counter(labels)
+    best = max(counts.values())
+    return next(lab for lab in labels if counts[lab] == best)
 
 
 def study_factors(gt: dict, sequence: str) -> dict[str, float]:
@@ -112,6 +121,7 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
     own = sum(have[j]["label"] == case["class"] for j in top) / len(top)
     z = (sim - sim.mean()) / max(float(sim.std()), 1e-12)  # this run's scale, so runs can be averaged
     return {"sequences": list(seqs), "groups": dict(groups.most_common()), "own_class": round(own, 3),
+            "vote": vote([have[j]["label"] for j in top]),
             "top_similarity": round(float(sim[top[0]]), 4), "neighbours": [have[j]["study"] for j in top],
             "z": {s["study"]: float(v) for s, v in zip(have, z)}}
 
@@ -177,9 +187,14 @@ def main() -> None:
             rows[c["case"]] = r
             summed.setdefault(c["case"], Counter()).update(r["groups"])
             near = ", ".join(f"{g} {n}" for g, n in list(r["groups"].items())[:4])
-            print(f"{Path(run).name:<20} {c['case']:<34} {'+'.join(r['sequences']):<6} own class {r['own_class']:.1f}  "
+            print(f"{Path(run).name:<20} {c['case']:<34} {'+'.join(r['sequences']):<6} own class {r['own_class']:.1f} vote {r['vote']:<8} "
                   f"nearest: {near}  (top cos {r['top_similarity']:.3f})", flush=True)
         out["runs"][run] = rows
+        right = {k: [sum(rows[c["case"]]["vote"] == k for c in cases if c["case"] in rows and c["class"] == k),
+                     sum(c["case"] in rows and c["class"] == k for c in cases)] for k in sorted({c["class"] for c in cases})}
+        out.setdefault("vote_right", {})[run] = right
+        print(f"{Path(run).name:<20} the {a.k} nearest's vote right per class: "
+              + ", ".join(f"{k} {n}/{t}" for k, (n, t) in right.items()), flush=True)
     print(f"== the {a.k} nearest synthetic studies of each case, summed over {len(a.runs)} run(s)")
     for case, cnt in summed.items():
         out["summed"][case] = dict(cnt.most_common())

@@ -62,6 +62,14 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     assert sum(res["summed"]["real_dev/wmh_copy"].values()) == 2
     assert set(res["factors"]) == {"real_dev/wmh_copy", "real_dev/both"}  # drawn without randomisation: no factor
     assert res["factors"]["real_dev/both"] == [] and "z" not in whole
+    assert flair_case["vote"] == "others" and whole["vote"] == "normal"  # a 1-1 tie goes to the nearest's class
+    assert res["vote_right"][str(run)] == {"normal": [1, 1], "others": [1, 1]}
+
+
+def test_vote_is_the_majority_and_a_tie_goes_to_the_nearest():
+    assert bench.vote(["infarct", "others", "others"]) == "others"
+    assert bench.vote(["infarct", "others", "others", "infarct"]) == "infarct"  # 2-2: the nearest's class
+    assert bench.vote(["tumor", "infarct", "others", "others", "infarct"]) == "infarct"  # 2-2-1: the first of the tied
 
 
 def test_study_factors_and_their_ranking():
