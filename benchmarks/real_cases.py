@@ -57,7 +57,8 @@ def adapt_batchnorm(model, images: list, masks: list, batch_size: int = 16):
         bn.train()
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            adapted.recipe.encode_image(torch.stack(images[i:i + batch_size]), torch.stack(masks[i:i + batch_size]))
+            batch = torch.stack(images[i:i + batch_size]).to(adapted.device)  # (b, C, D, H, W), on the run's device
+            adapted.recipe.encode_image(batch, torch.stack(masks[i:i + batch_size]).to(adapted.device))
     for bn in norms:
         bn.eval()
     return adapted
