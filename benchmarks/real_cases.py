@@ -75,6 +75,8 @@ def main() -> None:
     a = ap.parse_args()
     import logging
 
+    import torch
+
     import medalign
 
     logging.getLogger("medalign.api").setLevel(logging.ERROR)  # "skipping t1c" is expected for 3-sequence models
@@ -91,9 +93,13 @@ def main() -> None:
             else:  # e.g. the volunteer DWI for a FLAIR-only model
                 print(f"{Path(run).name:<24} {c['case']:<34} skipped: has {sorted(c['files'])}, the run reads "
                       f"{list(m.sequences)}", flush=True)
-        if a.adapt_bn and usable:
-            m = adapt_batchnorm(m, *map(list, zip(*[m._one(c["files"]) for c in usable])))
-        res = m.classify([c["files"] for c in usable]) if usable else []
+        if a.adapt_bn and usable:  # preprocessed once: adapted on, then classified by classify's protocol
+            images, masks = map(list, zip(*[m._one(c["files"]) for c in usable]))
+            m = adapt_batchnorm(m, images, masks)
+            classes, prob = m.zero_shot_probabilities(m.encode_image(torch.stack(images), torch.stack(masks).numpy()))
+            res = [{"label": classes[int(q.argmax())], "probabilities": dict(zip(classes, q.tolist()))} for q in prob]
+        else:
+            res = m.classify([c["files"] for c in usable]) if usable else []
         rows = []
         for c, r in zip(usable, res):
             used = sorted(s for s in c["files"] if s in m.sequences)

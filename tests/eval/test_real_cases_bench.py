@@ -76,3 +76,28 @@ def test_adapt_bn_reestimates_the_normalisation_on_the_given_studies(tmp_path, m
     assert all(torch.equal(v, before[k]) for k, v in m.recipe.state_dict().items() if k in before)  # original kept
     e0, e1 = m.encode_image(torch.stack(images)), adapted.encode_image(torch.stack(images))
     assert np.abs(e0 - e1).max() > 1e-3
+
+
+def test_adapt_bn_flag_classifies_through_the_adapted_copy(tmp_path, monkeypatch):
+    """real_cases.py --adapt-bn: each case's row is what the copy adapted on the run's readable cases says of it,
+    and the output records the flag."""
+    import medalign
+
+    run = _tiny_run(tmp_path, monkeypatch)
+    write_lesion_study(tmp_path / "src", "W0", "others", "wmh", np.random.default_rng(0))
+    shared = tmp_path / "shared"
+    (shared / "real_dev" / "wmh_x").mkdir(parents=True)
+    flair = shared / "real_dev" / "wmh_x" / "flair.nii.gz"
+    flair.write_bytes((tmp_path / "src" / "W0" / "flair.nii.gz").read_bytes())
+    (shared / "real_dev" / "cases.json").write_text(json.dumps([
+        {"case": "wmh_x", "class": "others", "files": {"flair": "flair.nii.gz"}}]), encoding="utf-8")
+    out = tmp_path / "real.json"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--adapt-bn", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    row = res["runs"][str(run)]["rows"][0]
+    m = medalign.load(run)
+    adapted = bench.adapt_batchnorm(m, *map(list, zip(m._one({"flair": str(flair)}))))
+    direct = adapted.classify([{"flair": str(flair)}])[0]
+    assert res["adapt_bn"] is True and row["predicted"] == direct["label"]
+    assert row["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
