@@ -36,7 +36,7 @@ from medalign.errors import MedAlignError
 def reduce_protocol(df: pd.DataFrame, *, share: float, keep: list[str], splits: list[str],
                     seed: int) -> tuple[pd.DataFrame, list[str]]:
     """A copy of ``df`` (a loaded manifest) whose chosen studies keep only the ``keep`` series, and the
-    ids of those studies. One-line errors: a share outside [0, 1], a kept series the manifest lacks, a
+    ids of those studies (the share is taken per class; a manifest without labels is one group). One-line errors: a share outside [0, 1], a kept series the manifest lacks, a
     split with no studies."""
     if not 0.0 <= share <= 1.0:
         raise MedAlignError(f"--share must be in [0, 1], got {share}")
@@ -50,7 +50,8 @@ def reduce_protocol(df: pd.DataFrame, *, share: float, keep: list[str], splits: 
         raise MedAlignError(f"no studies in split(s) {', '.join(splits)}")
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
-    for _, group in rows.groupby("label"):
+    groups = rows.groupby("label") if "label" in rows.columns else [("", rows)]  # unlabelled: one group
+    for _, group in groups:
         idx = group.index.to_numpy().copy()
         rng.shuffle(idx)
         chosen += idx[: int(round(share * len(idx)))].tolist()

@@ -51,6 +51,8 @@ def test_reduces_the_same_share_of_each_class_and_nothing_else(tmp_path):
     assert bench.reduce_protocol(df, share=0.5, keep=["flair"], splits=["train"], seed=4)[1] != ids
     assert bench.reduce_protocol(df, share=0.0, keep=["flair"], splits=["train"], seed=3)[1] == []
     assert len(bench.reduce_protocol(df, share=1.0, keep=["flair"], splits=["train"], seed=3)[1]) == 20
+    unlabelled = bench.reduce_protocol(df.drop(columns=["label"]), share=0.5, keep=["flair"], splits=["train"], seed=3)[1]
+    assert len(unlabelled) == 10  # without labels the share is taken over the whole split
 
 
 def test_one_line_errors(tmp_path, capsys):
