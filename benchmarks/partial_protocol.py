@@ -36,15 +36,17 @@ from medalign.errors import MedAlignError
 def reduce_protocol(df: pd.DataFrame, *, share: float, keep: list[str], splits: list[str],
                     seed: int) -> tuple[pd.DataFrame, list[str]]:
     """A copy of ``df`` (a loaded manifest) whose chosen studies keep only the ``keep`` series, and the
-    ids of those studies (the share is taken per class; a manifest without labels is one group). One-line errors: a share outside [0, 1], a kept series the manifest lacks, a
-    split with no studies."""
+    ids of those studies (the share is taken per class; a manifest without labels is one group).
+    One-line errors: a share outside [0, 1], no kept series or one the manifest lacks, a split with
+    no studies."""
     if not 0.0 <= share <= 1.0:
         raise MedAlignError(f"--share must be in [0, 1], got {share}")
     have = manifest_sequences(df)
+    if not keep:
+        raise MedAlignError(f"--keep names no series (this manifest has {', '.join(have)})")
     missing = [s for s in keep if s not in have]
-    if missing or not keep:
-        raise MedAlignError(f"--keep: '{missing[0] if missing else ''}' is not a series of this manifest "
-                            f"({', '.join(have)})")
+    if missing:
+        raise MedAlignError(f"--keep: '{missing[0]}' is not a series of this manifest ({', '.join(have)})")
     rows = df[df["split"].isin(splits)] if "split" in df.columns else df.iloc[:0]
     if rows.empty:
         raise MedAlignError(f"no studies in split(s) {', '.join(splits)}")

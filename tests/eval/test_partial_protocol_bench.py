@@ -65,6 +65,8 @@ def test_one_line_errors(tmp_path, capsys):
         bench.reduce_protocol(df, share=1.5, keep=["flair"], splits=["train"], seed=0)
     with pytest.raises(MedAlignError, match="'t1' is not a series of this manifest"):
         bench.reduce_protocol(df, share=0.5, keep=["t1"], splits=["train"], seed=0)
+    with pytest.raises(MedAlignError, match="--keep names no series"):
+        bench.reduce_protocol(df, share=0.5, keep=[], splits=["train"], seed=0)
     with pytest.raises(MedAlignError, match="no studies in split"):
         bench.reduce_protocol(df, share=0.5, keep=["flair"], splits=["val"], seed=0)
     out = tmp_path / "reduced.csv"
