@@ -128,6 +128,10 @@ def _register_brain(synth: typer.Typer) -> None:
                                                             "stands out on FLAIR drawn apart (x 0.5-1.5 on its conspicuity "
                                                             "exponent), so brightness alone does not tell the finding. "
                                                             "Default: off."),
+        glioma_sites: Optional[float] = typer.Option(None, "--glioma-sites", min=0.0, max=1.0, help="P: a share P of the "
+                                                     "patients have their gliomas centred anywhere in the white matter of "
+                                                     "their side instead of at one of four lobe centres; the report names "
+                                                     "the nearest lobe. Default: off."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -142,7 +146,8 @@ def _register_brain(synth: typer.Typer) -> None:
                                infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
                                infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
                                infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright,
-                               infarct_onset=infarct_onset, lesion_flair_spread=lesion_flair_spread)
+                               infarct_onset=infarct_onset, lesion_flair_spread=lesion_flair_spread,
+                               glioma_sites=glioma_sites)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

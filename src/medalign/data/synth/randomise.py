@@ -37,7 +37,9 @@ import numpy as np
 from medalign.data.synth.flair_drawn import (FLAIR_DRAWN, GLIOMA_BRIGHT_P, GLIOMA_CORES_P, INFARCT_MISMATCH_P, INFARCT_ONSET_P,
                                              LESION_FLAIR_SPREAD_P, glioma_bright, glioma_cores, infarct_mismatch,
                                              infarct_onset, lesion_flair_spread)
-from medalign.data.synth.lesions import INFARCT_WATERSHED_P, OTHERS_SVD_P, others_svd, territory_shapes, watershed_infarcts
+from medalign.data.synth.lesions import (INFARCT_TERRITORY_P, INFARCT_WATERSHED_P, OTHERS_SVD_P, others_svd, territory_shapes,
+                                         watershed_infarcts)
+from medalign.data.synth.sites import GLIOMA_SITES_P, glioma_sites
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
 
@@ -151,15 +153,6 @@ ATROPHY_SD, ATROPHY_MAX = 0.04, 0.5  # the "others: atrophy" class is 0.7-1.0
 # on fresh seeds 5-9, under a rule written first, DEV +0.02 and tumours 109 vs 107 of 150 (stop 45): adopted.
 GLIOMA_SCALE = (0.85, 1.30)
 GLIOMA_TAIL_U, GLIOMA_TAIL_MAX = 0.9, 1.60
-# Territorial infarcts drawn by their arterial territory (``synth brain --infarct-territory P``): with probability
-# P a patient's territorial infarct is a cortical-subcortical wedge, its base on the cortex of the territory
-# (MCA, ACA, PCA) and its apex deep in the hemisphere (``lesions._territory_wedge``), as ischaemic strokes are,
-# instead of an ellipsoid round the territory's centre, which on FLAIR alone is a deep bright blob, the look of
-# confluent white-matter disease and of a tumour. The wedge's half-angle: lesions.TERRITORY_TAN_HALF.
-# Measured at P = 1 (stop 52, training seeds 31-35, rule written first): DEV of its own generator 0.625 vs the
-# default's 0.604, the default's DEV 0.599, but real WMH "others" 1/15 vs 5/15 (the mild two go to "normal"):
-# off by default (README, "Known limitations", stop 52).
-INFARCT_TERRITORY_P = 0.0
 
 
 def _series(names: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -190,16 +183,19 @@ class DomainOptions:
     glioma_bright: float | None = None
     infarct_onset: float | None = None
     lesion_flair_spread: float | None = None
+    glioma_sites: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch",
-                                                "others_svd", "glioma_bright", "infarct_onset", "lesion_flair_spread")
+                                                "others_svd", "glioma_bright", "infarct_onset", "lesion_flair_spread",
+                                                "glioma_sites")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
         defaults = {"clinical_noise": CLINICAL_NOISE_P, "sharpen": SHARPEN_P, "skull_strip": SKULL_STRIP_P,
                     "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P, "glioma_bright": GLIOMA_BRIGHT_P,
                     "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P, "others_svd": OTHERS_SVD_P,
-                    "infarct_onset": INFARCT_ONSET_P, "lesion_flair_spread": LESION_FLAIR_SPREAD_P}
+                    "infarct_onset": INFARCT_ONSET_P, "lesion_flair_spread": LESION_FLAIR_SPREAD_P,
+                    "glioma_sites": GLIOMA_SITES_P}
         return replace(self, **{k: d if getattr(self, k) is None else getattr(self, k) for k, d in defaults.items()},
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
@@ -374,7 +370,8 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     instead of another "others" finding), the patient's atrophy slope and white-matter disease shapes, then the
     study's ``domain`` (:func:`draw_domain`, as ``options`` set it); then each finding option above 0: background small
     vessel disease (``comorbid_svd``, :func:`comorbid_svd_finding`), and the ``lesions`` functions of the same names
-    (territorial infarct shapes, border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR)."""
+    (territorial infarct shapes, border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR);
+    last ``sites.glioma_sites`` (glioma centres anywhere in the white matter)."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     o = options.resolved()
@@ -406,6 +403,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     infarct_mismatch(truth, o.infarct_mismatch)
     infarct_onset(truth, o.infarct_onset)  # after the mismatch: a hyperacute infarct keeps its draw
     lesion_flair_spread(truth, o.lesion_flair_spread)
+    glioma_sites(truth, o.glioma_sites)
     return truth
 
 
