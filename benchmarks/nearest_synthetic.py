@@ -1,7 +1,7 @@
 """Which synthetic studies each real case sits nearest to, in a trained run's image embedding space.
 
     python benchmarks/nearest_synthetic.py RUN [RUN ...] --cohort COHORT [--splits train] [--k 10]
-                                           [--factors] [--shared ../shared/data] [--out results.json]
+                                           [--factors] [--figure DIR] [--shared ../shared/data] [--out results.json]
 
 A sim-to-real check that needs no prompts: a model that has learnt a finding on the synthetic cohort
 should embed a real case of that finding near the synthetic studies of it. Each real case of
@@ -14,6 +14,10 @@ case and run: the findings of its ``k`` nearest synthetic studies by cosine simi
 case's own class, and the nearest similarity; then the counts summed over the runs. The ``k`` also
 vote: a case's ``vote`` is the class most of them hold (a tie goes to the tied class of the nearest),
 a readout that needs no prompts (issue 20, stop 64), counted right per class and run.
+
+``--figure DIR``: per real case, DIR/<case>.png shows the case above its 6 nearest synthetic studies of the first
+run, each as the run reads it (three axial slices, the display convention of every medalign figure): where a call
+comes from, by eye. It is how stop 66 saw BraTS pat0001 sit among MCA infarcts drawn where no glioma was ever drawn.
 
 ``--factors``: which drawn domain factor (``ground_truth.json["domain"]``: skull stripping, noise,
 edge enhancement, slice thickness, contrast, ...; :func:`study_factors`) makes a synthetic study of
@@ -123,7 +127,39 @@ def case_neighbours(model, case: dict, studies: list[dict], k: int, memo: dict) 
     return {"sequences": list(seqs), "groups": dict(groups.most_common()), "own_class": round(own, 3),
             "vote": vote([have[j]["label"] for j in top]),
             "top_similarity": round(float(sim[top[0]]), 4), "neighbours": [have[j]["study"] for j in top],
+            "similarities": [round(float(sim[j]), 4) for j in top],
             "z": {s["study"]: float(v) for s, v in zip(have, z)}}
+
+
+def neighbour_figure(model, case: dict, row: dict, studies: list[dict], path: Path, shown: int = 6) -> None:
+    """A PNG at ``path``: the real case above its ``shown`` nearest synthetic studies (``row``, :func:`case_neighbours`),
+    each preprocessed as the run reads it, three axial slices (35, 50, 65 % of the depth) of the first sequence compared,
+    in the display convention of every medalign figure (``MEDALIGN_DISPLAY``); titles give the finding and the cosine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medalign.utils import axial_for_display, display_window, mark_axes
+
+    seqs, ch = row["sequences"], list(model.sequences).index(row["sequences"][0])
+    by_id = {s["study"]: s for s in studies}
+    items = [(case["case"], case["files"], f"real, {case['class']}")] + [
+        (sid, by_id[sid]["files"], f"{by_id[sid]['group']}, cos {c:.3f}")
+        for sid, c in zip(row["neighbours"][:shown], row["similarities"])]
+    fig, axes = plt.subplots(len(items), 3, figsize=(6.6, 2.3 * len(items)), squeeze=False)
+    for i, (name, files, what) in enumerate(items):
+        vol = model._one({q: files[q] for q in seqs})[0][ch].numpy()  # (D, H, W): the channel the run compares
+        for j, f in enumerate((0.35, 0.5, 0.65)):
+            sl = axial_for_display(vol[int(round(f * (vol.shape[0] - 1)))], model.preprocess_config.canonical)
+            axes[i, j].imshow(display_window(sl), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].axis("off")
+            mark_axes(axes[i, j], seqs[0] if j == 0 else None)
+        axes[i, 0].set_title(f"{name}: {what}", fontsize=7, loc="left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def case_factors(cohort: Path, cases: list[dict], zs: dict[str, dict[str, list[float]]],
@@ -152,6 +188,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10, help="neighbours per case")
     ap.add_argument("--factors", action="store_true",
                     help="also rank the drawn domain factors by how close they bring the case's class to the case")
+    ap.add_argument("--figure", type=Path, default=None, help="a folder: per real case, a PNG of the case above its 6 "
+                    "nearest synthetic studies as the first run reads them (where a call comes from, by eye)")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -185,6 +223,8 @@ def main() -> None:
             for sid, v in r.pop("z").items():
                 zs.setdefault(c["case"], {}).setdefault(sid, []).append(v)
             rows[c["case"]] = r
+            if a.figure is not None and run == a.runs[0]:
+                neighbour_figure(m, c, r, studies, a.figure / f"{c['case'].replace('/', '_')}.png")
             summed.setdefault(c["case"], Counter()).update(r["groups"])
             near = ", ".join(f"{g} {n}" for g, n in list(r["groups"].items())[:4])
             print(f"{Path(run).name:<20} {c['case']:<34} {'+'.join(r['sequences']):<6} own class {r['own_class']:.1f} vote {r['vote']:<8} "

@@ -50,7 +50,8 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
         {"case": "both", "class": "normal", "files": {"dwi": "dwi.nii.gz", "flair": "flair.nii.gz"}}]), encoding="utf-8")
     out = tmp_path / "near.json"
     monkeypatch.setattr(sys, "argv", ["nearest_synthetic.py", str(run), "--cohort", str(cohort), "--k", "2",
-                                      "--shared", str(shared), "--out", str(out), "--factors"])
+                                      "--shared", str(shared), "--out", str(out), "--factors",
+                                      "--figure", str(tmp_path / "fig")])
     bench.main()
     res = json.loads(out.read_text(encoding="utf-8"))
     flair_case = res["runs"][str(run)]["real_dev/wmh_copy"]
@@ -64,6 +65,13 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     assert res["factors"]["real_dev/both"] == [] and "z" not in whole
     assert flair_case["vote"] == "others" and whole["vote"] == "normal"  # a 1-1 tie goes to the nearest's class
     assert res["vote_right"][str(run)] == {"normal": [1, 1], "others": [1, 1]}
+    assert len(flair_case["similarities"]) == 2 and flair_case["similarities"][0] == flair_case["top_similarity"]
+    assert flair_case["similarities"][0] >= flair_case["similarities"][1]
+    import matplotlib.pyplot as plt
+
+    for name in ("real_dev_wmh_copy", "real_dev_both"):  # one figure per case: the case above its k = 2 neighbours
+        img = plt.imread(tmp_path / "fig" / f"{name}.png")  # (H, W, 4)
+        assert img.shape[0] > img.shape[1] and img[..., :3].std() > 0.05
 
 
 def test_vote_is_the_majority_and_a_tie_goes_to_the_nearest():
