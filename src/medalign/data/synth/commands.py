@@ -131,7 +131,7 @@ def _register_brain(synth: typer.Typer) -> None:
         glioma_sites: Optional[float] = typer.Option(None, "--glioma-sites", min=0.0, max=1.0, help="P: a share P of the "
                                                      "patients have their gliomas centred anywhere in the white matter of "
                                                      "their side instead of at one of four lobe centres; the report names "
-                                                     "the nearest lobe. Default: off."),
+                                                     "the nearest lobe. Default: 1 (on; 0 gives the earlier plan)."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json

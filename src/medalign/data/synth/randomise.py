@@ -166,7 +166,7 @@ class DomainOptions:
     generator's own (each documented at its constant). ``wm_conspicuity`` / ``wm_shine``: (lo, hi) ranges of a factor on
     the white-matter lesions' conspicuity (everywhere / on ``SHINE_SEQUENCES``); ``sharpen_sequences``: the series
     ``sharpen`` applies to (``SHARPEN_SEQUENCES``); the others (:attr:`PROBABILITIES`) are probabilities (``comorbid_svd``:
-    of ``COMORBID_CLASSES``), their defaults the ``*_P`` constants here, in ``lesions`` and in ``flair_drawn``."""
+    of ``COMORBID_CLASSES``), their defaults the ``*_P`` constants here, in ``lesions``, ``flair_drawn`` and ``sites``."""
 
     wm_conspicuity: tuple[float, float] | None = None
     wm_shine: tuple[float, float] | None = None

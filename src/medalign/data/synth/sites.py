@@ -1,9 +1,9 @@
 """Where a planned glioma is centred: ``synth brain --glioma-sites P`` (issue 20).
 
-The plan centres every glioma on one of four lobe centres (``lesions.LOBES``, jittered by 4 mm), and every
-territorial MCA infarct near the MCA centre, which lies between the temporal and the parietal lobe centres. So
-position alone can tell a drawn glioma from a drawn infarct. Real gliomas arise anywhere in the cerebral white
-matter. Models trained on the cohort placed BraTS pat0001, a glioma at the MCA site, among the MCA infarcts (stop 66).
+Without this option the plan centres every glioma on one of four lobe centres (``lesions.LOBES``, jittered by
+4 mm), and every territorial MCA infarct near the MCA centre, which lies between the temporal and the parietal
+lobe centres. So position alone can tell a drawn glioma from a drawn infarct. Real gliomas arise anywhere in the
+cerebral white matter. Models trained on the cohort placed BraTS pat0001, a glioma at the MCA site, among the MCA infarcts (stop 66).
 With this option (on by default for randomised cohorts: :data:`GLIOMA_SITES_P`), a share P of the patients have their
 gliomas centred on a point drawn uniformly from the template's supratentorial white matter on the glioma's side. The
 region reported is the lobe whose centre is nearest.
