@@ -1,10 +1,13 @@
 """Benchmark: synthetic brain cohort generation speed (studies/min).
 
-    python benchmarks/synth.py [--n 20] [--workers 2] [--shape-mode clinical]
+    python benchmarks/synth.py [--n 20] [--workers 2] [--shape-mode clinical] [--flair-alone]
 
 Prints wall-clock studies/min, CPU seconds per study (parent + workers; independent of how
 busy the machine is), the projected time for the default 262-study cohort, and the
 report-generation + labelling rate (reports/s). The anatomy disk cache is warmed first.
+``--flair-alone`` also draws the same cohort with n more studies acquired as FLAIR alone
+(``synth brain --flair-alone``) and prints their CPU cost per study as a ratio to a full study's,
+both measured in this run.
 """
 from __future__ import annotations
 
@@ -21,28 +24,39 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shape-mode", default="clinical", choices=["clinical", "small"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flair-alone", action="store_true", help="also time n studies acquired as FLAIR alone")
     args = ap.parse_args()
 
     from medalign.data.reports import label_reports
     from medalign.data.synth.anatomy import load_anatomy
     from medalign.data.synth.brain import generate_brain_cohort, plan_cohort
 
+    def timed(flair_alone: int) -> tuple[float, float, int]:
+        """(wall s, CPU s of parent + workers, bytes on disk) of one cohort."""
+        with tempfile.TemporaryDirectory() as tmp:
+            c0 = time.process_time()
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            generate_brain_cohort(tmp, n=args.n, seed=args.seed, shape_mode=args.shape_mode, workers=args.workers,
+                                  flair_alone=flair_alone)
+            wall = time.perf_counter() - t0
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (time.process_time() - c0) + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+            return wall, cpu, sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
+
     load_anatomy(4 if args.shape_mode == "small" else 2)  # warm the cache: not part of the rate
-    with tempfile.TemporaryDirectory() as tmp:
-        c0 = time.process_time()
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        generate_brain_cohort(tmp, n=args.n, seed=args.seed, shape_mode=args.shape_mode, workers=args.workers)
-        wall = time.perf_counter() - t0
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (time.process_time() - c0) + (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
+    wall, cpu, size = timed(0)
     per = cpu / args.n
     print(f"synth brain ({args.shape_mode}, n={args.n}, workers={args.workers}): wall {wall:.1f} s -> "
           f"{args.n / wall * 60:.1f} studies/min")
     print(f"CPU {per:.2f} s/study -> ideal {60 / per * args.workers:.0f} studies/min on {args.workers} idle cores; "
           f"262 studies ~ {262 * per / args.workers / 60:.1f} min; {size / args.n / 1e6:.1f} MB/study on disk; "
           f"load average now {os.getloadavg()[0]:.1f}")
+    if args.flair_alone:  # the same n studies plus n acquired as FLAIR alone: the difference is theirs
+        _, cpu2, size2 = timed(args.n)
+        extra = (cpu2 - cpu) / args.n
+        print(f"FLAIR alone: CPU {extra:.2f} s/study = {extra / per:.2f} x a full study's; "
+              f"{(size2 - size) / args.n / 1e6:.1f} MB/study on disk")
     t0 = time.perf_counter()
     plans = plan_cohort(1000, seed=args.seed + 1, heldout_phrasing=True, split_counts={"train": 500, "val": 0, "test": 500})
     t1 = time.perf_counter()

@@ -40,6 +40,7 @@ a process pool: every study has its own seed, so the output does not depend on `
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -51,7 +52,7 @@ import numpy as np
 from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy, open_sulci
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
-from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, sample_truth
+from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, follow_up, sample_truth
 from medalign.data.synth.randomise import (DomainOptions, apply_grid, artefacts, coverage_target, record_options,
                                             study_contrast)
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
@@ -104,29 +105,13 @@ def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     return {c: int(k) for c, k in zip(CLASSES, round_preserving(n * w / w.sum()))}
 
 
-def _follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
-    """A later study of the same patient: same class and lesion site, evolved."""
-    t = json.loads(json.dumps(truth))
-    t["age_years"] = round(truth["age_years"] + years, 1)
-    t["atrophy"] = round(min(1.0, truth["atrophy"] + 0.01 * years), 3)
-    for f in t["findings"]:
-        if f["kind"] in ("infarct", "hemorrhage") and f["variant"] != "microbleeds":
-            f["age"] = "chronic"
-            if f["kind"] == "infarct":
-                f["size_mm"] = round(f["size_mm"] * 0.85, 1)
-        if f["kind"] == "tumor":
-            f["size_mm"] = round(f["size_mm"] * float(rng.uniform(1.05, 1.25)), 1)
-    t["incidental"] = list(truth["incidental"])
-    return t
-
-
 def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 studies_per_patient: str | int = "1", heldout_phrasing: bool = False,
                 split_counts: dict[str, int] | None = None, randomise: bool = True,
                 paraphrases: int = 0, twins: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
                 class_weights: dict[str, float] | None = None,
-                domain: DomainOptions = DomainOptions()) -> list[dict]:
+                domain: DomainOptions = DomainOptions(), flair_alone: int = 0) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -141,15 +126,12 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     ``domain`` (``randomise.DomainOptions``: white-matter lesion conspicuity, clinical-grade noise,
     edge enhancement, skull stripping, background small vessel disease) sets how the randomised
     studies' domains are drawn; the defaults are the generator's (an option off draws nothing, so
-    the plan is unchanged).
+    the plan is unchanged). ``flair_alone`` = N > 0 appends N training studies of new patients acquired
+    as FLAIR alone (``synth.protocols``), after the twins, from their own streams: the rest is unchanged.
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
     """
-    from medalign.data.synth.randomise import randomise_truth
-    from medalign.data.synth.paraphrases import PARAPHRASE_STREAM, generate_paraphrases
-    from medalign.data.synth.report_grammar import generate_report
-
     if not (20 <= n <= 10_000):
         raise MedAlignError(f"--n must be between 20 and 10000, got {n}")
     if seed < 0:
@@ -158,11 +140,38 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--label-noise must be in [0, 1], got {label_noise}")
     if not (0 <= int(paraphrases) <= MAX_PARAPHRASES):
         raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
-    lo, hi = _parse_studies_per_patient(studies_per_patient)
+    if not (0 <= int(flair_alone) <= 10_000):
+        raise MedAlignError(f"--flair-alone must be between 0 and 10000, got {flair_alone}")
     counts = dict(split_counts) if split_counts else split_counts_for(n)
     if sum(counts.values()) != n or any(v < 0 for v in counts.values()):
         raise MedAlignError(f"split counts {counts} must be non-negative and sum to n={n}")
-    rng = np.random.default_rng([seed, 0])
+    plan = functools.partial(_plan_studies, spp=_parse_studies_per_patient(studies_per_patient), label_noise=label_noise,
+                             heldout_phrasing=heldout_phrasing, randomise=randomise, paraphrases=int(paraphrases),
+                             class_weights=class_weights, domain=domain)
+    out = plan(n, [int(seed)], counts)
+    if twins:
+        from medalign.data.synth.twins import lesion_free_twins
+
+        out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
+    if flair_alone:
+        from medalign.data.synth.protocols import flair_alone_studies
+
+        out += flair_alone_studies(out, int(flair_alone), seed=int(seed), plan=plan)
+    return out
+
+
+def _plan_studies(n: int, key: list[int], counts: dict[str, int], *, spp: tuple[int, int], label_noise: float,
+                  heldout_phrasing: bool, randomise: bool, paraphrases: int, class_weights: dict[str, float] | None,
+                  domain: DomainOptions, series: Sequence[str] | None = None) -> list[dict]:
+    """``plan_cohort``'s studies from the random streams under ``key`` (``[seed]`` for a cohort's own:
+    ``key + [0]`` plans, ``key + [1, i]`` images, ``key + [2, patient]`` anatomy, ``key + [3, i]`` reports);
+    ``series`` (the series acquired, default all) is set before the report, which names it."""
+    from medalign.data.synth.randomise import randomise_truth
+    from medalign.data.synth.paraphrases import PARAPHRASE_STREAM, generate_paraphrases
+    from medalign.data.synth.report_grammar import generate_report
+
+    lo, hi = spp
+    rng = np.random.default_rng([*key, 0])
     # 1. split x class slots, balanced within each split
     slots: list[tuple[str, str]] = []
     offset = 0
@@ -175,8 +184,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         offset += counts.get(split, 0)
     # 2. group slots into patients within each (split, class) bucket
     buckets: dict[tuple[str, str], int] = {}
-    for key in slots:
-        buckets[key] = buckets.get(key, 0) + 1
+    for slot in slots:
+        buckets[slot] = buckets.get(slot, 0) + 1
     plans: list[dict] = []
     pid = 0
     for (split, label), m in sorted(buckets.items(), key=lambda kv: (("train", "val", "test").index(kv[0][0]),
@@ -188,7 +197,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
             base = sample_truth(label, rng, others_p=OTHERS_P_RANDOMISED if randomise else OTHERS_P)
             years = 0.0
             for j in range(k):
-                truth = base if j == 0 else _follow_up(base, rng, years)
+                truth = base if j == 0 else follow_up(base, rng, years)
                 plans.append({"patient_index": pid, "visit": j, "split": split, "truth": truth})
                 years += float(rng.uniform(0.2, 3.0))
             pid += 1
@@ -209,8 +218,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         truth["patient_id"] = f"P{pids[p['patient_index']] + 1:05d}"
         truth["visit"] = p["visit"]
         truth["split"] = p["split"]
-        truth["seed"] = [int(seed), 1, i]
-        truth["anatomy_seed"] = [int(seed), 2, int(p["patient_index"])]
+        truth["seed"] = [*key, 1, i]
+        truth["anatomy_seed"] = [*key, 2, int(p["patient_index"])]
         if i in noisy:
             others = [c for c in CLASSES if c != truth["label"]]
             truth["manifest_label"] = str(rng.choice(others))
@@ -218,19 +227,17 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         else:
             truth["manifest_label"] = truth["label"]
             truth["label_noise"] = False
+        if series is not None:
+            truth["series"] = list(series)
         if randomise:  # before the report: it names what the domain draws changed (Fazekas grade, ...)
             randomise_truth(truth, domain)
         heldout = bool(heldout_phrasing and p["split"] == "test")
         truth["report_family"] = "heldout" if heldout else "standard"
-        truth["report"] = generate_report(truth, np.random.default_rng([seed, 3, i]), heldout=heldout)
+        truth["report"] = generate_report(truth, np.random.default_rng([*key, 3, i]), heldout=heldout)
         if paraphrases:  # after the report, from their own streams: the report and images stay as they were
-            truth[PARAPHRASES_COLUMN] = generate_paraphrases(truth, [int(seed), PARAPHRASE_STREAM, i],
+            truth[PARAPHRASES_COLUMN] = generate_paraphrases(truth, [*key, PARAPHRASE_STREAM, i],
                                                              int(paraphrases), exclude=[truth["report"]])
         out.append(truth)
-    if twins:
-        from medalign.data.synth.twins import lesion_free_twins
-
-        out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
     return out
 
 
@@ -242,9 +249,12 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     ``with_wm`` adds ``wm_on_mask_grid`` (true WM probability, float32) for realism checks;
     ``with_t1c`` adds ``t1c`` and ``t1c_enhancement`` (what enhances) and changes nothing else.
     A ``truth["domain"]`` (``synth.randomise``) sets the study's contrast, grids, artefacts,
-    bias, noise and skull stripping; without one the study is what it was before randomisation."""
+    bias, noise and skull stripping; without one the study is what it was before randomisation.
+    ``truth["series"]`` (``synth.protocols``), when present, limits the series drawn to those."""
     import scipy.ndimage as ndi
 
+    acquired = set(truth.get("series") or (*SEQUENCES, *POST_CONTRAST))
+    with_t1c = with_t1c and "t1c" in acquired
     dom = truth.get("domain")
     con = study_contrast(dom, truth["findings"]) if dom else None
     anat = load_anatomy(4 if shape_mode == "small" else 2)
@@ -272,9 +282,10 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     grid = np.indices(anat["mask"].shape, dtype=np.float32)  # (3, X, Y, Z)
     coords = grid + u
     # brain (+ any lesion reaching out of it, e.g. a meningioma) for skull stripping
-    chans = (list(img) + [lmask] + ([tissue["wm"]] if with_wm else [])
+    chans = ([ch if seq in acquired else None for seq, ch in zip(SEQUENCES, img)] + [lmask] + ([tissue["wm"]] if with_wm else [])
              + ([np.maximum(anat["mask"], lmask)] if strip else []) + extra)  # t1c last
-    warped = [ndi.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0) for ch in chans]
+    warped = [None if ch is None else ndi.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0)
+              for ch in chans]  # a series not acquired is not warped (its cost is most of a study's)
     i_strip = len(SEQUENCES) + 1 + int(with_wm)
     # head pose (template mm -> scanner mm): patient-specific head size, study-specific pose
     head_c = anat["affine"][:3, :3] @ (np.array(anat["mask"].shape) / 2) + anat["affine"][:3, 3]
@@ -285,7 +296,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     if dom:
         acq = {seq: apply_grid(a, dom["acquisition"][seq], shape_mode, target) for seq, a in acq.items()}
     inv_t = np.linalg.inv(anat["affine"])
-    out: dict[str, Any] = {"acquisition": acq}
+    out: dict[str, Any] = {"acquisition": acq}  # t1c joins it below; series not acquired leave it at the end
 
     def record(src: np.ndarray, seq: str, T: np.ndarray, a: dict, r: np.random.Generator,
                head: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -303,6 +314,8 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
 
     dwi_head: np.ndarray | None = None
     for si, seq in enumerate(SEQUENCES):
+        if seq not in acquired:
+            continue
         a = acq[seq]
         A = _grid_affine(a, head_c)
         motion = _rigid(a["motion_deg"], a["motion_mm"], head_c)
@@ -330,6 +343,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
         T = inv_t @ np.linalg.inv(pose) @ np.linalg.inv(motion) @ A
         out["t1c"] = (record(warped[-1], "t1c", T, a, rng_c, None)[0], A)
         out["t1c_enhancement"] = enhancement
+    out["acquisition"] = {seq: a for seq, a in acq.items() if seq in acquired}
     return out
 
 
@@ -355,7 +369,7 @@ def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical", with_t
     res = synthesize_study(truth, shape_mode=shape_mode, with_t1c=with_t1c)
     sdir = Path(out_dir) / truth["study_id"]
     sdir.mkdir(parents=True, exist_ok=True)
-    keys = (*SEQUENCES, "mask", *(POST_CONTRAST if with_t1c else ()))
+    keys = tuple(k for k in (*SEQUENCES, "mask", *(POST_CONTRAST if with_t1c else ())) if k in res)
     for key in keys:
         data, aff = res[key]
         atomic_write_bytes(sdir / FILE_NAMES[key], _nifti_bytes(data, aff))
@@ -366,7 +380,7 @@ def write_study(out_dir: Path, truth: dict, shape_mode: str = "clinical", with_t
     gt["mask_grid"] = MASK_GRID
     gt["shape_mode"] = shape_mode
     gt["files"] = {k: FILE_NAMES[k] for k in keys}
-    if with_t1c:
+    if "t1c_enhancement" in res:
         gt["t1c_enhancement"] = res["t1c_enhancement"]
     atomic_write_json(sdir / "ground_truth.json", gt)
     return gt
@@ -385,7 +399,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
                           twin_classes: Sequence[str] | None = None,
                           class_weights: dict[str, float] | None = None,
-                          domain: DomainOptions = DomainOptions()) -> Path:
+                          domain: DomainOptions = DomainOptions(), flair_alone: int = 0) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -405,6 +419,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     classes and count) in ``cohort.json``. ``class_weights`` shares the training split among the
     classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``; ``domain``
     likewise (``plan_cohort``), recorded under the options' names (``DomainOptions.record``).
+    ``flair_alone`` = N adds N training studies acquired as FLAIR alone after the rest (``synth.protocols``;
+    their other image cells are empty), recorded as ``"flair_alone"``.
     """
     import pandas as pd
 
@@ -418,7 +434,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
-                        class_weights=class_weights, domain=domain)
+                        class_weights=class_weights, domain=domain, flair_alone=flair_alone)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -443,8 +459,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                "label": t["manifest_label"], "report": t["report"]}
         if paraphrases:  # one line per cell (JSON escapes new lines), next to the report
             row[PARAPHRASES_COLUMN] = json.dumps(para[sid], ensure_ascii=False)
-        for s in (*SEQUENCES, *(POST_CONTRAST if with_t1c else ())):
-            row[f"image_{s}"] = f"{sid}/{FILE_NAMES[s]}"
+        for s in (*SEQUENCES, *(POST_CONTRAST if with_t1c else ())):  # a series not acquired: an empty cell
+            row[f"image_{s}"] = f"{sid}/{FILE_NAMES[s]}" if s in t["files"] else ""
         row["mask"] = f"{sid}/{FILE_NAMES['mask']}"
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -463,6 +479,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     if twins:  # likewise absent without twins
         info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
                          "n": len(plans) - n}
+    if flair_alone:  # likewise absent without them
+        info["flair_alone"] = int(flair_alone)
     atomic_write_json(out / "cohort.json", info)
     return out / "manifest.csv"
 

@@ -132,6 +132,9 @@ def _register_brain(synth: typer.Typer) -> None:
                                                      "patients have their gliomas centred anywhere in the white matter of "
                                                      "their side instead of at one of four lobe centres; the report names "
                                                      "the nearest lobe. Default: 1 (on; 0 gives the earlier plan)."),
+        flair_alone: int = typer.Option(0, "--flair-alone", min=0, max=10_000, help="N: also N training studies of new "
+                                        "patients acquired as FLAIR alone (their other image cells empty), added after "
+                                        "the n studies and their twins; each costs about a third of a full study. Default: 0."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -153,9 +156,11 @@ def _register_brain(synth: typer.Typer) -> None:
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
                                          twins=twins, twin_classes=parse_names(twin_classes),
-                                         class_weights=parse_class_weights(class_weights), domain=domain)
+                                         class_weights=parse_class_weights(class_weights), domain=domain,
+                                         flair_alone=flair_alone)
         dt = time.perf_counter() - t0
-        n += json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8")).get("twins", {}).get("n", 0)
+        info = json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8"))
+        n += info.get("twins", {}).get("n", 0) + info.get("flair_alone", 0)
         typer.echo(f"wrote {n} studies to {manifest.parent} in {dt:.1f} s ({n / dt * 60:.0f} studies/min); manifest: {manifest}")
 
 

@@ -317,6 +317,12 @@ def export_cohort(manifest: str | Path, out: str | Path, *, seed: int = 0, layou
             if p:
                 img = nib.load(p)
                 vols[s] = (np.asarray(img.dataobj, dtype=np.float32), img.affine)
+        lacking = [s for s in ("dwi", "adc", "t2s", "flair", "t1", "t2") if s not in vols]
+        if lacking:  # e.g. the FLAIR-alone studies of `synth brain --flair-alone`, written after the rest
+            from medalign.errors import MedAlignError
+
+            raise MedAlignError(f"study {r['study_id']} has no {lacking[0]} series: the DICOM export writes whole "
+                                f"protocols only (--limit N stops before a cohort's FLAIR-alone studies)")
         truth += export_study(vols, out, i, seed=seed, layout=layout)
         reports.append({"accession_number": f"ACC{900000 + i}", "report": r.get("report", "")})
     _csv(out.parent / f"{out.name}_truth.csv", truth)

@@ -13,6 +13,7 @@ randomisation (a Fazekas grade, MS lesion locations) are drawn by ``synth.wm_dis
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -463,3 +464,19 @@ def _lesions(anat: dict, truth: dict, tissue: dict[str, np.ndarray], rng: np.ran
             dots = np.maximum(dots, _blob(shape, p.astype(float), [2.5 / vox] * 3, rng, 0.0, soft=0.4))
         canvas.comps.append(("wmh", dots))
     return canvas.comps, mask, canvas.masses
+
+
+def follow_up(truth: dict, rng: np.random.Generator, years: float) -> dict:
+    """A later study of the same patient: same class and lesion site, evolved."""
+    t = json.loads(json.dumps(truth))
+    t["age_years"] = round(truth["age_years"] + years, 1)
+    t["atrophy"] = round(min(1.0, truth["atrophy"] + 0.01 * years), 3)
+    for f in t["findings"]:
+        if f["kind"] in ("infarct", "hemorrhage") and f["variant"] != "microbleeds":
+            f["age"] = "chronic"
+            if f["kind"] == "infarct":
+                f["size_mm"] = round(f["size_mm"] * 0.85, 1)
+        if f["kind"] == "tumor":
+            f["size_mm"] = round(f["size_mm"] * float(rng.uniform(1.05, 1.25)), 1)
+    t["incidental"] = list(truth["incidental"])
+    return t

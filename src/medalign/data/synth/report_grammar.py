@@ -438,8 +438,8 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
     parts: list[str] = []
     if rng.random() < 0.35:
         parts.append(_pick(rng, _HEADERS))
-    if rng.random() < 0.2:
-        parts.append(_pick(rng, _TECHNIQUE))
+    if rng.random() < 0.2:  # a study acquired with part of the protocol (synth.protocols) names its series
+        parts.append(f"Technique: axial {'/'.join(truth['series']).upper()} only." if "series" in truth else _pick(rng, _TECHNIQUE))
     n_head = len(parts)
     imp_bits: list[str] = []
     findings = truth.get("findings", [])

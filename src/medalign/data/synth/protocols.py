@@ -1,0 +1,36 @@
+"""Studies acquired with part of the protocol: extra training studies that hold a FLAIR alone.
+
+Many clinical studies reach an archive as one series, most often a FLAIR (every real
+white-matter-disease case in ``../shared/data`` is one), while every study of the synthetic
+cohort has all its series; the CLIP presets see a FLAIR alone in about one training view in ten.
+``synth brain --flair-alone N`` adds N training studies of new patients that are drawn and written
+as FLAIR alone (plus the lesion mask on its grid): their other series are never warped or sampled,
+which is most of a study's cost, so each costs about a third of a full study (issue 20).
+
+They are planned like the cohort's own training split (class balance, ``--class-weights``, domain
+options, follow-ups, label noise), from the random streams under ``[seed, FLAIR_ALONE_STREAM]``, and
+appended after the cohort and its twins with the ids that follow: every other study, file and
+report is exactly what the cohort without them holds. ``truth["series"]`` records what was acquired
+(``ground_truth.json``), the manifest's other image cells are empty (read as absent series), and the
+report's technique line, when it has one, says FLAIR only. The findings are described as drawn,
+diffusion and susceptibility included: the report of the full study, as when a study's other series
+never reached the archive.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+FLAIR_ALONE_STREAM = 31  # the extras' streams: [seed, 31] + plan_cohort's (0 plan, 1 images, 2 anatomy, 3 reports)
+
+
+def flair_alone_studies(plans: list[dict], n: int, *, seed: int,
+                        plan: Callable[..., list[dict]]) -> list[dict]:
+    """``n`` training studies acquired as FLAIR alone, numbered after ``plans`` (the cohort so far:
+    study ``S{len(plans) + k + 1}``, patients after its last). ``plan`` is ``brain._plan_studies``
+    with the cohort's settings bound (``plan(n, key, counts, series=...)``)."""
+    extra = plan(n, [int(seed), FLAIR_ALONE_STREAM], {"train": n, "val": 0, "test": 0}, series=["flair"])
+    first_patient = len({p["patient_id"] for p in plans})
+    for k, truth in enumerate(extra):
+        truth["study_id"] = f"S{len(plans) + k + 1:05d}"
+        truth["patient_id"] = f"P{first_patient + int(truth['patient_id'][1:]):05d}"  # P00001 -> the first new one
+    return extra

@@ -1,0 +1,89 @@
+"""Extra training studies acquired as FLAIR alone (``synth brain --flair-alone``, issue 20): appended
+after the cohort from their own streams, drawn and written as FLAIR alone, read as studies without
+their other series."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalign.data.schema import CLASSES
+from medalign.data.synth.brain import plan_cohort, synthesize_study
+from medalign.data.synth.sequences import SEQUENCES
+from medalign.errors import MedAlignError
+
+nib = pytest.importorskip("nibabel")
+
+
+def test_the_plan_appends_new_training_patients_and_leaves_the_cohort_alone():
+    base = plan_cohort(60, 3, twins=0.5)
+    plans = plan_cohort(60, 3, twins=0.5, flair_alone=25)
+    assert plans[:len(base)] == base  # the cohort and its twins are untouched
+    extra = plans[len(base):]
+    assert len(extra) == 25 and len({p["study_id"] for p in plans}) == len(plans)
+    assert all(p["series"] == ["flair"] and p["split"] == "train" for p in extra)
+    assert not any("series" in p for p in base)
+    assert not {p["patient_id"] for p in extra} & {p["patient_id"] for p in base}  # new patients
+    assert Counter(p["label"] for p in extra) == {c: 5 for c in CLASSES}  # balanced like a training split
+    # their own streams: no study repeats one of the cohort's draws
+    assert not {json.dumps(p["seed"]) for p in extra} & {json.dumps(p["seed"]) for p in base}
+    assert not {json.dumps(p["domain"], sort_keys=True) for p in extra} & {json.dumps(p["domain"], sort_keys=True)
+                                                                          for p in base}
+    techniques = [p["report"] for p in extra if "Technique" in p["report"]]
+    assert all("Technique: axial FLAIR only." in r for r in techniques)
+    assert not any("FLAIR only" in p["report"] for p in base)
+    with pytest.raises(MedAlignError, match="--flair-alone"):
+        plan_cohort(40, 0, flair_alone=-1)
+
+
+def test_a_flair_alone_study_is_the_flair_of_the_full_study_drawn_alone():
+    plans = plan_cohort(40, 1, flair_alone=5)
+    t = next(p for p in plans[40:] if p["label"] == "tumor")
+    alone = synthesize_study(t, shape_mode="small")
+    assert set(alone) == {"acquisition", "flair", "mask", "lesion_volume_ml"} and list(alone["acquisition"]) == ["flair"]
+    full_truth = {k: v for k, v in t.items() if k != "series"}
+    full = synthesize_study(full_truth, shape_mode="small")
+    assert set(SEQUENCES) <= set(full)
+    # the same anatomy, lesion and FLAIR grid; only the noise draws that the other series used differ
+    assert np.allclose(alone["flair"][1], full["flair"][1])
+    assert (alone["mask"][0] == full["mask"][0]).all() and alone["mask"][0].any()
+    corr = np.corrcoef(alone["flair"][0].ravel().astype(float), full["flair"][0].ravel().astype(float))[0, 1]
+    assert corr > 0.9
+
+
+def test_cli_writes_flair_alone_studies_that_read_as_missing_series(tmp_path, capsys):
+    from medalign.cli import main
+    from medalign.data.imaging import PreprocessConfig, preprocess_study
+    from medalign.data.manifest import load_manifest
+
+    out, ref = tmp_path / "fa", tmp_path / "ref"
+    common = ["synth", "brain", "--n", "20", "--seed", "2", "--shape-mode", "small", "--workers", "1", "--paraphrases", "1"]
+    assert main([*common, "--out", str(ref)]) == 0
+    assert main([*common, "--out", str(out), "--flair-alone", "3"]) == 0
+    assert "wrote 23 studies" in capsys.readouterr().out
+    assert json.loads((out / "cohort.json").read_text(encoding="utf-8"))["flair_alone"] == 3
+    assert "flair_alone" not in json.loads((ref / "cohort.json").read_text(encoding="utf-8"))
+    df, df_ref = pd.read_csv(out / "manifest.csv"), pd.read_csv(ref / "manifest.csv")
+    pd.testing.assert_frame_equal(df.iloc[:20], df_ref)  # the cohort's rows are unchanged
+    for row in df.iloc[20:].itertuples():
+        sdir = out / row.study_id
+        assert sorted(f.name for f in sdir.iterdir()) == ["flair.nii.gz", "ground_truth.json", "lesion_mask.nii.gz"]
+        gt = json.loads((sdir / "ground_truth.json").read_text(encoding="utf-8"))
+        assert gt["series"] == ["flair"] and list(gt["acquisition"]) == ["flair"] and row.split == "train"
+        assert nib.load(sdir / "flair.nii.gz").shape == nib.load(sdir / "lesion_mask.nii.gz").shape
+    for sid in df_ref.study_id[:3]:  # byte for byte the same files
+        assert (out / sid / "flair.nii.gz").read_bytes() == (ref / sid / "flair.nii.gz").read_bytes()
+    row = load_manifest(out / "manifest.csv").set_index("study_id").loc[df.study_id.iloc[-1]]
+    cfg = PreprocessConfig(shape=(8, 32, 32))  # the preset's series: dwi, t2s, flair
+    pre = preprocess_study({s: row[f"image_{s}"] for s in cfg.sequences}, cfg, study_id=row.name, mask_path=row["mask"])
+    assert pre.sequence_mask.tolist() == [s == "flair" for s in cfg.sequences]  # read as a FLAIR alone
+    assert np.abs(pre.image[list(cfg.sequences).index("flair")]).sum() > 0
+    # the DICOM export writes whole protocols: a FLAIR-alone study is named, not half-written
+    from medalign.data.synth.dicom_export import export_cohort
+
+    df.iloc[20:].to_csv(out / "extras.csv", index=False)
+    with pytest.raises(MedAlignError, match=f"study {df.study_id.iloc[20]} has no dwi series"):
+        export_cohort(out / "extras.csv", tmp_path / "dcm")
