@@ -52,6 +52,8 @@ def test_a_flair_alone_study_is_the_flair_of_the_full_study_drawn_alone():
     assert (alone["mask"][0] == full["mask"][0]).all() and alone["mask"][0].any()
     corr = np.corrcoef(alone["flair"][0].ravel().astype(float), full["flair"][0].ravel().astype(float))[0, 1]
     assert corr > 0.9
+    with pytest.raises(MedAlignError, match="lack flair"):
+        synthesize_study({**t, "series": ["dwi"]}, shape_mode="small")
 
 
 def test_cli_writes_flair_alone_studies_that_read_as_missing_series(tmp_path, capsys):

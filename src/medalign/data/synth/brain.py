@@ -254,6 +254,8 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     import scipy.ndimage as ndi
 
     acquired = set(truth.get("series") or (*SEQUENCES, *POST_CONTRAST))
+    if MASK_GRID not in acquired:  # the lesion mask is drawn on that series' grid
+        raise MedAlignError(f"study {truth.get('study_id', '?')}: series {sorted(acquired)} lack {MASK_GRID}, the mask's grid")
     with_t1c = with_t1c and "t1c" in acquired
     dom = truth.get("domain")
     con = study_contrast(dom, truth["findings"]) if dom else None
