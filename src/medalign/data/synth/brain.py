@@ -298,7 +298,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     if dom:
         acq = {seq: apply_grid(a, dom["acquisition"][seq], shape_mode, target) for seq, a in acq.items()}
     inv_t = np.linalg.inv(anat["affine"])
-    out: dict[str, Any] = {"acquisition": acq}  # t1c joins it below; series not acquired leave it at the end
+    out: dict[str, Any] = {}
 
     def record(src: np.ndarray, seq: str, T: np.ndarray, a: dict, r: np.random.Generator,
                head: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -345,7 +345,7 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
         T = inv_t @ np.linalg.inv(pose) @ np.linalg.inv(motion) @ A
         out["t1c"] = (record(warped[-1], "t1c", T, a, rng_c, None)[0], A)
         out["t1c_enhancement"] = enhancement
-    out["acquisition"] = {seq: a for seq, a in acq.items() if seq in acquired}
+    out["acquisition"] = {seq: a for seq, a in acq.items() if seq in acquired}  # t1c included, when drawn
     return out
 
 

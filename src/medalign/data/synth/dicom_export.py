@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from medalign.data.synth.sequences import POST_CONTRAST, SEQUENCES
+
 VENDORS = ("siemens", "ge", "philips")
 MAKER = {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS", "philips": "Philips Medical Systems"}
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -312,12 +314,12 @@ def export_cohort(manifest: str | Path, out: str | Path, *, seed: int = 0, layou
     for i, row in enumerate(df.head(limit).itertuples(index=False)):
         r = row._asdict()
         vols = {}
-        for s in ("dwi", "adc", "t2s", "flair", "t1", "t2", "t1c"):  # a cohort without t1c: derived from t1
+        for s in (*SEQUENCES, *POST_CONTRAST):  # a cohort without t1c: derived from t1
             p = r.get(f"image_{s}")
             if p:
                 img = nib.load(p)
                 vols[s] = (np.asarray(img.dataobj, dtype=np.float32), img.affine)
-        lacking = [s for s in ("dwi", "adc", "t2s", "flair", "t1", "t2") if s not in vols]
+        lacking = [s for s in SEQUENCES if s not in vols]
         if lacking:  # e.g. the FLAIR-alone studies of `synth brain --flair-alone`, written after the rest
             from medalign.errors import MedAlignError
 
