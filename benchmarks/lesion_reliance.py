@@ -2,7 +2,8 @@
 vs as acquired, per class / variant: mean, and the change with a 95 % bootstrap CI over studies.
 
     python benchmarks/lesion_reliance.py RUN [RUN ...] [--cohort SYNTH_DIR] [--variants wmh,glioma]
-        [--sequences flair] [--twins] [--erase mask|beyond|both] [--shared ../shared/data] [--out results.json]
+        [--sequences flair] [--twins] [--erase mask|beyond|both] [--shared ../shared/data] [--checkpoint best|last]
+        [--out results.json]
 
 Erasing: every lesion voxel (the mask grown by ``--grow`` voxels in-plane, default 1: a mask
 leaves out the lesion's partial-volume fringe) takes the median of the tissue around it (a
@@ -218,6 +219,7 @@ def main() -> None:
     ap.add_argument("--erase", choices=("mask", "beyond", "both"), default="mask",
                     help="what to erase in the real clinical WMH FLAIRs: the lesion mask, the bright tissue it "
                          "leaves out, or both (beyond / both: the synthetic cohort and BraTS are left out)")
+    ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -244,10 +246,11 @@ def main() -> None:
             if not items:
                 raise SystemExit("--erase beyond: no real WMH case has bright tissue outside its mask")
         result: dict = {"studies": [it["case"] for it in items], "grow": a.grow, "twins": a.twins, "erase": a.erase,
+                        "checkpoint": a.checkpoint,
                         "runs": {}}
         erased = twins if twins is not None else erased_copies(items, Path(tmp), a.grow)
         for run in a.runs:
-            m = medalign.load(run)
+            m = medalign.load(run, checkpoint=a.checkpoint)
             r0, r1 = m.classify([it["files"] for it in items]), m.classify(erased)
             p0 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, r0)])
             p1 = np.array([r["probabilities"][it["class"]] for it, r in zip(items, r1)])

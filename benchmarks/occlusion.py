@@ -5,7 +5,7 @@ median in every sequence the study shows, and the zero-shot probabilities recomp
 
     python benchmarks/occlusion.py RUN [RUN ...] [--shared ../shared/data] [--case wmh_2516044939]
         [--cohort SYNTH_DIR --variants wmh] [--sequences flair] [--target infarct] [--window 16]
-        [--top 5] [--out results.json]
+        [--top 5] [--checkpoint best|last] [--out results.json]
 
 Studies: as ``lesion_reliance.py`` (the real cases with a lesion mask in ``--shared``, and with
 ``--cohort`` the synthetic studies of ``--variants``), ``--case`` keeping those whose name holds
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--target", default=None, help="the class whose drop is mapped (default: the one called as acquired)")
     ap.add_argument("--window", type=int, default=16, help="column size in voxels of the model's grid, in-plane")
     ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import logging
@@ -115,11 +116,12 @@ def main() -> None:
         items = [it for it in items if a.case in it["case"]]
     if not items:
         raise SystemExit(f"no study with a lesion mask showing {a.sequences} (shared {a.shared}, cohort {a.cohort}, case {a.case})")
-    result: dict = {"studies": [it["case"] for it in items], "window": a.window, "runs": {}}
+    result: dict = {"studies": [it["case"] for it in items], "window": a.window, "checkpoint": a.checkpoint,
+                    "runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         erased = erased_copies(items, Path(tmp), grow=1)
         for run in a.runs:
-            m = medalign.load(run)
+            m = medalign.load(run, checkpoint=a.checkpoint)
             result["runs"][run] = rows = []
             for it, er in zip(items, erased):
                 r = occlude_study(m, it["files"], er, window=a.window, target=a.target, top=a.top)

@@ -1,7 +1,7 @@
 """Zero-shot class of the real cases in ../shared/data with one or more trained runs, per case.
 
     python benchmarks/real_cases.py RUN [RUN ...] [--shared ../shared/data] [--checkpoint best|last] [--adapt-bn]
-        [--out results.json]
+        [--pool EARLIER.json ...] [--out results.json]
 
 Cases: the 6 BraTS 2015 gliomas (FLAIR + T1c; class tumor), and ``real_dev/``: three clinical
 FLAIRs with white-matter hyperintensities (class others) and a volunteer DWI (class normal).
@@ -14,11 +14,18 @@ were looked at. They are few: read them as a check of direction, not as an accur
 estimated afresh from the real cases it reads (one pass, no labels; transductive) before they are
 classified, so the real scans are normalised by their own feature statistics instead of the synthetic
 cohort's (issue 20, stop 64, the preset's 8 runs: real tumours 25/48 and WMH 5/24 against 39/48 and 5/24 unadapted).
+
+One run is not a measurement here, so the command ends with the calls pooled over every run it read:
+per class the right calls with their Wilson 95 % interval and the mean p(true), per case the calls
+counted. ``--pool`` adds the runs of earlier outputs of this command (the RUN arguments may then be
+left out), so that runs trained and read in batches are summed by the same code; ``--out`` then
+holds them all. A run counted twice, or outputs read with and without ``--adapt-bn``, is an error.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -64,15 +71,75 @@ def adapt_batchnorm(model, images: list, masks: list, batch_size: int = 16):
     return adapted
 
 
+def summarise(runs: dict[str, dict]) -> dict:
+    """Pool the rows of ``runs`` ({run: {"rows": [...]}}, this command's output): per class the right calls
+    with their Wilson 95 % CI and mean p(true); per case its class, right calls, calls counted, mean p(true)."""
+    from medalign.eval.bootstrap import wilson_ci
+
+    rows = [r for run in runs.values() for r in run["rows"]]
+    per_class = {}
+    for cls in sorted({r["true"] for r in rows}):
+        of = [r for r in rows if r["true"] == cls]
+        per_class[cls] = {**wilson_ci(sum(r["predicted"] == cls for r in of), len(of)),
+                          "mean_p_true": round(sum(r["p_true"] for r in of) / len(of), 3)}
+    per_case = {}
+    for case in dict.fromkeys(r["case"] for r in rows):  # first-seen order: the cases' own order
+        of = [r for r in rows if r["case"] == case]
+        per_case[case] = {"true": of[0]["true"], "right": sum(r["predicted"] == r["true"] for r in of), "n": len(of),
+                          "calls": dict(Counter(r["predicted"] for r in of).most_common()),
+                          "mean_p_true": round(sum(r["p_true"] for r in of) / len(of), 3)}
+    return {"n_runs": len(runs), "per_class": per_class, "per_case": per_case}
+
+
+def print_summary(summary: dict) -> None:
+    from medalign.eval.bootstrap import format_ci
+
+    print(f"pooled over {summary['n_runs']} run(s): right per class, Wilson 95 % CI, mean p(true)")
+    for cls, c in summary["per_class"].items():
+        print(f"  {cls:<10} {c['k']:>3}/{c['n']:<3} {format_ci(c)}  mean p(true) {c['mean_p_true']:.3f}")
+    for case, c in summary["per_case"].items():
+        calls = ", ".join(f"{k} {v}" for k, v in c["calls"].items())
+        print(f"  {case:<34} {c['true']:<7} {c['right']:>3}/{c['n']:<3} ({calls})  mean p(true) {c['mean_p_true']:.2f}")
+
+
+def load_pooled(paths: list[Path], adapt_bn: bool | None) -> tuple[dict[str, dict], list[str], bool | None]:
+    """The runs, cases and ``--adapt-bn`` setting of earlier outputs of this command; one-line errors for a run
+    met twice or a mix of settings (``adapt_bn`` None: take the first file's)."""
+    runs: dict[str, dict] = {}
+    cases: list[str] = []
+    for path in paths:
+        try:
+            out = json.loads(Path(path).read_text(encoding="utf-8"))
+            file_runs, file_bn = out["runs"], bool(out["adapt_bn"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--pool {path}: not an output of real_cases.py ({type(e).__name__}: {e})") from None
+        adapt_bn = file_bn if adapt_bn is None else adapt_bn
+        if file_bn != adapt_bn:
+            raise SystemExit(f"--pool {path}: read with adapt_bn={file_bn}, the others with {adapt_bn}; pool one setting")
+        for run, r in file_runs.items():
+            if run in runs:
+                raise SystemExit(f"--pool {path}: run {run} is already counted (pool each run once)")
+            runs[run] = r
+        cases += [c for c in out.get("cases", []) if c not in cases]
+    return runs, cases, adapt_bn
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate each run's BatchNorm statistics on the real "
                     "cases it reads before classifying them (AdaBN; transductive, no labels)")
+    ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
+                    help="earlier outputs of this command whose runs are pooled with these")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if not a.runs and not a.pool:
+        ap.error("give RUN directories to read, --pool earlier outputs, or both")
+    pooled, pooled_cases, pooled_bn = load_pooled(a.pool, a.adapt_bn if a.runs else None)
+    if not a.runs:  # a summary of earlier outputs alone: no model is loaded
+        return finish({"cases": pooled_cases, "adapt_bn": pooled_bn, "runs": pooled}, a.out)
     import logging
 
     import torch
@@ -83,8 +150,11 @@ def main() -> None:
     cases = real_cases(a.shared)
     if not cases:
         raise SystemExit(f"no real cases under {a.shared}")
-    out: dict = {"cases": [c["case"] for c in cases], "adapt_bn": a.adapt_bn, "runs": {}}
+    out: dict = {"cases": pooled_cases + [c["case"] for c in cases if c["case"] not in pooled_cases],
+                 "adapt_bn": a.adapt_bn, "runs": dict(pooled)}
     for run in a.runs:
+        if run in out["runs"]:
+            raise SystemExit(f"run {run} is already counted in --pool (pool each run once)")
         m = medalign.load(run, checkpoint=a.checkpoint)
         usable = []
         for c in cases:
@@ -110,11 +180,18 @@ def main() -> None:
         right = {k: [sum(r["true"] == r["predicted"] for r in rows if r["true"] == k), sum(r["true"] == k for r in rows)]
                  for k in sorted({r["true"] for r in rows})}
         print(f"{Path(run).name:<24} right per class: " + ", ".join(f"{k} {a_}/{n}" for k, (a_, n) in right.items()))
-        out["runs"][run] = {"rows": rows, "right": right}
-    if a.out:
+        out["runs"][run] = {"rows": rows, "right": right, "checkpoint": a.checkpoint}
+    finish(out, a.out)
+
+
+def finish(out: dict, path: str | None) -> None:
+    """Print the pooled summary and write ``out`` with it (atomically) to ``path``."""
+    out["summary"] = summarise(out["runs"])
+    print_summary(out["summary"])
+    if path:
         from medalign.utils import atomic_write_json
 
-        atomic_write_json(a.out, out)
+        atomic_write_json(path, out)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,32 @@ def isolated_tiny_runs(root: Path) -> Iterator[dict[str, Path]]:
         yield make_tiny_runs(root)
 
 
+def perturb_last(run: Path, scale: float = 0.1) -> None:
+    """Add seeded noise to the run's last checkpoint (floating-point tensors, metadata kept), so that a one-epoch
+    tiny run's best and last checkpoints differ and a test can tell which one a command read."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    last = run / "checkpoints" / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        meta = f.metadata()
+    gen = torch.Generator().manual_seed(0)
+    state = {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+             for k, v in load_file(str(last)).items()}
+    save_file(state, str(last), metadata=meta)
+
+
+def last_checkpoint_p(run: Path, files: dict[str, str], cls: str) -> float:
+    """p(cls) of ``classify`` on one study by the run's last checkpoint, after checking that the best checkpoint
+    gives another (:func:`perturb_last` applied): what a command told ``--checkpoint last`` must report."""
+    import medalign
+
+    last = medalign.load(run, checkpoint="last").classify([files])[0]["probabilities"][cls]
+    best = medalign.load(run).classify([files])[0]["probabilities"][cls]
+    assert best != pytest.approx(last, abs=0.01), "best and last checkpoints agree: the test cannot tell them apart"
+    return last
+
+
 def load_benchmark(name: str):
     """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package)."""
     import importlib.util

@@ -48,3 +48,23 @@ def test_bootstrap_cis_matches_single_metric_version():
     one = bootstrap_ci(np.mean, x, n=100, seed=1)
     assert many["mean"]["lo"] == one["lo"] and many["mean"]["hi"] == one["hi"]
     assert many["max"]["value"] == x.max()
+
+
+def test_wilson_ci_is_the_score_interval():
+    """The Wilson score interval from its closed form (centre (k + z^2/2) / (n + z^2), half-width
+    z sqrt(k(n-k)/n + z^2/4) / (n + z^2)), including the counts at 0 and n where the normal one collapses."""
+    from medalign.eval.bootstrap import wilson_ci
+
+    z = 1.959963984540054
+    for k, n in ((8, 24), (0, 6), (12, 12), (33, 36)):
+        centre = (k + z * z / 2) / (n + z * z)
+        half = z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+        ci = wilson_ci(k, n)
+        assert ci["value"] == pytest.approx(k / n)
+        assert ci["lo"] == pytest.approx(max(0.0, centre - half), abs=1e-9)
+        assert ci["hi"] == pytest.approx(min(1.0, centre + half), abs=1e-9)
+        assert (ci["k"], ci["n"]) == (k, n)
+    assert format_ci(wilson_ci(8, 24), 2) == "0.33 [0.18, 0.53]"
+    assert wilson_ci(0, 0)["value"] is None and format_ci(wilson_ci(0, 0)) == "—"
+    with pytest.raises(ValueError, match="k=4, n=3"):
+        wilson_ci(4, 3)

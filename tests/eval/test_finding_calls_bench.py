@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
 from tiny_volumes import write_lesion_study  # noqa: E402
-from tiny_runs import load_benchmark  # noqa: E402
+from tiny_runs import load_benchmark, perturb_last  # noqa: E402
 
 bench = load_benchmark("finding_calls")
 
@@ -120,17 +120,7 @@ def test_splits_keep_only_the_studies_asked_for(tmp_path):
 
 def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
     run = _tiny_run(tmp_path, monkeypatch)
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    last = run / "checkpoints" / "last.safetensors"  # one epoch: best = last; perturb last so they differ
-    with safe_open(str(last), "pt") as f:
-        meta = f.metadata()
-    gen = torch.Generator().manual_seed(0)
-    state = {k: v + 0.1 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-             for k, v in load_file(str(last)).items()}
-    save_file(state, str(last), metadata=meta)
+    perturb_last(run)  # one epoch: best = last; perturbed, they differ
     cohort = tmp_path / "cohort"
     write_lesion_study(cohort, "S1", "tumor", "glioma", np.random.default_rng(7))
     out = tmp_path / "calls.json"

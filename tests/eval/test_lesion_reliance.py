@@ -16,7 +16,7 @@ nib = pytest.importorskip("nibabel")
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny_runs import load_benchmark, make_tiny_runs  # noqa: E402
+from tiny_runs import load_benchmark, make_tiny_runs, perturb_last, last_checkpoint_p  # noqa: E402
 from tiny_volumes import write_lesion_study  # noqa: E402
 
 bench = load_benchmark("lesion_reliance")
@@ -113,6 +113,22 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     assert r["p_true_erased"] != r["p_true"]  # erasing changed what the model saw
     if SHARED.is_dir():
         assert groups["real others"]["n"] == 3 and groups["real tumor"]["n"] == 6
+
+
+def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
+    """--checkpoint last: the probabilities as acquired are the last checkpoint's ``classify``, not the best's."""
+    run = _tiny_run(tmp_path, monkeypatch)
+    perturb_last(run)
+    cohort = tmp_path / "cohort"
+    write_lesion_study(cohort, "S2", "tumor", "glioma", np.random.default_rng(1))
+    out = tmp_path / "lr.json"
+    monkeypatch.setattr(sys, "argv", ["lesion_reliance.py", str(run), "--cohort", str(cohort), "--shared",
+                                      str(tmp_path / "no_shared"), "--variants", "glioma", "--checkpoint", "last",
+                                      "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    last = last_checkpoint_p(run, {s: str(cohort / "S2" / f"{s}.nii.gz") for s in ("dwi", "flair")}, "tumor")
+    assert res["checkpoint"] == "last" and res["runs"][str(run)]["p_true"][0] == pytest.approx(last, abs=1e-4)
 
 
 def test_twins_compare_each_study_with_its_lesion_free_twin(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ pytest.importorskip("SimpleITK")
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny_runs import load_benchmark, make_tiny_runs  # noqa: E402
+from tiny_runs import load_benchmark, make_tiny_runs, perturb_last, last_checkpoint_p  # noqa: E402
 from tiny_volumes import write_lesion_study  # noqa: E402
 
 bench = load_benchmark("occlusion")
@@ -79,3 +79,21 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     assert len(r["top"]) == 3 and r["top"][0]["drop"] == pytest.approx(max(r["drop"]), abs=1e-4)
     assert sum(r["top_hidden"].values()) == pytest.approx(1.0, abs=1e-3)
     assert r["top_hidden"]["others"] == pytest.approx(r["probabilities"]["others"] - r["top"][0]["drop"], abs=1e-3)
+
+
+def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
+    """--checkpoint last: the study as acquired is scored by the last checkpoint, not the best."""
+    monkeypatch.setenv("MEDALIGN_CACHE", str(tmp_path / "medalign_cache"))
+    run = make_tiny_runs(tmp_path / "runs", ("clip",))["clip"]
+    perturb_last(run)
+    cohort = tmp_path / "cohort"
+    write_lesion_study(cohort, "S1", "others", "wmh", np.random.default_rng(0))
+    out = tmp_path / "occ.json"
+    monkeypatch.setattr(sys, "argv", ["occlusion.py", str(run), "--cohort", str(cohort), "--shared", str(tmp_path / "none"),
+                                      "--sequences", "dwi,flair", "--target", "others", "--window", "8",
+                                      "--checkpoint", "last", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    last = last_checkpoint_p(run, {s: str(cohort / "S1" / f"{s}.nii.gz") for s in ("dwi", "flair")}, "others")
+    assert res["checkpoint"] == "last"
+    assert res["runs"][str(run)][0]["probabilities"]["others"] == pytest.approx(last, abs=1e-4)

@@ -38,11 +38,20 @@ def test_real_cases_skips_what_a_run_cannot_read(tmp_path, monkeypatch, capsys):
     bench.main()
     skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and "real_dev/t1_only" in skipped[0]
-    rows = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]["rows"]
+    got = json.loads(out.read_text(encoding="utf-8"))["runs"][str(run)]
+    rows = got["rows"]
+    assert got["checkpoint"] == "best"
     assert [r["case"] for r in rows] == ["real_dev/wmh_x"] and rows[0]["sequences"] == ["flair"]
     direct = medalign.load(run).classify([{"flair": str(shared / "real_dev" / "wmh_x" / "flair.nii.gz")}])[0]
     assert rows[0]["predicted"] == direct["label"]
     assert rows[0]["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
+    summary = json.loads(out.read_text(encoding="utf-8"))["summary"]  # the run's own calls, pooled over one run
+    right = int(rows[0]["predicted"] == "others")
+    assert summary["n_runs"] == 1 and (summary["per_class"]["others"]["k"], summary["per_class"]["others"]["n"]) == (right, 1)
+    assert summary["per_case"]["real_dev/wmh_x"]["calls"] == {rows[0]["predicted"]: 1}
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--pool", str(out)])
+    with pytest.raises(SystemExit, match="already counted"):  # the same run read again and pooled with itself
+        bench.main()
 
 
 def test_adapt_bn_reestimates_the_normalisation_on_the_given_studies(tmp_path, monkeypatch):
@@ -101,3 +110,56 @@ def test_adapt_bn_flag_classifies_through_the_adapted_copy(tmp_path, monkeypatch
     direct = adapted.classify([{"flair": str(flair)}])[0]
     assert res["adapt_bn"] is True and row["predicted"] == direct["label"]
     assert row["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
+
+
+def _output(runs: dict[str, list[tuple[str, str, str, float]]], adapt_bn: bool = False) -> dict:
+    """A real_cases.py output: {run: [(case, true, predicted, p_true), ...]}."""
+    return {"cases": sorted({c for rows in runs.values() for c, *_ in rows}), "adapt_bn": adapt_bn,
+            "runs": {run: {"rows": [{"case": c, "true": t, "predicted": p, "sequences": ["flair"], "p_true": q}
+                                    for c, t, p, q in rows]} for run, rows in runs.items()}}
+
+
+def test_pool_sums_runs_read_in_batches(tmp_path, monkeypatch, capsys):
+    """--pool alone: the runs of earlier outputs summed per class (Wilson 95 % CI, mean p(true)) and per case
+    (calls counted), without loading a model; --out holds every pooled run and the summary; a run met twice,
+    or outputs read with and without --adapt-bn, stop with a one-line error naming the file."""
+    from medalign.eval.bootstrap import wilson_ci
+
+    a = _output({"runs/a": [("wmh_1", "others", "others", 0.6), ("wmh_2", "others", "normal", 0.3),
+                            ("glioma", "tumor", "tumor", 0.9)]})
+    b = _output({"runs/b": [("wmh_1", "others", "others", 0.5), ("wmh_2", "others", "infarct", 0.1),
+                            ("glioma", "tumor", "infarct", 0.4)],
+                 "runs/c": [("wmh_1", "others", "tumor", 0.2), ("wmh_2", "others", "normal", 0.2),
+                            ("glioma", "tumor", "tumor", 0.8)]})
+    paths = []
+    for name, o in (("a.json", a), ("b.json", b)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(o), encoding="utf-8")
+    out = tmp_path / "pooled.json"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", "--pool", *map(str, paths), "--out", str(out)])
+    bench.main()
+    pooled = json.loads(out.read_text(encoding="utf-8"))
+    assert sorted(pooled["runs"]) == ["runs/a", "runs/b", "runs/c"]
+    s = pooled["summary"]
+    assert s["n_runs"] == 3
+    assert s["per_class"]["others"] == {**wilson_ci(2, 6), "mean_p_true": pytest.approx(0.317, abs=1e-3)}
+    assert s["per_class"]["tumor"]["k"] == 2 and s["per_class"]["tumor"]["n"] == 3
+    assert s["per_case"]["wmh_2"] == {"true": "others", "right": 0, "n": 3, "calls": {"normal": 2, "infarct": 1},
+                                      "mean_p_true": pytest.approx(0.2)}
+    assert s["per_case"]["wmh_1"]["calls"] == {"others": 2, "tumor": 1}
+    printed = capsys.readouterr().out
+    assert "pooled over 3 run(s)" in printed and "2/6" in printed
+    # pooling the pooled output again with one of its sources counts runs/a twice
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", "--pool", str(out), str(paths[0])])
+    with pytest.raises(SystemExit, match=r"a\.json: run runs/a is already counted"):
+        bench.main()
+    bn = tmp_path / "bn.json"
+    bn.write_text(json.dumps(_output({"runs/d": [("wmh_1", "others", "others", 0.7)]}, adapt_bn=True)), encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", "--pool", str(paths[0]), str(bn)])
+    with pytest.raises(SystemExit, match="bn.json: read with adapt_bn=True"):
+        bench.main()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", "--pool", str(bad)])
+    with pytest.raises(SystemExit, match="bad.json: not an output of real_cases.py"):
+        bench.main()

@@ -1,4 +1,5 @@
-"""Percentile bootstrap confidence intervals, resampling studies (rows) with replacement."""
+"""Confidence intervals: percentile bootstrap resampling studies (rows) with replacement, and the Wilson
+score interval for a count of successes (a right-call rate over a few cases and runs)."""
 from __future__ import annotations
 
 import warnings
@@ -71,6 +72,23 @@ def bootstrap_cis(
         out[k] = {"value": None if v is None else float(v), "lo": lo, "hi": hi, "n_boot": n,
                   "n_failed": n - len(st), "alpha": alpha}
     return out
+
+
+def wilson_ci(k: int, n: int, alpha: float = 0.05) -> dict:
+    """k of n as a rate with its (1 - alpha) Wilson score interval (``scipy.stats.binomtest``).
+
+    Wilson rather than the normal approximation because these counts are small and often at 0 or n,
+    where the normal interval collapses to a point. Returns {"value", "lo", "hi", "k", "n", "alpha"}
+    (value and bounds None when n is 0), the shape :func:`format_ci` prints.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return {"value": None, "lo": None, "hi": None, "k": 0, "n": 0, "alpha": alpha}
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="wilson")
+    return {"value": k / n, "lo": float(ci.low), "hi": float(ci.high), "k": k, "n": n, "alpha": alpha}
 
 
 def format_ci(ci: dict | None, digits: int = 3) -> str:
