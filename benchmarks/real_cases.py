@@ -92,6 +92,7 @@ def summarise(runs: dict[str, dict]) -> dict:
 
 
 def print_summary(summary: dict) -> None:
+    """Print :func:`summarise`'s figures: a line per class, then a line per case."""
     from medalign.eval.bootstrap import format_ci
 
     print(f"pooled over {summary['n_runs']} run(s): right per class, Wilson 95 % CI, mean p(true)")
@@ -132,7 +133,7 @@ def main() -> None:
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate each run's BatchNorm statistics on the real "
                     "cases it reads before classifying them (AdaBN; transductive, no labels)")
     ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
-                    help="earlier outputs of this command whose runs are pooled with these")
+                    help="earlier outputs of this command whose runs are pooled with these (give RUNs before it)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if not a.runs and not a.pool:
