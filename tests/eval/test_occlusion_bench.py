@@ -17,7 +17,7 @@ pytest.importorskip("SimpleITK")
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / ".." / "shared" / "data"
 sys.path.insert(0, str(ROOT / "tests"))
-from tiny_runs import load_benchmark, make_tiny_runs, perturb_last, last_checkpoint_p  # noqa: E402
+from tiny_runs import last_checkpoint_p, load_benchmark, make_tiny_runs, perturb_last  # noqa: E402
 from tiny_volumes import write_lesion_study  # noqa: E402
 
 bench = load_benchmark("occlusion")
