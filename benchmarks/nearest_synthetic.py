@@ -1,7 +1,8 @@
 """Which synthetic studies each real case sits nearest to, in a trained run's image embedding space.
 
     python benchmarks/nearest_synthetic.py RUN [RUN ...] --cohort COHORT [--splits train] [--k 10]
-                                           [--factors] [--figure DIR] [--shared ../shared/data] [--out results.json]
+                                           [--checkpoint best|last] [--factors] [--figure DIR]
+                                           [--shared ../shared/data] [--out results.json]
 
 A sim-to-real check that needs no prompts: a model that has learnt a finding on the synthetic cohort
 should embed a real case of that finding near the synthetic studies of it. Each real case of
@@ -190,6 +191,7 @@ def main() -> None:
                     help="also rank the drawn domain factors by how close they bring the case's class to the case")
     ap.add_argument("--figure", type=Path, default=None, help="a folder: per real case, a PNG of the case above its 6 "
                     "nearest synthetic studies as the first run reads them (where a call comes from, by eye)")
+    ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -206,11 +208,12 @@ def main() -> None:
     if not cases:
         raise SystemExit(f"no real cases under {a.shared}")
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
-    out: dict = {"cohort": str(a.cohort), "splits": a.splits, "k": a.k, "runs": {}, "summed": {}}
+    out: dict = {"cohort": str(a.cohort), "splits": a.splits, "k": a.k, "checkpoint": a.checkpoint, "runs": {},
+                 "summed": {}}
     summed: dict[str, Counter] = {}
     zs: dict[str, dict[str, list[float]]] = {}  # case -> study -> z per run
     for run in a.runs:
-        m = medalign.load(run)
+        m = medalign.load(run, checkpoint=a.checkpoint)
         studies = cohort_studies(a.cohort, list(m.sequences), splits)
         if not studies:
             raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)}")

@@ -2,6 +2,7 @@
 
     python benchmarks/real_cases.py RUN [RUN ...] [--shared ../shared/data] [--checkpoint best|last] [--adapt-bn]
         [--pool EARLIER.json ...] [--out results.json]
+    python benchmarks/real_cases.py --compare NAME=OUT.json[,OUT.json...] NAME=... [--out compare.json]
 
 Cases: the 6 BraTS 2015 gliomas (FLAIR + T1c; class tumor), and ``real_dev/``: three clinical
 FLAIRs with white-matter hyperintensities (class others) and a volunteer DWI (class normal).
@@ -20,6 +21,11 @@ per class the right calls with their Wilson 95 % interval and the mean p(true), 
 counted. ``--pool`` adds the runs of earlier outputs of this command (the RUN arguments may then be
 left out), so that runs trained and read in batches are summed by the same code; ``--out`` then
 holds them all. A run counted twice, or outputs read with and without ``--adapt-bn``, is an error.
+
+``--compare NAME=OUT.json[,OUT.json...] NAME=...`` sets arms (configurations, each trained over several
+seeds and read by this command) side by side: per case and per class each arm's right calls, and a
+permutation test that the arms share one rate (``medalign.eval.bootstrap.homogeneity_test``; a small p
+says the arm, not the training seed, moves that case's calls).
 """
 from __future__ import annotations
 
@@ -103,9 +109,10 @@ def print_summary(summary: dict) -> None:
         print(f"  {case:<34} {c['true']:<7} {c['right']:>3}/{c['n']:<3} ({calls})  mean p(true) {c['mean_p_true']:.2f}")
 
 
-def load_pooled(paths: list[Path], adapt_bn: bool | None) -> tuple[dict[str, dict], list[str], bool | None]:
-    """The runs, cases and ``--adapt-bn`` setting of earlier outputs of this command; one-line errors for a run
-    met twice or a mix of settings (``adapt_bn`` None: take the first file's)."""
+def load_pooled(paths: list[Path], adapt_bn: bool | None, flag: str = "--pool"
+                ) -> tuple[dict[str, dict], list[str], bool | None]:
+    """The runs, cases and ``--adapt-bn`` setting of earlier outputs of this command; one-line errors, naming
+    ``flag`` and the file, for a run met twice or a mix of settings (``adapt_bn`` None: take the first file's)."""
     runs: dict[str, dict] = {}
     cases: list[str] = []
     for path in paths:
@@ -113,13 +120,13 @@ def load_pooled(paths: list[Path], adapt_bn: bool | None) -> tuple[dict[str, dic
             out = json.loads(Path(path).read_text(encoding="utf-8"))
             file_runs, file_bn = out["runs"], bool(out["adapt_bn"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"--pool {path}: not an output of real_cases.py ({type(e).__name__}: {e})") from None
+            raise SystemExit(f"{flag} {path}: not an output of real_cases.py ({type(e).__name__}: {e})") from None
         adapt_bn = file_bn if adapt_bn is None else adapt_bn
         if file_bn != adapt_bn:
-            raise SystemExit(f"--pool {path}: read with adapt_bn={file_bn}, the others with {adapt_bn}; pool one setting")
+            raise SystemExit(f"{flag} {path}: read with adapt_bn={file_bn}, the others with {adapt_bn}; pool one setting")
         for run, r in file_runs.items():
             if run in runs:
-                raise SystemExit(f"--pool {path}: run {run} is already counted (pool each run once)")
+                raise SystemExit(f"{flag} {path}: run {run} is already counted (pool each run once)")
             runs[run] = r
         cases += [c for c in out.get("cases", []) if c not in cases]
     return runs, cases, adapt_bn
@@ -134,8 +141,14 @@ def main() -> None:
                     "cases it reads before classifying them (AdaBN; transductive, no labels)")
     ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
                     help="earlier outputs of this command whose runs are pooled with these (give RUNs before it)")
+    ap.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON[,JSON...]",
+                    help="arms side by side: per case each arm's right calls and a test of one shared rate")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.compare:
+        if a.runs or a.pool:
+            ap.error("--compare reads earlier outputs only: give no RUN or --pool with it")
+        return compare_arms(parse_arms(a.compare), a.out)
     if not a.runs and not a.pool:
         ap.error("give RUN directories to read, --pool earlier outputs, or both")
     pooled, pooled_cases, pooled_bn = load_pooled(a.pool, a.adapt_bn if a.runs else None)
@@ -185,6 +198,49 @@ def main() -> None:
     finish(out, a.out)
 
 
+def parse_arms(specs: list[str]) -> dict[str, list[Path]]:
+    """``NAME=A.json,B.json`` arguments as {name: [paths]}; a one-line error for a malformed or repeated arm."""
+    arms: dict[str, list[Path]] = {}
+    for spec in specs:
+        name, sep, files = spec.partition("=")
+        paths = [Path(f) for f in files.split(",") if f]
+        if not sep or not name or not paths:
+            raise SystemExit(f"--compare {spec}: expected NAME=OUT.json[,OUT.json...]")
+        if name in arms:
+            raise SystemExit(f"--compare {spec}: arm {name} is given twice")
+        arms[name] = paths
+    if len(arms) < 2:
+        raise SystemExit("--compare needs two or more arms")
+    return arms
+
+
+def compare(arms: dict[str, dict[str, dict]]) -> dict:
+    """Each arm's pooled summary ({arm: {run: ...}} -> :func:`summarise`), and per case and per class met in
+    every arm the arms' right calls with :func:`homogeneity_test` of one shared rate."""
+    from medalign.eval.bootstrap import homogeneity_test
+
+    summaries = {arm: summarise(runs) for arm, runs in arms.items()}
+    out: dict = {"arms": summaries, "per_case": {}, "per_class": {}}
+    for level, right in (("per_case", "right"), ("per_class", "k")):
+        for key in next(iter(summaries.values()))[level]:
+            if all(key in s[level] for s in summaries.values()):
+                k = [s[level][key][right] for s in summaries.values()]
+                n = [s[level][key]["n"] for s in summaries.values()]
+                out[level][key] = {"arms": dict(zip(summaries, zip(k, n))), **homogeneity_test(k, n)}
+    return out
+
+
+def print_compare(result: dict) -> None:
+    """A line per class and per case: every arm's right calls, the chi-square and the permutation p."""
+    names = list(result["arms"])
+    print("arms: " + ", ".join(f"{a} ({s['n_runs']} runs)" for a, s in result["arms"].items()))
+    print(f"  {'':<34} " + " ".join(f"{a[:9]:>9}" for a in names) + "   chi2  p(one rate)")
+    for level in ("per_class", "per_case"):
+        for key, c in result[level].items():
+            print(f"  {key:<34} " + " ".join(f"{f'{k}/{n}':>9}" for k, n in c["arms"].values())
+                  + f" {c['statistic']:6.2f}  {'<0.0001' if c['p'] < 1e-4 else format(c['p'], '.4f')}")
+
+
 def finish(out: dict, path: str | None) -> None:
     """Print the pooled summary and write ``out`` with it (atomically) to ``path``."""
     out["summary"] = summarise(out["runs"])
@@ -193,6 +249,28 @@ def finish(out: dict, path: str | None) -> None:
         from medalign.utils import atomic_write_json
 
         atomic_write_json(path, out)
+
+
+def compare_arms(arms: dict[str, list[Path]], out: str | None) -> None:
+    """Load each arm's outputs (one ``--adapt-bn`` setting across all, each run in one arm), print
+    :func:`compare`'s table and write it (atomically) to ``out``."""
+    runs: dict[str, dict[str, dict]] = {arm: {} for arm in arms}
+    adapt_bn, owner = None, {}
+    for arm, paths in arms.items():
+        for path in paths:  # one file at a time, so that an error names it
+            file_runs, _, adapt_bn = load_pooled([path], adapt_bn, flag=f"--compare {arm}")
+            for run in file_runs:
+                if run in owner:
+                    raise SystemExit(f"--compare {arm} {path}: run {run} is already in arm {owner[run]} "
+                                     "(each run once, in one arm)")
+                owner[run] = arm
+            runs[arm].update(file_runs)
+    result = compare(runs)
+    print_compare(result)
+    if out:
+        from medalign.utils import atomic_write_json
+
+        atomic_write_json(out, {"adapt_bn": adapt_bn, **result})
 
 
 if __name__ == "__main__":

@@ -68,3 +68,25 @@ def test_wilson_ci_is_the_score_interval():
     assert wilson_ci(0, 0)["value"] is None and format_ci(wilson_ci(0, 0)) == "—"
     with pytest.raises(ValueError, match="k=4, n=3"):
         wilson_ci(4, 3)
+
+
+def test_homogeneity_test_is_the_exact_permutation_test_when_small():
+    """Two groups of two, two right calls: of the 6 ways to place them, the 2 that put both in one group
+    are as extreme as k = [2, 0] (p = 1/3; chi-square 4); equal counts give chi-square 0 and p 1; all right
+    (or all wrong) has nothing to separate; the chi-square matches scipy's contingency-table one."""
+    from scipy.stats import chi2_contingency
+
+    from medalign.eval.bootstrap import homogeneity_test
+
+    r = homogeneity_test([2, 0], [2, 2])
+    assert r["p"] == pytest.approx(1 / 3) and r["statistic"] == pytest.approx(4.0)
+    assert homogeneity_test([1, 1], [2, 2])["p"] == pytest.approx(1.0)
+    assert homogeneity_test([3, 4], [3, 4]) == {"statistic": 0.0, "p": 1.0, "k": [3, 4], "n": [3, 4]}
+    k, n = [4, 5, 12, 3], [8, 6, 12, 6]
+    table = np.array([k, np.subtract(n, k)]).T
+    assert homogeneity_test(k, n)["statistic"] == pytest.approx(chi2_contingency(table, correction=False)[0])
+    assert homogeneity_test(k, n, seed=1)["p"] == pytest.approx(homogeneity_test(k, n, seed=2)["p"], abs=0.01)
+    with pytest.raises(ValueError, match="two or more groups"):
+        homogeneity_test([1], [2])
+    with pytest.raises(ValueError, match=r"k=\[3, 0\], n=\[2, 2\]"):
+        homogeneity_test([3, 0], [2, 2])

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_lesion_reliance import _normal_study, _tiny_run  # noqa: E402  (dwi+flair studies; a tiny CLIP run)
 from tiny_volumes import write_lesion_study  # noqa: E402
-from tiny_runs import load_benchmark  # noqa: E402
+from tiny_runs import load_benchmark, perturb_last  # noqa: E402
 
 bench = load_benchmark("nearest_synthetic")
 
@@ -93,3 +93,36 @@ def test_study_factors_and_their_ranking():
     z = {f"S{i}": float(i) + 0.1 for i in range(8)}
     ranks = bench.factor_ranks(z, factors)
     assert [(r["factor"], r["rho"], r["n"]) for r in ranks] == [("a", 1.0, 8), ("b", -1.0, 8)]  # "flat" left out
+
+
+def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
+    """--checkpoint last: the real case and the cohort are embedded by the last checkpoint, not the best (a FLAIR
+    copy of a normal study against a study with white-matter lesions: their similarity is the last checkpoint's)."""
+    import medalign
+
+    run = _tiny_run(tmp_path, monkeypatch)
+    perturb_last(run, scale=0.5)  # the tiny run's embeddings are close together: a larger step tells them apart
+    rng = np.random.default_rng(4)
+    cohort = tmp_path / "cohort"
+    write_lesion_study(cohort, "S1", "others", "wmh", rng)
+    _normal_study(cohort, "S3", rng)
+    case = tmp_path / "shared" / "real_dev" / "normal_copy"
+    case.mkdir(parents=True)
+    shutil.copy(cohort / "S3" / "flair.nii.gz", case / "flair.nii.gz")
+    (case.parent / "cases.json").write_text(json.dumps([
+        {"case": "normal_copy", "class": "normal", "files": {"flair": "flair.nii.gz"}}]), encoding="utf-8")
+    sims = {}
+    for ckpt in ("best", "last"):
+        out = tmp_path / f"near_{ckpt}.json"
+        monkeypatch.setattr(sys, "argv", ["nearest_synthetic.py", str(run), "--cohort", str(cohort), "--k", "2",
+                                          "--shared", str(tmp_path / "shared"), "--checkpoint", ckpt, "--out", str(out)])
+        bench.main()
+        res = json.loads(out.read_text(encoding="utf-8"))
+        assert res["checkpoint"] == ckpt
+        row = res["runs"][str(run)]["real_dev/normal_copy"]
+        sims[ckpt] = dict(zip(row["neighbours"], row["similarities"]))
+    m = medalign.load(run, checkpoint="last")
+    emb = m.encode_image([{"flair": str(cohort / "S1" / "flair.nii.gz")}])
+    real = m.encode_image([{"flair": str(case / "flair.nii.gz")}])[0]
+    assert sims["last"]["S1"] == pytest.approx(float(bench.cosine(real, emb)[0]), abs=2e-4)
+    assert sims["best"]["S1"] != pytest.approx(sims["last"]["S1"], abs=1e-3)

@@ -163,3 +163,43 @@ def test_pool_sums_runs_read_in_batches(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["real_cases.py", "--pool", str(bad)])
     with pytest.raises(SystemExit, match="bad.json: not an output of real_cases.py"):
         bench.main()
+
+
+def test_compare_tests_each_case_for_one_shared_rate(tmp_path, monkeypatch, capsys):
+    """--compare: per case and per class each arm's right calls and the permutation test of one shared rate.
+    A case every run of one arm gets and no run of the other does is told apart from the seeds' noise; a case
+    both arms get equally often is not; a case no arm gets has nothing to separate (p 1). A run in two arms,
+    a malformed arm and a lone arm stop with a one-line error."""
+    from medalign.eval.bootstrap import homogeneity_test
+
+    def arm(name: str, n_runs: int, moved: bool, same: list[bool]) -> Path:
+        runs = {f"runs/{name}{i}": [("wmh_moved", "others", "others" if moved else "infarct", 0.5),
+                                    ("wmh_same", "others", "others" if same[i] else "normal", 0.4),
+                                    ("volunteer", "normal", "others", 0.1)] for i in range(n_runs)}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(_output(runs)), encoding="utf-8")
+        return path
+
+    a = arm("a", 6, True, [True, False] * 3)
+    b1, b2 = arm("b", 3, False, [True, False, True]), arm("c", 3, False, [False, True, False])
+    out = tmp_path / "compare.json"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", "--compare", f"A={a}", f"B={b1},{b2}", "--out", str(out)])
+    bench.main()
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert res["arms"]["A"]["n_runs"] == 6 and res["arms"]["B"]["n_runs"] == 6
+    moved, same = res["per_case"]["wmh_moved"], res["per_case"]["wmh_same"]
+    assert moved["arms"] == {"A": [6, 6], "B": [0, 6]} and same["arms"] == {"A": [3, 6], "B": [3, 6]}
+    # exact: 2 of the C(12, 6) = 924 ways to share 6 right calls among two arms of 6 separate them fully
+    assert moved["p"] == pytest.approx(2 / 924) and moved["statistic"] == pytest.approx(12.0)
+    assert same["p"] == pytest.approx(1.0) and same["statistic"] == pytest.approx(0.0)
+    assert res["per_case"]["volunteer"]["p"] == 1.0
+    assert res["per_class"]["others"]["arms"] == {"A": [9, 12], "B": [3, 12]}
+    assert res["per_class"]["others"]["p"] == pytest.approx(homogeneity_test([9, 3], [12, 12])["p"])
+    printed = capsys.readouterr().out
+    assert "A (6 runs), B (6 runs)" in printed and "wmh_moved" in printed and "0.0022" in printed
+    for argv, message in (([f"A={a}", f"B={a}"], r"--compare B .*a\.json: run runs/a0 is already in arm A"),
+                          ([f"A={a}", "B"], "--compare B: expected NAME=OUT.json"),
+                          ([f"A={a}"], "needs two or more arms")):
+        monkeypatch.setattr(sys, "argv", ["real_cases.py", "--compare", *argv])
+        with pytest.raises(SystemExit, match=message):
+            bench.main()

@@ -1,5 +1,6 @@
 """Confidence intervals: percentile bootstrap resampling studies (rows) with replacement, and the Wilson
-score interval for a count of successes (a right-call rate over a few cases and runs)."""
+score interval for a count of successes (a right-call rate over a few cases and runs); and a permutation
+test of whether several such counts share one rate."""
 from __future__ import annotations
 
 import warnings
@@ -89,6 +90,36 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> dict:
 
     ci = binomtest(k, n).proportion_ci(confidence_level=1 - alpha, method="wilson")
     return {"value": k / n, "lo": float(ci.low), "hi": float(ci.high), "k": k, "n": n, "alpha": alpha}
+
+
+def homogeneity_test(k: list[int], n: list[int], *, resamples: int = 20000, seed: int = 0) -> dict:
+    """Do the groups' counts (k[i] right of n[i]) share one rate? A permutation test of the Pearson
+    chi-square of the groups x {right, wrong} table (``scipy.stats.permutation_test``, outcomes shuffled
+    among the groups' units; exact when there are at most ``resamples`` distinct shuffles).
+
+    Permutation rather than the chi-square distribution because the counts are a few runs each and
+    often at 0 or n, where the asymptotic p-value is not to be trusted. Returns {"statistic", "p", "k", "n"};
+    with every unit right, or every unit wrong, nothing separates the groups: statistic 0, p 1.
+    """
+    if len(k) != len(n) or len(k) < 2:
+        raise ValueError(f"homogeneity_test needs two or more groups with a k and an n each, got k={k}, n={n}")
+    if any(not 0 <= ki <= ni or ni == 0 for ki, ni in zip(k, n)):
+        raise ValueError(f"homogeneity_test needs 0 <= k <= n and n > 0 in every group, got k={k}, n={n}")
+    sizes, right = np.asarray(n, dtype=float), sum(k)
+    if right in (0, sum(n)):
+        return {"statistic": 0.0, "p": 1.0, "k": list(k), "n": list(n)}
+    from scipy.stats import permutation_test
+
+    pooled = right / sizes.sum()  # the same under every shuffle
+
+    def chi_square(*groups: np.ndarray, axis: int = -1) -> np.ndarray:
+        rates = np.stack([g.mean(axis=axis) for g in groups], axis=-1)  # (..., groups)
+        return (sizes * (rates - pooled) ** 2).sum(axis=-1) / (pooled * (1 - pooled))
+
+    units = tuple(np.r_[np.ones(ki), np.zeros(ni - ki)] for ki, ni in zip(k, n))
+    res = permutation_test(units, chi_square, permutation_type="independent", vectorized=True,
+                           alternative="greater", n_resamples=resamples, random_state=seed)
+    return {"statistic": float(res.statistic), "p": float(res.pvalue), "k": list(k), "n": list(n)}
 
 
 def format_ci(ci: dict | None, digits: int = 3) -> str:
