@@ -1,7 +1,7 @@
 """Held-out accuracy of the nearest training studies' vote against the prompts, on the same embeddings.
 
     python benchmarks/neighbour_vote.py RUN [RUN ...] --train-cohort C --heldout H [--splits train] [--k 10]
-                                        [--alone flair] [--checkpoint best|last] [--out results.json]
+                                        [--weight 1] [--alone flair] [--checkpoint best|last] [--out results.json]
 
 The vote (``nearest_synthetic.py``'s readout without prompts: the majority class of a study's ``k``
 nearest training studies by cosine in the run's image space, a tie to the nearest's) reads a study
@@ -11,8 +11,10 @@ model's calls on real scans it must do as well as the prompts on data no choice 
 the training studies of C (``--splits``, default ``train``: the run's own) that have the same sequences;
 with ``--alone SEQ`` also with that sequence by itself, against the training studies' SEQ alone (as a
 FLAIR-only clinical study is read). On the same embeddings, zero-shot is ``medalign classify``'s protocol
-(shipped prompts, ensemble pooling). Per run and view: both readouts' accuracy with a Wilson 95 %
-interval and per class; then their means over the runs (issue 20, stop 69).
+(shipped prompts, ensemble pooling). ``--weight W`` < 1 reads the blend ``medalign classify --neighbours W``
+computes instead of the vote alone: W x the class shares among the k + (1 - W) x the zero-shot probabilities.
+Per run and view: both readouts' accuracy with a Wilson 95 % interval and per class; then their means over
+the runs (issue 20, stops 69-70).
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finding_calls import cohort_studies  # noqa: E402
-from nearest_synthetic import nearest, vote  # noqa: E402
 
 
 def view_embeddings(model, studies: list[dict], sequences: tuple[str, ...]) -> tuple[list[dict], np.ndarray | None]:
@@ -35,9 +36,17 @@ def view_embeddings(model, studies: list[dict], sequences: tuple[str, ...]) -> t
     return have, model.encode_image([{q: s["files"][q] for q in sequences} for s in have])
 
 
-def vote_calls(train: np.ndarray, train_labels: list[str], test: np.ndarray, k: int) -> list[str]:
-    """Each test embedding's vote among its ``k`` nearest training embeddings (cosine)."""
-    return [vote([train_labels[j] for j in nearest(row, train, k)[0]]) for row in test]
+def vote_calls(train: np.ndarray, train_labels: list[str], test: np.ndarray, k: int, weight: float = 1.0,
+               zero_shot: tuple[list[str], np.ndarray] | None = None) -> list[str]:
+    """Each test embedding's call from its ``k`` nearest training embeddings (cosine): their vote, or with
+    ``weight`` < 1 the blend with ``zero_shot`` (classes, probabilities (N, C)) that ``classify`` computes."""
+    from medalign.eval.neighbours import neighbour_vote
+
+    classes = zero_shot[0] if zero_shot else sorted(set(train_labels))
+    shares, calls, _ = neighbour_vote(test, train, train_labels, classes, k=k)
+    if weight < 1:
+        calls = (weight * shares + (1 - weight) * zero_shot[1]).argmax(axis=1)  # (N,)
+    return [classes[int(c)] for c in calls]
 
 
 def scored(calls: list[str], labels: list[str]) -> dict:
@@ -49,7 +58,7 @@ def scored(calls: list[str], labels: list[str]) -> dict:
     return {**wilson_ci(sum(right), len(right)), "per_class": per_class}
 
 
-def run_views(model, train: list[dict], heldout: list[dict], alone: list[str], k: int) -> dict:
+def run_views(model, train: list[dict], heldout: list[dict], alone: list[str], k: int, weight: float = 1.0) -> dict:
     """{view: {n, vote, zero_shot}} for the full view (every sequence the run reads) and each ``alone`` one."""
     views = {"full": tuple(model.sequences), **{f"{s} alone": (s,) for s in alone if s in model.sequences}}
     out = {}
@@ -61,7 +70,7 @@ def run_views(model, train: list[dict], heldout: list[dict], alone: list[str], k
         labels = [s["label"] for s in te]
         classes, prob = model.zero_shot_probabilities(te_emb)
         out[view] = {"n": len(te), "n_train": len(tr),
-                     "vote": scored(vote_calls(tr_emb, [s["label"] for s in tr], te_emb, k), labels),
+                     "vote": scored(vote_calls(tr_emb, [s["label"] for s in tr], te_emb, k, weight, (classes, prob)), labels),
                      "zero_shot": scored([classes[int(i)] for i in prob.argmax(axis=1)], labels)}
     return out
 
@@ -73,12 +82,16 @@ def main() -> None:
     ap.add_argument("--heldout", type=Path, required=True, help="a `synth brain` output no choice was made on")
     ap.add_argument("--splits", default="train", help="comma-separated splits of --train-cohort to vote among")
     ap.add_argument("--k", type=int, default=10, help="neighbours per study")
+    ap.add_argument("--weight", type=float, default=1.0, help="the vote's weight against zero-shot (classify's "
+                    "--neighbours; 1: the vote alone)")
     ap.add_argument("--alone", default="", help="comma-separated sequences also read alone (e.g. flair)")
     ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.k < 1:
         raise SystemExit(f"--k must be >= 1, got {a.k}")
+    if not 0 < a.weight <= 1:
+        raise SystemExit(f"--weight must be in (0, 1], got {a.weight}")
     import logging
 
     import medalign
@@ -88,6 +101,7 @@ def main() -> None:
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
     out: dict = {"train_cohort": str(a.train_cohort), "heldout": str(a.heldout), "splits": a.splits, "k": a.k,
+                 "weight": a.weight,
                  "checkpoint": a.checkpoint, "runs": {}, "mean": {}}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
@@ -96,7 +110,7 @@ def main() -> None:
         if not train or not heldout:
             raise SystemExit(f"{a.train_cohort if not train else a.heldout}: no study with any of {list(m.sequences)}"
                              + (f" in splits {sorted(splits)}" if splits and not train else ""))
-        out["runs"][run] = rows = run_views(m, train, heldout, alone, a.k)
+        out["runs"][run] = rows = run_views(m, train, heldout, alone, a.k, a.weight)
         for view, r in rows.items():
             print(f"{Path(run).name:<20} {view:<12} n {r['n']:>4}  vote {r['vote']['value']:.3f}  "
                   f"zero-shot {r['zero_shot']['value']:.3f}  (k {a.k} of {r['n_train']} training studies)", flush=True)

@@ -1,7 +1,7 @@
 """Zero-shot class of the real cases in ../shared/data with one or more trained runs, per case.
 
     python benchmarks/real_cases.py RUN [RUN ...] [--shared ../shared/data] [--checkpoint best|last] [--adapt-bn]
-        [--pool EARLIER.json ...] [--out results.json]
+        [--neighbours W [--k 20]] [--pool EARLIER.json ...] [--out results.json]
     python benchmarks/real_cases.py --compare NAME=OUT.json[,OUT.json...] NAME=... [--out compare.json]
 
 Cases: the 6 BraTS 2015 gliomas (FLAIR + T1c; class tumor), and ``real_dev/``: three clinical
@@ -15,6 +15,11 @@ were looked at. They are few: read them as a check of direction, not as an accur
 estimated afresh from the real cases it reads (one pass, no labels; transductive) before they are
 classified, so the real scans are normalised by their own feature statistics instead of the synthetic
 cohort's (issue 20, stop 64, the preset's 8 runs: real tumours 25/48 and WMH 5/24 against 39/48 and 5/24 unadapted).
+
+``--neighbours W [--k K]``: the cases are read as ``medalign classify --neighbours W --k K`` reads them, the zero-shot
+probabilities blended with the vote of the K nearest training studies with the same sequences (the run's own
+training split; issue 20, stop 70). Such a run is counted under its own name, ``RUN (neighbours W, k K)``, so it
+pools and compares as another arm of the same run.
 
 One run is not a measurement here, so the command ends with the calls pooled over every run it read:
 per class the right calls with their Wilson 95 % interval and the mean p(true), per case the calls
@@ -139,6 +144,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate each run's BatchNorm statistics on the real "
                     "cases it reads before classifying them (AdaBN; transductive, no labels)")
+    ap.add_argument("--neighbours", type=float, default=0.0, help="weight of the nearest training studies' vote "
+                    "against zero-shot, as classify --neighbours (0: zero-shot alone)")
+    ap.add_argument("--k", type=int, default=20, help="training studies that vote, with --neighbours")
     ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
                     help="earlier outputs of this command whose runs are pooled with these (give RUNs before it)")
     ap.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON[,JSON...]",
@@ -151,6 +159,8 @@ def main() -> None:
         return compare_arms(parse_arms(a.compare), a.out)
     if not a.runs and not a.pool:
         ap.error("give RUN directories to read, --pool earlier outputs, or both")
+    if a.neighbours and a.adapt_bn:
+        ap.error("--neighbours reads the training studies with the run's own statistics: not with --adapt-bn")
     pooled, pooled_cases, pooled_bn = load_pooled(a.pool, a.adapt_bn if a.runs else None)
     if not a.runs:  # a summary of earlier outputs alone: no model is loaded
         return finish({"cases": pooled_cases, "adapt_bn": pooled_bn, "runs": pooled}, a.out)
@@ -167,8 +177,9 @@ def main() -> None:
     out: dict = {"cases": pooled_cases + [c["case"] for c in cases if c["case"] not in pooled_cases],
                  "adapt_bn": a.adapt_bn, "runs": dict(pooled)}
     for run in a.runs:
-        if run in out["runs"]:
-            raise SystemExit(f"run {run} is already counted in --pool (pool each run once)")
+        key = f"{run} (neighbours {a.neighbours:g}, k {a.k})" if a.neighbours else run
+        if key in out["runs"]:
+            raise SystemExit(f"run {key} is already counted in --pool (pool each run once)")
         m = medalign.load(run, checkpoint=a.checkpoint)
         usable = []
         for c in cases:
@@ -183,7 +194,7 @@ def main() -> None:
             classes, prob = m.zero_shot_probabilities(m.encode_image(torch.stack(images), torch.stack(masks).numpy()))
             res = [{"label": classes[int(q.argmax())], "probabilities": dict(zip(classes, q.tolist()))} for q in prob]
         else:
-            res = m.classify([c["files"] for c in usable]) if usable else []
+            res = m.classify([c["files"] for c in usable], neighbours=a.neighbours, k=a.k) if usable else []
         rows = []
         for c, r in zip(usable, res):
             used = sorted(s for s in c["files"] if s in m.sequences)
@@ -194,7 +205,8 @@ def main() -> None:
         right = {k: [sum(r["true"] == r["predicted"] for r in rows if r["true"] == k), sum(r["true"] == k for r in rows)]
                  for k in sorted({r["true"] for r in rows})}
         print(f"{Path(run).name:<24} right per class: " + ", ".join(f"{k} {a_}/{n}" for k, (a_, n) in right.items()))
-        out["runs"][run] = {"rows": rows, "right": right, "checkpoint": a.checkpoint}
+        out["runs"][key] = {"rows": rows, "right": right, "checkpoint": a.checkpoint,
+                            **({"neighbours": a.neighbours, "k": a.k} if a.neighbours else {})}
     finish(out, a.out)
 
 

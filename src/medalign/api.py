@@ -186,30 +186,66 @@ class MedAlignModel:
         return self.encode_text(select(list(reports)) if select else list(reports))
 
     def classify(self, studies: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
-                 absence: str = "ignore") -> list[dict[str, Any]]:
-        """Zero-shot classification: one dict per study with ``label`` (the top class),
-        ``probabilities`` {class: p} (softmax of the model's logit scale x class scores, summing
-        to 1), and the protocol: ``prompt_set`` (the YAML; default ``medalign/eval/prompts.yaml``,
-        the one ``medalign evaluate`` uses), ``pool`` and ``absence`` (as in
-        :func:`medalign.eval.zeroshot.scores_from_prompt_bank`), ``logit_scale``.
+                 absence: str = "ignore", neighbours: float = 0.0, k: int = 20,
+                 bank: str | Path | None = None) -> list[dict[str, Any]]:
+        """Classification: one dict per study with ``label`` (the top class), ``probabilities``
+        {class: p} (summing to 1) and the protocol.
+
+        Zero-shot (``neighbours=0``): the softmax of the model's logit scale x the class scores of
+        the prompt set ``prompts`` (default ``medalign/eval/prompts.yaml``, the one ``medalign
+        evaluate`` uses), with ``pool`` and ``absence`` as in
+        :func:`medalign.eval.zeroshot.scores_from_prompt_bank`. With ``neighbours=w`` > 0 the
+        probabilities are ``w`` x the class shares among the study's ``k`` nearest training
+        studies with the same sequences (:mod:`medalign.eval.neighbours`; ``bank``: the labelled
+        manifest whose train split votes, default the run's) + (1 - w) x the zero-shot ones;
+        ``nearest`` then gives the five nearest's study ids.
 
         ``studies``: anything :meth:`encode_image` takes (a study id, a DICOM folder, a dict
         {sequence: path}, or a list of those).
         """
         from medalign.eval.zeroshot import PROMPTS_FILE
 
+        if not 0.0 <= neighbours <= 1.0:
+            raise MedAlignError(f"neighbours is the vote's weight in [0, 1], got {neighbours}")
         items = studies if isinstance(studies, (list, tuple)) else [studies]
-        classes, p = self.zero_shot_probabilities(self.encode_image(list(items)), prompts=prompts, pool=pool,
-                                                  absence=absence)
+        pairs = [self._one(i) for i in items]
+        images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (N, C, D, H, W), (N, C)
+        emb = self.encode_image(images, masks.numpy())
+        classes, p = self.zero_shot_probabilities(emb, prompts=prompts, pool=pool, absence=absence)
+        nearest: list[list[str]] = [[] for _ in items]
+        top = p.argmax(axis=1)  # (N,)
+        if neighbours > 0:
+            p, nearest, calls = self._with_neighbours(emb, masks.numpy(), classes, p, neighbours, k, bank)
+            top = calls if neighbours == 1 else p.argmax(axis=1)  # the vote alone: its tie-break (the nearer class)
         scale = self.logit_scale()
         out = []
         for i, item in enumerate(items):
             name = item if isinstance(item, str) else (str(item) if isinstance(item, Path) else f"study {i + 1}")
-            out.append({"study": name, "label": classes[int(p[i].argmax())],
+            out.append({"study": name, "label": classes[int(top[i])],
                         "probabilities": {c: float(p[i, j]) for j, c in enumerate(classes)},
                         "prompt_set": str(prompts or PROMPTS_FILE), "pool": pool, "absence": absence,
-                        "logit_scale": scale})
+                        "logit_scale": scale,
+                        **({"neighbours": neighbours, "k": k, "nearest": nearest[i]} if neighbours > 0 else {})})
         return out
+
+    def _with_neighbours(self, emb: np.ndarray, masks: np.ndarray, classes: list[str], p: np.ndarray, weight: float,
+                         k: int, bank: str | Path | None) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+        """Zero-shot probabilities ``p`` (N, C) blended with the neighbour vote, the five nearest's ids and
+        the vote's calls (N,); studies are grouped by the sequences they have (each group meets the
+        training studies with those sequences alone)."""
+        from medalign.eval.neighbours import load_bank, neighbour_vote
+
+        out, nearest, calls = p.copy(), [[] for _ in range(len(emb))], np.zeros(len(emb), dtype=int)
+        views: dict[tuple[str, ...], list[int]] = {}
+        for i, m in enumerate(masks):
+            views.setdefault(tuple(s for s, on in zip(self.sequences, m) if on), []).append(i)
+        for view, rows in views.items():
+            b = load_bank(self, view, manifest=bank)
+            shares, calls[rows], top = neighbour_vote(emb[rows], b["embeddings"], b["labels"], classes, k=k)
+            out[rows] = weight * shares + (1 - weight) * p[rows]
+            for r, t in zip(rows, top):
+                nearest[r] = [b["study_ids"][j] for j in t[:5]]
+        return out, nearest, calls
 
     def zero_shot_probabilities(self, embeddings: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
                                 absence: str = "ignore") -> tuple[list[str], np.ndarray]:

@@ -27,6 +27,9 @@ def test_vote_calls_take_the_majority_of_the_k_nearest_by_cosine():
     test = np.array([[5.0, 0.2], [0.1, 1.0]])  # length does not matter, direction does
     assert bench.vote_calls(train, labels, test, 2) == ["tumor", "others"]
     assert bench.vote_calls(train, labels, test, 5) == ["others", "others"]  # every training study votes
+    zs = (["tumor", "others"], np.array([[0.1, 0.9], [0.7, 0.3]]))  # zero-shot against the vote on both
+    assert bench.vote_calls(train, labels, test, 2, 0.25, zs) == ["others", "tumor"]  # 0.25 x 1 < 0.75 x 0.9, ...
+    assert bench.vote_calls(train, labels, test, 2, 0.75, zs) == ["tumor", "others"]  # ... and the vote outweighs it
     s = bench.scored(["tumor", "others", "others"], ["tumor", "tumor", "others"])
     assert (s["k"], s["n"]) == (2, 3) and s["per_class"] == {"others": [1, 1], "tumor": [1, 2]}
 

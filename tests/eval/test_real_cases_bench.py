@@ -87,12 +87,8 @@ def test_adapt_bn_reestimates_the_normalisation_on_the_given_studies(tmp_path, m
     assert np.abs(e0 - e1).max() > 1e-3
 
 
-def test_adapt_bn_flag_classifies_through_the_adapted_copy(tmp_path, monkeypatch):
-    """real_cases.py --adapt-bn: each case's row is what the copy adapted on the run's readable cases says of it,
-    and the output records the flag."""
-    import medalign
-
-    run = _tiny_run(tmp_path, monkeypatch)
+def _one_wmh_flair(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in for ../shared/data with one real_dev case, a FLAIR with white-matter lesions: (shared, its FLAIR)."""
     write_lesion_study(tmp_path / "src", "W0", "others", "wmh", np.random.default_rng(0))
     shared = tmp_path / "shared"
     (shared / "real_dev" / "wmh_x").mkdir(parents=True)
@@ -100,6 +96,16 @@ def test_adapt_bn_flag_classifies_through_the_adapted_copy(tmp_path, monkeypatch
     flair.write_bytes((tmp_path / "src" / "W0" / "flair.nii.gz").read_bytes())
     (shared / "real_dev" / "cases.json").write_text(json.dumps([
         {"case": "wmh_x", "class": "others", "files": {"flair": "flair.nii.gz"}}]), encoding="utf-8")
+    return shared, flair
+
+
+def test_adapt_bn_flag_classifies_through_the_adapted_copy(tmp_path, monkeypatch):
+    """real_cases.py --adapt-bn: each case's row is what the copy adapted on the run's readable cases says of it,
+    and the output records the flag."""
+    import medalign
+
+    run = _tiny_run(tmp_path, monkeypatch)
+    shared, flair = _one_wmh_flair(tmp_path)
     out = tmp_path / "real.json"
     monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--adapt-bn", "--out", str(out)])
     bench.main()
@@ -203,3 +209,29 @@ def test_compare_tests_each_case_for_one_shared_rate(tmp_path, monkeypatch, caps
         monkeypatch.setattr(sys, "argv", ["real_cases.py", "--compare", *argv])
         with pytest.raises(SystemExit, match=message):
             bench.main()
+
+
+def test_neighbours_reads_the_cases_as_classify_does_under_its_own_name(tmp_path, monkeypatch):
+    """--neighbours W --k K: each case's call and p(true) are ``classify(neighbours=W, k=K)``'s; the run is counted as
+    ``RUN (neighbours W, k K)``, so it pools beside the same run read zero-shot; not with --adapt-bn."""
+    import medalign
+
+    run = _tiny_run(tmp_path, monkeypatch)
+    shared, flair = _one_wmh_flair(tmp_path)
+    zs, nb = tmp_path / "zs.json", tmp_path / "nb.json"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--out", str(zs)])
+    bench.main()
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--neighbours", "0.5",
+                                      "--k", "2", "--pool", str(zs), "--out", str(nb)])
+    bench.main()
+    runs = json.loads(nb.read_text(encoding="utf-8"))["runs"]
+    key = f"{run} (neighbours 0.5, k 2)"
+    assert set(runs) == {str(run), key} and (runs[key]["neighbours"], runs[key]["k"]) == (0.5, 2)
+    direct = medalign.load(run).classify([{"flair": str(flair)}], neighbours=0.5, k=2)[0]
+    row = runs[key]["rows"][0]
+    assert row["predicted"] == direct["label"]
+    assert row["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
+    assert row["p_true"] != pytest.approx(runs[str(run)]["rows"][0]["p_true"], abs=1e-6)  # the vote moved it
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--neighbours", "0.5", "--adapt-bn"])
+    with pytest.raises(SystemExit):
+        bench.main()

@@ -100,9 +100,15 @@ def classify(
     pool: str = typer.Option("ensemble", "--pool", help="pooling over a class's prompts: ensemble, mean or max"),
     cache: Optional[str] = typer.Option(None, "--cache", help="preprocessed cache for study ids (default: the run's)"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
+    neighbours: float = typer.Option(0.0, "--neighbours", help="weight in [0, 1] of the vote of the k nearest training "
+                                     "studies with the same sequences (0: zero-shot alone; 1: the vote alone)"),
+    k: int = typer.Option(20, "--k", help="training studies that vote, with --neighbours"),
+    bank: Optional[str] = typer.Option(None, "--bank", help="labelled manifest whose train split votes (default: the "
+                                       "run's data.manifest)"),
     out: Optional[str] = typer.Option(None, "--out", help="also write the results as JSON here"),
 ) -> None:
-    """Zero-shot classification of studies: the top class and every class's probability."""
+    """Classification of studies: the top class and every class's probability (zero-shot, or blended
+    with the vote of the nearest training studies)."""
     from medalign.api import load
     from medalign.errors import MedAlignError
     from medalign.utils import atomic_write_json
@@ -119,13 +125,14 @@ def classify(
     if not items:
         raise MedAlignError("give study ids, DICOM study folders or --images seq=path")
     model = load(run, checkpoint=checkpoint, **({"cache_dir": cache} if cache else {}))
-    res = model.classify(items, prompts=prompts, pool=pool)
+    res = model.classify(items, prompts=prompts, pool=pool, neighbours=neighbours, k=k, bank=bank)
     for r, item in zip(res, items):
         if isinstance(item, dict):
             r["study"] = ", ".join(f"{k}={Path(v).name}" for k, v in item.items())
         probs = "  ".join(f"{c} {p:.2f}" for c, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
         typer.echo(f"{r['study']}: {r['label']}  ({probs})")
-    typer.echo(f"prompt set {res[0]['prompt_set']}, pool {pool}, logit scale {res[0]['logit_scale']:.1f}")
+    typer.echo(f"prompt set {res[0]['prompt_set']}, pool {pool}, logit scale {res[0]['logit_scale']:.1f}"
+               + (f"; with the vote of the {k} nearest training studies at weight {neighbours:g}" if neighbours > 0 else ""))
     if out:
         atomic_write_json(out, res)
 
