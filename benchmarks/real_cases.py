@@ -18,8 +18,9 @@ cohort's (issue 20, stop 64, the preset's 8 runs: real tumours 25/48 and WMH 5/2
 
 ``--neighbours W [--k K]``: the cases are read as ``medalign classify --neighbours W --k K`` reads them, the zero-shot
 probabilities blended with the vote of the K nearest training studies with the same sequences (the run's own
-training split; issue 20, stop 70). Such a run is counted under its own name, ``RUN (neighbours W, k K)``, so it
-pools and compares as another arm of the same run.
+training split; issue 20, stop 70); without them, as ``classify`` reads the run by default (its ``readout``). A run
+read with the vote is counted under its own name, ``RUN (neighbours W, k K)``, so it pools and compares as another
+arm of the same run.
 
 One run is not a measurement here, so the command ends with the calls pooled over every run it read:
 per class the right calls with their Wilson 95 % interval and the mean p(true), per case the calls
@@ -144,9 +145,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate each run's BatchNorm statistics on the real "
                     "cases it reads before classifying them (AdaBN; transductive, no labels)")
-    ap.add_argument("--neighbours", type=float, default=0.0, help="weight of the nearest training studies' vote "
-                    "against zero-shot, as classify --neighbours (0: zero-shot alone)")
-    ap.add_argument("--k", type=int, default=20, help="training studies that vote, with --neighbours")
+    ap.add_argument("--neighbours", type=float, default=None, help="weight of the nearest training studies' vote "
+                    "against zero-shot, as classify --neighbours (0: zero-shot alone; default: the run's readout)")
+    ap.add_argument("--k", type=int, default=None, help="training studies that vote (default: the run's readout.k)")
     ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
                     help="earlier outputs of this command whose runs are pooled with these (give RUNs before it)")
     ap.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON[,JSON...]",
@@ -177,10 +178,15 @@ def main() -> None:
     out: dict = {"cases": pooled_cases + [c["case"] for c in cases if c["case"] not in pooled_cases],
                  "adapt_bn": a.adapt_bn, "runs": dict(pooled)}
     for run in a.runs:
-        key = f"{run} (neighbours {a.neighbours:g}, k {a.k})" if a.neighbours else run
+        m = medalign.load(run, checkpoint=a.checkpoint)
+        readout = m.config.get("readout") or {}  # classify's defaults for this run, unless given
+        w = float(readout.get("neighbours", 0.0) if a.neighbours is None else a.neighbours)
+        k = int(readout.get("k", 20) if a.k is None else a.k)
+        if w and a.adapt_bn:
+            raise SystemExit(f"{run} reads with the vote (neighbours {w:g}): not with --adapt-bn (pass --neighbours 0)")
+        key = f"{run} (neighbours {w:g}, k {k})" if w else run
         if key in out["runs"]:
             raise SystemExit(f"run {key} is already counted in --pool (pool each run once)")
-        m = medalign.load(run, checkpoint=a.checkpoint)
         usable = []
         for c in cases:
             if any(s in m.sequences for s in c["files"]):
@@ -194,7 +200,7 @@ def main() -> None:
             classes, prob = m.zero_shot_probabilities(m.encode_image(torch.stack(images), torch.stack(masks).numpy()))
             res = [{"label": classes[int(q.argmax())], "probabilities": dict(zip(classes, q.tolist()))} for q in prob]
         else:
-            res = m.classify([c["files"] for c in usable], neighbours=a.neighbours, k=a.k) if usable else []
+            res = m.classify([c["files"] for c in usable], neighbours=w, k=k) if usable else []
         rows = []
         for c, r in zip(usable, res):
             used = sorted(s for s in c["files"] if s in m.sequences)
@@ -206,7 +212,7 @@ def main() -> None:
                  for k in sorted({r["true"] for r in rows})}
         print(f"{Path(run).name:<24} right per class: " + ", ".join(f"{k} {a_}/{n}" for k, (a_, n) in right.items()))
         out["runs"][key] = {"rows": rows, "right": right, "checkpoint": a.checkpoint,
-                            **({"neighbours": a.neighbours, "k": a.k} if a.neighbours else {})}
+                            **({"neighbours": w, "k": k} if w else {})}
     finish(out, a.out)
 
 

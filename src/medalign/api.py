@@ -186,25 +186,29 @@ class MedAlignModel:
         return self.encode_text(select(list(reports)) if select else list(reports))
 
     def classify(self, studies: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
-                 absence: str = "ignore", neighbours: float = 0.0, k: int = 20,
+                 absence: str = "ignore", neighbours: float | None = None, k: int | None = None,
                  bank: str | Path | None = None) -> list[dict[str, Any]]:
         """Classification: one dict per study with ``label`` (the top class), ``probabilities``
         {class: p} (summing to 1) and the protocol.
 
-        Zero-shot (``neighbours=0``): the softmax of the model's logit scale x the class scores of
+        Zero-shot (``neighbours=0``, the default unless the run's config sets ``readout``): the softmax of the model's logit scale x the class scores of
         the prompt set ``prompts`` (default ``medalign/eval/prompts.yaml``, the one ``medalign
         evaluate`` uses), with ``pool`` and ``absence`` as in
         :func:`medalign.eval.zeroshot.scores_from_prompt_bank`. With ``neighbours=w`` > 0 the
         probabilities are ``w`` x the class shares among the study's ``k`` nearest training
         studies with the same sequences (:mod:`medalign.eval.neighbours`; ``bank``: the labelled
         manifest whose train split votes, default the run's) + (1 - w) x the zero-shot ones;
-        ``nearest`` then gives the five nearest's study ids.
+        ``nearest`` then gives the five nearest's study ids. ``neighbours`` and ``k`` left None take
+        the run's ``readout.neighbours`` and ``readout.k`` (0 and 20 for runs trained without them).
 
         ``studies``: anything :meth:`encode_image` takes (a study id, a DICOM folder, a dict
         {sequence: path}, or a list of those).
         """
         from medalign.eval.zeroshot import PROMPTS_FILE
 
+        readout = self.config.get("readout") or {}
+        neighbours = float(readout.get("neighbours", 0.0) if neighbours is None else neighbours)
+        k = int(readout.get("k", 20) if k is None else k)
         if not 0.0 <= neighbours <= 1.0:
             raise MedAlignError(f"neighbours is the vote's weight in [0, 1], got {neighbours}")
         items = studies if isinstance(studies, (list, tuple)) else [studies]

@@ -122,3 +122,19 @@ def test_cli_classify_with_neighbours(labelled, tmp_path, capsys) -> None:
     assert "with the vote of the 4 nearest training studies at weight 1" in said
     res = json.loads(out.read_text(encoding="utf-8"))
     assert len(res) == 1 and len(res[0]["nearest"]) == 4 and res[0]["neighbours"] == 1.0
+
+
+def test_the_runs_readout_is_classifys_default(labelled) -> None:
+    """A run trained with ``readout: {neighbours, k}`` is read that way unless told otherwise; runs without it (every
+    run before stop 70) read zero-shot."""
+    import medalign
+
+    m = medalign.load(labelled["run"])
+    study = _files(labelled["root"], "s05")
+    assert "nearest" not in m.classify(study)[0] and m.config["readout"] == {"neighbours": 0.0, "k": 20}
+    m.config["readout"] = {"neighbours": 1.0, "k": 4}
+    r = m.classify(study)[0]
+    assert (r["neighbours"], r["k"], len(r["nearest"])) == (1.0, 4, 4)
+    assert "nearest" not in m.classify(study, neighbours=0.0)[0]
+    del m.config["readout"]
+    assert "nearest" not in m.classify(study)[0]

@@ -100,9 +100,10 @@ def classify(
     pool: str = typer.Option("ensemble", "--pool", help="pooling over a class's prompts: ensemble, mean or max"),
     cache: Optional[str] = typer.Option(None, "--cache", help="preprocessed cache for study ids (default: the run's)"),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last"),
-    neighbours: float = typer.Option(0.0, "--neighbours", help="weight in [0, 1] of the vote of the k nearest training "
-                                     "studies with the same sequences (0: zero-shot alone; 1: the vote alone)"),
-    k: int = typer.Option(20, "--k", help="training studies that vote, with --neighbours"),
+    neighbours: Optional[float] = typer.Option(None, "--neighbours", help="weight in [0, 1] of the vote of the k nearest "
+                                               "training studies with the same sequences (0: zero-shot alone; 1: the vote "
+                                               "alone; default: the run's readout.neighbours, 0 unless trained with it)"),
+    k: Optional[int] = typer.Option(None, "--k", help="training studies that vote (default: the run's readout.k, 20)"),
     bank: Optional[str] = typer.Option(None, "--bank", help="labelled manifest whose train split votes (default: the "
                                        "run's data.manifest)"),
     out: Optional[str] = typer.Option(None, "--out", help="also write the results as JSON here"),
@@ -131,8 +132,10 @@ def classify(
             r["study"] = ", ".join(f"{k}={Path(v).name}" for k, v in item.items())
         probs = "  ".join(f"{c} {p:.2f}" for c, p in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
         typer.echo(f"{r['study']}: {r['label']}  ({probs})")
-    typer.echo(f"prompt set {res[0]['prompt_set']}, pool {pool}, logit scale {res[0]['logit_scale']:.1f}"
-               + (f"; with the vote of the {k} nearest training studies at weight {neighbours:g}" if neighbours > 0 else ""))
+    r0 = res[0]
+    typer.echo(f"prompt set {r0['prompt_set']}, pool {pool}, logit scale {r0['logit_scale']:.1f}"
+               + (f"; with the vote of the {r0['k']} nearest training studies at weight {r0['neighbours']:g}"
+                  if r0.get("neighbours") else ""))
     if out:
         atomic_write_json(out, res)
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 from medalign.config import ConfigError, from_dict, merge, require
 from medalign.data.config import DataConfig
 
-SECTIONS = ("seed", "data", "recipe", "train", "run_dir")
+SECTIONS = ("seed", "data", "recipe", "train", "readout", "run_dir")
 
 
 @dataclass
@@ -76,6 +76,24 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
+@dataclass
+class ReadoutConfig:
+    """How ``classify`` reads the run's embeddings by default (``medalign classify --neighbours/--k`` override it):
+    zero-shot, blended with weight ``neighbours`` with the vote of the ``k`` nearest training studies
+    (medalign.eval.neighbours). A preset sets it when its readout was chosen on dev and confirmed with it."""
+
+    neighbours: float = 0.0
+    k: int = 20
+
+    def __post_init__(self) -> None:
+        require(0 <= self.neighbours <= 1, "readout.neighbours", f"must be in [0, 1], got {self.neighbours}")
+        require(self.k >= 1, "readout.k", f"must be >= 1, got {self.k}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ReadoutConfig":
+        return from_dict(cls, d, where="readout")
+
+
 def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """The user's config checked section by section, with every default filled in (a plain dict).
 
@@ -94,7 +112,8 @@ def resolve_config(cfg: dict[str, Any] | None) -> dict[str, Any]:
     out = {"seed": seed,
            "data": DataConfig.from_dict(cfg.get("data")).to_dict(),
            "recipe": merge({"name": "clip"}, recipe),
-           "train": TrainConfig.from_dict(cfg.get("train")).to_dict()}
+           "train": TrainConfig.from_dict(cfg.get("train")).to_dict(),
+           "readout": dataclasses.asdict(ReadoutConfig.from_dict(cfg.get("readout")))}
     if cfg.get("run_dir") is not None:
         out["run_dir"] = str(cfg["run_dir"])
     return out
