@@ -17,6 +17,10 @@ from medalign.cli import main as cli_main
 from medalign.errors import MedAlignError
 
 EXAMPLE_QUERY = "Acute infarct in the left MCA territory with restricted diffusion."
+# the FLAIR-heavy cohort its preset (configs/brain_clip_cpu_flair.yaml) was confirmed on (issue 20, stop 70):
+# 600 more training studies acquired as FLAIR alone, wedge-shaped territorial infarcts across their time from
+# onset, half the necrotic gliomas with a large core
+DEMO_COHORT = ("--flair-alone", "600", "--infarct-territory", "1", "--infarct-onset", "1", "--glioma-cores", "0.5")
 
 
 def _stage(title: str, argv: list[str], *, skip_if: Path | None = None) -> None:
@@ -31,14 +35,15 @@ def _stage(title: str, argv: list[str], *, skip_if: Path | None = None) -> None:
     print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_clip_cpu.yaml",
-        overrides: list[str] | None = None, evaluate_args: list[str] | None = None) -> None:
+def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_clip_cpu_flair.yaml",
+        cohort_args: tuple[str, ...] | list[str] = DEMO_COHORT, overrides: list[str] | None = None,
+        evaluate_args: list[str] | None = None) -> None:
     out = out.resolve()
     cohort, cache, run_dir = out / "cohort", out / "cache", out / "runs" / "brain_clip_cpu"
     manifest = cohort / "manifest.csv"
     t0 = time.perf_counter()
-    _stage("1/8 synthesise the brain cohort", ["synth", "brain", "--n", str(n), "--out", str(cohort), "--seed", str(seed)],
-           skip_if=manifest)
+    _stage("1/8 synthesise the brain cohort", ["synth", "brain", "--n", str(n), "--out", str(cohort), "--seed", str(seed),
+                                                *cohort_args], skip_if=manifest)
     _stage("2/8 preprocess (orient, co-register, resample, normalise -> cache)",
            ["preprocess", str(manifest), "--cache", str(cache), "--workers", "2", "--keep-going"])
     _stage("3/8 inspection sheet", ["inspect", str(manifest), "--cache", str(cache), "--out", str(out / "inspect.png")],
@@ -76,13 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--n", type=int, default=262)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", default="configs/brain_clip_cpu.yaml")
+    p.add_argument("--config", default="configs/brain_clip_cpu_flair.yaml")
+    p.add_argument("--cohort-args", default=shlex.join(DEMO_COHORT),
+                   help="extra `synth brain` options (default: the FLAIR-heavy cohort; '' for the plain one, with "
+                        "--config configs/brain_clip_cpu.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--evaluate-args", default="", help="extra arguments for `medalign evaluate`, e.g. '--n-boot 200'")
     a = p.parse_args(argv)
     try:
-        run(a.out, n=a.n, seed=a.seed, config=a.config, overrides=a.overrides,
+        run(a.out, n=a.n, seed=a.seed, config=a.config, cohort_args=shlex.split(a.cohort_args), overrides=a.overrides,
             evaluate_args=shlex.split(a.evaluate_args))
     except MedAlignError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,3 +19,27 @@ def test_demo_builds_the_index_from_the_preprocessed_cache(tmp_path: Path, monke
     assert index[index.index("--cache") + 1] == cache
     assert by_cmd[("preprocess",)][by_cmd[("preprocess",)].index("--cache") + 1] == cache
     assert f"data.cache_dir={cache}" in by_cmd[("train",)]
+
+
+def test_demo_draws_the_flair_heavy_cohort_and_trains_its_preset(tmp_path: Path, monkeypatch) -> None:
+    """Since issue 20, stop 70 the demo draws the FLAIR-heavy cohort and trains the preset confirmed on it, whose
+    run classifies with the neighbour readout by default (last checkpoint, half the vote of 20); the plain cohort
+    stays one option away."""
+    from medalign.config import load_config
+    from medalign.train.config import resolve_config
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(demo, "_stage", lambda title, argv, **kw: calls.append(list(argv)))
+    (tmp_path / "runs" / "brain_clip_cpu").mkdir(parents=True)
+    demo.run(tmp_path)
+    synth = next(a for a in calls if a[:2] == ["synth", "brain"])
+    assert synth[synth.index("--flair-alone") + 1] == "600" and "--glioma-cores" in synth
+    train = next(a for a in calls if a[0] == "train")
+    assert train[1] == "configs/brain_clip_cpu_flair.yaml"
+    cfg = resolve_config(load_config(Path(__file__).resolve().parents[2] / train[1]))
+    assert (cfg["train"]["epochs"], cfg["train"]["select"]) == (20, "last")
+    assert cfg["readout"] == {"neighbours": 0.5, "k": 20}
+    calls.clear()
+    demo.run(tmp_path, cohort_args=(), config="configs/brain_clip_cpu.yaml")
+    synth = next(a for a in calls if a[:2] == ["synth", "brain"])
+    assert "--flair-alone" not in synth
