@@ -161,6 +161,11 @@ class MedAlignModel:
             items = x if isinstance(x, (list, tuple)) else [x]
             pairs = [self._one(i) for i in items]
             images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+        return self._encode(images, masks, batch_size)
+
+    @torch.no_grad()
+    def _encode(self, images: list[torch.Tensor], masks: list[torch.Tensor], batch_size: int = 8) -> np.ndarray:
+        """Preprocessed studies (each (C, D, H, W), or a 2D recipe's own shape) and their masks (C,) -> (N, E)."""
         out = []
         for i in range(0, len(images), batch_size):
             im = torch.stack(images[i : i + batch_size]).to(self.device)  # (b, C, D, H, W)
@@ -212,9 +217,9 @@ class MedAlignModel:
         if not 0.0 <= neighbours <= 1.0:
             raise MedAlignError(f"neighbours is the vote's weight in [0, 1], got {neighbours}")
         items = studies if isinstance(studies, (list, tuple)) else [studies]
-        pairs = [self._one(i) for i in items]
-        images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])  # (N, C, D, H, W), (N, C)
-        emb = self.encode_image(images, masks.numpy())
+        pairs = [self._one(i) for i in items]  # preprocessed once: the masks say which sequences each study has
+        emb = self._encode([q[0] for q in pairs], [q[1] for q in pairs])
+        masks = torch.stack([q[1] for q in pairs])  # (N, C)
         classes, p = self.zero_shot_probabilities(emb, prompts=prompts, pool=pool, absence=absence)
         nearest: list[list[str]] = [[] for _ in items]
         top = p.argmax(axis=1)  # (N,)

@@ -94,8 +94,8 @@ def test_the_bank_is_kept_and_rebuilt_for_another_manifest(labelled, tmp_path, m
     study = _files(labelled["root"], "s04")
     m.classify(study, neighbours=0.5, k=2)
     seen = []
-    real = type(m).encode_image
-    monkeypatch.setattr(type(m), "encode_image", lambda self, x, *a, **kw: seen.append(len(x)) or real(self, x, *a, **kw))
+    real = type(m)._encode  # every image the model encodes passes here, the study's and the bank's
+    monkeypatch.setattr(type(m), "_encode", lambda self, images, *a, **kw: seen.append(len(images)) or real(self, images, *a, **kw))
     m.classify(study, neighbours=0.5, k=2)
     assert seen == [1]  # the study only: the bank was read from disk
     df = pd.read_csv(labelled["manifest"])
