@@ -70,7 +70,8 @@ def run_views(model, train: list[dict], heldout: list[dict], alone: list[str], k
         labels = [s["label"] for s in te]
         classes, prob = model.zero_shot_probabilities(te_emb)
         out[view] = {"n": len(te), "n_train": len(tr),
-                     "vote": scored(vote_calls(tr_emb, [s["label"] for s in tr], te_emb, k, weight, (classes, prob)), labels),
+                     "vote": scored(vote_calls(tr_emb, [s["label"] for s in tr], te_emb, k, weight, (classes, prob)),
+                                    labels),
                      "zero_shot": scored([classes[int(i)] for i in prob.argmax(axis=1)], labels)}
     return out
 
@@ -101,8 +102,7 @@ def main() -> None:
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
     out: dict = {"train_cohort": str(a.train_cohort), "heldout": str(a.heldout), "splits": a.splits, "k": a.k,
-                 "weight": a.weight,
-                 "checkpoint": a.checkpoint, "runs": {}, "mean": {}}
+                 "weight": a.weight, "checkpoint": a.checkpoint, "runs": {}, "mean": {}}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
         train = cohort_studies(a.train_cohort, list(m.sequences), splits)

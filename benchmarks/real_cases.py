@@ -179,9 +179,7 @@ def main() -> None:
                  "adapt_bn": a.adapt_bn, "runs": dict(pooled)}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
-        readout = m.config.get("readout") or {}  # classify's defaults for this run, unless given
-        w = float(readout.get("neighbours", 0.0) if a.neighbours is None else a.neighbours)
-        k = int(readout.get("k", 20) if a.k is None else a.k)
+        w, k = m.readout(a.neighbours, a.k)  # classify's own defaults for this run, unless given
         if w and a.adapt_bn:
             raise SystemExit(f"{run} reads with the vote (neighbours {w:g}): not with --adapt-bn (pass --neighbours 0)")
         key = f"{run} (neighbours {w:g}, k {k})" if w else run

@@ -196,8 +196,8 @@ class MedAlignModel:
         """Classification: one dict per study with ``label`` (the top class), ``probabilities``
         {class: p} (summing to 1) and the protocol.
 
-        Zero-shot (``neighbours=0``, the default unless the run's config sets ``readout``): the softmax of the model's logit scale x the class scores of
-        the prompt set ``prompts`` (default ``medalign/eval/prompts.yaml``, the one ``medalign
+        Zero-shot (``neighbours=0``, the default unless the run's config sets ``readout``): the
+        softmax of the model's logit scale x the class scores of the prompt set ``prompts`` (default ``medalign/eval/prompts.yaml``, the one ``medalign
         evaluate`` uses), with ``pool`` and ``absence`` as in
         :func:`medalign.eval.zeroshot.scores_from_prompt_bank`. With ``neighbours=w`` > 0 the
         probabilities are ``w`` x the class shares among the study's ``k`` nearest training
@@ -211,9 +211,7 @@ class MedAlignModel:
         """
         from medalign.eval.zeroshot import PROMPTS_FILE
 
-        readout = self.config.get("readout") or {}
-        neighbours = float(readout.get("neighbours", 0.0) if neighbours is None else neighbours)
-        k = int(readout.get("k", 20) if k is None else k)
+        neighbours, k = self.readout(neighbours, k)
         if not 0.0 <= neighbours <= 1.0:
             raise MedAlignError(f"neighbours is the vote's weight in [0, 1], got {neighbours}")
         items = studies if isinstance(studies, (list, tuple)) else [studies]
@@ -236,6 +234,14 @@ class MedAlignModel:
                         "logit_scale": scale,
                         **({"neighbours": neighbours, "k": k, "nearest": nearest[i]} if neighbours > 0 else {})})
         return out
+
+    def readout(self, neighbours: float | None = None, k: int | None = None) -> tuple[float, int]:
+        """The vote's weight and k that :meth:`classify` uses: those given, else the run's ``readout``
+        (zero-shot for runs trained without one)."""
+        from medalign.train.config import ReadoutConfig
+
+        r = ReadoutConfig.from_dict(self.config.get("readout"))
+        return (r.neighbours if neighbours is None else float(neighbours), r.k if k is None else int(k))
 
     def _with_neighbours(self, emb: np.ndarray, masks: np.ndarray, classes: list[str], p: np.ndarray, weight: float,
                          k: int, bank: str | Path | None) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
