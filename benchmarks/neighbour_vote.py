@@ -14,7 +14,7 @@ FLAIR-only clinical study is read). On the same embeddings, zero-shot is ``medal
 (shipped prompts, ensemble pooling). ``--weight W`` < 1 reads the blend ``medalign classify --neighbours W``
 computes instead of the vote alone: W x the class shares among the k + (1 - W) x the zero-shot probabilities.
 Per run and view: both readouts' accuracy with a Wilson 95 % interval and per class; then their means over
-the runs (issue 20, stops 69-70).
+the runs and the right calls per class summed over them (issue 20, stops 69-71).
 """
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def scored(calls: list[str], labels: list[str]) -> dict:
     right = [c == y for c, y in zip(calls, labels)]
     per_class = {y: [sum(r for r, t in zip(right, labels) if t == y), labels.count(y)] for y in sorted(set(labels))}
     return {**wilson_ci(sum(right), len(right)), "per_class": per_class}
+
+
+def pooled_per_class(rows: list[dict]) -> dict:
+    """{class: [right, n]} summed over runs' ``per_class`` tables."""
+    out: dict = {}
+    for row in rows:
+        for cls, (right, n) in row.items():
+            t = out.setdefault(cls, [0, 0])
+            t[0] += right
+            t[1] += n
+    return dict(sorted(out.items()))
 
 
 def run_views(model, train: list[dict], heldout: list[dict], alone: list[str], k: int, weight: float = 1.0) -> dict:
@@ -102,7 +113,7 @@ def main() -> None:
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
     out: dict = {"train_cohort": str(a.train_cohort), "heldout": str(a.heldout), "splits": a.splits, "k": a.k,
-                 "weight": a.weight, "checkpoint": a.checkpoint, "runs": {}, "mean": {}}
+                 "weight": a.weight, "checkpoint": a.checkpoint, "runs": {}, "mean": {}, "per_class": {}}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
         train = cohort_studies(a.train_cohort, list(m.sequences), splits)
@@ -119,6 +130,13 @@ def main() -> None:
         out["mean"][view] = {r: float(np.mean([g[r]["value"] for g in got])) for r in ("vote", "zero_shot")}
         print(f"mean over {len(got)} run(s), {view}: vote {out['mean'][view]['vote']:.3f}, "
               f"zero-shot {out['mean'][view]['zero_shot']:.3f}")
+        # per class, pooled over the runs: an overall accuracy within a bar can hide one class paying for another
+        # (issue 20, stop 71: the blend's held-out infarct recall)
+        out["per_class"][view] = pooled = {r: pooled_per_class([g[r]["per_class"] for g in got])
+                                           for r in ("vote", "zero_shot")}
+        for cls in pooled["vote"]:
+            (rv, n), (rz, _) = pooled["vote"][cls], pooled["zero_shot"][cls]
+            print(f"  {cls:<12} vote {rv}/{n} ({rv / n:.3f})  zero-shot {rz}/{n} ({rz / n:.3f})")
     if a.out:
         atomic_write_json(a.out, out)
 

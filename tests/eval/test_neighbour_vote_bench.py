@@ -39,6 +39,11 @@ def _set_split(study: Path, split: str) -> None:
     (study / "ground_truth.json").write_text(json.dumps({**gt, "split": split}), encoding="utf-8")
 
 
+def test_per_class_counts_pool_over_runs():
+    assert bench.pooled_per_class([{"tumor": [1, 2], "others": [0, 1]}, {"tumor": [2, 2], "infarct": [1, 3]}]) == \
+        {"infarct": [1, 3], "others": [0, 1], "tumor": [3, 4]}
+
+
 def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     """Every training study voting (k = 3 of the train split's 3; the val study left out) calls every held-out
     study by the training majority, whatever the embeddings; zero-shot is classify's own call on the files."""
@@ -71,6 +76,8 @@ def test_script_on_a_tiny_run(tmp_path, monkeypatch):
     right = sum(d["label"] == y for d, y in zip(direct, ("others", "normal")))
     assert alone["zero_shot"]["k"] == right
     assert res["mean"]["flair alone"] == {"vote": 0.5, "zero_shot": right / 2}
+    assert res["per_class"]["flair alone"]["vote"] == {"normal": [0, 1], "others": [1, 1]}  # pooled per class
+    assert sum(r for r, _ in res["per_class"]["flair alone"]["zero_shot"].values()) == right
     monkeypatch.setattr(sys, "argv", ["neighbour_vote.py", str(run), "--train-cohort", str(train), "--heldout", str(held),
                                       "--splits", "test"])
     with pytest.raises(SystemExit, match=r"no study with any of .* in splits \['test'\]"):

@@ -199,6 +199,22 @@ def test_text_only_classifier_on_fake_encoder():
     assert supervised_config({"recipe": {"name": "clip"}, "train": {"epochs": 300}})["train"]["epochs"] == 30
 
 
+def test_supervised_baseline_budget_follows_the_runs_steps():
+    """A tenth of the run's steps, at least 130 (10 epochs of 211 studies at batch 16), never more epochs than the
+    run's: the CPU preset keeps 10 epochs, the FLAIR-heavy demo (811 studies, 20 epochs) gets 3, not 10."""
+    from medalign.eval.baselines import baseline_epochs, supervised_config
+
+    assert baseline_epochs(80, batch_size=16, n_train=211) == 10      # 13 steps an epoch: 130 steps
+    assert baseline_epochs(20, batch_size=16, n_train=811) == 3       # 50 an epoch: 150 steps, not 500
+    assert baseline_epochs(300, batch_size=16, n_train=211) == 30     # a tenth of 3900 steps
+    assert baseline_epochs(2, batch_size=4, n_train=8) == 2           # a tiny run: its own epochs
+    assert baseline_epochs(20, batch_size=16, n_train=811, drop_last=False) == 3  # 51 an epoch
+    assert baseline_epochs(20, batch_size=16, n_train=10) == 20       # fewer studies than a batch: one step an epoch
+    cfg = supervised_config({"recipe": {"name": "clip"}, "train": {"epochs": 20, "batch_size": 16}}, n_train=811)
+    assert cfg["train"]["epochs"] == 3
+    assert supervised_config({"recipe": {"name": "clip"}, "train": {"epochs": 20}}, n_train=811, epochs=7)["train"]["epochs"] == 7
+
+
 def test_supervised_recipe_step_and_gradients():
     import torch
 
@@ -219,6 +235,12 @@ def test_supervised_recipe_step_and_gradients():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in r.parameters() if p.requires_grad)
     emb = r.encode_image(batch["image"], batch["sequence_mask"])
     assert emb.shape == (3, 8) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    r.eval()  # one pass gives both (the baseline's embedding and its head's calls), as two passes do
+    with torch.no_grad():
+        both = r.encode_and_classify(batch["image"], batch["sequence_mask"])
+        assert torch.allclose(both[0], r.encode_image(batch["image"], batch["sequence_mask"]), atol=1e-6)
+        assert torch.allclose(both[1], r.logits(batch["image"], batch["sequence_mask"]), atol=1e-6)
+    r.train()
     v = r.validation_end([r.validation_step(batch)])
     assert 0.0 <= v["accuracy"] <= 1.0
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -56,10 +57,30 @@ def _untrained(run_dir: Path, manifest: Path, cache: Path, split: str, prompt_ba
     return res
 
 
-def supervised_config(run_cfg: dict, *, epochs: int | None = None) -> dict:
+# 10 epochs of the default 211-study training split at batch 16: the budget of every supervised baseline
+# figure before the FLAIR-heavy demo cohort (issue 20, stop 70), where 10 epochs of 811 studies made the
+# baseline half the run's steps and most of `make demo`'s evaluate stage
+BASELINE_MIN_STEPS = 130
+
+
+def baseline_epochs(run_epochs: int, *, batch_size: int, n_train: int | None = None, drop_last: bool = True) -> int:
+    """Epochs of the supervised baseline: a tenth of the run's steps, at least ``BASELINE_MIN_STEPS``, at most
+    the run's epochs (steps of ``n_train`` training studies in batches of ``batch_size``); without ``n_train``,
+    the run's epochs up to 10, else a tenth of them (at least 10)."""
+    if n_train is None:
+        return run_epochs if run_epochs <= 10 else max(10, run_epochs // 10)
+    b = max(1, int(batch_size))
+    per_epoch = max(1, int(n_train) // b if drop_last else math.ceil(int(n_train) / b))
+    budget = max(run_epochs * per_epoch / 10, BASELINE_MIN_STEPS)
+    return max(1, min(run_epochs, math.ceil(budget / per_epoch)))
+
+
+def supervised_config(run_cfg: dict, *, epochs: int | None = None, n_train: int | None = None) -> dict:
     """The run's config with the recipe swapped for ``supervised`` (same image encoder and data).
 
-    ``epochs`` None -> the run's epochs when <= 10, else a tenth of them (at least 10).
+    ``epochs`` None -> a short budget (:func:`baseline_epochs`): with ``n_train`` (training studies) a tenth
+    of the run's optimisation steps, at least ``BASELINE_MIN_STEPS``, never more epochs than the run's;
+    without it, the run's epochs when <= 10, else a tenth of them (at least 10).
     """
     cfg = copy.deepcopy(run_cfg)
     rc = cfg.get("recipe") or {}
@@ -69,9 +90,9 @@ def supervised_config(run_cfg: dict, *, epochs: int | None = None) -> dict:
             new[k] = rc[k]
     cfg["recipe"] = new
     tr = cfg.setdefault("train", {})
-    if epochs is None:  # a short budget by default: the run's epochs up to 10, else a tenth (>= 10)
-        run_epochs = int(tr.get("epochs") or 300)
-        epochs = run_epochs if run_epochs <= 10 else max(10, run_epochs // 10)
+    if epochs is None:
+        epochs = baseline_epochs(int(tr.get("epochs") or 300), batch_size=int(tr.get("batch_size") or 16),
+                                 n_train=n_train, drop_last=bool(tr.get("drop_last", True)))
     tr["epochs"] = int(epochs)
     for k in ("resume", "init_from", "checkpoint"):
         tr.pop(k, None)
@@ -91,13 +112,16 @@ class _ImageOnly:
     def encode_image(self, x, sequence_mask=None):
         import torch
 
-        emb = self.model.encode_image(x, sequence_mask)
-        if hasattr(self.model.recipe, "logits"):
-            with torch.no_grad():
-                im = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(self.model.device)  # (B, C, D, H, W)
-                mk = torch.as_tensor(np.asarray(sequence_mask), dtype=torch.bool).to(self.model.device)  # (B, C)
-                self.logits.append(self.model.recipe.logits(im, mk).float().cpu().numpy())
-        return emb
+        both = getattr(self.model.recipe, "encode_and_classify", None)
+        if both is None:
+            return self.model.encode_image(x, sequence_mask)
+        with torch.no_grad():  # one encoder pass for the embedding and the head's logits
+            im = torch.as_tensor(np.asarray(x), dtype=torch.float32).to(self.model.device)  # (B, C, D, H, W)
+            mk = None if sequence_mask is None else \
+                torch.as_tensor(np.asarray(sequence_mask), dtype=torch.bool).to(self.model.device)  # (B, C)
+            emb, logits = both(im, mk)
+        self.logits.append(logits.float().cpu().numpy())
+        return emb.float().cpu().numpy()
 
     def encode_text(self, texts):
         return np.zeros((len(texts), 1), np.float32)
@@ -117,7 +141,7 @@ def _embed_image_only(model, manifest, cache, split, *, required=True):
 
 
 def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: int, seed: int,
-                epochs: int | None, say) -> dict:
+                epochs: int | None, say, n_train: int | None = None) -> dict:
     import medalign.recipes.supervised  # noqa: F401  (registers "supervised")
     from medalign import api
     from medalign.data.schema import CLASSES
@@ -130,7 +154,7 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
     import yaml
 
     run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    cfg = supervised_config(run_cfg, epochs=epochs)
+    cfg = supervised_config(run_cfg, epochs=epochs, n_train=n_train)
     cfg["data"]["manifest"], cfg["data"]["cache_dir"] = str(manifest), str(cache)
     say(f"training the supervised 3D CNN baseline into {out_dir} ({cfg['train'].get('epochs', '?')} epochs)")
     fit(cfg, out_dir)
@@ -168,7 +192,8 @@ def run_baselines(run_dir: str | Path, manifest: Path, cache: Path, *, test: dic
             if name == "untrained":
                 out[name] = _untrained(run_dir, manifest, cache, split, prompt_bank_fn, pool, n_boot, seed)
             elif name == "supervised_3d_cnn":
-                out[name] = _supervised(run_dir, manifest, cache, split, n_boot, seed, supervised_epochs, say)
+                out[name] = _supervised(run_dir, manifest, cache, split, n_boot, seed, supervised_epochs, say,
+                                        n_train=None if train is None else len(train["study_id"]))
             elif name == "text_only":
                 if train is None or not np.asarray(train.get("has_report", [True])).any():
                     out[name] = {"skipped": "no training split"}

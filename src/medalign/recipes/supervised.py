@@ -49,6 +49,12 @@ class SupervisedRecipe(Recipe):
         """Penultimate features, L2-normalised (B, F): what probes and retrieval see."""
         return F.normalize(self._features(image, sequence_mask), dim=-1)
 
+    def encode_and_classify(self, image: torch.Tensor,
+                            sequence_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`encode_image`, :meth:`logits`) from one pass of the encoder: (B, F), (B, n_classes)."""
+        feats = self._features(image, sequence_mask)  # (B, F)
+        return F.normalize(feats, dim=-1), self.head(feats)
+
     def _loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         label = label.to(logits.device).long()
         if (label >= 0).any():

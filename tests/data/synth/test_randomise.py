@@ -24,8 +24,13 @@ KW = dict(n=N, seed=3, shape_mode="small", label_noise=0.1, studies_per_patient=
           workers=1, paraphrases=0)  # paraphrases only add a manifest column (tests/data/synth/test_paraphrases.py)
 # Digest of the cohort ``generate_brain_cohort(**KW)`` written by the generator BEFORE domain
 # randomisation existed (commit 689a69b, numpy 1.26.4 / scipy 1.17.1): sha256 over every file's
-# relative path and content (.nii.gz decompressed, so the zlib build does not matter).
-BEFORE_DIGEST = "acf71c3e87957bb8e0a4de7899edbe70aadc3f1032bf583c0ccf05c3189b5cd2"
+# relative path and content (.nii.gz decompressed, so the zlib build does not matter). The float
+# rounding underneath differs between CPUs, so each digest is the one commit 689a69b's own generator
+# writes on that kind of machine (issue 20, stop 71: on a 2.1 GHz Xeon with AVX512-FP16 both it and
+# this generator with randomise=False write ac85e45d..., checked side by side; the first was recorded
+# on the machines of earlier stops). A new kind of machine may need its digest checked the same way.
+BEFORE_DIGESTS = {"acf71c3e87957bb8e0a4de7899edbe70aadc3f1032bf583c0ccf05c3189b5cd2",
+                  "ac85e45d636538e5e3995648482ba8e319f16a3ab480f1d35abe3b6f3d654e8d"}
 BEFORE_MANIFEST = "52c52f1a9e024f7ccd904e185b7012246e61a75325e94f2658326a07b504f89c"
 BEFORE_VERSIONS = {"numpy": "1.26", "scipy": "1.17"}
 
@@ -58,7 +63,7 @@ def test_randomise_false_is_byte_identical_to_the_generator_before(tmp_path):
     off = generate_brain_cohort(tmp_path / "off", randomise=False, **KW)
     assert hashlib.sha256(off.read_bytes()).hexdigest() == BEFORE_MANIFEST  # ids, splits, labels, reports
     assert "domain" not in _gt(off, "S00001") and "randomise" not in json.loads((off.parent / "cohort.json").read_text())
-    assert _digest(off.parent) == BEFORE_DIGEST
+    assert _digest(off.parent) in BEFORE_DIGESTS
 
 
 def test_cli_randomises_by_default_and_no_randomise_matches_the_library(tmp_path, cohort):
