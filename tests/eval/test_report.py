@@ -215,6 +215,24 @@ def test_supervised_baseline_budget_follows_the_runs_steps():
     assert supervised_config({"recipe": {"name": "clip"}, "train": {"epochs": 20}}, n_train=811, epochs=7)["train"]["epochs"] == 7
 
 
+def test_a_finished_supervised_baseline_is_reused_only_when_trained_alike(tmp_path):
+    """evaluate run again reuses the baseline it trained (same recipe, seed, epochs and data), not another one."""
+    import yaml
+
+    from medalign.eval.baselines import _trained_alike
+
+    cfg = {"seed": 0, "recipe": {"name": "supervised", "image_encoder": {"name": "unet3d_cpu"}},
+           "train": {"epochs": 3, "batch_size": 16}, "data": {"manifest": "m.csv", "cache_dir": "c"}}
+    assert not _trained_alike(tmp_path, cfg)  # nothing there
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "lr": 0.001}}))
+    assert not _trained_alike(tmp_path, cfg)  # not finished (no summary.json): an interrupted run is not reused
+    (tmp_path / "summary.json").write_text("{}")
+    assert _trained_alike(tmp_path, cfg)  # keys the budget does not depend on may differ
+    assert not _trained_alike(tmp_path, {**cfg, "train": {"epochs": 10}})
+    assert not _trained_alike(tmp_path, {**cfg, "data": {"manifest": "other.csv", "cache_dir": "c"}})
+    assert not _trained_alike(tmp_path, {**cfg, "seed": 1})
+
+
 def test_supervised_recipe_step_and_gradients():
     import torch
 

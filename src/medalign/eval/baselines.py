@@ -140,11 +140,30 @@ def _embed_image_only(model, manifest, cache, split, *, required=True):
     return emb
 
 
+def _trained_alike(out_dir: Path, cfg: dict) -> bool:
+    """Whether ``out_dir`` holds a finished baseline run of the same recipe, data, seed and epochs as ``cfg``."""
+    import yaml
+
+    if not ((out_dir / "summary.json").is_file() and (out_dir / "config.yaml").is_file()):
+        return False
+    done = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    same = lambda *keys: _get(done, keys) == _get(cfg, keys)  # noqa: E731
+    return (same("recipe") and same("seed") and same("train", "epochs") and same("data", "manifest")
+            and same("data", "cache_dir"))
+
+
+def _get(d: dict, keys: Sequence[str]):
+    for k in keys:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
 def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: int, seed: int,
                 epochs: int | None, say, n_train: int | None = None) -> dict:
     import medalign.recipes.supervised  # noqa: F401  (registers "supervised")
     from medalign import api
     from medalign.data.schema import CLASSES
+    from medalign.errors import MedAlignError
     from medalign.eval.evaluate import class_cis, label_ints, label_names
     from medalign.eval.probe import label_efficiency
     from medalign.eval.zeroshot import classification_metrics
@@ -156,8 +175,14 @@ def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: 
     run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     cfg = supervised_config(run_cfg, epochs=epochs, n_train=n_train)
     cfg["data"]["manifest"], cfg["data"]["cache_dir"] = str(manifest), str(cache)
-    say(f"training the supervised 3D CNN baseline into {out_dir} ({cfg['train'].get('epochs', '?')} epochs)")
-    fit(cfg, out_dir)
+    if _trained_alike(out_dir, cfg):  # evaluate run again (another --pool, say): the baseline it trained is reused
+        say(f"the supervised 3D CNN baseline in {out_dir} was trained on this data with this budget: reused")
+    elif (out_dir / "summary.json").is_file():
+        raise MedAlignError(f"{out_dir} holds a supervised baseline trained on other data or with another budget; "
+                            "remove that folder to train this one")
+    else:
+        say(f"training the supervised 3D CNN baseline into {out_dir} ({cfg['train'].get('epochs', '?')} epochs)")
+        fit(cfg, out_dir)
     sup = api.load(out_dir, cache_dir=cache)
     test = _embed_image_only(sup, manifest, cache, split)
     train = _embed_image_only(sup, manifest, cache, "train", required=False)
