@@ -147,15 +147,12 @@ def _trained_alike(out_dir: Path, cfg: dict) -> bool:
     if not ((out_dir / "summary.json").is_file() and (out_dir / "config.yaml").is_file()):
         return False
     done = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    same = lambda *keys: _get(done, keys) == _get(cfg, keys)  # noqa: E731
-    return (same("recipe") and same("seed") and same("train", "epochs") and same("data", "manifest")
-            and same("data", "cache_dir"))
 
+    def what(c: dict) -> tuple:  # what the baseline's weights depend on
+        tr, data = c.get("train") or {}, c.get("data") or {}
+        return c.get("recipe"), c.get("seed"), tr.get("epochs"), data.get("manifest"), data.get("cache_dir")
 
-def _get(d: dict, keys: Sequence[str]):
-    for k in keys:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
+    return what(done) == what(cfg)
 
 
 def _supervised(run_dir: Path, manifest: Path, cache: Path, split: str, n_boot: int, seed: int,
