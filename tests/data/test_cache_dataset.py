@@ -108,6 +108,18 @@ def test_cache_of_an_older_preprocessing_version_is_refused(tmp_path):
     assert json.loads((cache / "index.json").read_text())["version"] == 1  # nothing rewritten
 
 
+def test_protocols_from_the_manifest_or_the_cache(tmp_path):
+    """Each study's acquired sequences (what train.protocol_balance groups by), without loading images."""
+    m = _cohort(tmp_path)
+    cache = tmp_path / "cache"
+    preprocess_cohort(m, CFG, cache, workers=1, progress=False)
+    full, no_t2s = ("dwi", "t2s", "flair"), ("dwi", "flair")
+    assert CohortDataset(m, cache, split="train").protocols == [full, no_t2s, full, no_t2s]
+    # a manifest frame without image columns: read off the cached sequence masks instead
+    bare = pd.read_csv(m, dtype=str, keep_default_na=False).drop(columns=["image_dwi", "image_t2s", "image_flair"])
+    assert CohortDataset(bare, cache, split="train").protocols == [full, no_t2s, full, no_t2s]
+
+
 def test_resume_after_interruption(tmp_path):
     """Arrays whose sidecar exists are reused even if index.json never got them (killed run)."""
     m = _cohort(tmp_path, n=4)

@@ -107,6 +107,39 @@ def test_class_balance_needs_labels():
         ResumableBatchSampler(3, 2, weights=[1.0, -1.0, 1.0])
 
 
+class _Acquired(_Labelled):
+    def __init__(self, labels, protocols):
+        super().__init__(labels)
+        self.protocols = protocols
+
+
+def test_protocol_balance_weights_and_draws():
+    from medalign.config import ConfigError
+    from medalign.data.samplers import ResumableBatchSampler, protocol_balance_weights, sampling_weights
+
+    # 75 studies as FLAIR alone, 25 with three sequences; classes 0/1 spread over both
+    protocols = [("flair",)] * 75 + [("dwi", "t2s", "flair")] * 25
+    labels = [i % 2 for i in range(75)] + [0] * 20 + [1] * 5
+    ds = _Acquired(labels, protocols)
+    w = protocol_balance_weights(ds, 1.0)
+    assert w[0] == pytest.approx(1 / 75) and w[-1] == pytest.approx(1 / 25)
+    s = ResumableBatchSampler(len(labels), 10, seed=4, weights=w)
+    drawn = Counter()
+    for epoch in range(40):
+        s.set_epoch(epoch)
+        drawn.update(len(protocols[i]) for b in s for i in b)
+    multi = drawn[3] / sum(drawn.values())
+    assert abs(multi - 0.5) < 0.05, multi  # shuffled: 0.25
+    assert sampling_weights(ds) is None  # neither asked: a plain shuffle
+    assert sampling_weights(ds, protocol_balance=1.0) == w
+    both = sampling_weights(ds, class_balance=1.0, protocol_balance=1.0)
+    # the product: a class-1 study with three sequences (rare class, rare protocol) weighs most
+    n1 = labels.count(1)
+    assert both[-1] == pytest.approx(1 / 25 / n1) and both[0] == pytest.approx(1 / 75 / labels.count(0))
+    with pytest.raises(ConfigError, match="train.protocol_balance"):
+        protocol_balance_weights(_Labelled(labels), 1.0)
+
+
 def test_grouped_batches_keep_patients_together_and_see_every_study():
     from medalign.data.samplers import GroupedBatchSampler
 

@@ -151,24 +151,34 @@ def test_ema_checkpoints_and_resume(tmp_path: Path) -> None:
     assert full["steps"] == 6
 
 
-def test_class_balance_in_the_loop(tmp_path: Path) -> None:
+# the tiny cohort is labelled, and every 3rd study lacks its first sequence (7 full, 3 partial)
+@pytest.mark.parametrize("key", ["class_balance", "protocol_balance"])
+def test_balanced_draws_in_the_loop(tmp_path: Path, key: str) -> None:
     from medalign.config import ConfigError
+    from medalign.data.datasets import SyntheticPairs
+    from medalign.data.samplers import protocol_balance_weights
     from medalign.train.config import resolve_config
 
-    # the tiny cohort is labelled: balanced draws train and resume like shuffled ones
-    full = fit(_cfg("train.class_balance=1"), tmp_path / "full")
-    part = fit(_cfg("train.class_balance=1", "train.stop_after_steps=3"), tmp_path / "part")
-    resumed = fit(_cfg("train.class_balance=1"), tmp_path / "part", resume=True)
+    base = ("data.synthetic.missing_every=3",)
+    opts = (*base, f"train.{key}=1")
+    assert protocol_balance_weights(SyntheticPairs(**_cfg(*opts)["data"]["synthetic"]), 1.0).count(1 / 3) == 3
+    # balanced draws train and resume like shuffled ones
+    full = fit(_cfg(*opts), tmp_path / "full")
+    part = fit(_cfg(*opts, "train.stop_after_steps=3"), tmp_path / "part")
+    resumed = fit(_cfg(*opts), tmp_path / "part", resume=True)
     assert part["stopped"] and resumed["steps"] == full["steps"] == 6
     a = load_file(str(tmp_path / "full" / "checkpoints" / "last.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoints" / "last.safetensors"))
-    fit(_cfg(), tmp_path / "plain")
+    fit(_cfg(*base), tmp_path / "plain")
     plain = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=f"{k} differs after resume")
     assert any(not torch.allclose(a[k], plain[k]) for k in a)  # the draws did change
-    with pytest.raises(ConfigError, match="train.class_balance"):
-        resolve_config(_cfg("train.class_balance=2"))
+    with pytest.raises(ConfigError, match=f"train.{key}"):
+        resolve_config(_cfg(f"train.{key}=2"))
+    # a recipe that groups its own batches (twin views keep a patient's studies together) cannot also balance them
+    with pytest.raises(ConfigError, match=f"{key}: the batches come from GroupedBatchSampler"):
+        fit(_cfg(*opts, "recipe.twin_views=0.5"), tmp_path / "twins")
 
 
 def _epoch_of(path: Path) -> int:

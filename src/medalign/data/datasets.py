@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalign.data.cache import CohortCache
-from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
+from medalign.data.schema import CLASSES, IMAGE_PREFIX, PARAPHRASES_COLUMN
 from medalign.errors import CohortError
 
 
@@ -64,6 +64,18 @@ class CohortDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.df)
+
+    @property
+    def protocols(self) -> list[tuple[str, ...]]:
+        """Each study's acquired sequences (of the cache's), without loading images: the manifest's
+        filled ``image_<seq>`` columns, else the cached sequence mask (what ``train.protocol_balance`` reads)."""
+        cols = [IMAGE_PREFIX + q for q in self.sequences]
+        if any(c in self.df.columns for c in cols):
+            filled = [[isinstance(v, str) and v.strip() != "" for v in self.df[c]] if c in self.df.columns
+                      else [False] * len(self.df) for c in cols]
+            return [tuple(q for q, f in zip(self.sequences, row) if f) for row in zip(*filled)]
+        masks = (self.cache.load(sid)["sequence_mask"] for sid in self.study_ids)
+        return [tuple(q for q, m in zip(self.sequences, mask) if m) for mask in masks]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         sid = self.study_ids[i]
@@ -152,6 +164,13 @@ class SyntheticPairs(Dataset):
     def labels(self) -> list[int]:
         """Class of every item without building it (what ``train.class_balance`` reads)."""
         return [i % self.n_classes for i in range(self.n)]
+
+    @property
+    def protocols(self) -> list[tuple[int, ...]]:
+        """Channels each item has (``missing_every`` drops channel 0), as ``CohortDataset.protocols``."""
+        every = self.missing_every
+        full = tuple(range(self.channels))
+        return [full[1:] if every and i % every == every - 1 else full for i in range(self.n)]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         g = torch.Generator().manual_seed(self.seed * 100003 + self.offset + i)

@@ -1,6 +1,7 @@
 """Batch samplers for the training loop: resumable shuffled batches, and patient-grouped batches.
 
-``ResumableBatchSampler`` is the loop's default (optionally class-balanced: ``class_balance_weights``).
+``ResumableBatchSampler`` is the loop's default (optionally weighted: ``sampling_weights``, by class
+and by acquired sequences).
 ``PatientBatchSampler``: every patient in a batch brings >= 2 of its instances.
 ``GroupedBatchSampler``: shuffled batches in which a patient's studies are never split (a study and
 its lesion-free twin train side by side; patients with one study fill the rest).
@@ -189,8 +190,40 @@ def class_balance_weights(dataset, power: float) -> list[float]:
         first = ids[unlabelled[0]] if ids is not None else f"item {unlabelled[0]}"
         raise ConfigError(f"train.class_balance needs a label for every training study (manifest column "
                           f"'label'); {len(unlabelled)} have none, first: {first}")
-    counts = Counter(int(y) for y in labels)
-    return [counts[int(y)] ** -power for y in labels]
+    return _group_weights([int(y) for y in labels], power)
+
+
+def protocol_balance_weights(dataset, power: float) -> list[float]:
+    """Sampling weight of every study: (training studies acquired with its set of sequences) ** -power.
+
+    ``dataset.protocols`` holds each study's acquired sequences (``CohortDataset``: the manifest's
+    filled ``image_<seq>`` columns). A cohort where most studies come as FLAIR alone otherwise spends
+    most steps on FLAIR, and the multi-sequence studies (DWI: strokes) are seen a few times only.
+    """
+    from medalign.config import ConfigError
+
+    protocols = getattr(dataset, "protocols", None)
+    if protocols is None:
+        raise ConfigError(f"train.protocol_balance: {type(dataset).__name__} does not say which sequences "
+                          "each study has")
+    return _group_weights([tuple(p) for p in protocols], power)
+
+
+def sampling_weights(dataset, *, class_balance: float = 0.0, protocol_balance: float = 0.0) -> list[float] | None:
+    """The training draw's weight of every study (the product of the balances asked for), or None
+    for a plain shuffle."""
+    weights = None
+    for power, fn in ((class_balance, class_balance_weights), (protocol_balance, protocol_balance_weights)):
+        if power:
+            w = fn(dataset, power)
+            weights = w if weights is None else [a * b for a, b in zip(weights, w)]
+    return weights
+
+
+def _group_weights(groups: Sequence, power: float) -> list[float]:
+    """(members of each item's group) ** -power: with power 1 every group is drawn equally often."""
+    counts = Counter(groups)
+    return [counts[g] ** -power for g in groups]
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

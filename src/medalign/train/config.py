@@ -44,6 +44,9 @@ class TrainConfig:
     # 0 = plain shuffle; a > 0: draw training studies with p ~ (studies of its label)^-a, so rare
     # classes come up more often (1 = every class equally often); needs the manifest's label column
     class_balance: float = 0.0
+    # 0 = off; a > 0: p ~ (training studies acquired with the same sequences)^-a, so a protocol that few
+    # studies have (multi-sequence studies among many FLAIR-alone ones) is not starved of steps
+    protocol_balance: float = 0.0
     log_every: int = 10
     checkpoint_every_steps: int = 0        # extra mid-epoch resume points; 0 = only at epoch end
     max_steps: Optional[int] = None        # stop after this many optimiser steps in total
@@ -66,6 +69,8 @@ class TrainConfig:
         require(self.log_every >= 1, "train.log_every", f"must be >= 1, got {self.log_every}")
         require(self.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
         require(0 <= self.class_balance <= 1, "train.class_balance", f"must be in [0, 1], got {self.class_balance}")
+        require(0 <= self.protocol_balance <= 1, "train.protocol_balance",
+                f"must be in [0, 1], got {self.protocol_balance}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "TrainConfig":

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Sampler
 from medalign import dist as D
 from medalign.config import ConfigError, dump_config
 from medalign.data.cache import recorded_preprocess
-from medalign.data.samplers import ResumableBatchSampler, class_balance_weights
+from medalign.data.samplers import ResumableBatchSampler, sampling_weights
 from medalign.errors import MedAlignError
 from medalign.train import checkpoint as ckpt
 from medalign.train.config import TrainConfig, resolve_config
@@ -245,12 +245,12 @@ def _build_loop(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None, tc
     # any sampler must offer set_epoch(epoch, start_batch) and batches_per_epoch().
     sampler = sampler or recipe.batch_sampler(train_ds, batch_size=tc.batch_size, train=True, seed=seed, rank=rank,
                                               world=world, drop_last=tc.drop_last)
-    if sampler is not None and tc.class_balance:
-        raise ConfigError(f"train.class_balance: the batches come from {type(sampler).__name__} "
+    for key in [k for k in ("class_balance", "protocol_balance") if sampler is not None and getattr(tc, k)]:
+        raise ConfigError(f"train.{key}: the batches come from {type(sampler).__name__} "
                           f"({type(recipe).__name__}), which does not balance them; set it to 0")
     sampler = sampler or ResumableBatchSampler(
         len(train_ds), tc.batch_size, shuffle=True, seed=seed, rank=rank, world=world, drop_last=tc.drop_last,
-        weights=class_balance_weights(train_ds, tc.class_balance) if tc.class_balance else None)
+        weights=sampling_weights(train_ds, class_balance=tc.class_balance, protocol_balance=tc.protocol_balance))
 
     def make_loader(ds: Dataset, batch_sampler: Sampler, epoch: int = 0) -> torch.utils.data.DataLoader:
         # Own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
