@@ -245,8 +245,8 @@ def _build_loop(recipe: nn.Module, train_ds: Dataset, val_ds: Dataset | None, tc
     # any sampler must offer set_epoch(epoch, start_batch) and batches_per_epoch().
     sampler = sampler or recipe.batch_sampler(train_ds, batch_size=tc.batch_size, train=True, seed=seed, rank=rank,
                                               world=world, drop_last=tc.drop_last)
-    for key in [k for k in ("class_balance", "protocol_balance") if sampler is not None and getattr(tc, k)]:
-        raise ConfigError(f"train.{key}: the batches come from {type(sampler).__name__} "
+    if sampler is not None and (asked := [k for k in ("class_balance", "protocol_balance") if getattr(tc, k)]):
+        raise ConfigError(f"train.{asked[0]}: the batches come from {type(sampler).__name__} "
                           f"({type(recipe).__name__}), which does not balance them; set it to 0")
     sampler = sampler or ResumableBatchSampler(
         len(train_ds), tc.batch_size, shuffle=True, seed=seed, rank=rank, world=world, drop_last=tc.drop_last,
