@@ -64,9 +64,10 @@ def test_cli_writes_flair_alone_studies_that_read_as_missing_series(tmp_path, ca
     out, ref = tmp_path / "fa", tmp_path / "ref"
     common = ["synth", "brain", "--n", "20", "--seed", "2", "--shape-mode", "small", "--workers", "1", "--paraphrases", "1"]
     assert main([*common, "--out", str(ref)]) == 0
-    assert main([*common, "--out", str(out), "--flair-alone", "3"]) == 0
+    assert main([*common, "--out", str(out), "--flair-alone", "3", "--flair-alone-territory", "1"]) == 0
     assert "wrote 23 studies" in capsys.readouterr().out
-    assert json.loads((out / "cohort.json").read_text(encoding="utf-8"))["flair_alone"] == 3
+    info = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
+    assert info["flair_alone"] == 3 and info["flair_alone_territory"] == 1.0  # the extras' own infarct shapes, recorded
     assert "flair_alone" not in json.loads((ref / "cohort.json").read_text(encoding="utf-8"))
     df, df_ref = pd.read_csv(out / "manifest.csv"), pd.read_csv(ref / "manifest.csv")
     pd.testing.assert_frame_equal(df.iloc[:20], df_ref)  # the cohort's rows are unchanged
@@ -89,3 +90,26 @@ def test_cli_writes_flair_alone_studies_that_read_as_missing_series(tmp_path, ca
     df.iloc[20:].to_csv(out / "extras.csv", index=False)
     with pytest.raises(MedAlignError, match=f"study {df.study_id.iloc[20]} has no dwi series"):
         export_cohort(out / "extras.csv", tmp_path / "dcm")
+
+
+def test_the_flair_alone_studies_can_draw_their_territorial_infarcts_apart():
+    from medalign.data.synth.randomise import DomainOptions
+
+    def shapes(plans):  # territorial infarct shapes: "territory" (the wedge) or None (an ellipsoid)
+        return [f.get("shape") for p in plans for f in p["findings"] if f.get("variant") == "territorial"]
+
+    half = DomainOptions(infarct_territory=0.5)
+    split = DomainOptions(infarct_territory=0.5, flair_alone_territory=1.0)
+    both, apart = plan_cohort(60, 4, flair_alone=120, domain=half), plan_cohort(60, 4, flair_alone=120, domain=split)
+    assert apart[:60] == both[:60]  # the full studies keep --infarct-territory's draw
+    assert {None, "territory"} <= set(shapes(both[60:]))  # without it, the extras draw both shapes
+    assert {None, "territory"} <= set(shapes(apart[:60]))
+    assert shapes(apart[60:]) and set(shapes(apart[60:])) == {"territory"}  # with it, wedges only
+    assert split.record()["flair_alone_territory"] == 1.0 and "flair_alone_territory" not in half.record()
+    assert DomainOptions(infarct_territory=0.5, flair_alone_territory=0.0).record()["flair_alone_territory"] == 0.0
+    ellipsoids = DomainOptions(infarct_territory=1.0, flair_alone_territory=0.0)
+    assert set(shapes(plan_cohort(60, 4, flair_alone=120, domain=ellipsoids)[60:])) == {None}
+    with pytest.raises(MedAlignError, match="--flair-alone-territory applies to the FLAIR-alone studies"):
+        plan_cohort(40, 0, domain=split)
+    with pytest.raises(MedAlignError, match="--flair-alone-territory must be a probability"):
+        DomainOptions(flair_alone_territory=1.5).check(randomise=True)

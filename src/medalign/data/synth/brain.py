@@ -142,6 +142,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
     if not (0 <= int(flair_alone) <= 10_000):
         raise MedAlignError(f"--flair-alone must be between 0 and 10000, got {flair_alone}")
+    if domain.flair_alone_territory is not None and not flair_alone:
+        raise MedAlignError("--flair-alone-territory applies to the FLAIR-alone studies: add --flair-alone N")
     counts = dict(split_counts) if split_counts else split_counts_for(n)
     if sum(counts.values()) != n or any(v < 0 for v in counts.values()):
         raise MedAlignError(f"split counts {counts} must be non-negative and sum to n={n}")
@@ -156,7 +158,7 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     if flair_alone:
         from medalign.data.synth.protocols import flair_alone_studies
 
-        out += flair_alone_studies(out, int(flair_alone), seed=int(seed), plan=plan)
+        out += flair_alone_studies(out, int(flair_alone), seed=int(seed), plan=plan, domain=domain)
     return out
 
 

@@ -135,6 +135,10 @@ def _register_brain(synth: typer.Typer) -> None:
         flair_alone: int = typer.Option(0, "--flair-alone", min=0, max=10_000, help="N: also N training studies of new "
                                         "patients acquired as FLAIR alone (their other image cells empty), added after "
                                         "the n studies and their twins; each costs about a sixth of a full study's CPU. Default: 0."),
+        flair_alone_territory: Optional[float] = typer.Option(None, "--flair-alone-territory", min=0.0, max=1.0, help="P: "
+                                                              "the FLAIR-alone studies' own --infarct-territory (a share P "
+                                                              "of their territorial infarcts drawn as wedges). Default: "
+                                                              "--infarct-territory's."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -150,7 +154,7 @@ def _register_brain(synth: typer.Typer) -> None:
                                infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
                                infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright,
                                infarct_onset=infarct_onset, lesion_flair_spread=lesion_flair_spread,
-                               glioma_sites=glioma_sites)
+                               glioma_sites=glioma_sites, flair_alone_territory=flair_alone_territory)
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

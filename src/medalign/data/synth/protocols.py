@@ -15,20 +15,31 @@ report is exactly what the cohort without them holds. ``truth["series"]`` record
 report's technique line, when it has one, says FLAIR only. The findings are described as drawn,
 diffusion and susceptibility included: the report of the full study, as when a study's other series
 never reached the archive.
+
+``synth brain --flair-alone-territory P`` draws the extras' territorial infarcts as wedges with their own
+probability P (``--infarct-territory`` for the rest): an acute stroke work-up acquires a DWI, and without
+one a round infarct on FLAIR has nothing to tell it from a glioma (issue 20, stop 73).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
+
+from medalign.data.synth.randomise import DomainOptions
 
 FLAIR_ALONE_STREAM = 31  # the extras' streams: [seed, 31] + plan_cohort's (0 plan, 1 images, 2 anatomy, 3 reports)
 
 
-def flair_alone_studies(plans: list[dict], n: int, *, seed: int,
-                        plan: Callable[..., list[dict]]) -> list[dict]:
+def flair_alone_studies(plans: list[dict], n: int, *, seed: int, plan: Callable[..., list[dict]],
+                        domain: DomainOptions = DomainOptions()) -> list[dict]:
     """``n`` training studies acquired as FLAIR alone, numbered after ``plans`` (the cohort so far:
     study ``S{len(plans) + k + 1}``, patients after its last). ``plan`` is ``brain._plan_studies``
-    with the cohort's settings bound (``plan(n, key, counts, series=...)``)."""
-    extra = plan(n, [int(seed), FLAIR_ALONE_STREAM], {"train": n, "val": 0, "test": 0}, series=["flair"])
+    with the cohort's settings bound (``plan(n, key, counts, series=..., domain=...)``); ``domain`` the
+    cohort's options, but for ``flair_alone_territory``, when set: the extras' own ``infarct_territory``."""
+    if domain.flair_alone_territory is not None:
+        domain = replace(domain, infarct_territory=domain.flair_alone_territory)
+    extra = plan(n, [int(seed), FLAIR_ALONE_STREAM], {"train": n, "val": 0, "test": 0}, series=["flair"],
+                 domain=domain)
     first_patient = len({p["patient_id"] for p in plans})
     for k, truth in enumerate(extra):
         truth["study_id"] = f"S{len(plans) + k + 1:05d}"

@@ -184,10 +184,11 @@ class DomainOptions:
     infarct_onset: float | None = None
     lesion_flair_spread: float | None = None
     glioma_sites: float | None = None
+    flair_alone_territory: float | None = None  # the FLAIR-alone extras' own infarct_territory (``synth.protocols``)
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch",
                                                 "others_svd", "glioma_bright", "infarct_onset", "lesion_flair_spread",
-                                                "glioma_sites")
+                                                "glioma_sites", "flair_alone_territory")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
@@ -221,8 +222,9 @@ class DomainOptions:
         out: dict[str, Any] = {k: [float(v) for v in rng] for k, rng in
                                (("wm_conspicuity", r.wm_conspicuity), ("wm_shine", r.wm_shine)) if rng is not None}
         for key in self.PROBABILITIES:
-            if getattr(r, key) > 0:
-                out[key] = float(getattr(r, key))
+            v = getattr(r, key)  # flair_alone_territory: None = as infarct_territory; set, even its 0 says something
+            if v is not None and (v > 0 or key == "flair_alone_territory"):
+                out[key] = float(v)
         if r.sharpen > 0 and r.sharpen_sequences is not None:
             out["sharpen_sequences"] = list(r.sharpen_sequences)
         return out
