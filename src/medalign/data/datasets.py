@@ -69,12 +69,12 @@ class CohortDataset(Dataset):
     def protocols(self) -> list[tuple[str, ...]]:
         """Each study's acquired sequences (of the cache's), without loading images: the manifest's
         filled ``image_<seq>`` columns, else the cached sequence mask (what ``train.protocol_balance`` reads)."""
-        cols = [IMAGE_PREFIX + q for q in self.sequences]
-        if any(c in self.df.columns for c in cols):
-            filled = [[isinstance(v, str) and v.strip() != "" for v in self.df[c]] if c in self.df.columns
-                      else [False] * len(self.df) for c in cols]
-            return [tuple(q for q, f in zip(self.sequences, row) if f) for row in zip(*filled)]
-        masks = (self.cache.load(sid)["sequence_mask"] for sid in self.study_ids)
+        from medalign.data.manifest import empty_cell
+
+        if any(IMAGE_PREFIX + q in self.df.columns for q in self.sequences):
+            return [tuple(q for q in self.sequences if not empty_cell(row.get(IMAGE_PREFIX + q)))
+                    for row in self.df.to_dict("records")]
+        masks = (self.cache.entry(sid)["sequence_mask"] for sid in self.study_ids)  # the index alone, no arrays
         return [tuple(q for q, m in zip(self.sequences, mask) if m) for mask in masks]
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -26,14 +26,15 @@ PATH_COLUMNS_EXTRA = ("mask", "omics", "bag")
 TEXT_COLUMNS = ("study_id", "patient_id", "split", "label", "report", PARAPHRASES_COLUMN)
 
 
-def _empty(v: object) -> bool:
+def empty_cell(v: object) -> bool:
+    """A manifest cell left empty: None, NaN, or blank text."""
     return v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and v.strip() == "")
 
 
 def parse_paraphrases(value: object, *, row: int | None = None, study_id: str | None = None) -> list[str]:
     """A ``report_paraphrases`` cell -> its texts; empty cell -> []. Anything but a JSON list of
     strings is a :class:`CohortError` naming the row (1-based data row) and the column."""
-    if _empty(value):
+    if empty_cell(value):
         return []
     try:
         texts = json.loads(str(value))
@@ -65,7 +66,7 @@ def study_ground_truths(df: pd.DataFrame, base: str | Path | None = None) -> lis
     root = Path(base) if base is not None else Path.cwd()
     out: list[dict | None] = []
     for _, row in df.iterrows():
-        files = [Path(_absolute(str(row[c]), root)) for c in cols if not _empty(row[c])]
+        files = [Path(_absolute(str(row[c]), root)) for c in cols if not empty_cell(row[c])]
         gt = next((f.parent / "ground_truth.json" for f in files if (f.parent / "ground_truth.json").is_file()), None)
         try:
             out.append(json.loads(gt.read_text(encoding="utf-8")) if gt is not None else None)
@@ -107,7 +108,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def _cell_to_str(v: object) -> object:
-    if _empty(v):
+    if empty_cell(v):
         return ""
     if isinstance(v, bytes):
         return v.decode("utf-8", errors="surrogateescape")
@@ -152,7 +153,7 @@ def resolve_paths(df: pd.DataFrame, base: str | Path) -> pd.DataFrame:
     out = df.copy()
     base = Path(base)
     for c in path_columns(out):
-        out[c] = ["" if _empty(v) else _absolute(str(v), base) for v in out[c]]
+        out[c] = ["" if empty_cell(v) else _absolute(str(v), base) for v in out[c]]
     return out
 
 
@@ -186,7 +187,7 @@ def validate_manifest(df: pd.DataFrame, *, check_files: bool = True) -> None:
     for i, row in enumerate(df.itertuples(index=False), start=1):
         r = dict(zip(cols, row))
         sid = r["study_id"]
-        if _empty(sid):
+        if empty_cell(sid):
             raise CohortError("empty study_id", row=i, column="study_id")
         sid = str(sid).strip()
         for c in cols:
@@ -196,24 +197,24 @@ def validate_manifest(df: pd.DataFrame, *, check_files: bool = True) -> None:
         if sid in seen:
             raise CohortError(f"duplicate study_id (also in row {seen[sid]})", study_id=sid, row=i, column="study_id")
         seen[sid] = i
-        if _empty(r["patient_id"]):
+        if empty_cell(r["patient_id"]):
             raise CohortError("empty patient_id", study_id=sid, row=i, column="patient_id")
-        if "split" in cols and not _empty(r["split"]) and str(r["split"]).strip() not in SPLITS:
+        if "split" in cols and not empty_cell(r["split"]) and str(r["split"]).strip() not in SPLITS:
             raise CohortError(f"unknown split '{r['split']}'; allowed: {', '.join(SPLITS)}",
                               study_id=sid, row=i, column="split")
-        if "label" in cols and not _empty(r["label"]) and str(r["label"]).strip() not in CLASSES:
+        if "label" in cols and not empty_cell(r["label"]) and str(r["label"]).strip() not in CLASSES:
             raise CohortError(f"unknown label '{r['label']}'; allowed: {', '.join(CLASSES)}",
                               study_id=sid, row=i, column="label")
-        if "report" in cols and _empty(r["report"]):
+        if "report" in cols and empty_cell(r["report"]):
             raise CohortError("empty report", study_id=sid, row=i, column="report")
         if PARAPHRASES_COLUMN in cols:
             parse_paraphrases(r[PARAPHRASES_COLUMN], row=i, study_id=sid)
-        if all(_empty(r[c]) for c in img_cols):
+        if all(empty_cell(r[c]) for c in img_cols):
             raise CohortError(f"no image path in any of {', '.join(img_cols)}", study_id=sid, row=i)
         if check_files:
             for c in path_columns(df):
                 v = r[c]
-                if not _empty(v) and not Path(str(v)).exists():
+                if not empty_cell(v) and not Path(str(v)).exists():
                     raise CohortError("file not found", study_id=sid, row=i, column=c, path=str(v))
     if "split" in cols:
         check_leakage(df)
@@ -231,7 +232,7 @@ def check_leakage(df: pd.DataFrame) -> None:
         return
     splits: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for sid, pid, sp in zip(df["study_id"], df["patient_id"], df["split"]):
-        if not _empty(sp):
+        if not empty_cell(sp):
             splits[str(pid)][str(sp)].append(str(sid))
     for pid, by in splits.items():
         if len(by) > 1:
@@ -263,7 +264,7 @@ def make_splits(df: pd.DataFrame, *, counts: Mapping[str, int] | Sequence[int] |
             raise CohortError(f"split fractions {list(fractions)} must be 3 non-negative numbers")
         target = fr / fr.sum() * n
     rng = np.random.default_rng(seed)
-    strat = (df[stratify].map(lambda v: "" if _empty(v) else str(v)) if stratify and stratify in df.columns
+    strat = (df[stratify].map(lambda v: "" if empty_cell(v) else str(v)) if stratify and stratify in df.columns
              else pd.Series([""] * n, index=df.index))
     patients: dict[str, list[int]] = defaultdict(list)
     for pos, pid in enumerate(df["patient_id"].astype(str)):

@@ -31,7 +31,7 @@ FLAIR_ALONE_STREAM = 31  # the extras' streams: [seed, 31] + plan_cohort's (0 pl
 
 
 def flair_alone_studies(plans: list[dict], n: int, *, seed: int, plan: Callable[..., list[dict]],
-                        domain: DomainOptions = DomainOptions()) -> list[dict]:
+                        domain: DomainOptions) -> list[dict]:
     """``n`` training studies acquired as FLAIR alone, numbered after ``plans`` (the cohort so far:
     study ``S{len(plans) + k + 1}``, patients after its last). ``plan`` is ``brain._plan_studies``
     with the cohort's settings bound (``plan(n, key, counts, series=..., domain=...)``); ``domain`` the
