@@ -58,7 +58,9 @@ def run(out: Path, *, n: int = 262, seed: int = 0, config: str = "configs/brain_
     (run_dir / "DONE").touch()
     _stage("5/8 embed the test split", ["embed", str(run_dir), "--split", "test"])
     _stage("6/8 evaluate (retrieval, zero-shot, probes, baselines, CIs)", ["evaluate", str(run_dir), "--split", "test", *(evaluate_args or [])])
-    _stage("7/8 example text query", ["search", str(run_dir), "--text", EXAMPLE_QUERY, "--k", "5"])
+    # over the split stage 5 embedded (RUN/embeddings/test.npz): the whole cohort would be embedded again
+    _stage("7/8 example text query (the test split)", ["search", str(run_dir), "--text", EXAMPLE_QUERY, "--k", "5",
+                                                       "--split", "test"])
     _stage("8/8 HTML report", ["report", str(run_dir), "--out", str(out / "report.html"), "--overwrite"])
     # from the cache of stage 2 (the run's own inputs), not the NIfTI files: preprocessing every study
     # again (registration included) was most of this stage's 96 s

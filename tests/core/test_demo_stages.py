@@ -19,6 +19,10 @@ def test_demo_builds_the_index_from_the_preprocessed_cache(tmp_path: Path, monke
     assert index[index.index("--cache") + 1] == cache
     assert by_cmd[("preprocess",)][by_cmd[("preprocess",)].index("--cache") + 1] == cache
     assert f"data.cache_dir={cache}" in by_cmd[("train",)]
+    # the example query ranks the split stage 5 embedded, so it reads RUN/embeddings/<split>.npz instead of
+    # embedding all 862 studies again
+    embed, search = by_cmd[("embed",)], by_cmd[("search",)]
+    assert search[search.index("--split") + 1] == embed[embed.index("--split") + 1] == "test"
 
 
 def test_demo_draws_the_flair_heavy_cohort_and_trains_its_preset(tmp_path: Path, monkeypatch) -> None:

@@ -130,6 +130,49 @@ def test_build_from_cache_uses_cached_volumes(tmp_path, fake_model, cohort):
     assert sorted(store.record(0)["thumbs"]) == ["dwi"]  # masked-out channel gets no thumbnail
 
 
+class _ArrayCache:
+    """Cached studies as arrays; ``bad`` maps a study id to what its image holds instead."""
+
+    def __init__(self, bad: dict | None = None):
+        self.bad = bad or {}
+
+    def load(self, sid):
+        img = np.random.default_rng(int(sid[1:])).random((2, 8, 32, 32)).astype(np.float32)  # (C, D, H, W)
+        if sid in self.bad:
+            img[:] = self.bad[sid]
+        return {"image": img, "sequence_mask": np.array([True, True]), "mask": None}
+
+
+def test_cached_studies_are_encoded_in_batches_equal_to_one_by_one(tmp_path, fake_model, cohort):
+    sizes = []
+
+    class Counting(FakeModel):
+        def encode_image(self, x, sequence_mask=None):
+            sizes.append(len(x) if np.ndim(x) == 5 else 1)
+            return super().encode_image(x, sequence_mask)
+
+    cache = _ArrayCache()
+    build_index(Counting(), cohort, tmp_path / "idx", cache=cache)
+    assert sizes == [8, 4]  # 12 studies, 8 to a batch
+    store = IndexStore.open(tmp_path / "idx")
+    one_by_one = np.concatenate([fake_model.encode_image(cache.load(sid)["image"]) for sid in store.study_ids])
+    assert np.allclose(store.image_embed, l2_normalise(one_by_one), atol=1e-6)
+
+
+def test_a_failing_batch_names_its_study(tmp_path, fake_model, cohort):
+    class Picky(FakeModel):
+        def encode_image(self, x, sequence_mask=None):
+            if np.any(np.asarray(x) < 0):
+                raise ValueError("negative intensities")
+            return super().encode_image(x, sequence_mask)
+
+    with pytest.raises(CohortError, match="study S005: encoding the image failed: ValueError"):
+        build_index(Picky(), cohort, tmp_path / "a", cache=_ArrayCache({"S005": -1.0}))
+    with pytest.raises(CohortError, match="study S010: image embedding is not finite"):
+        build_index(fake_model, cohort, tmp_path / "b", cache=_ArrayCache({"S010": np.nan}))
+    assert not (tmp_path / "a" / "CURRENT").exists() and not (tmp_path / "b" / "CURRENT").exists()
+
+
 def test_cache_with_other_settings_is_refused_and_missing_studies_fall_back(tmp_path, fake_model, cohort):
     class Cache:
         config = {"sequences": ["flair", "dwi"], "shape": [8, 32, 32]}

@@ -12,11 +12,11 @@ vectorised numpy / scipy.ndimage):
    study's ground truth, each with its own intensity per sequence, blended over the tissue
    contrast (``synth.sequences``); haemorrhage "blooms" on T2*.
 3. **Subject warp** (``synth.anatomy``): smooth random elastic field + radial mass effect around
-   space-occupying lesions, applied once on the template grid (``map_coordinates``).
+   space-occupying lesions, applied once on the template grid (trilinear, ``synth.sampling``).
 4. **Acquisition** (``synth.sequences``): per sequence an axial grid in scanner space with
    clinical anisotropic voxels, field of view and orientation code, a random head pose
    (rotation, scale, shift) and a small per-sequence rigid motion, so the sequences are *not*
-   aligned voxel-to-voxel. Sampled with one ``affine_transform`` each; then a multiplicative
+   aligned voxel-to-voxel. Sampled trilinearly once each (``synth.sampling``); then a multiplicative
    bias field and Rician noise; stored as int16 NIfTI (ADC in 1e-6 mm^2/s).
 5. **Post-contrast T1** (``synth.enhancement``): t1c = the T1 contrast plus enhancement
    (glioma ring/solid, meningioma + dural tail, some early subacute infarcts, some active
@@ -55,6 +55,7 @@ from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, follow_up, sample_truth
 from medalign.data.synth.randomise import (DomainOptions, apply_grid, artefacts, coverage_target, record_options,
                                             study_contrast)
+from medalign.data.synth.sampling import coords_sample
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
@@ -253,8 +254,6 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     A ``truth["domain"]`` (``synth.randomise``) sets the study's contrast, grids, artefacts,
     bias, noise and skull stripping; without one the study is what it was before randomisation.
     ``truth["series"]`` (``synth.protocols``), when present, limits the series drawn to those."""
-    import scipy.ndimage as ndi
-
     acquired = set(truth.get("series") or (*SEQUENCES, *POST_CONTRAST))
     if MASK_GRID not in acquired:  # the lesion mask is drawn on that series' grid
         raise MedAlignError(f"study {truth.get('study_id', '?')}: series {sorted(acquired)} lack {MASK_GRID}, the mask's grid")
@@ -288,8 +287,8 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     # brain (+ any lesion reaching out of it, e.g. a meningioma) for skull stripping
     chans = ([ch if seq in acquired else None for seq, ch in zip(SEQUENCES, img)] + [lmask] + ([tissue["wm"]] if with_wm else [])
              + ([np.maximum(anat["mask"], lmask)] if strip else []) + extra)  # t1c last
-    warped = [None if ch is None else ndi.map_coordinates(ch, coords, order=1, mode="constant", cval=0.0)
-              for ch in chans]  # a series not acquired is not warped (its cost is most of a study's)
+    # a series not acquired is not warped (its cost is most of a study's)
+    warped = [None if ch is None else coords_sample(ch, coords) for ch in chans]
     i_strip = len(SEQUENCES) + 1 + int(with_wm)
     # head pose (template mm -> scanner mm): patient-specific head size, study-specific pose
     head_c = anat["affine"][:3, :3] @ (np.array(anat["mask"].shape) / 2) + anat["affine"][:3, 3]

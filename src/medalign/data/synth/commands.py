@@ -134,7 +134,7 @@ def _register_brain(synth: typer.Typer) -> None:
                                                      "the nearest lobe. Default: 1 (on; 0 gives the earlier plan)."),
         flair_alone: int = typer.Option(0, "--flair-alone", min=0, max=10_000, help="N: also N training studies of new "
                                         "patients acquired as FLAIR alone (their other image cells empty), added after "
-                                        "the n studies and their twins; each costs a sixth to a quarter of a full study's CPU. Default: 0."),
+                                        "the n studies and their twins; each costs about a third of a full study's CPU. Default: 0."),
         flair_alone_territory: Optional[float] = typer.Option(None, "--flair-alone-territory", min=0.0, max=1.0, help="P: "
                                                               "the FLAIR-alone studies' own --infarct-territory (a share P "
                                                               "of their territorial infarcts drawn as wedges). Default: "

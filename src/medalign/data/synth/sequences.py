@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from medalign.data.synth.anatomy import TISSUES
+from medalign.data.synth.sampling import affine_sample
 
 SEQUENCES: tuple[str, ...] = ("dwi", "adc", "t2s", "flair", "t1", "t2")
 POST_CONTRAST: tuple[str, ...] = ("t1c",)  # written after SEQUENCES, from their own random stream
@@ -166,10 +167,9 @@ def _grid_affine(a: dict, center: np.ndarray) -> np.ndarray:
 
 def _sample_grid(vol: np.ndarray, T: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Trilinear sample of a template-grid volume on an acquisition grid of ``shape``;
-    ``T`` (4 x 4) maps acquisition voxels to template voxels."""
-    import scipy.ndimage as ndi
-
-    return ndi.affine_transform(vol, T[:3, :3], T[:3, 3], output_shape=tuple(shape), order=1)
+    ``T`` (4 x 4) maps acquisition voxels to template voxels (``synth.sampling``: SciPy's
+    ``affine_transform`` at order 1, bit for bit, about 4x faster)."""
+    return affine_sample(vol, T, shape)
 
 
 # ----------------------------------------------------------------------------- recording
