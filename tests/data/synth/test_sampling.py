@@ -69,6 +69,23 @@ def test_coords_sample_equals_scipy_on_a_warp(coord_dtype):
     assert (out == 0).any()  # some points pushed outside
 
 
+def test_without_a_writable_cache_folder_the_kernels_still_load_and_agree():
+    """A read-only install without a writable home leaves Numba no cache location; it then refuses
+    ``cache=True`` when the module is imported. The kernels must compile in memory instead."""
+    import subprocess
+    import sys
+
+    code = ("import numba.core.caching as c; c.CacheImpl._locator_classes = []\n"  # no location is usable
+            "import numpy as np, scipy.ndimage as ndi\n"
+            "from medalign.data.synth.sampling import affine_sample\n"
+            "v = np.random.default_rng(0).random((9, 10, 11)).astype(np.float32)\n"
+            "t = np.eye(4); t[:3, :3] = [[0.9, 0.1, 0], [-0.1, 0.9, 0], [0, 0, 2.5]]; t[:3, 3] = [-1.5, 0.7, -2]\n"
+            "ref = ndi.affine_transform(v, t[:3, :3], t[:3, 3], output_shape=(12, 12, 5), order=1)\n"
+            "assert np.array_equal(affine_sample(v, t, (12, 12, 5)).view(np.int32), ref.view(np.int32))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="float32/float64"):
         affine_sample(np.zeros((4, 4, 4), np.uint8), np.eye(4), (4, 4, 4))  # SciPy would round: not this path

@@ -25,7 +25,19 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True, inline="always")
+def _compiled(**options):
+    """``numba.njit`` with its on-disk cache where a cache folder is writable (beside this module,
+    ``NUMBA_CACHE_DIR`` or the user's cache); where none is (a read-only install without a writable
+    home), Numba refuses ``cache=True`` at import, so the kernels are compiled once per process instead."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(**options)(fn)
+    return wrap
+
+
+@_compiled(nogil=True, inline="always")
 def _axis(c: float, n: int) -> tuple[int, int, float, float]:
     """Lower and upper corner index and their weights along one axis (``0 <= c <= n - 1``)."""
     f = math.floor(c)
@@ -35,7 +47,7 @@ def _axis(c: float, n: int) -> tuple[int, int, float, float]:
     return lo, hi, w_lo, 1.0 - w_lo
 
 
-@njit(cache=True, nogil=True, inline="always")
+@_compiled(nogil=True, inline="always")
 def _trilinear(vol: np.ndarray, c0: float, c1: float, c2: float) -> float:
     """Order-1 interpolation of ``vol`` at one point, 0 outside its extent (see module doc)."""
     n0, n1, n2 = vol.shape
@@ -56,7 +68,7 @@ def _trilinear(vol: np.ndarray, c0: float, c1: float, c2: float) -> float:
     return acc
 
 
-@njit(cache=True, nogil=True)
+@_compiled(nogil=True)
 def _affine_kernel(vol: np.ndarray, m: np.ndarray, off: np.ndarray, out: np.ndarray) -> None:
     nx, ny, nz = out.shape
     for i in range(nx):
@@ -68,7 +80,7 @@ def _affine_kernel(vol: np.ndarray, m: np.ndarray, off: np.ndarray, out: np.ndar
                 out[i, j, k] = _trilinear(vol, c0, c1, c2)
 
 
-@njit(cache=True, nogil=True)
+@_compiled(nogil=True)
 def _coords_kernel(vol: np.ndarray, coords: np.ndarray, out: np.ndarray) -> None:
     nx, ny, nz = out.shape
     for i in range(nx):
