@@ -202,6 +202,8 @@ def encode_studies(model: Any, df: Any, root: Path, *, cache: Any = None, thumbn
     pending: list[tuple[int, str, dict]] = []  # cached studies waiting for their batch: (row, id, arrays)
 
     def flush() -> None:
+        if not pending:
+            return
         for (j, _, _), e in zip(pending, _encode_cached(model, [(sid, c) for _, sid, c in pending])):
             image_vecs[j] = e
         pending.clear()
