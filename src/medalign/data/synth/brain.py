@@ -55,7 +55,6 @@ from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, follow_up, sample_truth
 from medalign.data.synth.randomise import (DomainOptions, apply_grid, artefacts, coverage_target, record_options,
                                             study_contrast)
-from medalign.data.synth.sampling import coords_sample
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
                                            _grid_affine, _record, _rigid, _sample_grid, _signal)
 from medalign.errors import MedAlignError
@@ -254,6 +253,8 @@ def synthesize_study(truth: dict, *, shape_mode: str = "clinical", with_wm: bool
     A ``truth["domain"]`` (``synth.randomise``) sets the study's contrast, grids, artefacts,
     bias, noise and skull stripping; without one the study is what it was before randomisation.
     ``truth["series"]`` (``synth.protocols``), when present, limits the series drawn to those."""
+    from medalign.data.synth.sampling import coords_sample  # Numba: imported when a study is drawn, not to plan one
+
     acquired = set(truth.get("series") or (*SEQUENCES, *POST_CONTRAST))
     if MASK_GRID not in acquired:  # the lesion mask is drawn on that series' grid
         raise MedAlignError(f"study {truth.get('study_id', '?')}: series {sorted(acquired)} lack {MASK_GRID}, the mask's grid")

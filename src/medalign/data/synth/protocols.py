@@ -5,7 +5,8 @@ white-matter-disease case in ``../shared/data`` is one), while every study of th
 cohort has all its series; the CLIP presets see a FLAIR alone in about one training view in ten.
 ``synth brain --flair-alone N`` adds N training studies of new patients that are drawn and written
 as FLAIR alone (plus the lesion mask on its grid): their other series are never warped or sampled,
-which is most of a study's cost: each takes 0.15-0.24x a full study's CPU (``benchmarks/synth.py --flair-alone``; issue 20).
+which is most of a study's cost: each takes about a third of a full study's CPU since the resampling was
+compiled (0.15-0.24x before; ``benchmarks/synth.py --flair-alone``; issue 20).
 
 They are planned like the cohort's own training split (class balance, ``--class-weights``, domain
 options, follow-ups, label noise), from the random streams under ``[seed, FLAIR_ALONE_STREAM]``, and

@@ -25,7 +25,6 @@ from typing import Sequence
 import numpy as np
 
 from medalign.data.synth.anatomy import TISSUES
-from medalign.data.synth.sampling import affine_sample
 
 SEQUENCES: tuple[str, ...] = ("dwi", "adc", "t2s", "flair", "t1", "t2")
 POST_CONTRAST: tuple[str, ...] = ("t1c",)  # written after SEQUENCES, from their own random stream
@@ -169,6 +168,8 @@ def _sample_grid(vol: np.ndarray, T: np.ndarray, shape: Sequence[int]) -> np.nda
     """Trilinear sample of a template-grid volume on an acquisition grid of ``shape``;
     ``T`` (4 x 4) maps acquisition voxels to template voxels (``synth.sampling``: SciPy's
     ``affine_transform`` at order 1, bit for bit, about 4x faster)."""
+    from medalign.data.synth.sampling import affine_sample  # Numba: imported when a study is drawn
+
     return affine_sample(vol, T, shape)
 
 
