@@ -148,6 +148,8 @@ def main() -> None:
     ap.add_argument("--neighbours", type=float, default=None, help="weight of the nearest training studies' vote "
                     "against zero-shot, as classify --neighbours (0: zero-shot alone; default: the run's readout)")
     ap.add_argument("--k", type=int, default=None, help="training studies that vote (default: the run's readout.k)")
+    ap.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None, help="test-time left-right "
+                    "mirroring, as classify --mirror (default: the run's readout.mirror)")
     ap.add_argument("--pool", nargs="+", type=Path, default=[], metavar="JSON",
                     help="earlier outputs of this command whose runs are pooled with these (give RUNs before it)")
     ap.add_argument("--compare", nargs="+", default=[], metavar="NAME=JSON[,JSON...]",
@@ -160,8 +162,8 @@ def main() -> None:
         return compare_arms(parse_arms(a.compare), a.out)
     if not a.runs and not a.pool:
         ap.error("give RUN directories to read, --pool earlier outputs, or both")
-    if a.neighbours and a.adapt_bn:
-        ap.error("--neighbours reads the training studies with the run's own statistics: not with --adapt-bn")
+    if (a.neighbours or a.mirror) and a.adapt_bn:
+        ap.error("--neighbours and --mirror are classify's readout: not with --adapt-bn")
     pooled, pooled_cases, pooled_bn = load_pooled(a.pool, a.adapt_bn if a.runs else None)
     if not a.runs:  # a summary of earlier outputs alone: no model is loaded
         return finish({"cases": pooled_cases, "adapt_bn": pooled_bn, "runs": pooled}, a.out)
@@ -179,10 +181,12 @@ def main() -> None:
                  "adapt_bn": a.adapt_bn, "runs": dict(pooled)}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
-        w, k = m.readout(a.neighbours, a.k)  # classify's own defaults for this run, unless given
-        if w and a.adapt_bn:
-            raise SystemExit(f"{run} reads with the vote (neighbours {w:g}): not with --adapt-bn (pass --neighbours 0)")
-        key = f"{run} (neighbours {w:g}, k {k})" if w else run
+        w, k, mirror = m.readout(a.neighbours, a.k, a.mirror)  # classify's own defaults for this run, unless given
+        if (w or mirror) and a.adapt_bn:
+            raise SystemExit(f"{run} reads with the vote or mirrored: not with --adapt-bn (pass --neighbours 0 "
+                             "--no-mirror)")
+        key = (f"{run} (neighbours {w:g}, k {k}{', mirrored' if mirror else ''})" if w
+               else f"{run} (mirrored)" if mirror else run)
         if key in out["runs"]:
             raise SystemExit(f"run {key} is already counted in --pool (pool each run once)")
         usable = []
@@ -198,7 +202,7 @@ def main() -> None:
             classes, prob = m.zero_shot_probabilities(m.encode_image(torch.stack(images), torch.stack(masks).numpy()))
             res = [{"label": classes[int(q.argmax())], "probabilities": dict(zip(classes, q.tolist()))} for q in prob]
         else:
-            res = m.classify([c["files"] for c in usable], neighbours=w, k=k) if usable else []
+            res = m.classify([c["files"] for c in usable], neighbours=w, k=k, mirror=mirror) if usable else []
         rows = []
         for c, r in zip(usable, res):
             used = sorted(s for s in c["files"] if s in m.sequences)
@@ -210,7 +214,7 @@ def main() -> None:
                  for k in sorted({r["true"] for r in rows})}
         print(f"{Path(run).name:<24} right per class: " + ", ".join(f"{k} {a_}/{n}" for k, (a_, n) in right.items()))
         out["runs"][key] = {"rows": rows, "right": right, "checkpoint": a.checkpoint,
-                            **({"neighbours": w, "k": k} if w else {})}
+                            **({"neighbours": w, "k": k} if w else {}), **({"mirror": True} if mirror else {})}
     finish(out, a.out)
 
 

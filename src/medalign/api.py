@@ -135,8 +135,9 @@ class MedAlignModel:
 
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
-    def encode_image(self, x: Any, sequence_mask: Any = None, *, batch_size: int = 8) -> np.ndarray:
-        """Image embeddings (N, E), L2-normalised.
+    def encode_image(self, x: Any, sequence_mask: Any = None, *, batch_size: int = 8, mirror: bool = False) -> np.ndarray:
+        """Image embeddings (N, E), L2-normalised; with ``mirror``, each the normalised mean of the study's and
+        its left-right mirror's (test-time mirroring, as ``readout.mirror``; 3D volumes only).
 
         ``x``: a study id in the run's cache, a folder holding one DICOM study (series identified
         as by ``medalign ingest``), a dict ``{sequence: NIfTI path or DICOM series folder}``,
@@ -161,16 +162,25 @@ class MedAlignModel:
             items = x if isinstance(x, (list, tuple)) else [x]
             pairs = [self._one(i) for i in items]
             images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
-        return self._encode(images, masks, batch_size)
+        return self._encode(images, masks, batch_size, mirror=mirror)
 
     @torch.no_grad()
-    def _encode(self, images: list[torch.Tensor], masks: list[torch.Tensor], batch_size: int = 8) -> np.ndarray:
-        """Preprocessed studies (each (C, D, H, W), or a 2D recipe's own shape) and their masks (C,) -> (N, E)."""
+    def _encode(self, images: list[torch.Tensor], masks: list[torch.Tensor], batch_size: int = 8,
+                mirror: bool = False) -> np.ndarray:
+        """Preprocessed studies (each (C, D, H, W), or a 2D recipe's own shape) and their masks (C,) -> (N, E).
+        ``mirror``: the mean with the left-right mirror (W, the last axis of medalign's RAS volumes, as
+        ``recipe.flip_lr`` mirrors in training), normalised again."""
+        if mirror and any(im.dim() != 4 for im in images):
+            raise MedAlignError("readout.mirror mirrors the patient's left-right axis of a 3D volume (C, D, H, W); "
+                                f"this run's images are {tuple(images[0].shape)}: read it with mirror off")
         out = []
         for i in range(0, len(images), batch_size):
             im = torch.stack(images[i : i + batch_size]).to(self.device)  # (b, C, D, H, W)
             mk = torch.stack(masks[i : i + batch_size]).to(self.device)  # (b, C)
-            out.append(self.recipe.encode_image(im, mk).float().cpu())
+            e = self.recipe.encode_image(im, mk).float()  # (b, E)
+            if mirror:
+                e = torch.nn.functional.normalize(e + self.recipe.encode_image(im.flip(-1), mk).float(), dim=-1)  # (b, E)
+            out.append(e.cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, getattr(self.recipe, "embed_dim", 0)), np.float32)
 
     @torch.no_grad()
@@ -192,7 +202,7 @@ class MedAlignModel:
 
     def classify(self, studies: Any, *, prompts: str | Path | None = None, pool: str = "ensemble",
                  absence: str = "ignore", neighbours: float | None = None, k: int | None = None,
-                 bank: str | Path | None = None) -> list[dict[str, Any]]:
+                 bank: str | Path | None = None, mirror: bool | None = None) -> list[dict[str, Any]]:
         """Classification: one dict per study with ``label`` (the top class), ``probabilities``
         {class: p} (summing to 1) and the protocol.
 
@@ -203,26 +213,27 @@ class MedAlignModel:
         probabilities are ``w`` x the class shares among the study's ``k`` nearest training
         studies with the same sequences (:mod:`medalign.eval.neighbours`; ``bank``: the labelled
         manifest whose train split votes, default the run's) + (1 - w) x the zero-shot ones;
-        ``nearest`` then gives the five nearest's study ids. ``neighbours`` and ``k`` left None take
-        the run's ``readout.neighbours`` and ``readout.k`` (0 and 20 for runs trained without them).
+        ``nearest`` then gives the five nearest's study ids. With ``mirror`` every embedding, the study's and
+        the voters', is the mean over the study and its left-right mirror. ``neighbours``, ``k`` and ``mirror``
+        left None take the run's ``readout`` (0, 20 and off for runs trained without one).
 
         ``studies``: anything :meth:`encode_image` takes (a study id, a DICOM folder, a dict
         {sequence: path}, or a list of those).
         """
         from medalign.eval.zeroshot import PROMPTS_FILE
 
-        neighbours, k = self.readout(neighbours, k)
+        neighbours, k, mirror = self.readout(neighbours, k, mirror)
         if not 0.0 <= neighbours <= 1.0:
             raise MedAlignError(f"neighbours is the vote's weight in [0, 1], got {neighbours}")
         items = studies if isinstance(studies, (list, tuple)) else [studies]
         pairs = [self._one(i) for i in items]  # preprocessed once: the masks say which sequences each study has
-        emb = self._encode([q[0] for q in pairs], [q[1] for q in pairs])
+        emb = self._encode([q[0] for q in pairs], [q[1] for q in pairs], mirror=mirror)
         masks = torch.stack([q[1] for q in pairs])  # (N, C)
         classes, p = self.zero_shot_probabilities(emb, prompts=prompts, pool=pool, absence=absence)
         nearest: list[list[str]] = [[] for _ in items]
         top = p.argmax(axis=1)  # (N,)
         if neighbours > 0:
-            p, nearest, calls = self._with_neighbours(emb, masks.numpy(), classes, p, neighbours, k, bank)
+            p, nearest, calls = self._with_neighbours(emb, masks.numpy(), classes, p, neighbours, k, bank, mirror)
             top = calls if neighbours == 1 else p.argmax(axis=1)  # the vote alone: its tie-break (the nearer class)
         scale = self.logit_scale()
         out = []
@@ -231,20 +242,23 @@ class MedAlignModel:
             out.append({"study": name, "label": classes[int(top[i])],
                         "probabilities": {c: float(p[i, j]) for j, c in enumerate(classes)},
                         "prompt_set": str(prompts or PROMPTS_FILE), "pool": pool, "absence": absence,
-                        "logit_scale": scale,
+                        "logit_scale": scale, "mirror": mirror,
                         **({"neighbours": neighbours, "k": k, "nearest": nearest[i]} if neighbours > 0 else {})})
         return out
 
-    def readout(self, neighbours: float | None = None, k: int | None = None) -> tuple[float, int]:
-        """The vote's weight and k that :meth:`classify` uses: those given, else the run's ``readout``
-        (zero-shot for runs trained without one)."""
+    def readout(self, neighbours: float | None = None, k: int | None = None,
+                mirror: bool | None = None) -> tuple[float, int, bool]:
+        """The vote's weight, k and test-time mirroring that :meth:`classify` uses: those given, else the run's
+        ``readout`` (zero-shot, unmirrored for runs trained without one)."""
         from medalign.train.config import ReadoutConfig
 
         r = ReadoutConfig.from_dict(self.config.get("readout"))
-        return (r.neighbours if neighbours is None else float(neighbours), r.k if k is None else int(k))
+        return (r.neighbours if neighbours is None else float(neighbours), r.k if k is None else int(k),
+                r.mirror if mirror is None else bool(mirror))
 
     def _with_neighbours(self, emb: np.ndarray, masks: np.ndarray, classes: list[str], p: np.ndarray, weight: float,
-                         k: int, bank: str | Path | None) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+                         k: int, bank: str | Path | None, mirror: bool = False
+                         ) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
         """Zero-shot probabilities ``p`` (N, C) blended with the neighbour vote, the five nearest's ids and
         the vote's calls (N,); studies are grouped by the sequences they have (each group meets the
         training studies with those sequences alone)."""
@@ -255,7 +269,7 @@ class MedAlignModel:
         for i, m in enumerate(masks):
             views.setdefault(tuple(s for s, on in zip(self.sequences, m) if on), []).append(i)
         for view, rows in views.items():
-            b = load_bank(self, view, manifest=bank)
+            b = load_bank(self, view, manifest=bank, mirror=mirror)
             shares, calls[rows], top = neighbour_vote(emb[rows], b["embeddings"], b["labels"], classes, k=k)
             out[rows] = weight * shares + (1 - weight) * p[rows]
             for r, t in zip(rows, top):

@@ -1,5 +1,6 @@
 """Issue 20: the neighbour readout of ``classify`` (``neighbours=w``: the vote of the k nearest training studies
-with the same sequences, blended with zero-shot), its bank kept beside the run, and its pure vote."""
+with the same sequences, blended with zero-shot), its bank kept beside the run, its pure vote, and test-time
+left-right mirroring (``mirror``)."""
 from __future__ import annotations
 
 import json
@@ -131,10 +132,66 @@ def test_the_runs_readout_is_classifys_default(labelled) -> None:
 
     m = medalign.load(labelled["run"])
     study = _files(labelled["root"], "s05")
-    assert "nearest" not in m.classify(study)[0] and m.config["readout"] == {"neighbours": 0.0, "k": 20}
+    assert "nearest" not in m.classify(study)[0] and m.config["readout"] == {"neighbours": 0.0, "k": 20, "mirror": False}
     m.config["readout"] = {"neighbours": 1.0, "k": 4}
     r = m.classify(study)[0]
     assert (r["neighbours"], r["k"], len(r["nearest"])) == (1.0, 4, 4)
     assert "nearest" not in m.classify(study, neighbours=0.0)[0]
     del m.config["readout"]
     assert "nearest" not in m.classify(study)[0]
+
+
+def test_mirroring_reads_the_mean_with_the_mirror_and_is_side_free(labelled) -> None:
+    """``mirror``: each embedding is the normalised mean of the study's and its left-right mirror's (W, the last axis),
+    so a study and its mirror image read the same, while unmirrored they do not; other layouts are refused."""
+    import torch
+    import torch.nn.functional as F
+
+    import medalign
+
+    m = medalign.load(labelled["run"])
+    image, mask = m._one(_files(labelled["root"], "s04"))  # (C, D, H, W), (C,)
+    image = image.clone()
+    image[:, :, :, : image.shape[-1] // 2] *= 1.5  # one side brighter: the study is not its own mirror
+    flipped = image.flip(-1)
+    plain, plain_flipped = (m.encode_image(x, mask.numpy()) for x in (image, flipped))
+    assert not np.allclose(plain, plain_flipped, atol=1e-3)
+    mean, mean_flipped = (m.encode_image(x, mask.numpy(), mirror=True) for x in (image, flipped))
+    assert np.allclose(mean, mean_flipped, atol=1e-5)
+    expect = F.normalize(torch.from_numpy(plain + plain_flipped), dim=-1).numpy()
+    assert np.allclose(mean, expect, atol=1e-5) and np.allclose(np.linalg.norm(mean, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(MedAlignError, match=r"left-right axis of a 3D volume .* \(1, 8, 8\): read it with mirror off"):
+        m._encode([torch.zeros(1, 8, 8)], [mask[:1]], mirror=True)
+
+
+def test_the_mirrored_readout_has_its_own_bank_and_is_the_runs_default_when_set(labelled, tmp_path, capsys) -> None:
+    """classify(mirror=True): zero-shot on the mirrored embedding, and the vote of a bank built mirrored, kept in its
+    own file beside the plain one; a run whose readout sets ``mirror`` reads so unless told otherwise (CLI: --mirror /
+    --no-mirror), and a readout.mirror that is not a boolean is a one-line config error."""
+    import medalign
+    from medalign.config import ConfigError
+    from medalign.train.config import ReadoutConfig
+
+    m = medalign.load(labelled["run"])
+    study = _files(labelled["root"], "s05")
+    r = m.classify(study, neighbours=1.0, k=1, mirror=True)[0]
+    plain_bank, mirrored_bank = (bank_path(labelled["run"], m.model_id, ("dwi", "flair"), mi) for mi in (False, True))
+    assert mirrored_bank.is_file() and mirrored_bank != plain_bank and r["mirror"] is True
+    b = load_bank(m, ("dwi", "flair"), mirror=True)
+    direct = m.encode_image([_files(labelled["root"], s) for s in b["study_ids"]], mirror=True)
+    assert b["mirror"] is True and np.allclose(b["embeddings"], direct, atol=1e-5)
+    q = m.encode_image(study, mirror=True)
+    assert r["nearest"][0] == b["study_ids"][int(np.argmax(b["embeddings"] @ q[0]))]
+    classes, p = m.zero_shot_probabilities(q)
+    zs = m.classify(study, mirror=True)[0]
+    assert np.allclose([zs["probabilities"][c] for c in classes], p[0], atol=1e-6)
+    assert m.classify(study)[0]["mirror"] is False
+    m.config["readout"] = {"neighbours": 0.0, "k": 20, "mirror": True}
+    assert m.classify(study)[0]["mirror"] is True and m.classify(study, mirror=False)[0]["mirror"] is False
+    flair = f"flair={_files(labelled['root'], 's05')['flair']}"
+    assert main(["classify", str(labelled["run"]), "--images", flair, "--mirror"]) == 0
+    assert "each embedding the mean with its left-right mirror" in capsys.readouterr().out
+    assert main(["classify", str(labelled["run"]), "--images", flair, "--no-mirror"]) == 0
+    assert "mirror" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"readout.mirror: expected true or false, got 'yes'"):
+        ReadoutConfig.from_dict({"mirror": "yes"})

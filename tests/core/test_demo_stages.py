@@ -43,7 +43,7 @@ def test_demo_draws_the_flair_heavy_cohort_and_trains_its_preset(tmp_path: Path,
     assert train[1] == "configs/brain_clip_cpu_flair.yaml"
     cfg = resolve_config(load_config(Path(__file__).resolve().parents[2] / train[1]))
     assert (cfg["train"]["epochs"], cfg["train"]["select"]) == (20, "last")
-    assert cfg["readout"] == {"neighbours": 0.5, "k": 20}
+    assert cfg["readout"] == {"neighbours": 0.5, "k": 20, "mirror": True}
     calls.clear()
     demo.run(tmp_path, cohort_args=(), config="configs/brain_clip_cpu.yaml")
     synth = next(a for a in calls if a[:2] == ["synth", "brain"])

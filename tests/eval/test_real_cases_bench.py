@@ -213,7 +213,8 @@ def test_compare_tests_each_case_for_one_shared_rate(tmp_path, monkeypatch, caps
 
 def test_neighbours_reads_the_cases_as_classify_does_under_its_own_name(tmp_path, monkeypatch):
     """--neighbours W --k K: each case's call and p(true) are ``classify(neighbours=W, k=K)``'s; the run is counted as
-    ``RUN (neighbours W, k K)``, so it pools beside the same run read zero-shot; not with --adapt-bn."""
+    ``RUN (neighbours W, k K)``, so it pools beside the same run read zero-shot; --mirror likewise as ``RUN
+    (mirrored)``; neither with --adapt-bn."""
     import medalign
 
     run = _tiny_run(tmp_path, monkeypatch)
@@ -232,6 +233,15 @@ def test_neighbours_reads_the_cases_as_classify_does_under_its_own_name(tmp_path
     assert row["predicted"] == direct["label"]
     assert row["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
     assert row["p_true"] != pytest.approx(runs[str(run)]["rows"][0]["p_true"], abs=1e-6)  # the vote moved it
-    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--neighbours", "0.5", "--adapt-bn"])
-    with pytest.raises(SystemExit):
-        bench.main()
+    mi = tmp_path / "mi.json"  # --mirror: classify(mirror=True)'s calls, counted as "RUN (mirrored)"
+    monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), "--mirror", "--out", str(mi)])
+    bench.main()
+    runs = json.loads(mi.read_text(encoding="utf-8"))["runs"]
+    direct = medalign.load(run).classify([{"flair": str(flair)}], mirror=True)[0]
+    assert list(runs) == [f"{run} (mirrored)"] and runs[f"{run} (mirrored)"]["mirror"] is True
+    assert runs[f"{run} (mirrored)"]["rows"][0]["p_true"] == pytest.approx(direct["probabilities"]["others"], abs=1e-3)
+    for flag in ("--neighbours", "--mirror"):
+        monkeypatch.setattr(sys, "argv", ["real_cases.py", str(run), "--shared", str(shared), flag,
+                                          *(["0.5"] if flag == "--neighbours" else []), "--adapt-bn"])
+        with pytest.raises(SystemExit):
+            bench.main()

@@ -38,8 +38,8 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, override, messa
 
 def test_defaults_survive_and_types_are_coerced():
     cfg = resolve_config({"train": {"lr": 1, "betas": [0.8, 0.9]}, "data": {"shape": [4, 8, 8]}})
-    assert cfg["readout"] == {"neighbours": 0.0, "k": 20}  # classify reads zero-shot unless a preset says otherwise
-    assert resolve_config({"readout": {"neighbours": 1}})["readout"] == {"neighbours": 1.0, "k": 20}
+    assert cfg["readout"] == {"neighbours": 0.0, "k": 20, "mirror": False}  # zero-shot unless a preset says otherwise
+    assert resolve_config({"readout": {"neighbours": 1}})["readout"] == {"neighbours": 1.0, "k": 20, "mirror": False}
     assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
     assert cfg["train"]["betas"] == [0.8, 0.9]
     assert cfg["train"]["epochs"] == TrainConfig().epochs

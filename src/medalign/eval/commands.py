@@ -106,6 +106,9 @@ def classify(
     k: Optional[int] = typer.Option(None, "--k", help="training studies that vote (default: the run's readout.k, 20)"),
     bank: Optional[str] = typer.Option(None, "--bank", help="labelled manifest whose train split votes (default: the "
                                        "run's data.manifest)"),
+    mirror: Optional[bool] = typer.Option(None, "--mirror/--no-mirror", help="test-time left-right mirroring: each "
+                                          "embedding the mean over the study and its mirror (default: the run's "
+                                          "readout.mirror, off unless trained with it)"),
     out: Optional[str] = typer.Option(None, "--out", help="also write the results as JSON here"),
 ) -> None:
     """Classification of studies: the top class and every class's probability (zero-shot, or blended
@@ -126,7 +129,7 @@ def classify(
     if not items:
         raise MedAlignError("give study ids, DICOM study folders or --images seq=path")
     model = load(run, checkpoint=checkpoint, **({"cache_dir": cache} if cache else {}))
-    res = model.classify(items, prompts=prompts, pool=pool, neighbours=neighbours, k=k, bank=bank)
+    res = model.classify(items, prompts=prompts, pool=pool, neighbours=neighbours, k=k, bank=bank, mirror=mirror)
     for r, item in zip(res, items):
         if isinstance(item, dict):
             r["study"] = ", ".join(f"{k}={Path(v).name}" for k, v in item.items())
@@ -135,7 +138,8 @@ def classify(
     r0 = res[0]
     typer.echo(f"prompt set {r0['prompt_set']}, pool {pool}, logit scale {r0['logit_scale']:.1f}"
                + (f"; with the vote of the {r0['k']} nearest training studies at weight {r0['neighbours']:g}"
-                  if r0.get("neighbours") else ""))
+                  if r0.get("neighbours") else "") + ("; each embedding the mean with its left-right mirror"
+                                                      if r0["mirror"] else ""))
     if out:
         atomic_write_json(out, res)
 

@@ -52,9 +52,10 @@ def neighbour_vote(query: np.ndarray, bank: np.ndarray, bank_labels: Sequence[st
     return counts / k, calls, top
 
 
-def bank_path(run_dir: Path, model_id: str, sequences: Sequence[str]) -> Path:
-    """Where the bank of one checkpoint and sequence set lives."""
-    return Path(run_dir) / "neighbours" / model_id / f"{'+'.join(sequences)}.npz"
+def bank_path(run_dir: Path, model_id: str, sequences: Sequence[str], mirror: bool = False) -> Path:
+    """Where the bank of one checkpoint, sequence set and mirroring lives (mirrored banks beside the plain ones, so
+    readers of either kind never rebuild each other's)."""
+    return Path(run_dir) / "neighbours" / model_id / f"{'+'.join(sequences)}{'.mirror' if mirror else ''}.npz"
 
 
 def bank_manifest(model: Any, manifest: str | Path | None = None) -> Path:
@@ -88,14 +89,15 @@ def training_studies(model: Any, manifest: Path, split: str = "train") -> list[d
 
 
 def load_bank(model: Any, sequences: Sequence[str], *, manifest: str | Path | None = None,
-              split: str = "train") -> dict[str, Any]:
+              split: str = "train", mirror: bool = False) -> dict[str, Any]:
     """{embeddings (M, E), labels, study_ids} of the training studies that have every one of ``sequences``,
-    each embedded with those alone; computed once per checkpoint, sequence set and manifest content, and kept
-    beside the run (another manifest, or an edited one, builds afresh)."""
+    each embedded with those alone (``mirror``: as the mean with its left-right mirror, as the studies read);
+    computed once per checkpoint, sequence set, mirroring and manifest content, and kept beside the run (another
+    manifest, or an edited one, builds afresh)."""
     sequences = tuple(sequences)
     source = bank_manifest(model, manifest)
-    key = {"source": str(source), "source_sha256": sha256_file(source), "split": split}
-    path = bank_path(model.run_dir, model.model_id, sequences)
+    key = {"source": str(source), "source_sha256": sha256_file(source), "split": split, "mirror": bool(mirror)}
+    path = bank_path(model.run_dir, model.model_id, sequences, mirror)
     with file_lock(path.with_suffix(".lock"), what="the neighbour bank"):
         if path.is_file():
             got = _read(path)
@@ -108,7 +110,8 @@ def load_bank(model: Any, sequences: Sequence[str], *, manifest: str | Path | No
         _LOG.info("embedding %d training studies (%s) for the neighbour readout; kept at %s",
                   len(studies), "+".join(sequences), path)
         # in chunks: encode_image preprocesses its whole list before encoding, and a bank may hold thousands
-        emb = np.concatenate([model.encode_image([{q: s["files"][q] for q in sequences} for s in studies[i:i + 64]])
+        emb = np.concatenate([model.encode_image([{q: s["files"][q] for q in sequences} for s in studies[i:i + 64]],
+                                                 mirror=mirror)
                               for i in range(0, len(studies), 64)])  # (M, E)
         meta = {"labels": [s["label"] for s in studies], "study_ids": [s["study_id"] for s in studies], **key}
         with atomic_path(path, suffix=".npz") as tmp:
@@ -117,5 +120,5 @@ def load_bank(model: Any, sequences: Sequence[str], *, manifest: str | Path | No
 
 
 def _read(path: Path) -> dict[str, Any]:
-    with np.load(path) as z:
-        return {"embeddings": z["embeddings"], **json.loads(str(z["meta"]))}
+    with np.load(path) as z:  # banks kept before readout.mirror existed are unmirrored
+        return {"embeddings": z["embeddings"], "mirror": False, **json.loads(str(z["meta"]))}

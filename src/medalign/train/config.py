@@ -83,12 +83,16 @@ class TrainConfig:
 
 @dataclass
 class ReadoutConfig:
-    """How ``classify`` reads the run's embeddings by default (``medalign classify --neighbours/--k`` override it):
-    zero-shot, blended with weight ``neighbours`` with the vote of the ``k`` nearest training studies
-    (medalign.eval.neighbours). A preset sets it when its readout was chosen on dev and confirmed with it."""
+    """How ``classify`` reads the run's embeddings by default (``medalign classify --neighbours/--k/--mirror`` override
+    it): zero-shot, blended with weight ``neighbours`` with the vote of the ``k`` nearest training studies
+    (medalign.eval.neighbours), each embedding optionally the mean over the study and its left-right mirror. A preset
+    sets it when its readout was chosen on dev and confirmed with it."""
 
     neighbours: float = 0.0
     k: int = 20
+    # test-time left-right mirroring: each image embedding (the study's and the bank's) read as the mean of the study's
+    # and its mirror's; class labels are side-free, and the two views average out part of an embedding's noise
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         require(0 <= self.neighbours <= 1, "readout.neighbours", f"must be in [0, 1], got {self.neighbours}")
