@@ -17,12 +17,14 @@ from medalign.cli import main as cli_main
 from medalign.errors import MedAlignError
 
 EXAMPLE_QUERY = "Acute infarct in the left MCA territory with restricted diffusion."
-# the FLAIR-heavy cohort its preset (configs/brain_clip_cpu_flair.yaml) was confirmed on (issue 20, stops 70, 73):
+# the FLAIR-heavy cohort its preset (configs/brain_clip_cpu_flair.yaml) was confirmed on (issue 20, stops 70, 73, 75):
 # 600 more training studies acquired as FLAIR alone, territorial infarcts across their time from onset, half of them
 # wedges and half ellipsoids, but every one a wedge in the FLAIR-alone studies (a round infarct without a DWI has
-# nothing to tell it from a glioma), half the necrotic gliomas with a large core
+# nothing to tell it from a glioma), half the necrotic gliomas with a large core; the FLAIR-alone studies mostly
+# normal brains and white-matter disease, as the protocol that acquires a FLAIR alone sees them (stop 75)
 DEMO_COHORT = ("--flair-alone", "600", "--infarct-territory", "0.5", "--flair-alone-territory", "1", "--infarct-onset",
-               "1", "--glioma-cores", "0.5")
+               "1", "--glioma-cores", "0.5",
+               "--flair-alone-class-weights", "others=1.5,normal=1.5,infarct=0.5,hemorrhage=0.5")
 
 
 def _stage(title: str, argv: list[str], *, skip_if: Path | None = None) -> None:

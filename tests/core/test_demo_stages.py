@@ -39,6 +39,7 @@ def test_demo_draws_the_flair_heavy_cohort_and_trains_its_preset(tmp_path: Path,
     synth = next(a for a in calls if a[:2] == ["synth", "brain"])
     assert synth[synth.index("--flair-alone") + 1] == "600" and "--glioma-cores" in synth
     assert (synth[synth.index("--infarct-territory") + 1], synth[synth.index("--flair-alone-territory") + 1]) == ("0.5", "1")
+    assert synth[synth.index("--flair-alone-class-weights") + 1] == "others=1.5,normal=1.5,infarct=0.5,hemorrhage=0.5"
     train = next(a for a in calls if a[0] == "train")
     assert train[1] == "configs/brain_clip_cpu_flair.yaml"
     cfg = resolve_config(load_config(Path(__file__).resolve().parents[2] / train[1]))

@@ -39,6 +39,27 @@ def test_the_plan_appends_new_training_patients_and_leaves_the_cohort_alone():
         plan_cohort(40, 0, flair_alone=-1)
 
 
+def test_the_flair_alone_studies_can_have_their_own_class_shares():
+    """``flair_alone_weights`` shares the extras among the classes (the cohort and its twins untouched, and the
+    extras drawn from the same streams); without it they follow the cohort's ``class_weights``; misuse is a one-line
+    error naming the option."""
+    base = plan_cohort(40, 3, twins=0.5, flair_alone=20)
+    mix = plan_cohort(40, 3, twins=0.5, flair_alone=20,
+                      flair_alone_weights={"others": 1.5, "normal": 1.5, "infarct": 0.5, "hemorrhage": 0.5})
+    n = len(base) - 20
+    assert mix[:n] == base[:n]
+    assert Counter(p["label"] for p in mix[n:]) == {"others": 6, "normal": 6, "tumor": 4, "infarct": 2, "hemorrhage": 2}
+    assert all(p["series"] == ["flair"] for p in mix[n:])
+    inherited = plan_cohort(40, 3, flair_alone=20, class_weights={"others": 3})
+    assert Counter(p["label"] for p in inherited[40:])["others"] == 8  # 3 of 7 shares: the cohort's weights
+    own = plan_cohort(40, 3, flair_alone=20, class_weights={"others": 3}, flair_alone_weights={})
+    assert Counter(p["label"] for p in own[40:]) == {c: 4 for c in CLASSES}  # {} = balanced, not the cohort's
+    with pytest.raises(MedAlignError, match="--flair-alone-class-weights applies to the FLAIR-alone studies"):
+        plan_cohort(40, 3, flair_alone_weights={"others": 2})
+    with pytest.raises(MedAlignError, match="--flair-alone-class-weights: unknown class 'stroke'"):
+        plan_cohort(40, 3, flair_alone=5, flair_alone_weights={"stroke": 2})
+
+
 def test_a_flair_alone_study_is_the_flair_of_the_full_study_drawn_alone():
     plans = plan_cohort(40, 1, flair_alone=5)
     t = next(p for p in plans[40:] if p["label"] == "tumor")
@@ -64,10 +85,14 @@ def test_cli_writes_flair_alone_studies_that_read_as_missing_series(tmp_path, ca
     out, ref = tmp_path / "fa", tmp_path / "ref"
     common = ["synth", "brain", "--n", "20", "--seed", "2", "--shape-mode", "small", "--workers", "1", "--paraphrases", "1"]
     assert main([*common, "--out", str(ref)]) == 0
-    assert main([*common, "--out", str(out), "--flair-alone", "3", "--flair-alone-territory", "1"]) == 0
+    assert main([*common, "--out", str(out), "--flair-alone", "3", "--flair-alone-territory", "1",
+                 "--flair-alone-class-weights", "tumor=0,normal=2"]) == 0
     assert "wrote 23 studies" in capsys.readouterr().out
     info = json.loads((out / "cohort.json").read_text(encoding="utf-8"))
     assert info["flair_alone"] == 3 and info["flair_alone_territory"] == 1.0  # the extras' own infarct shapes, recorded
+    assert info["flair_alone_class_weights"] == {"infarct": 1.0, "tumor": 0.0, "hemorrhage": 1.0, "normal": 2.0,
+                                                 "others": 1.0}  # and their own class shares
+    assert "tumor" not in set(pd.read_csv(out / "manifest.csv").label.iloc[20:])
     assert "flair_alone" not in json.loads((ref / "cohort.json").read_text(encoding="utf-8"))
     df, df_ref = pd.read_csv(out / "manifest.csv"), pd.read_csv(ref / "manifest.csv")
     pd.testing.assert_frame_equal(df.iloc[:20], df_ref)  # the cohort's rows are unchanged

@@ -53,6 +53,7 @@ from medalign.data.schema import CLASSES, PARAPHRASES_COLUMN
 from medalign.data.synth.anatomy import _elastic, _tissues, load_anatomy, open_sulci
 from medalign.data.synth.enhancement import post_contrast, t1c_signal
 from medalign.data.synth.lesions import OTHERS_P, OTHERS_P_RANDOMISED, _lesions, follow_up, sample_truth
+from medalign.data.synth.protocols import check_flair_alone, flair_alone_record, flair_alone_studies
 from medalign.data.synth.randomise import (DomainOptions, apply_grid, artefacts, coverage_target, record_options,
                                             study_contrast)
 from medalign.data.synth.sequences import (MASK_GRID, POST_CONTRAST, SEQUENCES, _acquisition, _acquisition_t1c,
@@ -91,15 +92,15 @@ def split_counts_for(n: int) -> dict[str, int]:
     return {"train": n - val - test, "val": val, "test": test}
 
 
-def weighted_class_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
+def weighted_class_counts(n: int, weights: dict[str, float], option: str = "--class-weights") -> dict[str, int]:
     """Share ``n`` studies among ``CLASSES`` in proportion to ``weights`` (1 for a class not
-    named), by largest remainder so the counts sum to ``n``."""
+    named), by largest remainder so the counts sum to ``n``; errors name ``option``."""
     unknown = sorted(set(weights) - set(CLASSES))
     if unknown:
-        raise MedAlignError(f"--class-weights: unknown class '{unknown[0]}'; allowed: {', '.join(CLASSES)}")
+        raise MedAlignError(f"{option}: unknown class '{unknown[0]}'; allowed: {', '.join(CLASSES)}")
     w = np.array([float(weights.get(c, 1.0)) for c in CLASSES])
     if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-        raise MedAlignError(f"--class-weights must be finite, >= 0 and not all 0, got {weights}")
+        raise MedAlignError(f"{option} must be finite, >= 0 and not all 0, got {weights}")
     from medalign.data.manifest import round_preserving  # lazily: it brings pandas
 
     return {c: int(k) for c, k in zip(CLASSES, round_preserving(n * w / w.sum()))}
@@ -110,8 +111,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
                 split_counts: dict[str, int] | None = None, randomise: bool = True,
                 paraphrases: int = 0, twins: float = 0.0,
                 twin_classes: Sequence[str] | None = None,
-                class_weights: dict[str, float] | None = None,
-                domain: DomainOptions = DomainOptions(), flair_alone: int = 0) -> list[dict]:
+                class_weights: dict[str, float] | None = None, domain: DomainOptions = DomainOptions(),
+                flair_alone: int = 0, flair_alone_weights: dict[str, float] | None = None) -> list[dict]:
     """Plan a cohort (no images): one truth dict per study, with study/patient ids, split,
     true ``label``, ``manifest_label`` (after label noise), ``report`` and ``seed``.
     ``randomise`` adds each study's ``domain`` (``synth.randomise``: drawn from new random
@@ -127,7 +128,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
     edge enhancement, skull stripping, background small vessel disease) sets how the randomised
     studies' domains are drawn; the defaults are the generator's (an option off draws nothing, so
     the plan is unchanged). ``flair_alone`` = N > 0 appends N training studies of new patients acquired
-    as FLAIR alone (``synth.protocols``), after the twins, from their own streams: the rest is unchanged.
+    as FLAIR alone (``synth.protocols``), after the twins, from their own streams: the rest is unchanged;
+    ``flair_alone_weights`` their own class shares (``class_weights``'s otherwise).
 
     Splits are class-balanced (round-robin within each split) and patient-grouped: all
     studies of a patient share a split and a class (follow-ups of the same disease).
@@ -140,10 +142,9 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
         raise MedAlignError(f"--label-noise must be in [0, 1], got {label_noise}")
     if not (0 <= int(paraphrases) <= MAX_PARAPHRASES):
         raise MedAlignError(f"--paraphrases must be between 0 and {MAX_PARAPHRASES}, got {paraphrases}")
-    if not (0 <= int(flair_alone) <= 10_000):
-        raise MedAlignError(f"--flair-alone must be between 0 and 10000, got {flair_alone}")
-    if domain.flair_alone_territory is not None and not flair_alone:
-        raise MedAlignError("--flair-alone-territory applies to the FLAIR-alone studies: add --flair-alone N")
+    check_flair_alone(flair_alone, domain, flair_alone_weights)
+    if flair_alone_weights is not None:
+        weighted_class_counts(1, flair_alone_weights, "--flair-alone-class-weights")  # names and values
     counts = dict(split_counts) if split_counts else split_counts_for(n)
     if sum(counts.values()) != n or any(v < 0 for v in counts.values()):
         raise MedAlignError(f"split counts {counts} must be non-negative and sum to n={n}")
@@ -156,9 +157,8 @@ def plan_cohort(n: int = 262, seed: int = 0, *, label_noise: float = 0.0,
 
         out += lesion_free_twins(out, twins, seed=seed, paraphrases=int(paraphrases), classes=twin_classes)
     if flair_alone:
-        from medalign.data.synth.protocols import flair_alone_studies
-
-        out += flair_alone_studies(out, int(flair_alone), seed=int(seed), plan=plan, domain=domain)
+        out += flair_alone_studies(out, int(flair_alone), seed=int(seed), plan=plan, domain=domain,
+                                   class_weights=flair_alone_weights)
     return out
 
 
@@ -402,8 +402,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
                           progress: bool = False, with_t1c: bool = True, randomise: bool = True,
                           paraphrases: int = DEFAULT_PARAPHRASES, twins: float = 0.0,
                           twin_classes: Sequence[str] | None = None,
-                          class_weights: dict[str, float] | None = None,
-                          domain: DomainOptions = DomainOptions(), flair_alone: int = 0) -> Path:
+                          class_weights: dict[str, float] | None = None, domain: DomainOptions = DomainOptions(),
+                          flair_alone: int = 0, flair_alone_weights: dict[str, float] | None = None) -> Path:
     """Write a synthetic cohort to ``out_dir``; returns the path of ``manifest.csv``.
 
     Files: ``<study_id>/{dwi,adc,t2s,flair,t1,t2,t1c}.nii.gz``, ``lesion_mask.nii.gz`` (FLAIR
@@ -424,7 +424,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     classes in those proportions (``plan_cohort``), recorded as ``"class_weights"``; ``domain``
     likewise (``plan_cohort``), recorded under the options' names (``DomainOptions.record``).
     ``flair_alone`` = N adds N training studies acquired as FLAIR alone after the rest (``synth.protocols``;
-    their other image cells are empty), recorded as ``"flair_alone"``.
+    their other image cells are empty), recorded as ``"flair_alone"``, with ``flair_alone_weights``, their own
+    class shares, as ``"flair_alone_class_weights"``.
     """
     import pandas as pd
 
@@ -438,7 +439,8 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     plans = plan_cohort(n, seed, label_noise=label_noise, studies_per_patient=studies_per_patient,
                         heldout_phrasing=heldout_phrasing, split_counts=split_counts, randomise=randomise,
                         paraphrases=paraphrases, twins=twins, twin_classes=twin_classes,
-                        class_weights=class_weights, domain=domain, flair_alone=flair_alone)
+                        class_weights=class_weights, domain=domain, flair_alone=flair_alone,
+                        flair_alone_weights=flair_alone_weights)
     load_anatomy(4 if shape_mode == "small" else 2)  # before forking: workers inherit it
     jobs = [(str(out), p, shape_mode, with_t1c) for p in plans]
     workers = max(1, int(workers))
@@ -483,8 +485,7 @@ def generate_brain_cohort(out_dir: str | os.PathLike, *, n: int = 262, seed: int
     if twins:  # likewise absent without twins
         info["twins"] = {"fraction": float(twins), "classes": list(twin_classes or []) or "abnormal",
                          "n": len(plans) - n}
-    if flair_alone:  # likewise absent without them
-        info["flair_alone"] = int(flair_alone)
+    info.update(flair_alone_record(flair_alone, flair_alone_weights))  # likewise absent without them
     atomic_write_json(out / "cohort.json", info)
     return out / "manifest.csv"
 

@@ -28,19 +28,19 @@ def parse_names(text: str) -> tuple[str, ...] | None:
     return names or None
 
 
-def parse_class_weights(text: str) -> dict[str, float] | None:
-    """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None."""
+def parse_class_weights(text: str, option: str = "--class-weights") -> dict[str, float] | None:
+    """``"others=2,normal=0.5"`` -> ``{"others": 2.0, "normal": 0.5}``; ``""`` -> None; errors name ``option``."""
     out: dict[str, float] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, _, value = part.partition("=")
         try:
             out[name.strip()] = float(value)
         except ValueError:  # also "others" alone: float("") fails
-            raise MedAlignError(f"--class-weights: expected CLASS=WEIGHT, got '{part}'") from None
+            raise MedAlignError(f"{option}: expected CLASS=WEIGHT, got '{part}'") from None
     if out:
         from medalign.data.synth.brain import weighted_class_counts  # lazily: the CLI starts fast
 
-        weighted_class_counts(1, out)  # validates names and values
+        weighted_class_counts(1, out, option)  # validates names and values
     return out or None
 
 
@@ -139,6 +139,8 @@ def _register_brain(synth: typer.Typer) -> None:
                                                               "the FLAIR-alone studies' own --infarct-territory (a share P "
                                                               "of their territorial infarcts drawn as wedges). Default: "
                                                               "--infarct-territory's."),
+        flair_alone_class_weights: str = typer.Option("", "--flair-alone-class-weights", help="CLASS=W,...: the "
+                                                      "FLAIR-alone studies' own --class-weights. Default: the cohort's."),
     ) -> None:
         """Generate the synthetic brain-pathology cohort (NIfTI + masks + reports + ground truth)."""
         import json
@@ -161,7 +163,8 @@ def _register_brain(synth: typer.Typer) -> None:
                                          workers=workers, progress=True, randomise=randomise, paraphrases=paraphrases,
                                          twins=twins, twin_classes=parse_names(twin_classes),
                                          class_weights=parse_class_weights(class_weights), domain=domain,
-                                         flair_alone=flair_alone)
+                                         flair_alone=flair_alone, flair_alone_weights=parse_class_weights(
+                                             flair_alone_class_weights, "--flair-alone-class-weights"))
         dt = time.perf_counter() - t0
         info = json.loads((manifest.parent / "cohort.json").read_text(encoding="utf-8"))
         n += info.get("twins", {}).get("n", 0) + info.get("flair_alone", 0)
