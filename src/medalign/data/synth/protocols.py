@@ -50,9 +50,10 @@ def flair_alone_record(n: int, class_weights: dict[str, float] | None) -> dict:
     """What ``cohort.json`` records of the extras: nothing without them."""
     if not n:
         return {}
-    weights = {} if class_weights is None else {"flair_alone_class_weights": {c: float(class_weights.get(c, 1.0))
-                                                                              for c in CLASSES}}
-    return {"flair_alone": int(n), **weights}
+    out: dict = {"flair_alone": int(n)}
+    if class_weights is not None:  # every class named, as cohort.json's "class_weights"
+        out["flair_alone_class_weights"] = {c: float(class_weights.get(c, 1.0)) for c in CLASSES}
+    return out
 
 
 def flair_alone_studies(plans: list[dict], n: int, *, seed: int, plan: Callable[..., list[dict]],
