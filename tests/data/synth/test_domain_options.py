@@ -36,7 +36,8 @@ def test_options_resolve_check_and_record():
     assert o.resolved() == R.DomainOptions(None, None, 0.0, R.CLINICAL_NOISE_P, R.SHARPEN_P, R.SKULL_STRIP_P,
                                            R.INFARCT_TERRITORY_P, R.SHARPEN_SEQUENCES, R.INFARCT_WATERSHED_P,
                                            R.GLIOMA_CORES_P, R.INFARCT_MISMATCH_P, R.OTHERS_SVD_P, R.GLIOMA_BRIGHT_P,
-                                           R.INFARCT_ONSET_P, R.LESION_FLAIR_SPREAD_P, R.GLIOMA_SITES_P)
+                                           R.INFARCT_ONSET_P, R.LESION_FLAIR_SPREAD_P, R.GLIOMA_SITES_P, None,
+                                           R.METASTASES_P)
     assert o.record() == {"clinical_noise": R.CLINICAL_NOISE_P, "skull_strip": R.SKULL_STRIP_P, "sharpen": R.SHARPEN_P,
                           "sharpen_sequences": ["flair"], "glioma_sites": R.GLIOMA_SITES_P}
     assert R.DomainOptions(wm_shine=(0.0, 0.5), sharpen=0.3, skull_strip=0.0, sharpen_sequences=("all",)).record() == {

@@ -132,6 +132,9 @@ def _register_brain(synth: typer.Typer) -> None:
                                                      "patients have their gliomas centred anywhere in the white matter of "
                                                      "their side instead of at one of four lobe centres; the report names "
                                                      "the nearest lobe. Default: 1 (on; 0 gives the earlier plan)."),
+        metastases: Optional[float] = typer.Option(None, "--metastases", min=0.0, max=1.0, help="P: a share P of the "
+                                                   "tumour patients have 2-6 metastases (grey-white junction, cerebellum; "
+                                                   "necrotic from 12 mm) instead of one tumour; reported so. Default: off."),
         flair_alone: int = typer.Option(0, "--flair-alone", min=0, max=10_000, help="N: also N training studies of new "
                                         "patients acquired as FLAIR alone (their other image cells empty), added after "
                                         "the n studies and their twins; each costs about a third of a full study's CPU. Default: 0."),
@@ -150,13 +153,9 @@ def _register_brain(synth: typer.Typer) -> None:
         from medalign.data.synth.randomise import DomainOptions
 
         domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
-                               wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True), comorbid_svd=comorbid_svd,
-                               clinical_noise=clinical_noise, sharpen=sharpen, skull_strip=skull_strip,
-                               infarct_territory=infarct_territory, sharpen_sequences=parse_names(sharpen_sequences),
-                               infarct_watershed=infarct_watershed, glioma_cores=glioma_cores,
-                               infarct_mismatch=infarct_mismatch, others_svd=others_svd, glioma_bright=glioma_bright,
-                               infarct_onset=infarct_onset, lesion_flair_spread=lesion_flair_spread,
-                               glioma_sites=glioma_sites, flair_alone_territory=flair_alone_territory)
+                               wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True),
+                               sharpen_sequences=parse_names(sharpen_sequences),  # each probability option bears its name:
+                               **{k: v for k, v in locals().items() if k in DomainOptions.PROBABILITIES})
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,
                                          studies_per_patient=studies_per_patient, heldout_phrasing=heldout_phrasing,

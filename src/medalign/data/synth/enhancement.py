@@ -97,10 +97,10 @@ def post_contrast(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[s
     out: list[tuple[str, np.ndarray]] = [("dura", shell * DURA_WEIGHT)]
     info: dict = {"enhancing": [], "pattern": "none", "background": ["dura", "scalp"]}
     patterns: list[str] = []
-    for name, m in comps:
+    for i, (name, m) in enumerate(comps):
         out.append((name, m))
-        if name == "tumor_solid":  # tumor_necrosis follows it in comps: a ring when present
-            patterns.append("ring" if variants.get("glioma", {}).get("necrosis") else "solid")
+        if name == "tumor_solid":  # a glioma's or metastasis's necrosis follows its solid part in comps: a ring
+            patterns.append("ring" if comps[i + 1:i + 2] and comps[i + 1][0] == "tumor_necrosis" else "solid")
         elif name == "meningioma":
             out.append(("dural_tail", _dural_tail(anat, m, shell)))
             patterns.append("homogeneous with dural tail")

@@ -353,8 +353,17 @@ def _draw_infarct(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> n
 
 
 def _draw_tumor(canvas: _Canvas, f: dict, c: np.ndarray | None, R: float) -> np.ndarray:
-    """Glioma (oedema, solid, optional necrosis) or meningioma on the brain surface; both push tissue."""
+    """Glioma (oedema, solid, optional necrosis), meningioma on the brain surface, or one metastasis; all push tissue."""
     shape, brain, rng, tissue = canvas.shape, canvas.brain, canvas.rng, canvas.tissue
+    if f["variant"] == "metastasis":  # synth.metastases: round, in oedema that spares the cortex, a small mass effect
+        radii = R * rng.uniform(0.85, 1.0, 3)
+        ed = _blob(shape, c, radii * f["edema_factor"], rng, 0.3) * np.clip(tissue["wm"] * 1.3 + 0.1 * tissue["gm"], 0, 1)
+        solid = _blob(shape, c, radii, rng, 0.1) * brain
+        canvas.comps += [("edema", ed), ("tumor_solid", solid)]
+        if f["necrosis"]:  # right after its solid part: enhancement.post_contrast reads the pair as a ring
+            canvas.comps.append(("tumor_necrosis", _blob(shape, c, radii * 0.5, rng, 0.1) * brain))
+        canvas.masses.append((c, R, 0.2))
+        return np.maximum(ed, solid)
     if f["variant"] == "glioma":
         radii = R * rng.uniform(0.8, 1.0, 3)
         ed = _blob(shape, c, radii * f["edema_factor"], rng, 0.35) * np.clip(tissue["wm"] * 1.3 + 0.25 * tissue["gm"], 0, 1)

@@ -1,9 +1,8 @@
 """Domain randomisation of the synthetic brain cohort (issue 20: sim-to-real).
 
-A model trained on one clean scanner's images fails on another's; SynthSeg / SynthStrip
-showed that aggressively randomised synthetic images transfer. With ``randomise=True``
-(``medalign synth brain``'s default) every study draws, and records in
-``ground_truth.json["domain"]``:
+A model trained on one clean scanner's images fails on another's; SynthSeg / SynthStrip showed that aggressively
+randomised synthetic images transfer. With ``randomise=True`` (``medalign synth brain``'s default) every study draws,
+and records in ``ground_truth.json["domain"]``:
 
 - **tissue contrast** per sequence: GM, CSF and scalp as ratios to WM drawn from
   ``CONTRAST_RANGES`` (around ``sequences.TISSUE_CONTRAST``; FLAIR and T1c widened to cover
@@ -17,14 +16,13 @@ showed that aggressively randomised synthetic images transfer. With ``randomise=
   strength, **Rician noise** level, N/2 **ghosting** and k-space **motion** (a translation
   part way through the phase-encode lines), and an **edge-enhancing reconstruction** filter
   (``sharpen``; by default on the FLAIR of 45 % of the studies);
-- per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with
-  age**, how open the **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes
-  (Fazekas grade, MS lesion locations; ``synth.wm_disease``) and a glioma's size
-  (``GLIOMA_SCALE``, with a tail to x 1.6 in one patient of ten).
+- per patient (``anatomy_seed`` stream, so follow-ups agree): the slope of **atrophy with age**, how open the
+  **sulci** are (``SULCAL_GAMMA``), the white-matter disease shapes (Fazekas grade, MS lesion locations;
+  ``synth.wm_disease``) and a glioma's size (``GLIOMA_SCALE``, with a tail to x 1.6 in one patient of ten).
 
-Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from
-``truth["anatomy_seed"] + [PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing
-here runs and the cohort is byte-identical to the generator without this module.
+Study draws come from ``truth["seed"] + [DOMAIN_STREAM]`` and patient draws from ``truth["anatomy_seed"] +
+[PATIENT_STREAM]``, new streams: with ``randomise=False`` nothing here runs and the cohort is byte-identical to the
+generator without this module.
 """
 from __future__ import annotations
 
@@ -39,6 +37,7 @@ from medalign.data.synth.flair_drawn import (FLAIR_DRAWN, GLIOMA_BRIGHT_P, GLIOM
                                              infarct_onset, lesion_flair_spread)
 from medalign.data.synth.lesions import (INFARCT_TERRITORY_P, INFARCT_WATERSHED_P, OTHERS_SVD_P, others_svd, territory_shapes,
                                          watershed_infarcts)
+from medalign.data.synth.metastases import METASTASES_P, metastases
 from medalign.data.synth.sites import GLIOMA_SITES_P, glioma_sites
 from medalign.data.synth.sequences import LESION_CONTRAST, POST_CONTRAST, SEQUENCES, TISSUE_CONTRAST
 from medalign.errors import MedAlignError
@@ -185,10 +184,11 @@ class DomainOptions:
     lesion_flair_spread: float | None = None
     glioma_sites: float | None = None
     flair_alone_territory: float | None = None  # the FLAIR-alone extras' own infarct_territory (``synth.protocols``)
+    metastases: float | None = None
     PROBABILITIES: ClassVar[tuple[str, ...]] = ("comorbid_svd", "clinical_noise", "sharpen", "skull_strip",
                                                 "infarct_territory", "infarct_watershed", "glioma_cores", "infarct_mismatch",
                                                 "others_svd", "glioma_bright", "infarct_onset", "lesion_flair_spread",
-                                                "glioma_sites", "flair_alone_territory")
+                                                "glioma_sites", "flair_alone_territory", "metastases")
 
     def resolved(self) -> "DomainOptions":
         """The same options with every None replaced by the generator's default."""
@@ -196,7 +196,7 @@ class DomainOptions:
                     "infarct_territory": INFARCT_TERRITORY_P, "infarct_watershed": INFARCT_WATERSHED_P, "glioma_bright": GLIOMA_BRIGHT_P,
                     "glioma_cores": GLIOMA_CORES_P, "infarct_mismatch": INFARCT_MISMATCH_P, "others_svd": OTHERS_SVD_P,
                     "infarct_onset": INFARCT_ONSET_P, "lesion_flair_spread": LESION_FLAIR_SPREAD_P,
-                    "glioma_sites": GLIOMA_SITES_P}
+                    "glioma_sites": GLIOMA_SITES_P, "metastases": METASTASES_P}
         return replace(self, **{k: d if getattr(self, k) is None else getattr(self, k) for k, d in defaults.items()},
                        sharpen_sequences=_series(SHARPEN_SEQUENCES if self.sharpen_sequences is None else self.sharpen_sequences))
 
@@ -369,11 +369,10 @@ def comorbid_svd_finding(truth: dict, p: float) -> dict | None:
 
 def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> dict:
     """Add the domain factors to a planned study (in place; returns it): first ``others_svd`` (small vessel disease
-    instead of another "others" finding), the patient's atrophy slope and white-matter disease shapes, then the
-    study's ``domain`` (:func:`draw_domain`, as ``options`` set it); then each finding option above 0: background small
-    vessel disease (``comorbid_svd``, :func:`comorbid_svd_finding`), and the ``lesions`` functions of the same names
-    (territorial infarct shapes, border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR);
-    last ``sites.glioma_sites`` (glioma centres anywhere in the white matter)."""
+    instead of another "others" finding), the patient's atrophy slope and white-matter disease shapes, then the study's
+    ``domain`` (:func:`draw_domain`, as ``options`` set it); then each finding option above 0: background small vessel
+    disease (``comorbid_svd``, :func:`comorbid_svd_finding`), the functions of the same names (territorial infarct shapes,
+    border-zone infarcts, large glioma cores, hyperacute infarcts not yet seen on FLAIR, glioma sites), last metastases."""
     from medalign.data.synth.wm_disease import refine_wmd
 
     o = options.resolved()
@@ -406,6 +405,7 @@ def randomise_truth(truth: dict, options: DomainOptions = DomainOptions()) -> di
     infarct_onset(truth, o.infarct_onset)  # after the mismatch: a hyperacute infarct keeps its draw
     lesion_flair_spread(truth, o.lesion_flair_spread)
     glioma_sites(truth, o.glioma_sites)
+    metastases(truth, o.metastases)  # replaces the tumour: the glioma options above act on nothing then
     return truth
 
 

@@ -4,7 +4,8 @@ A report = optional header noise, optional technique line, the class-defining fi
 (several phrasings per concept, with location words, size and sequence descriptors),
 supporting findings, negations of the other classes, optional incidental finding and
 hedging, an optional IMPRESSION line, and optional trailing noise ("Page 1 of 1").
-Each report is written in British or American spelling and may use abbreviations.
+Each report is written in British or American spelling and may use abbreviations. A patient's metastases
+(``synth brain --metastases``) are one sentence for the group, in every family.
 
 Phrasing families (``FAMILIES``; the family of each report is drawn from its ``rng``):
 
@@ -34,15 +35,12 @@ from typing import Sequence
 
 import numpy as np
 
-_US = [("haemorrhagic", "hemorrhagic"), ("haemorrhage", "hemorrhage"), ("haematoma", "hematoma"),
-       ("haemosiderin", "hemosiderin"), ("oedema", "edema"), ("ischaemic", "ischemic"),
-       ("ischaemia", "ischemia"), ("tumour", "tumor"), ("centre", "center"), ("grey", "gray"),
-       ("generalised", "generalized"), ("dilatation", "dilation"), ("oriented", "oriented"),
-       ("paediatric", "pediatric"), ("localised", "localized"), ("characterised", "characterized")]
+from medalign.data.synth.report_words import (HEADERS, INCIDENTAL, NEG_OTHERS, PRIORS_FOLLOW, PRIORS_NEW, TECHNIQUE,
+                                              TRAILERS, US)
 
 
 def _americanise(text: str) -> str:
-    for gb, us in _US:
+    for gb, us in US:
         text = re.sub(gb, us, text)
         text = re.sub(gb.capitalize(), us.capitalize(), text)
     return text
@@ -82,38 +80,8 @@ STRONG_HEDGES = ["in keeping with", "consistent with", "compatible with", "most 
                  "suggestive of", "typical of"]
 WEAK_HEDGES = ["possibly representing", "? ", "cannot exclude", "differential includes"]
 
-_NEG_OTHERS = {
-    "infarct": ["No haemorrhagic transformation.", "No intracranial haemorrhage.", "No mass lesion.",
-                "No haemorrhagic transformation or significant mass effect."],
-    "tumor": ["No acute infarct.", "No restricted diffusion to suggest acute ischaemia.",
-              "No evidence of acute infarction."],
-    "hemorrhage": ["No underlying mass lesion is identified.", "No acute infarct.",
-                   "No evidence of an underlying tumour, although follow-up imaging is advised."],
-    "others": ["No acute infarct or haemorrhage.", "No mass lesion.", "No acute intracranial abnormality.",
-               "No restricted diffusion. No intracranial haemorrhage."],
-    "normal": ["No acute infarct, haemorrhage or mass lesion.", "No evidence of acute infarction.",
-               "No intracranial haemorrhage.", "No mass, mass effect or midline shift.",
-               "No restricted diffusion.", "No abnormal susceptibility on T2*.",
-               "No space-occupying lesion and no evidence of haemorrhage.",
-               "Negative for acute infarct or haemorrhage."],
-}
 
-_INCIDENTAL = {
-    "cavum septum pellucidum": ["Incidental cavum septum pellucidum.", "Note is made of a cavum septum pellucidum, a normal variant."],
-    "pineal cyst": ["Incidental small pineal cyst.", "A small simple pineal cyst is noted incidentally."],
-    "prominent perivascular spaces": ["Prominent perivascular spaces in the basal ganglia.", "Incidental prominent Virchow-Robin spaces."],
-    "developmental venous anomaly": ["Incidental developmental venous anomaly in the cerebellum.", "Small DVA in the right frontal lobe, incidental."],
-    "partially empty sella": ["Partially empty sella, likely incidental.", "Incidental partially empty sella."],
-    "mega cisterna magna": ["Mega cisterna magna, a normal variant.", "Incidental mega cisterna magna."],
-}
-
-_HEADERS = ["MRI BRAIN WITHOUT CONTRAST.", "MR HEAD:", "EXAM: MRI brain.", "Clinical details: ? stroke.",
-            "Indication: headache.", "MRI head (non-contrast).", "Indication: confusion, query cause."]
-_TECHNIQUE = ["Technique: DWI, ADC, T2*, FLAIR, T1 and T2 sequences.",
-              "Sequences: axial DWI/ADC, GRE, FLAIR, T1, T2.", "Multiplanar multisequence MRI of the brain."]
 _MISMATCH = ["No corresponding FLAIR signal change (DWI-FLAIR mismatch).", "No FLAIR hyperintensity yet in the area of restriction."]
-_TRAILERS = ["Page 1 of 1", "Electronically signed.", "Dictated, not read.", "Report verified by consultant radiologist.",
-             "-- end of report --", "Page 1 of 1. Report approved."]
 
 
 def _infarct(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
@@ -180,6 +148,8 @@ def _watershed(f: dict, where: str, sz: str, rng) -> tuple[list[str], str]:
 
 
 def _tumor(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
+    if f["variant"] == "metastasis":
+        return _metastases(f, rng, heldout)
     side = _side(rng, f["side"], ab)
     sz = _size(rng, f["size_mm"])
     lobe = _LOBE_DESC[f["region"]]
@@ -210,6 +180,24 @@ def _tumor(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
         extra.append(_pick(rng, [f"Midline shift of {rng.integers(2, 9)} mm.", "Effacement of the ipsilateral lateral ventricle.",
                                  "Foci of susceptibility within the lesion may represent intratumoural haemorrhage."]))
     return [_pick(rng, main)] + extra, "glioma" if rng.random() < 0.5 else "tumour"
+
+
+def _metastases(f: dict, rng, heldout: bool) -> tuple[list[str], str]:
+    """A patient's metastases (``synth.metastases``; any one finding of the group): their number, where they lie, the
+    largest and whether it is necrotic, as drawn."""
+    n, where, mm = f["count"], f["where"], f["largest_mm"]
+    if heldout:
+        main = [f"{n} rounded parenchymal deposits in {where}, the largest {mm:.0f} mm, each with perilesional oedema, "
+                "in keeping with secondary deposits.",
+                f"Several intra-axial lesions at the grey-white interface of {where} ({n}; up to {mm:.0f} mm), "
+                "appearances those of metastatic deposits."]
+        return [_pick(rng, main)], "intracranial secondaries"
+    centre, h = " with necrotic centres" if f["necrotic"] else "", _pick(rng, STRONG_HEDGES)
+    main = [f"{n} round lesions at the grey-white matter junction of {where}{centre}, the largest {mm:.0f} mm, with "
+            f"vasogenic oedema out of proportion to their size, {h} metastases.",
+            f"Multiple ({n}) intra-axial masses in {where}{centre} and surrounding oedema, measuring up to {mm:.0f} mm, "
+            f"{h} metastatic disease."]
+    return [_pick(rng, main)], _pick(rng, ["multiple metastases", "cerebral metastases"])
 
 
 def _hemorrhage(f: dict, rng, ab: bool, heldout: bool) -> tuple[list[str], str]:
@@ -314,11 +302,6 @@ def _normal(t: dict, rng, heldout: bool) -> tuple[list[str], str]:
 FAMILIES: tuple[str, ...] = ("standard", "radiologist", "heldout")
 RADIOLOGIST_SHARE = 0.3  # share of training reports written in the radiologist family
 
-_PRIORS_NEW = ["Comparison: MRI of {y}.", "Compared with the previous MRI ({y}).", "Prior MRI {y} reviewed.",
-               "No prior imaging for comparison."]
-_PRIORS_FOLLOW = ["Compared with the prior study, appearances are similar.", "Comparison is made with the previous MRI.",
-                  "Interval follow-up; prior MRI reviewed.", "Stable compared with the previous examination."]
-
 
 def _rad_finding(f: dict, rng, ab: bool) -> str:
     """One terse radiologist line for a finding (the class is always named)."""
@@ -338,6 +321,10 @@ def _rad_finding(f: dict, rng, ab: bool) -> str:
         return _pick(rng, [f"Old {where} infarct.", f"Established {where} infarct with gliosis.",
                            f"Chronic infarct, {where}.", f"Remote {where} infarct."])
     if label == "tumor":
+        if v == "metastasis":  # one line for the group (synth.metastases)
+            return _pick(rng, [f"{f['count']} cerebral mets ({f['where']}), largest {f['largest_mm']:.0f} mm.",
+                               f"Multiple metastases, {f['where']}.",
+                               f"{f['count']} {'necrotic' if f['necrotic'] else 'solid'} lesions, {f['where']} - metastases."])
         lobe = _LOBE_DESC[f["region"]]
         if v == "meningioma":
             return _pick(rng, [f"{_cap(side)} {f['region']} convexity meningioma.",
@@ -388,7 +375,7 @@ def _radiologist(truth: dict, rng, ab: bool) -> list[str]:
         return lines
     seen, lines = set(), []
     for f in truth.get("findings", []):
-        key = (f["variant"], f["region"], f.get("side"))
+        key = f.get("group") or (f["variant"], f["region"], f.get("side"))  # a group (metastases): one line
         if (f["class"] == truth["label"] or f.get("comorbid")) and key not in seen:
             seen.add(key)
             lines.append(_rad_finding(f, rng, ab))
@@ -397,19 +384,19 @@ def _radiologist(truth: dict, rng, ab: bool) -> list[str]:
 
 def _comparison(truth: dict, rng) -> str | None:
     if truth.get("visit", 0) > 0:
-        return _pick(rng, _PRIORS_FOLLOW)
+        return _pick(rng, PRIORS_FOLLOW)
     if rng.random() < 0.25:
-        return _pick(rng, _PRIORS_NEW).format(y=int(rng.integers(2012, 2024)))
+        return _pick(rng, PRIORS_NEW).format(y=int(rng.integers(2012, 2024)))
     return None
 
 
 def _radiologist_report(truth: dict, rng, ab: bool) -> str:
     lines = _radiologist(truth, rng, ab)
-    negs = _NEG_OTHERS[truth["label"]]
+    negs = NEG_OTHERS[truth["label"]]
     if rng.random() < 0.6:
         lines.append(negs[int(rng.integers(len(negs)))])
     for inc in truth.get("incidental", []):
-        lines.append(_pick(rng, _INCIDENTAL[inc]))
+        lines.append(_pick(rng, INCIDENTAL[inc]))
     comp = _comparison(truth, rng)
     layout = int(rng.integers(3))
     if layout == 0:  # terse run-on
@@ -437,9 +424,9 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
         return _americanise(text) if american else text
     parts: list[str] = []
     if rng.random() < 0.35:
-        parts.append(_pick(rng, _HEADERS))
+        parts.append(_pick(rng, HEADERS))
     if rng.random() < 0.2:  # a study acquired with part of the protocol (synth.protocols) names its series
-        parts.append(f"Technique: axial {'/'.join(truth['series']).upper()} only." if "series" in truth else _pick(rng, _TECHNIQUE))
+        parts.append(f"Technique: axial {'/'.join(truth['series']).upper()} only." if "series" in truth else _pick(rng, TECHNIQUE))
     n_head = len(parts)
     imp_bits: list[str] = []
     findings = truth.get("findings", [])
@@ -452,8 +439,8 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
         for f in findings:
             if f["class"] != label:
                 continue
-            key = (f["variant"], f["region"], f.get("side"))
-            if key in seen:  # one sentence for a group (e.g. several lacunes)
+            key = f.get("group") or (f["variant"], f["region"], f.get("side"))
+            if key in seen:  # one sentence for a group (e.g. several lacunes, a patient's metastases)
                 continue
             seen.add(key)
             if label == "infarct":
@@ -473,14 +460,14 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
                 imp_bits.append(imp)
         if label != "others" and truth.get("atrophy", 0) > 0.25 and rng.random() < 0.4:
             parts.append("Background mild age-related volume loss.")
-    negs = _NEG_OTHERS[label]
+    negs = NEG_OTHERS[label]
     k = 1 if label != "normal" else int(rng.integers(1, 3))
     support: list[str] = []
     if rng.random() < (0.9 if label == "normal" else 0.6):
         for i in rng.choice(len(negs), size=min(k, len(negs)), replace=False):
             support.append(negs[int(i)])
     for inc in truth.get("incidental", []):
-        support.append(_pick(rng, _INCIDENTAL[inc]))
+        support.append(_pick(rng, INCIDENTAL[inc]))
     parts += [support[int(i)] for i in rng.permutation(len(support))]  # sections in varying order
     comp = _comparison(truth, rng)
     if comp:
@@ -492,7 +479,7 @@ def generate_report(truth: dict, rng: np.random.Generator, heldout: bool = False
             imp = f"{side} {imp}"
         parts.append(_pick(rng, ["IMPRESSION: ", "Conclusion: ", "Impression: ", "Summary: "]) + _cap(imp) + ".")
     if rng.random() < 0.3:
-        parts.append(_pick(rng, _TRAILERS))
+        parts.append(_pick(rng, TRAILERS))
     text = " ".join(parts)
     if rng.random() < 0.15:
         text = text.replace(". ", ".\n", 2)
