@@ -2,7 +2,7 @@
 the reports' own calls through the run's text tower.
 
     python benchmarks/finding_calls.py RUN [RUN ...] --cohort COHORT [--alone flair] [--splits train,val]
-                                       [--checkpoint best|last] [--out results.json]
+                                       [--checkpoint best|last] [--readout] [--out results.json]
 
 COHORT: a ``synth brain`` output (a ``ground_truth.json`` per study). Studies are grouped by class and
 finding (small vessel disease by Fazekas grade, as its reports grade it). Each study is classified
@@ -76,16 +76,26 @@ def summarise(studies: list[dict], classes: list[str], p) -> dict:
     return out
 
 
-def run_views(model, studies: list[dict], alone: list[str]) -> dict:
+def image_probabilities(model, items: list[dict], readout: bool = False) -> tuple[list[str], np.ndarray]:
+    """(classes, (N, C) probabilities) of the studies ``items`` ({sequence: path} each): zero-shot, or with ``readout``
+    as ``medalign classify`` reads them, with the run's own readout (its neighbour vote, test-time mirroring)."""
+    if not readout:
+        return model.zero_shot_probabilities(model.encode_image(items))
+    calls = model.classify(items)
+    classes = list(calls[0]["probabilities"])
+    return classes, np.array([[c["probabilities"][k] for k in classes] for c in calls])  # (N, C)
+
+
+def run_views(model, studies: list[dict], alone: list[str], readout: bool = False) -> dict:
     """{view: per-group summary}: ``all`` sequences, ``<s> alone`` for each of ``alone`` the run reads
-    (studies without it left out), and ``reports``."""
+    (studies without it left out), and ``reports`` (zero-shot through the text tower, whatever ``readout``)."""
     views: dict = {}
-    classes, p = model.zero_shot_probabilities(model.encode_image([s["files"] for s in studies]))
+    classes, p = image_probabilities(model, [s["files"] for s in studies], readout)
     views["+".join(model.sequences)] = summarise(studies, classes, p)
     for seq in (s for s in alone if s in model.sequences):
         have = [s for s in studies if seq in s["files"]]
         if have:
-            classes, p = model.zero_shot_probabilities(model.encode_image([{seq: s["files"][seq]} for s in have]))
+            classes, p = image_probabilities(model, [{seq: s["files"][seq]} for s in have], readout)
             views[f"{seq} alone"] = summarise(have, classes, p)
     reported = [s for s in studies if s["report"]]
     if reported:
@@ -101,6 +111,8 @@ def main() -> None:
     ap.add_argument("--alone", default="flair", help="comma-separated sequences to show alone ('' for none)")
     ap.add_argument("--splits", default="", help="comma-separated splits to keep (e.g. train: the run's own studies)")
     ap.add_argument("--checkpoint", default="best", help="best (validation-selected, as classify loads) or last")
+    ap.add_argument("--readout", action="store_true", help="read the images as `medalign classify` does, with the run's "
+                    "own readout (neighbour vote, mirroring), instead of zero-shot")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -112,14 +124,14 @@ def main() -> None:
     logging.getLogger("medalign.api").setLevel(logging.ERROR)
     alone = [s.strip() for s in a.alone.split(",") if s.strip()]
     splits = {s.strip() for s in a.splits.split(",") if s.strip()} or None
-    out: dict = {"cohort": str(a.cohort), "splits": a.splits, "checkpoint": a.checkpoint, "runs": {}}
+    out: dict = {"cohort": str(a.cohort), "splits": a.splits, "checkpoint": a.checkpoint, "readout": a.readout, "runs": {}}
     for run in a.runs:
         m = medalign.load(run, checkpoint=a.checkpoint)
         studies = cohort_studies(a.cohort, list(m.sequences), splits)
         if not studies:
             raise SystemExit(f"{a.cohort}: no study with any of {list(m.sequences)}"
                              f"{f' in splits {sorted(splits)}' if splits else ''} (a `synth brain` output?)")
-        views = run_views(m, studies, alone)
+        views = run_views(m, studies, alone, a.readout)
         out["runs"][run] = views
         for view, groups in views.items():
             print(f"== {Path(run).name}: {view}")

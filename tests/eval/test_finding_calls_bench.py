@@ -134,3 +134,20 @@ def test_last_checkpoint_is_read_when_asked(tmp_path, monkeypatch):
     assert res["checkpoint"] == "last"
     got = res["runs"][str(run)]["+".join(medalign.load(run, checkpoint="last").sequences)]["tumor/glioma"]["p_true"]
     assert got == pytest.approx(last, abs=1e-3)  # rounded to 3 places
+
+
+def test_readout_reads_as_classify_with_the_runs_own_readout(tmp_path, monkeypatch):
+    run = _tiny_run(tmp_path, monkeypatch)
+    cohort = tmp_path / "cohort"
+    write_lesion_study(cohort, "S1", "tumor", "glioma", np.random.default_rng(4))
+    files = {s: str(cohort / "S1" / f"{s}.nii.gz") for s in ("dwi", "flair")}
+
+    import medalign
+
+    m = medalign.load(run)
+    monkeypatch.setattr(m, "readout", lambda neighbours=None, k=None, mirror=None: (0.0, 20, True))  # a mirrored run
+    classes, p = bench.image_probabilities(m, [files], readout=True)
+    direct = m.classify([files], mirror=True)[0]["probabilities"]
+    assert p[0] == pytest.approx([direct[c] for c in classes], abs=1e-6)
+    zs_classes, zs = bench.image_probabilities(m, [files])  # zero-shot: the plain embedding, no mirror
+    assert zs_classes == classes and np.abs(zs[0] - p[0]).max() > 1e-5
