@@ -2,13 +2,12 @@
 
 The plan's tumours are gliomas (3 in 4) and meningiomas, each one mass. Metastases are the commonest intra-axial tumour
 of adult brains and look otherwise: several round lesions, most of them at the grey-white matter junction (where the
-arterioles narrow and tumour emboli lodge), about a sixth in the cerebellum, the larger ones necrotic, so that their
-enhancement is a ring, each in vasogenic oedema out of proportion to its size. With this option a share P of the tumour
-patients have metastases instead of their planned tumour: 2-6 lesions of 6-22 mm, each a finding of its own (as
-lacunes are), centred on template voxels of the junction (:func:`junction_candidates`) at least 18 mm apart; one report
-sentence names their number, where they lie, the largest and the necrosis (``report_grammar``); ``lesions``
-draws each. Off by default (:data:`METASTASES_P`): not
-measured as a training default.
+arterioles narrow and tumour emboli lodge), some in the cerebellum, the larger ones necrotic, so that their enhancement
+is a ring, each in vasogenic oedema out of proportion to its size. With this option a share P of the tumour patients
+have metastases instead of their planned tumour: 2-6 lesions of 6-22 mm, each a finding of its own (as lacunes are),
+centred on template voxels of the junction (:func:`junction_candidates`; 14 % of them in the cerebellum) at least
+18 mm apart. One report sentence names their number, where they lie, the largest and the necrosis (``report_grammar``);
+``lesions`` draws each. Off by default (:data:`METASTASES_P`): not measured as a training default.
 """
 from __future__ import annotations
 
