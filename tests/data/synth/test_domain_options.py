@@ -106,3 +106,14 @@ def test_sharpen_sequences_from_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--sharpen-sequences: unknown sequence 'dw'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_every_probability_option_is_a_synth_brain_parameter_of_its_name():
+    """``synth brain`` hands its probability options to ``DomainOptions`` by name: each must exist there."""
+    import typer
+
+    from medalign.cli import app
+
+    brain = typer.main.get_command(app).commands["synth"].commands["brain"]
+    params = {p.name for p in brain.params}
+    assert set(R.DomainOptions.PROBABILITIES) <= params, set(R.DomainOptions.PROBABILITIES) - params

@@ -154,7 +154,8 @@ def _register_brain(synth: typer.Typer) -> None:
 
         domain = DomainOptions(wm_conspicuity=parse_range(wm_conspicuity, "--wm-conspicuity"),
                                wm_shine=parse_range(wm_shine, "--wm-shine", zero_ok=True),
-                               sharpen_sequences=parse_names(sharpen_sequences),  # each probability option bears its name:
+                               sharpen_sequences=parse_names(sharpen_sequences),
+                               # the probability options are parameters of the same names (test_domain_options checks)
                                **{k: v for k, v in locals().items() if k in DomainOptions.PROBABILITIES})
         t0 = time.perf_counter()
         manifest = generate_brain_cohort(out, n=n, seed=seed, shape_mode=shape_mode, label_noise=label_noise,

@@ -100,7 +100,8 @@ def post_contrast(anat: dict, tissue: dict[str, np.ndarray], comps: list[tuple[s
     for i, (name, m) in enumerate(comps):
         out.append((name, m))
         if name == "tumor_solid":  # a glioma's or metastasis's necrosis follows its solid part in comps: a ring
-            patterns.append("ring" if comps[i + 1:i + 2] and comps[i + 1][0] == "tumor_necrosis" else "solid")
+            ring = i + 1 < len(comps) and comps[i + 1][0] == "tumor_necrosis"
+            patterns.append("ring" if ring else "solid")
         elif name == "meningioma":
             out.append(("dural_tail", _dural_tail(anat, m, shell)))
             patterns.append("homogeneous with dural tail")

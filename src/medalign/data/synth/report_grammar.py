@@ -79,8 +79,6 @@ _WATERSHED = {"ACA-MCA": ["ACA-MCA watershed zone", "anterior (ACA-MCA) border z
 STRONG_HEDGES = ["in keeping with", "consistent with", "compatible with", "most likely representing",
                  "suggestive of", "typical of"]
 WEAK_HEDGES = ["possibly representing", "? ", "cannot exclude", "differential includes"]
-
-
 _MISMATCH = ["No corresponding FLAIR signal change (DWI-FLAIR mismatch).", "No FLAIR hyperintensity yet in the area of restriction."]
 
 
